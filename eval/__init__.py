@@ -1,0 +1,1 @@
+"""Unlearning evaluation: ConceptWorld, metrics, judges, the PyTorch VLM bridge, baselines, experiments."""

@@ -1,0 +1,297 @@
+"""The CLIP vision transformer (transformers' `CLIPVisionModel`) in Flax NNX.
+
+Attribute names mirror transformers, so the conversion table at the bottom is a list of
+renames. Images are NHWC. The model exposes the pieces the encoder runner needs to stop
+early and to hook any hidden state: `embed` (hidden state 0, after the pre-layernorm),
+`encoder.layers[i]` (hidden state i+1), `pool` and `project`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from ports.conversion import CONV2D, LINEAR, Rule, build_module, with_prefix
+from sauce_jax.errors import CheckpointError, ConfigError
+
+MODEL_TYPE = "clip_vision_model"
+
+ACTIVATIONS = {
+    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu_fast": lambda x: jax.nn.gelu(x, approximate=True),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+}
+
+# transformers' CLIPVisionConfig defaults: LLaVA configs often store only the fields that differ.
+_HF_DEFAULTS = dict(
+    hidden_size=768,
+    intermediate_size=3072,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    num_channels=3,
+    image_size=224,
+    patch_size=32,
+    hidden_act="quick_gelu",
+    layer_norm_eps=1e-5,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class CLIPVisionConfig:
+    """Shape of a CLIP vision tower, built from transformers' `CLIPVisionConfig` fields."""
+
+    hidden_size: int = 768  # D, the residual width
+    intermediate_size: int = 3072  # MLP width
+    num_hidden_layers: int = 12  # transformer blocks; hidden states are num_hidden_layers + 1
+    num_attention_heads: int = 12  # heads; D must divide evenly
+    num_channels: int = 3  # image channels
+    image_size: int = 224  # square input side in pixels
+    patch_size: int = 32  # square patch side; the conv has stride patch_size
+    hidden_act: str = "quick_gelu"  # a key of ACTIVATIONS
+    layer_norm_eps: float = 1e-5
+    projection_dim: int | None = None  # set when the checkpoint has `visual_projection`
+
+    def __post_init__(self):
+        for name in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                     "num_channels", "image_size", "patch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"CLIP config {name!r} must be a positive integer, got {value!r}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ConfigError(
+                f"CLIP config hidden_size={self.hidden_size} is not divisible by num_attention_heads={self.num_attention_heads}"
+            )
+        if self.patch_size > self.image_size:
+            raise ConfigError(f"CLIP config patch_size={self.patch_size} exceeds image_size={self.image_size}")
+        if self.hidden_act not in ACTIVATIONS:
+            raise ConfigError(
+                f"CLIP config hidden_act={self.hidden_act!r} is not implemented; supported: {sorted(ACTIVATIONS)}"
+            )
+        if not (isinstance(self.layer_norm_eps, (int, float)) and self.layer_norm_eps > 0):
+            raise ConfigError(f"CLIP config layer_norm_eps must be positive, got {self.layer_norm_eps!r}")
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch_size
+
+    @property
+    def num_positions(self) -> int:
+        return self.grid**2 + 1
+
+    @classmethod
+    def from_hf(cls, hf: dict[str, Any], projection_dim: int | None = None) -> "CLIPVisionConfig":
+        """Build from a transformers `CLIPVisionConfig` dict (missing fields take its defaults)."""
+        model_type = hf.get("model_type", MODEL_TYPE)
+        if model_type != MODEL_TYPE:
+            raise ConfigError(f"vision config has model_type={model_type!r}, the CLIP port reads {MODEL_TYPE!r}")
+        if hf.get("pruned_heads"):
+            raise ConfigError("CLIP config 'pruned_heads' is set; pruned attention heads are not implemented")
+        fields = {k: hf.get(k, v) for k, v in _HF_DEFAULTS.items()}
+        return cls(**fields, projection_dim=projection_dim)
+
+
+def _dense(cfg_in: int, cfg_out: int, *, bias: bool, dtype, rngs: nnx.Rngs) -> nnx.Linear:
+    return nnx.Linear(cfg_in, cfg_out, use_bias=bias, dtype=dtype, param_dtype=dtype, rngs=rngs)
+
+
+def _layer_norm(cfg: CLIPVisionConfig, dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    # Two-pass variance (use_fast_variance=False) as torch does: CLIP's residual stream has
+    # large-mean outlier channels where E[x^2] - E[x]^2 loses float32 digits.
+    return nnx.LayerNorm(cfg.hidden_size, epsilon=cfg.layer_norm_eps, use_fast_variance=False,
+                         dtype=dtype, param_dtype=dtype, rngs=rngs)
+
+
+class PatchEmbedding(nnx.Module):
+    """A stride-`patch` convolution without bias, written as patchify + one matmul (NHWC)."""
+
+    def __init__(self, cfg: CLIPVisionConfig, *, dtype, rngs: nnx.Rngs):
+        p, c, d = cfg.patch_size, cfg.num_channels, cfg.hidden_size
+        self.patch_size = p
+        self.kernel = nnx.Param(nnx.initializers.lecun_normal()(rngs.params(), (p, p, c, d), dtype))
+
+    def __call__(self, pixels: jax.Array) -> jax.Array:
+        b, h, w, c = pixels.shape  # [B, H, W, C]
+        p = self.patch_size
+        gh, gw = h // p, w // p
+        # A strided conv ignores the pixels past the last whole patch; so do we.
+        x = pixels[:, : gh * p, : gw * p, :].reshape(b, gh, p, gw, p, c)
+        x = x.transpose(0, 1, 3, 2, 4, 5).reshape(b, gh * gw, p * p * c)  # [B, N, p*p*C]
+        kernel = self.kernel[...].reshape(p * p * c, -1)  # [p*p*C, D]
+        return x @ kernel  # [B, N, D]
+
+
+class CLIPVisionEmbeddings(nnx.Module):
+    def __init__(self, cfg: CLIPVisionConfig, *, dtype, rngs: nnx.Rngs):
+        self.patch_embedding = PatchEmbedding(cfg, dtype=dtype, rngs=rngs)
+        self.class_embedding = nnx.Param(jax.random.normal(rngs.params(), (cfg.hidden_size,), dtype))
+        self.position_embedding = nnx.Embed(cfg.num_positions, cfg.hidden_size, dtype=dtype,
+                                            param_dtype=dtype, rngs=rngs)
+
+    def __call__(self, pixels: jax.Array) -> jax.Array:
+        patches = self.patch_embedding(pixels)  # [B, N, D]
+        cls = jnp.broadcast_to(self.class_embedding[...], (patches.shape[0], 1, patches.shape[-1]))
+        tokens = jnp.concatenate([cls.astype(patches.dtype), patches], axis=1)  # [B, T, D]
+        return tokens + self.position_embedding.embedding[...][None]
+
+
+class CLIPAttention(nnx.Module):
+    def __init__(self, cfg: CLIPVisionConfig, *, dtype, rngs: nnx.Rngs):
+        d = cfg.hidden_size
+        self.num_heads = cfg.num_attention_heads
+        self.q_proj = _dense(d, d, bias=True, dtype=dtype, rngs=rngs)
+        self.k_proj = _dense(d, d, bias=True, dtype=dtype, rngs=rngs)
+        self.v_proj = _dense(d, d, bias=True, dtype=dtype, rngs=rngs)
+        self.out_proj = _dense(d, d, bias=True, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        b, t, d = x.shape  # [B, T, D]
+        heads = lambda y: y.reshape(b, t, self.num_heads, d // self.num_heads)  # [B, T, N, H]
+        q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
+        # Softmax scale 1/sqrt(H) is the default, as in CLIP. cuDNN is picked on GPU when eligible.
+        out = jax.nn.dot_product_attention(q, k, v)  # [B, T, N, H]
+        return self.out_proj(out.reshape(b, t, d))
+
+
+class CLIPMLP(nnx.Module):
+    def __init__(self, cfg: CLIPVisionConfig, *, dtype, rngs: nnx.Rngs):
+        self.act = ACTIVATIONS[cfg.hidden_act]
+        self.fc1 = _dense(cfg.hidden_size, cfg.intermediate_size, bias=True, dtype=dtype, rngs=rngs)
+        self.fc2 = _dense(cfg.intermediate_size, cfg.hidden_size, bias=True, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class CLIPEncoderLayer(nnx.Module):
+    """A pre-LN block: x + attn(ln1(x)), then + mlp(ln2(.))."""
+
+    def __init__(self, cfg: CLIPVisionConfig, *, dtype, rngs: nnx.Rngs):
+        self.layer_norm1 = _layer_norm(cfg, dtype, rngs)
+        self.self_attn = CLIPAttention(cfg, dtype=dtype, rngs=rngs)
+        self.layer_norm2 = _layer_norm(cfg, dtype, rngs)
+        self.mlp = CLIPMLP(cfg, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x + self.self_attn(self.layer_norm1(x))
+        return x + self.mlp(self.layer_norm2(x))
+
+
+class CLIPEncoder(nnx.Module):
+    def __init__(self, cfg: CLIPVisionConfig, *, dtype, rngs: nnx.Rngs):
+        self.layers = nnx.List([CLIPEncoderLayer(cfg, dtype=dtype, rngs=rngs) for _ in range(cfg.num_hidden_layers)])
+
+
+class CLIPVisionModel(nnx.Module):
+    """CLIP's vision tower; `visual_projection` exists only when `cfg.projection_dim` is set."""
+
+    def __init__(self, cfg: CLIPVisionConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
+        self.config = cfg
+        self.embeddings = CLIPVisionEmbeddings(cfg, dtype=dtype, rngs=rngs)
+        self.pre_layrnorm = _layer_norm(cfg, dtype, rngs)  # sic: transformers' spelling
+        self.encoder = CLIPEncoder(cfg, dtype=dtype, rngs=rngs)
+        self.post_layernorm = _layer_norm(cfg, dtype, rngs)
+        self.visual_projection = (
+            _dense(cfg.hidden_size, cfg.projection_dim, bias=False, dtype=dtype, rngs=rngs)
+            if cfg.projection_dim
+            else None
+        )
+
+    @property
+    def num_layers(self) -> int:
+        return self.config.num_hidden_layers
+
+    def embed(self, pixels: jax.Array) -> jax.Array:
+        """Hidden state 0: patch + class embeddings, positions, pre-layernorm. [B, H, W, C] -> [B, T, D]."""
+        return self.pre_layrnorm(self.embeddings(pixels))
+
+    def block(self, i: int, hidden: jax.Array) -> jax.Array:
+        """Hidden state i+1 from hidden state i."""
+        return self.encoder.layers[i](hidden)
+
+    def pool(self, last_hidden: jax.Array) -> jax.Array:
+        """transformers' `pooler_output`: post-layernorm of the class token. [B, T, D] -> [B, D]."""
+        return self.post_layernorm(last_hidden[:, 0])
+
+    def project(self, pooled: jax.Array) -> jax.Array | None:
+        """`image_embeds` of `CLIPVisionModelWithProjection`, or None without a projection."""
+        return self.visual_projection(pooled) if self.visual_projection is not None else None
+
+
+# transformers name (relative to the vision model) -> our parameter path.
+RULES = (
+    Rule("embeddings.patch_embedding.weight", "embeddings.patch_embedding.kernel", CONV2D),
+    Rule("embeddings.class_embedding", "embeddings.class_embedding"),
+    Rule("embeddings.position_embedding.weight", "embeddings.position_embedding.embedding"),
+    Rule("pre_layrnorm.weight", "pre_layrnorm.scale"),
+    Rule("pre_layrnorm.bias", "pre_layrnorm.bias"),
+    Rule("post_layernorm.weight", "post_layernorm.scale"),
+    Rule("post_layernorm.bias", "post_layernorm.bias"),
+    Rule("encoder.layers.{i}.{ln}.weight", "encoder.layers.{i}.{ln}.scale"),  # layer_norm1/2
+    Rule("encoder.layers.{i}.{ln}.bias", "encoder.layers.{i}.{ln}.bias"),
+    Rule("encoder.layers.{i}.self_attn.{proj}.weight", "encoder.layers.{i}.self_attn.{proj}.kernel", LINEAR),
+    Rule("encoder.layers.{i}.self_attn.{proj}.bias", "encoder.layers.{i}.self_attn.{proj}.bias"),
+    Rule("encoder.layers.{i}.mlp.{fc}.weight", "encoder.layers.{i}.mlp.{fc}.kernel", LINEAR),
+    Rule("encoder.layers.{i}.mlp.{fc}.bias", "encoder.layers.{i}.mlp.{fc}.bias"),
+)
+# The projection sits beside the vision model, not inside it: matched without the prefix.
+PROJECTION_RULES = (Rule("visual_projection.weight", "visual_projection.kernel", LINEAR),)
+
+# Where the vision model sits inside the checkpoints that hold one, by transformers version:
+# CLIPVisionModel 5.x "", 4.x "vision_model."; CLIPModel and CLIPVisionModelWithProjection
+# "vision_model."; LlavaForConditionalGeneration 5.x "vision_tower." or
+# "model.vision_tower.", 4.x "vision_tower.vision_model." (and 4.52+ "model.vision_tower.vision_model.").
+VISION_PREFIXES = (
+    "",
+    "vision_model.",
+    "vision_tower.",
+    "vision_tower.vision_model.",
+    "model.vision_tower.",
+    "model.vision_tower.vision_model.",
+)
+# Tensors of the other halves of multi-part checkpoints, which the vision encoder does not use.
+IGNORED = {
+    "clip": (r"text_model\..*", r"text_projection\.weight", r"logit_scale"),
+    "llava": (r"(model\.)?language_model\..*", r"lm_head\..*", r"(model\.)?multi_modal_projector\..*"),
+}
+# Non-persistent buffers that older transformers versions saved anyway.
+IGNORED_BUFFERS = (r".*embeddings\.position_ids",)
+
+
+def vision_prefix(tensors, origin: str) -> str:
+    """The prefix under which this checkpoint stores its CLIP vision model."""
+    found = [p for p in VISION_PREFIXES if p + "embeddings.patch_embedding.weight" in tensors]
+    if not found:
+        raise CheckpointError(
+            f"{origin}: no CLIP vision tower: no tensor named '[prefix]embeddings.patch_embedding.weight' "
+            f"for any known prefix {list(VISION_PREFIXES)}"
+        )
+    return max(found, key=len)
+
+
+def load(model_type: str, hf_config: dict, tensors, *, dtype, origin: str):
+    """Build a `CLIPVisionModel` from a checkpoint's config dict and tensors.
+
+    `model_type` is the checkpoint's own ("clip_vision_model", "clip" or "llava"); the CLIP
+    vision config is taken from the right place inside `hf_config`.
+    Returns (model, prefix, ignored tensor names).
+    """
+    vision_hf = hf_config if model_type == MODEL_TYPE else hf_config.get("vision_config") or {}
+    if not isinstance(vision_hf, dict):
+        raise ConfigError(f"{origin}: 'vision_config' must be an object, got {type(vision_hf).__name__}")
+    prefix = vision_prefix(tensors, origin)
+    projection = tensors.get("visual_projection.weight")
+    cfg = CLIPVisionConfig.from_hf(vision_hf, projection_dim=int(projection.shape[0]) if projection is not None else None)
+    rules = with_prefix(RULES, prefix) + (PROJECTION_RULES if projection is not None else ())
+    ignore = IGNORED.get(model_type, ()) + IGNORED_BUFFERS
+    model, ignored = build_module(lambda: CLIPVisionModel(cfg, dtype=dtype, rngs=nnx.Rngs(0)), rules, tensors,
+                                  ignore=ignore, origin=origin)
+    return model, prefix, ignored

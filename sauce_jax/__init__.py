@@ -1,0 +1,37 @@
+"""sauce-jax: selective concept unlearning in vision encoders with sparse autoencoders, in JAX.
+
+Everything a user calls is importable from here. Submodules load on first use, so
+`import sauce_jax` (and the CLI's `--help`) stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from sauce_jax.errors import CheckpointError, ConfigError, InputError, SauceError
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "load_encoder": "sauce_jax.encoder",
+    "VisionEncoder": "sauce_jax.encoder",
+    "EncoderConfig": "sauce_jax.encoder",
+    "EncoderOutput": "sauce_jax.encoder",
+    "Hook": "sauce_jax.encoder",
+    "preprocess": "sauce_jax.preprocess",
+    "PreprocessConfig": "sauce_jax.preprocess",
+}
+
+__all__ = ["SauceError", "ConfigError", "CheckpointError", "InputError", "__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'sauce_jax' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(__all__)
