@@ -18,8 +18,8 @@ _LAZY = {
     "EncoderConfig": "sauce_jax.encoder",
     "EncoderOutput": "sauce_jax.encoder",
     "Hook": "sauce_jax.encoder",
-    "preprocess": "sauce_jax.preprocess",
-    "PreprocessConfig": "sauce_jax.preprocess",
+    "preprocess": "sauce_jax.image_processor",
+    "PreprocessConfig": "sauce_jax.image_processor",
 }
 
 __all__ = ["SauceError", "ConfigError", "CheckpointError", "InputError", "__version__", *_LAZY]

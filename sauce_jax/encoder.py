@@ -25,7 +25,7 @@ from flax import nnx
 from ports import clip
 from ports.weights import read_checkpoint_tensors, read_json, resolve_checkpoint_dir, torch_to_numpy
 from sauce_jax.errors import CheckpointError, ConfigError, InputError
-from sauce_jax.preprocess import PreprocessConfig
+from sauce_jax.image_processor import PreprocessConfig
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -205,7 +205,7 @@ def _is_torch_model(source: Any) -> bool:
     return hasattr(source, "state_dict") and hasattr(source, "config") and hasattr(source.config, "to_dict")
 
 
-def load_encoder(source: str | os.PathLike | Any, dtype: str = "float32") -> VisionEncoder:
+def load_encoder(source: str | os.PathLike | Any, dtype: str = "float32", attention: str = "auto") -> VisionEncoder:
     """Load the vision tower of a CLIP or LLaVA checkpoint into JAX.
 
     Args:
@@ -214,6 +214,8 @@ def load_encoder(source: str | os.PathLike | Any, dtype: str = "float32") -> Vis
         the local Hugging Face cache, or an in-memory transformers model (`CLIPVisionModel`,
         `CLIPVisionModelWithProjection`, `CLIPModel`, `LlavaForConditionalGeneration`).
       dtype: "float32" (default) or "bfloat16", for parameters and compute.
+      attention: "auto" (cuDNN-eligible `jax.nn.dot_product_attention` on GPU, the einsum
+        path elsewhere), or force "einsum", "xla" or "cudnn".
     """
     if dtype not in DTYPES:
         raise ConfigError(f"dtype {dtype!r} is not supported; choose one of {sorted(DTYPES)}")
@@ -236,7 +238,8 @@ def load_encoder(source: str | os.PathLike | Any, dtype: str = "float32") -> Vis
             f"{origin}: config model_type {model_type!r} is not a supported vision encoder; "
             f"supported: {list(_CLIP_TYPES)}"
         )
-    model, _, _ = clip.load(model_type, hf_config, tensors, dtype=DTYPES[dtype], origin=origin)
+    model, _, _ = clip.load(model_type, hf_config, tensors, dtype=DTYPES[dtype], attention_impl=attention,
+                            origin=origin)
     cfg = model.config
     feature_layer = hf_config.get("vision_feature_layer", -2)
     config = EncoderConfig(
