@@ -1,0 +1,266 @@
+"""Sparse autoencoders as pure functions over a params dict (SAELens names).
+
+    z     = act((x - b_dec) @ W_enc + b_enc)          paper eq. 1 (act = ReLU for `standard`)
+    x_hat = z @ W_dec + b_dec                          paper eq. 2
+    loss  = ||x - x_hat||^2 + alpha * ||z||_1          paper eq. 3 (`standard`)
+
+Params: `W_enc` [d_in, d_sae], `b_enc` [d_sae], `W_dec` [d_sae, d_in], `b_dec` [d_in], and for
+`batchtopk` a per-feature inference `threshold` [d_sae]. Architectures: `standard` (ReLU + L1,
+optionally weighted by decoder row norms as SAELens does), `topk` (keep the k largest
+pre-activations per token) and `batchtopk` (keep the k * B largest over the batch while
+training; a threshold at inference), both with the AuxK loss of Gao et al. for dead latents.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sauce_jax.errors import ConfigError, InputError
+
+ARCHITECTURES = ("standard", "topk", "batchtopk")
+Params = dict[str, jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class SAEConfig:
+    """Shape and loss of an SAE. Hashable: it is a static argument of the jitted functions."""
+
+    d_in: int  # width of the hooked activations
+    d_sae: int  # number of features (paper: 64 * d_in)
+    architecture: str = "standard"  # one of ARCHITECTURES
+    k: int | None = None  # active latents per token for topk / batchtopk
+    l1_coefficient: float = 8e-5  # alpha of eq. 3 (standard only)
+    l1_decoder_norm: bool = False  # weight |z_i| by ||W_dec[i]|| (SAELens' standard SAE)
+    aux_k: int | None = None  # dead latents used by AuxK; None = d_in // 2 (Gao et al.)
+    aux_coefficient: float = 1 / 32  # weight of the AuxK loss
+
+    def __post_init__(self):
+        for name in ("d_in", "d_sae"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or value < 1:
+                raise ConfigError(f"SAE {name} must be a positive integer, got {value!r}")
+        if self.architecture not in ARCHITECTURES:
+            raise ConfigError(f"SAE architecture {self.architecture!r} is not one of {ARCHITECTURES}")
+        if self.architecture != "standard":
+            if self.k is None or not 1 <= self.k <= self.d_sae:
+                raise ConfigError(f"{self.architecture} SAE needs 1 <= k <= d_sae={self.d_sae}, got k={self.k!r}")
+        if self.l1_coefficient < 0 or self.aux_coefficient < 0:
+            raise ConfigError("SAE loss coefficients must be >= 0")
+
+    @property
+    def uses_auxk(self) -> bool:
+        return self.architecture in ("topk", "batchtopk") and self.aux_coefficient > 0
+
+    @property
+    def resolved_aux_k(self) -> int:
+        return min(self.aux_k or max(self.d_in // 2, 1), self.d_sae)
+
+
+@dataclasses.dataclass
+class SAE:
+    """A trained (or loaded) SAE: its params, its config, and free-form metadata
+    (hooked model, layer, token choice, training figures) that travels with it on disk."""
+
+    params: Params
+    config: SAEConfig
+    metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def fingerprint(self) -> str:
+        """A short hash of the weights: FeatureSets record it to refuse a different SAE."""
+        digest = hashlib.sha256()
+        for name in sorted(self.params):
+            array = np.asarray(jax.device_get(self.params[name]), np.float32)
+            digest.update(name.encode())
+            digest.update(str(array.shape).encode())
+            digest.update(array.tobytes())
+        return digest.hexdigest()[:16]
+
+
+class SAEOutput(NamedTuple):
+    x_hat: jax.Array  # [..., d_in]
+    z: jax.Array  # [..., d_sae] feature activations
+    pre: jax.Array  # [..., d_sae] pre-activations
+
+
+class LossOutput(NamedTuple):
+    loss: jax.Array  # scalar: what the optimizer minimizes
+    mse: jax.Array  # mean over tokens of ||x - x_hat||^2
+    l1: jax.Array  # mean over tokens of the (weighted) L1 of z
+    l0: jax.Array  # mean active latents per token
+    auxk: jax.Array  # AuxK loss (0 for standard)
+    explained_variance: jax.Array  # 1 - SSE / SST over the batch
+    fired: jax.Array  # [d_sae] bool: latent active on some token of the batch
+    kth_value: jax.Array  # batchtopk: smallest kept activation (threshold estimate)
+
+
+# -- forward ------------------------------------------------------------------------------
+def _mm(a: jax.Array, b: jax.Array, compute_dtype) -> jax.Array:
+    """a @ b in `compute_dtype` with float32 accumulation and result."""
+    return jnp.matmul(a.astype(compute_dtype), b.astype(compute_dtype), preferred_element_type=jnp.float32)
+
+
+def pre_activations(params: Params, x: jax.Array, compute_dtype=jnp.float32) -> jax.Array:
+    """(x - b_dec) @ W_enc + b_enc. [..., d_in] -> [..., d_sae]"""
+    return _mm(x - params["b_dec"], params["W_enc"], compute_dtype) + params["b_enc"]
+
+
+def _topk_mask(pre: jax.Array, k: int) -> jax.Array:
+    """Exactly k True per row of [..., d_sae]: the k largest pre-activations."""
+    flat = pre.reshape(-1, pre.shape[-1])  # [N, d_sae]
+    _, idx = jax.lax.top_k(flat, k)  # [N, k]
+    mask = jnp.zeros(flat.shape, bool).at[jnp.arange(flat.shape[0])[:, None], idx].set(True)
+    return mask.reshape(pre.shape)
+
+
+def activate(pre: jax.Array, config: SAEConfig, *, threshold: jax.Array | None = None,
+             training: bool = False) -> tuple[jax.Array, jax.Array]:
+    """Feature activations from pre-activations; also returns batchtopk's kth value."""
+    relu = jax.nn.relu(pre)
+    if config.architecture == "standard":
+        return relu, jnp.zeros((), pre.dtype)
+    if config.architecture == "topk":
+        return jnp.where(_topk_mask(pre, config.k), relu, 0.0), jnp.zeros((), pre.dtype)
+    # batchtopk: while training, the k * N largest activations of the whole batch survive, so
+    # busy tokens get more latents and quiet ones fewer; at inference a fixed threshold
+    # (learned as a running mean of the smallest kept value) replaces the batch.
+    if training or threshold is None:
+        flat = relu.reshape(-1)
+        kept = min(config.k * (flat.shape[0] // config.d_sae), flat.shape[0])
+        kth = jax.lax.top_k(flat, kept)[0][-1]
+        return jnp.where(relu >= jnp.maximum(kth, 1e-30), relu, 0.0), kth
+    return jnp.where(relu > threshold, relu, 0.0), jnp.zeros((), pre.dtype)
+
+
+def encode(params: Params, x: jax.Array, config: SAEConfig, compute_dtype=jnp.float32) -> jax.Array:
+    """Feature activations z, [..., d_in] -> [..., d_sae] (inference behaviour)."""
+    z, _ = activate(pre_activations(params, x, compute_dtype), config, threshold=params.get("threshold"))
+    return z
+
+
+def decode(params: Params, z: jax.Array, compute_dtype=jnp.float32) -> jax.Array:
+    """z @ W_dec + b_dec, [..., d_sae] -> [..., d_in]."""
+    return _mm(z, params["W_dec"], compute_dtype) + params["b_dec"]
+
+
+def forward(params: Params, x: jax.Array, config: SAEConfig, compute_dtype=jnp.float32) -> SAEOutput:
+    pre = pre_activations(params, x, compute_dtype)
+    z, _ = activate(pre, config, threshold=params.get("threshold"))
+    return SAEOutput(decode(params, z, compute_dtype), z, pre)
+
+
+# -- loss ---------------------------------------------------------------------------------
+def loss(params: Params, x: jax.Array, config: SAEConfig, *, l1_coefficient: jax.Array | float | None = None,
+         dead: jax.Array | None = None, compute_dtype=jnp.float32) -> LossOutput:
+    """The training loss on a batch of activations x [N, d_in].
+
+    `l1_coefficient` overrides the config's (for an L1 warm-up); `dead` [d_sae] marks the
+    latents the AuxK loss may use.
+    """
+    x = x.astype(jnp.float32)
+    pre = pre_activations(params, x, compute_dtype)  # [N, d_sae]
+    z, kth = activate(pre, config, training=True)
+    x_hat = decode(params, z, compute_dtype)  # [N, d_in]
+    residual = x - x_hat
+    mse = jnp.mean(jnp.sum(residual**2, axis=-1))
+    if config.l1_decoder_norm:
+        l1 = jnp.mean(jnp.sum(z * jnp.linalg.norm(params["W_dec"], axis=-1), axis=-1))
+    else:
+        l1 = jnp.mean(jnp.sum(jnp.abs(z), axis=-1))
+    total = mse
+    if config.architecture == "standard":
+        alpha = config.l1_coefficient if l1_coefficient is None else l1_coefficient
+        total = total + alpha * l1
+    auxk = jnp.zeros((), jnp.float32)
+    if config.uses_auxk and dead is not None:
+        auxk = _auxk_loss(params, pre, jax.lax.stop_gradient(residual), dead, config, compute_dtype)
+        total = total + config.aux_coefficient * auxk
+    sst = jnp.sum((x - x.mean(axis=0)) ** 2)
+    return LossOutput(
+        loss=total, mse=mse, l1=l1, l0=jnp.mean(jnp.sum(z > 0, axis=-1)), auxk=auxk,
+        explained_variance=1.0 - jnp.sum(residual**2) / jnp.maximum(sst, 1e-30),
+        fired=jnp.any(z > 0, axis=0), kth_value=kth,
+    )
+
+
+def _auxk_loss(params, pre, residual, dead, config: SAEConfig, compute_dtype) -> jax.Array:
+    """Reconstruct the residual from the top aux_k dead latents (Gao et al. 2024)."""
+    masked = jnp.where(dead, pre, -jnp.inf)  # [N, d_sae]
+    z_aux = jnp.where(_topk_mask(masked, config.resolved_aux_k) & dead, jax.nn.relu(pre), 0.0)
+    err = _mm(z_aux, params["W_dec"], compute_dtype) - residual
+    scale = jnp.minimum(jnp.sum(dead) / config.resolved_aux_k, 1.0)
+    return scale * jnp.mean(jnp.sum(err**2, axis=-1))
+
+
+# -- initialisation and constraints --------------------------------------------------------
+def geometric_median(points: jax.Array, *, iterations: int = 100, tolerance: float = 1e-7) -> jax.Array:
+    """The point minimizing the sum of Euclidean distances to `points` [N, d] (Weiszfeld).
+
+    Starts from the mean; stops when the step is below `tolerance` times the scale.
+    """
+    points = jnp.asarray(points, jnp.float32)
+    if points.ndim != 2 or points.shape[0] == 0:
+        raise InputError(f"geometric_median needs points [N, d] with N > 0, got shape {points.shape}")
+
+    def body(state):
+        guess, _, i = state
+        dist = jnp.linalg.norm(points - guess, axis=-1)
+        weights = 1.0 / jnp.maximum(dist, 1e-12)
+        new = jnp.sum(points * weights[:, None], axis=0) / jnp.sum(weights)
+        return new, jnp.linalg.norm(new - guess), i + 1
+
+    def cond(state):
+        guess, step, i = state
+        return (i < iterations) & (step > tolerance * (1.0 + jnp.linalg.norm(guess)))
+
+    start = points.mean(axis=0)
+    median, _, _ = jax.lax.while_loop(cond, body, (start, jnp.asarray(jnp.inf), 0))
+    return median
+
+
+def normalize_decoder(params: Params) -> Params:
+    """Decoder rows scaled to unit norm (the optional constraint)."""
+    norms = jnp.linalg.norm(params["W_dec"], axis=-1, keepdims=True)
+    return {**params, "W_dec": params["W_dec"] / jnp.maximum(norms, 1e-12)}
+
+
+def init_params(key: jax.Array, config: SAEConfig, sample: jax.Array | None = None,
+                dtype=jnp.float32) -> Params:
+    """Unit-norm random decoder rows, encoder = decoder transposed, zero b_enc, and b_dec the
+    geometric median of `sample` [N, d_in] (zeros without a sample)."""
+    w_dec = jax.random.normal(key, (config.d_sae, config.d_in), jnp.float32)
+    w_dec = w_dec / jnp.linalg.norm(w_dec, axis=-1, keepdims=True)
+    if sample is not None:
+        sample = jnp.asarray(sample)
+        if sample.ndim != 2 or sample.shape[-1] != config.d_in:
+            raise InputError(f"SAE init sample must be [N, d_in={config.d_in}], got shape {sample.shape}")
+        b_dec = geometric_median(sample)
+    else:
+        b_dec = jnp.zeros((config.d_in,), jnp.float32)
+    params = {"W_enc": w_dec.T, "b_enc": jnp.zeros((config.d_sae,)), "W_dec": w_dec, "b_dec": b_dec}
+    if config.architecture == "batchtopk":
+        params["threshold"] = jnp.zeros((config.d_sae,))
+    return {name: value.astype(dtype) for name, value in params.items()}
+
+
+def check_params(params: Params, config: SAEConfig, origin: str = "SAE") -> None:
+    """Raise if `params` lacks a tensor or has the wrong shape for `config`."""
+    expected = {
+        "W_enc": (config.d_in, config.d_sae), "b_enc": (config.d_sae,),
+        "W_dec": (config.d_sae, config.d_in), "b_dec": (config.d_in,),
+    }
+    if config.architecture == "batchtopk":
+        expected["threshold"] = (config.d_sae,)
+    for name, shape in expected.items():
+        if name not in params:
+            raise InputError(f"{origin}: missing parameter {name!r}")
+        if tuple(params[name].shape) != shape:
+            raise InputError(f"{origin}: parameter {name!r} has shape {tuple(params[name].shape)}, expected {shape}")
+    extra = sorted(set(params) - set(expected))
+    if extra:
+        raise InputError(f"{origin}: unexpected parameter(s) {extra}")

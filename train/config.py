@@ -1,0 +1,63 @@
+"""Training hyperparameters (paper defaults) and their validation."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from sauce_jax.errors import ConfigError
+
+COMPUTE_DTYPES = ("float32", "bfloat16")
+LR_DECAYS = ("none", "linear", "cosine")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """How to train an SAE. Defaults are the paper's recipe (Section 4 / Appendix)."""
+
+    lr: float = 4e-4  # Adam learning rate
+    batch_size: int = 1024  # activations per step, over all devices and processes
+    steps: int | None = None  # total steps; when None, `epochs` decides
+    epochs: float = 2.0  # passes over the activations (paper: 2 epochs of ImageNet-1k)
+    lr_warmup_steps: int = 0  # linear warm-up from 0 to lr
+    lr_decay: str = "none"  # after warm-up: constant, or linear/cosine decay to lr_final
+    lr_final_fraction: float = 0.0  # lr at the last step as a fraction of lr (with a decay)
+    l1_warmup_steps: int = 0  # linear warm-up of alpha from 0 (standard SAEs)
+    adam_b1: float = 0.9
+    adam_b2: float = 0.999
+    compute_dtype: str = "float32"  # matmul inputs; params and optimizer state stay float32
+    normalize_decoder: bool = False  # renormalize decoder rows to unit norm after each step
+    dead_after_steps: int = 1000  # a latent silent this many steps counts as dead (AuxK, metrics)
+    threshold_decay: float = 0.99  # batchtopk: EMA decay of the inference threshold
+    geometric_median_samples: int = 4096  # activations used to initialise b_dec
+    seed: int = 0
+    log_every: int = 100  # steps between logged metrics
+    checkpoint_every: int = 1000  # steps between checkpoints (one is always written at the end)
+    keep_checkpoints: int = 2
+
+    def __post_init__(self):
+        def positive(name, value, allow_zero=False):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (value >= 0 if allow_zero else value > 0)
+            if not ok:
+                raise ConfigError(f"train config {name}={value!r} must be {'>= 0' if allow_zero else '> 0'}")
+
+        positive("lr", self.lr)
+        positive("batch_size", self.batch_size)
+        positive("epochs", self.epochs)
+        positive("log_every", self.log_every)
+        positive("checkpoint_every", self.checkpoint_every)
+        positive("keep_checkpoints", self.keep_checkpoints)
+        positive("dead_after_steps", self.dead_after_steps)
+        positive("geometric_median_samples", self.geometric_median_samples)
+        for name in ("lr_warmup_steps", "l1_warmup_steps", "lr_final_fraction"):
+            positive(name, getattr(self, name), allow_zero=True)
+        if self.steps is not None:
+            positive("steps", self.steps)
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise ConfigError(f"train config compute_dtype={self.compute_dtype!r} is not one of {COMPUTE_DTYPES}")
+        if self.lr_decay not in LR_DECAYS:
+            raise ConfigError(f"train config lr_decay={self.lr_decay!r} is not one of {LR_DECAYS}")
+        if not 0 <= self.threshold_decay < 1:
+            raise ConfigError(f"train config threshold_decay={self.threshold_decay!r} must be in [0, 1)")
+
+    # Fields that may change between a run and its --resume without changing what is computed.
+    RESUMABLE_CHANGES = ("log_every", "checkpoint_every", "keep_checkpoints")

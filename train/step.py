@@ -1,0 +1,120 @@
+"""The SAE train step: pure, jitted, data-parallel over a `jax.make_mesh` mesh."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from sauce_jax import sae as sae_lib
+from sauce_jax.sae import SAEConfig
+from train.config import TrainConfig
+
+TRAINABLE = ("W_enc", "b_enc", "W_dec", "b_dec")
+
+
+class TrainState(NamedTuple):
+    """Everything a step changes. A pytree: checkpointed whole, replicated over the mesh."""
+
+    params: dict  # SAE params (float32 master weights), `threshold` included for batchtopk
+    opt_state: optax.OptState  # Adam moments of the TRAINABLE params
+    step: jax.Array  # int32 scalar: steps taken
+    since_fired: jax.Array  # int32 [d_sae]: steps since each latent last fired
+
+
+def learning_rate_schedule(cfg: TrainConfig, total_steps: int) -> optax.Schedule:
+    warmup = min(cfg.lr_warmup_steps, total_steps)
+    decay_steps = max(total_steps - warmup, 1)
+    final = cfg.lr * cfg.lr_final_fraction
+    if cfg.lr_decay == "linear":
+        after = optax.linear_schedule(cfg.lr, final, decay_steps)
+    elif cfg.lr_decay == "cosine":
+        after = optax.cosine_decay_schedule(cfg.lr, decay_steps, alpha=cfg.lr_final_fraction)
+    else:
+        after = optax.constant_schedule(cfg.lr)
+    if warmup == 0:
+        return after
+    return optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, warmup), after], [warmup])
+
+
+def make_optimizer(cfg: TrainConfig, total_steps: int) -> optax.GradientTransformation:
+    return optax.adam(learning_rate_schedule(cfg, total_steps), b1=cfg.adam_b1, b2=cfg.adam_b2)
+
+
+def init_state(params: dict, optimizer: optax.GradientTransformation, sae_config: SAEConfig) -> TrainState:
+    trainable = {k: params[k] for k in TRAINABLE}
+    return TrainState(params=params, opt_state=optimizer.init(trainable), step=jnp.zeros((), jnp.int32),
+                      since_fired=jnp.zeros((sae_config.d_sae,), jnp.int32))
+
+
+def train_step(state: TrainState, batch: jax.Array, *, sae_config: SAEConfig, cfg: TrainConfig,
+               optimizer: optax.GradientTransformation) -> tuple[TrainState, dict]:
+    """One Adam step on a batch of activations [N, d_in]; returns the new state and metrics."""
+    compute_dtype = jnp.bfloat16 if cfg.compute_dtype == "bfloat16" else jnp.float32
+    step = state.step
+    alpha = sae_config.l1_coefficient
+    if cfg.l1_warmup_steps:
+        alpha = alpha * jnp.minimum(1.0, (step + 1) / cfg.l1_warmup_steps)
+    dead = state.since_fired >= cfg.dead_after_steps
+    frozen = {k: v for k, v in state.params.items() if k not in TRAINABLE}
+
+    def loss_fn(trainable):
+        out = sae_lib.loss({**trainable, **frozen}, batch, sae_config, l1_coefficient=alpha, dead=dead,
+                           compute_dtype=compute_dtype)
+        return out.loss, out
+
+    trainable = {k: state.params[k] for k in TRAINABLE}
+    (_, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+    updates, opt_state = optimizer.update(grads, state.opt_state, trainable)
+    trainable = optax.apply_updates(trainable, updates)
+    if cfg.normalize_decoder:
+        trainable = sae_lib.normalize_decoder(trainable)
+    params = {**trainable, **frozen}
+    if sae_config.architecture == "batchtopk":
+        # The inference threshold tracks the smallest activation BatchTopK kept (first step: as is).
+        decay = jnp.where(step == 0, 0.0, cfg.threshold_decay)
+        params["threshold"] = decay * frozen["threshold"] + (1 - decay) * out.kth_value
+    since_fired = jnp.where(out.fired, 0, state.since_fired + 1)
+    metrics = {
+        "loss": out.loss, "mse": out.mse, "l1": out.l1, "l0": out.l0, "auxk": out.auxk,
+        "explained_variance": out.explained_variance,
+        "dead_fraction": jnp.mean(since_fired >= cfg.dead_after_steps),
+        "grad_norm": optax.global_norm(grads),
+    }
+    return TrainState(params, opt_state, step + 1, since_fired), metrics
+
+
+def data_mesh() -> Mesh:
+    """A 1-D mesh over every device of every process, axis `data`.
+
+    Auto axes: XLA's partitioner places the cross-device reductions (gradient all-reduce,
+    BatchTopK's global top-k) itself.
+    """
+    return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def jit_train_step(mesh: Mesh, *, sae_config: SAEConfig, cfg: TrainConfig,
+                   optimizer: optax.GradientTransformation):
+    """The step under jit: state replicated, batch split over `data`, state buffers donated."""
+    replicated = NamedSharding(mesh, P())
+    sharded = NamedSharding(mesh, P("data"))
+    fn = lambda state, batch: train_step(state, batch, sae_config=sae_config, cfg=cfg, optimizer=optimizer)
+    return jax.jit(fn, in_shardings=(replicated, sharded), out_shardings=(replicated, replicated),
+                   donate_argnums=0)
+
+
+def replicate(tree, mesh: Mesh):
+    return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def global_batch(local, mesh: Mesh) -> jax.Array:
+    """This process's rows [n_local, d] -> one array [n_local * processes, d] split over `data`."""
+    return jax.make_array_from_process_local_data(NamedSharding(mesh, P("data")), local)
+
+
+def config_dict(obj) -> dict:
+    return dataclasses.asdict(obj)
