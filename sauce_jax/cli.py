@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sauce_jax.errors import SauceError
+from sauce_jax.errors import ConfigError, InputError, SauceError
 
 
 def _versions() -> dict[str, str]:
@@ -55,6 +55,48 @@ def cmd_selfcheck(args) -> int:
     return 0 if selfcheck.run(tolerance=args.tolerance, seed=args.seed) else 1
 
 
+def cmd_train_sae(args) -> int:
+    import numpy as np
+
+    from sauce_jax.sae import SAEConfig
+    from train import TrainConfig, train_sae
+
+    if args.distributed:
+        import jax
+
+        jax.distributed.initialize()
+    cfg = TrainConfig(lr=args.lr, batch_size=args.batch_size, steps=args.steps, epochs=args.epochs,
+                      lr_warmup_steps=args.lr_warmup_steps, lr_decay=args.lr_decay,
+                      l1_warmup_steps=args.l1_warmup_steps, compute_dtype=args.compute_dtype,
+                      normalize_decoder=args.normalize_decoder, seed=args.seed, log_every=args.log_every,
+                      checkpoint_every=args.checkpoint_every)
+    if args.activations:
+        try:
+            acts = np.load(args.activations, mmap_mode="r")
+        except (OSError, ValueError) as exc:
+            raise InputError(f"cannot read activations {args.activations!r}: {exc}") from exc
+        source_kwargs = dict(activations=acts)
+        d_in = acts.shape[-1]
+    else:
+        if not (args.encoder and args.images):
+            raise ConfigError("train-sae needs --encoder and --images, or --activations")
+        from sauce_jax.encoder import load_encoder
+
+        encoder = load_encoder(args.encoder, dtype=args.encoder_dtype)
+        source_kwargs = dict(encoder=encoder, images=args.images, layer=args.layer, token=args.token,
+                             cache=args.cache, cache_dir=args.cache_dir, chunk_images=args.chunk_images,
+                             encode_batch=args.encode_batch)
+        d_in = encoder.config.hidden_size
+    sae_config = SAEConfig(d_in=d_in, d_sae=args.expansion * d_in, architecture=args.architecture, k=args.k,
+                           l1_coefficient=args.l1_coefficient, l1_decoder_norm=args.l1_decoder_norm)
+    sae = train_sae(args.out, sae_config=sae_config, train_config=cfg, resume=args.resume,
+                    progress=not args.no_progress,
+                    metadata={"encoder": args.encoder, "layer": args.layer, "token": args.token}, **source_kwargs)
+    print(f"SAE with {sae.config.d_sae} features written to {args.out}/sae "
+          f"({sae.metadata.get('dead_features', '?')} dead, {sae.metadata['skipped_images']} images skipped)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sauce-jax",
@@ -68,6 +110,46 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--tolerance", type=float, default=1e-5, help="largest allowed relative error")
     check.add_argument("--seed", type=int, default=0)
     check.set_defaults(func=cmd_selfcheck)
+    train = sub.add_parser("train-sae", help="train an SAE on one layer of a vision encoder",
+                           description="Train an SAE on activations of one encoder layer (paper defaults), "
+                                       "with checkpoints, a JSONL log and feature statistics in --out.")
+    source = train.add_argument_group("activations")
+    source.add_argument("--encoder", help="checkpoint directory of the vision encoder")
+    source.add_argument("--images", help="image folder (flat or class subfolders)")
+    source.add_argument("--activations", help="a .npy file [N, d_in] to train on instead of images")
+    source.add_argument("--layer", type=int, default=-2, help="hidden-state index (default -2, LLaVA's)")
+    source.add_argument("--token", default="last", help="last | cls | mean | all | random-K")
+    source.add_argument("--cache", default="memory", choices=["none", "memory", "disk"])
+    source.add_argument("--cache-dir", help="folder of the disk cache (with --cache disk)")
+    source.add_argument("--chunk-images", type=int, default=1024, help="images encoded and shuffled together")
+    source.add_argument("--encode-batch", type=int, default=64)
+    source.add_argument("--encoder-dtype", default="float32", choices=["float32", "bfloat16"])
+    model = train.add_argument_group("SAE")
+    model.add_argument("--expansion", type=int, default=64)
+    model.add_argument("--architecture", default="standard", choices=["standard", "topk", "batchtopk"])
+    model.add_argument("--k", type=int, help="active latents per token (topk, batchtopk)")
+    model.add_argument("--l1-coefficient", type=float, default=8e-5)
+    model.add_argument("--l1-decoder-norm", action="store_true", help="weight the L1 by decoder row norms")
+    opt = train.add_argument_group("optimisation")
+    opt.add_argument("--lr", type=float, default=4e-4)
+    opt.add_argument("--batch-size", type=int, default=1024)
+    length = opt.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=int)
+    length.add_argument("--epochs", type=float, default=2.0)
+    opt.add_argument("--lr-warmup-steps", type=int, default=0)
+    opt.add_argument("--lr-decay", default="none", choices=["none", "linear", "cosine"])
+    opt.add_argument("--l1-warmup-steps", type=int, default=0)
+    opt.add_argument("--compute-dtype", default="float32", choices=["float32", "bfloat16"])
+    opt.add_argument("--normalize-decoder", action="store_true", help="keep decoder rows at unit norm")
+    opt.add_argument("--seed", type=int, default=0)
+    run = train.add_argument_group("run")
+    run.add_argument("--out", required=True, help="run folder: checkpoints, log.jsonl, sae/, feature_stats.*")
+    run.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    run.add_argument("--log-every", type=int, default=100)
+    run.add_argument("--checkpoint-every", type=int, default=1000)
+    run.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize() first (pods)")
+    run.add_argument("--no-progress", action="store_true")
+    train.set_defaults(func=cmd_train_sae)
     return parser
 
 

@@ -123,12 +123,16 @@ def train_sae(out_dir: str | Path, *, source=None, sae_config: SAEConfig | None 
                desc="train-sae", unit="step")
     started = time.perf_counter()
 
+    def kept() -> str:
+        if checkpoints.latest_step() is None and last_saved == 0:
+            return "no checkpoint had been written yet"
+        return f"the last good checkpoint (step {last_saved}) is kept in {str(out_dir / 'checkpoints')!r}"
+
     def save(step, state, position):
         nonlocal last_saved
         finite = all(bool(jnp.all(jnp.isfinite(v))) for v in state.params.values())
         if not finite:
-            raise TrainingDiverged(f"SAE params became NaN/Inf before step {step}; the last good checkpoint "
-                                   f"(step {last_saved}) is kept in {str(out_dir / 'checkpoints')!r}")
+            raise TrainingDiverged(f"SAE params became NaN/Inf before step {step}; {kept()}")
         checkpoints.save(step, state, {**record_base, "step": step, "position": list(position)})
         last_saved = step
 
@@ -140,8 +144,7 @@ def train_sae(out_dir: str | Path, *, source=None, sae_config: SAEConfig | None 
             if done % cfg.log_every == 0 or done == total_steps:
                 values = {name: float(v) for name, v in jax.device_get(metrics).items()}
                 if not math.isfinite(values["loss"]):
-                    raise TrainingDiverged(f"loss is {values['loss']} at step {done}; the last good checkpoint "
-                                           f"(step {last_saved}) is kept in {str(out_dir / 'checkpoints')!r}")
+                    raise TrainingDiverged(f"loss is {values['loss']} at step {done}; {kept()}")
                 values.update(step=done, seconds=round(time.perf_counter() - started, 3))
                 if jax.process_index() == 0:
                     log.write(values)
