@@ -20,6 +20,10 @@ _LAZY = {
     "Hook": "sauce_jax.encoder",
     "preprocess": "sauce_jax.image_processor",
     "PreprocessConfig": "sauce_jax.image_processor",
+    "SAE": "sauce_jax.sae",
+    "SAEConfig": "sauce_jax.sae",
+    "load_sae": "sauce_jax.sae_io",
+    "save_sae": "sauce_jax.sae_io",
 }
 
 __all__ = ["SauceError", "ConfigError", "CheckpointError", "InputError", "__version__", *_LAZY]

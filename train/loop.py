@@ -112,6 +112,10 @@ def train_sae(out_dir: str | Path, *, source=None, sae_config: SAEConfig | None 
     else:
         sample = _sample_for_median(source, cfg.geometric_median_samples)
         params = sae_lib.init_params(jax.random.key(cfg.seed), sae_config, sample)
+        if jax.process_count() > 1:  # each process sampled its own shard: start from process 0's
+            from jax.experimental import multihost_utils
+
+            params = multihost_utils.broadcast_one_to_all(params)
         state = replicate(init_state(params, optimizer, sae_config), mesh)
         position, start_step = (0, 0, 0), 0
     log = JsonlLog(out_dir / "log.jsonl", resume_step=start_step if resume and latest is not None else None)

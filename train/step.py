@@ -83,7 +83,7 @@ def train_step(state: TrainState, batch: jax.Array, *, sae_config: SAEConfig, cf
         "loss": out.loss, "mse": out.mse, "l1": out.l1, "l0": out.l0, "auxk": out.auxk,
         "explained_variance": out.explained_variance,
         "dead_fraction": jnp.mean(since_fired >= cfg.dead_after_steps),
-        "grad_norm": optax.tree_utils.tree_l2_norm(grads),
+        "grad_norm": jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree.leaves(grads))),
     }
     return TrainState(params, opt_state, step + 1, since_fired), metrics
 
