@@ -85,7 +85,7 @@ def cmd_train_sae(args) -> int:
         encoder = load_encoder(args.encoder, dtype=args.encoder_dtype)
         source_kwargs = dict(encoder=encoder, images=args.images, layer=args.layer, token=args.token,
                              cache=args.cache, cache_dir=args.cache_dir, chunk_images=args.chunk_images,
-                             encode_batch=args.encode_batch)
+                             encode_batch=args.encode_batch, workers=args.workers)
         d_in = encoder.config.hidden_size
     sae_config = SAEConfig(d_in=d_in, d_sae=args.expansion * d_in, architecture=args.architecture, k=args.k,
                            l1_coefficient=args.l1_coefficient, l1_decoder_norm=args.l1_decoder_norm)
@@ -123,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--cache-dir", help="folder of the disk cache (with --cache disk)")
     source.add_argument("--chunk-images", type=int, default=1024, help="images encoded and shuffled together")
     source.add_argument("--encode-batch", type=int, default=64)
+    source.add_argument("--workers", type=int, default=0, help="image-decoding worker processes (0: threads)")
     source.add_argument("--encoder-dtype", default="float32", choices=["float32", "bfloat16"])
     model = train.add_argument_group("SAE")
     model.add_argument("--expansion", type=int, default=64)

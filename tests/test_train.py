@@ -256,3 +256,12 @@ def test_bad_training_input(tmp_path, small_encoder):
         TrainConfig(batch_size=0)
     with pytest.raises(InputError, match=r"\[N, d_in\]"):
         train_sae(tmp_path / "e", activations=np.zeros((0, 4), np.float32), progress=False)
+
+
+def test_worker_processes_give_the_same_activations(tmp_path, small_encoder):
+    write_images(tmp_path / "imgs", 9, corrupt=1)
+    threads = EncoderSource(small_encoder, tmp_path / "imgs", token="mean", chunk_images=5, encode_batch=4)
+    procs = EncoderSource(small_encoder, tmp_path / "imgs", token="mean", chunk_images=5, encode_batch=4, workers=2)
+    for chunk in range(2):
+        np.testing.assert_array_equal(procs.chunk(1, chunk), threads.chunk(1, chunk))
+    assert procs.skipped == threads.skipped and len(procs.skipped) == 1

@@ -9,6 +9,7 @@ iterator state: resuming re-reads one chunk and lands on exactly the same batche
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -24,6 +25,14 @@ from sauce_jax.errors import ConfigError, InputError
 from sauce_jax.image_processor import preprocess_one
 from train.images import as_image_items, open_image
 from train.tokens import check_token_choice, select_tokens, tokens_per_image
+
+
+def _load_preprocessed(index: int, *, items, preprocess_config):
+    """Decode + preprocess one image (a top-level function: grain ships it to worker processes)."""
+    image = open_image(items[index])
+    if image is None:
+        return index, None
+    return index, preprocess_one(image, preprocess_config, index)
 
 
 def _rng(*words: int) -> np.random.Generator:
@@ -60,13 +69,13 @@ class ArraySource:
 
 
 class EncoderSource:
-    """Images -> grain (decode + the encoder's preprocess, threads) -> jitted encoder stopped at
+    """Images -> grain (decode + the encoder's preprocess, threads or worker processes) -> jitted encoder stopped at
     `layer` -> token choice. Chunk c of epoch e holds `chunk_images` images of this process's
     shard, in the epoch's seeded order, and its tokens are shuffled together."""
 
     def __init__(self, encoder, images: Any, *, layer: int = -2, token: str = "last", chunk_images: int = 1024,
-                 encode_batch: int = 64, seed: int = 0, num_threads: int = 8, process_index: int = 0,
-                 process_count: int = 1):
+                 encode_batch: int = 64, seed: int = 0, num_threads: int = 8, workers: int = 0,
+                 process_index: int = 0, process_count: int = 1):
         self.encoder = encoder
         self.layer = encoder.layer_index(layer)
         self.token = check_token_choice(token)
@@ -78,7 +87,9 @@ class EncoderSource:
         self.total_images = len(items)
         self.d_in = encoder.config.hidden_size
         self.chunk_images, self.encode_batch = chunk_images, encode_batch
-        self.seed, self.num_threads = seed, num_threads
+        self.seed, self.num_threads, self.workers = seed, num_threads, workers
+        self._load = functools.partial(_load_preprocessed, items=self.items,
+                                       preprocess_config=encoder.preprocess_config)
         self.skipped: set[int] = set()  # indices of unreadable images
 
     def num_chunks(self) -> int:
@@ -87,17 +98,18 @@ class EncoderSource:
     def tokens_per_epoch(self) -> int:
         return len(self.items) * self.per_image
 
-    def _load(self, index: int):
-        image = open_image(self.items[index])
-        if image is None:
-            return index, None
-        return index, preprocess_one(image, self.encoder.preprocess_config, index)
-
     def chunk(self, epoch: int, index: int) -> np.ndarray:
         order = _rng(self.seed, epoch).permutation(len(self.items))
         wanted = [int(i) for i in order[index * self.chunk_images : (index + 1) * self.chunk_images]]
         dataset = grain.MapDataset.source(wanted).map(self._load)
-        loaded = dataset.to_iter_dataset(grain.ReadOptions(num_threads=self.num_threads, prefetch_buffer_size=2 * self.num_threads))
+        loaded = dataset.to_iter_dataset(grain.ReadOptions(num_threads=self.num_threads,
+                                                           prefetch_buffer_size=2 * self.num_threads))
+        if self.workers:  # decode in worker processes; order is kept, so results do not change
+            from absl import flags
+
+            if not flags.FLAGS.is_parsed():  # grain reads absl flags, which a library never parses
+                flags.FLAGS.mark_as_parsed()
+            loaded = loaded.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.workers))
         pixels = []
         for i, px in loaded:
             if px is None:

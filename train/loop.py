@@ -29,7 +29,8 @@ class TrainingDiverged(SauceError):
 
 
 def make_source(*, activations=None, encoder=None, images=None, layer=-2, token="last", cache="memory",
-                cache_dir=None, cache_dtype="float32", chunk_images=1024, encode_batch=64, seed=0, num_threads=8):
+                cache_dir=None, cache_dtype="float32", chunk_images=1024, encode_batch=64, seed=0, num_threads=8,
+                workers=0):
     """The activation source `train_sae` reads: an array, or images through an encoder (cached)."""
     index, count = jax.process_index(), jax.process_count()
     if activations is not None:
@@ -38,7 +39,7 @@ def make_source(*, activations=None, encoder=None, images=None, layer=-2, token=
         raise ConfigError("train_sae needs `activations`, or an `encoder` and `images`")
     inner = EncoderSource(encoder, images, layer=layer, token=token, chunk_images=chunk_images,
                           encode_batch=encode_batch, seed=seed, num_threads=num_threads,
-                          process_index=index, process_count=count)
+                          workers=workers, process_index=index, process_count=count)
     if cache == "none":
         return inner
     if cache == "memory":
