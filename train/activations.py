@@ -23,8 +23,8 @@ import numpy as np
 
 from sauce_jax.errors import ConfigError, InputError
 from sauce_jax.image_processor import preprocess_one
-from train.images import as_image_items, open_image
-from train.tokens import check_token_choice, select_tokens, tokens_per_image
+from sauce_jax.images import as_image_items, open_image
+from sauce_jax.tokens import check_token_choice, select_tokens, tokens_per_image
 
 
 def _load_preprocessed(index: int, *, items, preprocess_config):
