@@ -24,6 +24,11 @@ _LAZY = {
     "SAEConfig": "sauce_jax.sae",
     "load_sae": "sauce_jax.sae_io",
     "save_sae": "sauce_jax.sae_io",
+    "score_features": "sauce_jax.scoring",
+    "select_features": "sauce_jax.scoring",
+    "FeatureSet": "sauce_jax.scoring",
+    "unlearn": "sauce_jax.intervention",
+    "per_image_ids": "sauce_jax.intervention",
 }
 
 __all__ = ["SauceError", "ConfigError", "CheckpointError", "InputError", "__version__", *_LAZY]

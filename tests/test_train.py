@@ -22,7 +22,7 @@ from sauce_jax.sae import SAEConfig
 from synthetic import planted, recovered_fraction
 from train import TrainConfig, TrainingDiverged, make_source, train_sae
 from train.activations import CachedSource, EncoderSource, batches
-from train.tokens import select_tokens
+from sauce_jax.tokens import select_tokens
 
 REPO = Path(__file__).resolve().parents[1]
 
