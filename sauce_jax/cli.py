@@ -97,6 +97,53 @@ def cmd_train_sae(args) -> int:
     return 0
 
 
+def cmd_select(args) -> int:
+    from sauce_jax.encoder import load_encoder
+    from sauce_jax.sae_io import load_sae
+    from sauce_jax.scoring import select_features
+
+    encoder = load_encoder(args.encoder)
+    sae = load_sae(args.sae)
+    features = select_features(sae, encoder, args.positives, args.negatives, k=args.k, layer=args.layer,
+                               concept=args.concept, token=args.token, gamma=args.gamma,
+                               progress=not args.no_progress)
+    features.save(args.out)
+    print(f"{features.concept!r}: features {list(features.feature_ids)} at hidden state {features.layer} "
+          f"-> {args.out}")
+    return 0
+
+
+def cmd_unlearn(args) -> int:
+    import numpy as np
+
+    from sauce_jax.encoder import load_encoder
+    from sauce_jax.image_processor import preprocess
+    from sauce_jax.images import as_image_items, open_image
+    from sauce_jax.intervention import unlearn
+    from sauce_jax.sae_io import load_sae
+    from sauce_jax.scoring import FeatureSet
+
+    encoder = load_encoder(args.encoder)
+    sae = load_sae(args.sae)
+    sets = [FeatureSet.load(path) for path in args.features]
+    edited = unlearn(encoder, sae, sets, layer=args.layer, gamma=args.gamma, mode=args.mode, where=args.where)
+    layer = encoder.layer_index(args.output_layer if args.output_layer is not None else sets[0].layer)
+    items = as_image_items(args.images)
+    names, outputs = [], []
+    for start in range(0, len(items), args.batch_size):
+        batch = [(item, open_image(item)) for item in items[start : start + args.batch_size]]
+        batch = [(item, image) for item, image in batch if image is not None]
+        if batch:
+            names += [str(item) for item, _ in batch]
+            outputs.append(np.asarray(edited.hidden_state(preprocess([im for _, im in batch], encoder), layer)))
+    if not outputs:
+        raise InputError(f"no readable images in {args.images!r}")
+    np.savez(args.out, features=np.concatenate(outputs), files=np.array(names), layer=layer)
+    print(f"hidden state {layer} of {len(names)} images without {'+'.join(s.concept for s in sets)!r} "
+          f"({args.mode}) -> {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sauce-jax",
@@ -151,6 +198,38 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize() first (pods)")
     run.add_argument("--no-progress", action="store_true")
     train.set_defaults(func=cmd_train_sae)
+
+    select = sub.add_parser("select", help="pick the SAE features of a concept (paper eq. 4)",
+                            description="Score every SAE feature on images with and without a concept; "
+                                        "write the k best as a FeatureSet JSON.")
+    select.add_argument("--sae", required=True, help="SAE directory (SAELens format)")
+    select.add_argument("--encoder", required=True, help="vision encoder checkpoint directory")
+    select.add_argument("--positives", required=True, help="folder of images with the concept")
+    select.add_argument("--negatives", required=True, help="folder of images without it")
+    select.add_argument("--concept", required=True)
+    select.add_argument("-k", type=int, required=True, help="number of features to keep")
+    select.add_argument("--layer", type=int, help="hidden-state index (default: the SAE's, else -2)")
+    select.add_argument("--token", help="token choice (default: the SAE's, else last)")
+    select.add_argument("--gamma", type=float, default=-0.5, help="scale to apply to the features (eq. 6)")
+    select.add_argument("--out", required=True, help="FeatureSet JSON file to write")
+    select.add_argument("--no-progress", action="store_true")
+    select.set_defaults(func=cmd_select)
+
+    unl = sub.add_parser("unlearn", help="run images through the encoder with concepts unlearned",
+                         description="Apply FeatureSets to the encoder and write the edited hidden states "
+                                     "of every image to an .npz file (features, files, layer).")
+    unl.add_argument("--encoder", required=True)
+    unl.add_argument("--sae", required=True)
+    unl.add_argument("--features", required=True, nargs="+", help="FeatureSet JSON file(s); several are united")
+    unl.add_argument("--images", required=True, help="image folder")
+    unl.add_argument("--mode", default="reconstruct", choices=["reconstruct", "delta"])
+    unl.add_argument("--where", default="all", choices=["all", "patch", "cls"], help="tokens to edit")
+    unl.add_argument("--layer", type=int, help="hidden state to edit (default: the FeatureSet's)")
+    unl.add_argument("--gamma", type=float, help="default: the FeatureSet's")
+    unl.add_argument("--output-layer", type=int, help="hidden state to write (default: the edited one)")
+    unl.add_argument("--batch-size", type=int, default=32)
+    unl.add_argument("--out", required=True, help=".npz file to write")
+    unl.set_defaults(func=cmd_unlearn)
     return parser
 
 
