@@ -73,13 +73,15 @@ def make_hook(mode: str, config: SAEConfig):
     def reconstruct(hidden: jax.Array, args: InterventionArgs) -> jax.Array:
         b = hidden.shape[0]  # hidden [B, T, D]
         x = hidden.astype(jnp.float32)
-        ids, valid = _selected(args.feature_ids, config.d_sae, b)
+        ids, valid = _selected(args.feature_ids, config.d_sae, b)  # [B, k]
         gamma = jnp.broadcast_to(args.gamma, (b,))
-        # Per-image scale of every latent: gamma on F, 1 elsewhere. [B, d_sae]
-        hit = jnp.zeros((b, config.d_sae), bool).at[jnp.arange(b)[:, None], ids].max(valid)
-        scale = jnp.where(hit, gamma[:, None], 1.0)
-        z = sae_lib.encode(args.params, x, config) * scale[:, None, :]  # [B, T, d_sae]
-        return _apply_at(hidden, sae_lib.decode(args.params, z), args.token_mask)
+        z = sae_lib.encode(args.params, x, config)  # [B, T, d_sae]
+        # decode(z with z_F scaled by gamma) = decode(z) + sum_F (gamma - 1) z_i W_dec[i]: the
+        # edit touches k decoder rows instead of rescaling all d_sae latents of every token.
+        z_f = jnp.take_along_axis(z, ids[:, None, :], axis=-1)  # [B, T, k]
+        coeff = jnp.where(valid[:, None, :], (gamma[:, None, None] - 1.0) * z_f, 0.0)
+        edit = jnp.einsum("btk,bkd->btd", coeff, jnp.take(args.params["W_dec"], ids, axis=0))
+        return _apply_at(hidden, sae_lib.decode(args.params, z) + edit, args.token_mask)
 
     def delta(hidden: jax.Array, args: InterventionArgs) -> jax.Array:
         b = hidden.shape[0]
@@ -117,6 +119,10 @@ def _ids_of(features: Any, sae: SAE) -> tuple[np.ndarray, float | None, int | No
     bad = ids[(ids < -1) | (ids >= sae.config.d_sae)]
     if bad.size:
         raise InputError(f"feature ids {bad[:5].tolist()} are outside [0, d_sae={sae.config.d_sae}) (-1 pads)")
+    for row in ids.reshape(-1, ids.shape[-1]):
+        real = row[row >= 0]
+        if len(np.unique(real)) != len(real):  # an edit applied twice would scale by gamma twice
+            raise InputError(f"feature ids {row.tolist()} repeat an id")
     return ids.astype(np.int32), None, None
 
 

@@ -171,6 +171,7 @@ def test_one_concept_set_per_image(toy, small_encoder):
 @pytest.mark.parametrize("call, error, match", [
     (lambda e, s: sauce_jax.unlearn(e, s, np.array([128])), InputError, "outside"),
     (lambda e, s: sauce_jax.unlearn(e, s, np.array([], np.int32)), InputError, "non-empty"),
+    (lambda e, s: sauce_jax.unlearn(e, s, np.array([3, 5, 3])), InputError, "repeat"),
     (lambda e, s: sauce_jax.unlearn(e, s, np.array([1]), layer=9), ConfigError, "out of range"),
     (lambda e, s: sauce_jax.unlearn(e, s, np.array([1]), mode="erase"), ConfigError, "erase"),
     (lambda e, s: sauce_jax.unlearn(e, s, np.array([1]), where="middle"), ConfigError, "middle"),
