@@ -90,7 +90,7 @@ def cmd_train_sae(args) -> int:
     sae_config = SAEConfig(d_in=d_in, d_sae=args.expansion * d_in, architecture=args.architecture, k=args.k,
                            l1_coefficient=args.l1_coefficient, l1_decoder_norm=args.l1_decoder_norm)
     sae = train_sae(args.out, sae_config=sae_config, train_config=cfg, resume=args.resume,
-                    progress=not args.no_progress,
+                    progress=not args.no_progress, tensorboard=args.tensorboard,
                     metadata={"encoder": args.encoder, "layer": args.layer, "token": args.token}, **source_kwargs)
     print(f"SAE with {sae.config.d_sae} features written to {args.out}/sae "
           f"({sae.metadata.get('dead_features', '?')} dead, {sae.metadata['skipped_images']} images skipped)")
@@ -196,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--log-every", type=int, default=100)
     run.add_argument("--checkpoint-every", type=int, default=1000)
     run.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize() first (pods)")
+    run.add_argument("--tensorboard", action="store_true", help="also log to --out/tensorboard (tensorboardX)")
     run.add_argument("--no-progress", action="store_true")
     train.set_defaults(func=cmd_train_sae)
 

@@ -265,3 +265,32 @@ def test_worker_processes_give_the_same_activations(tmp_path, small_encoder):
     for chunk in range(2):
         np.testing.assert_array_equal(procs.chunk(1, chunk), threads.chunk(1, chunk))
     assert procs.skipped == threads.skipped and len(procs.skipped) == 1
+
+
+def read_scalars(directory: Path) -> dict[str, list[tuple[int, float]]]:
+    """Scalars of TensorBoard event files, read back with their TFRecord framing."""
+    import struct
+
+    from tensorboardX.proto.event_pb2 import Event
+
+    scalars: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted(directory.glob("events.out.tfevents.*")):
+        data = path.read_bytes()
+        offset = 0
+        while offset < len(data):
+            (length,) = struct.unpack("<Q", data[offset : offset + 8])
+            event = Event.FromString(data[offset + 12 : offset + 12 + length])
+            offset += 12 + length + 4
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return scalars
+
+
+def test_tensorboard_events_hold_the_logged_metrics(tmp_path):
+    x, _ = planted(n=2000)
+    train_sae(tmp_path, activations=x, sae_config=SAEConfig(d_in=32, d_sae=64, architecture="topk", k=3),
+              train_config=TrainConfig(batch_size=128, steps=20, log_every=10, checkpoint_every=100),
+              progress=False, tensorboard=True)
+    mse = read_scalars(tmp_path / "tensorboard")["train/mse"]
+    assert [step for step, _ in mse] == [10, 20]
+    np.testing.assert_allclose([v for _, v in mse], [r["mse"] for r in logged(tmp_path)], rtol=1e-6)

@@ -20,7 +20,7 @@ from sauce_jax.sae import SAE, SAEConfig
 from train.activations import ArraySource, CachedSource, EncoderSource, batches
 from train.checkpoint import RunCheckpoints, abstract_like, check_resumable
 from train.config import TrainConfig
-from train.metrics import JsonlLog, feature_statistics, plot_feature_statistics
+from train.metrics import JsonlLog, TensorBoardLog, feature_statistics, plot_feature_statistics
 from train.step import data_mesh, global_batch, init_state, jit_train_step, make_optimizer, replicate
 
 
@@ -67,7 +67,7 @@ def _sample_for_median(source, n: int) -> np.ndarray:
 def train_sae(out_dir: str | Path, *, source=None, sae_config: SAEConfig | None = None, expansion: int = 64,
               architecture: str = "standard", k: int | None = None, train_config: TrainConfig = TrainConfig(),
               resume: bool = False, progress: bool = True, metadata: dict[str, Any] | None = None,
-              **source_kwargs) -> SAE:
+              tensorboard: bool = False, **source_kwargs) -> SAE:
     """Train an SAE and write it, its checkpoints, logs and feature statistics to `out_dir`.
 
     Args:
@@ -79,6 +79,7 @@ def train_sae(out_dir: str | Path, *, source=None, sae_config: SAEConfig | None 
         topk/batchtopk). Its d_in must equal the activations' width.
       train_config: optimizer, schedule, batch, steps/epochs, checkpoint and log intervals.
       resume: continue from the latest checkpoint in `out_dir` (the configuration must match).
+      tensorboard: also write the logged metrics as TensorBoard events to `out_dir/tensorboard`.
     """
     cfg = train_config
     source = source or make_source(seed=cfg.seed, **source_kwargs)
@@ -120,6 +121,7 @@ def train_sae(out_dir: str | Path, *, source=None, sae_config: SAEConfig | None 
         state = replicate(init_state(params, optimizer, sae_config), mesh)
         position, start_step = (0, 0, 0), 0
     log = JsonlLog(out_dir / "log.jsonl", resume_step=start_step if resume and latest is not None else None)
+    board = TensorBoardLog(out_dir / "tensorboard") if tensorboard and jax.process_index() == 0 else None
 
     step_fn = jit_train_step(mesh, sae_config=sae_config, cfg=cfg, optimizer=optimizer)
     stream = batches(source, local_batch, position)
@@ -153,6 +155,8 @@ def train_sae(out_dir: str | Path, *, source=None, sae_config: SAEConfig | None 
                 values.update(step=done, seconds=round(time.perf_counter() - started, 3))
                 if jax.process_index() == 0:
                     log.write(values)
+                if board is not None:
+                    board.write(values)
                 bar.set_postfix(mse=f"{values['mse']:.4g}", ev=f"{values['explained_variance']:.3f}",
                                 l0=f"{values['l0']:.1f}", dead=f"{values['dead_fraction']:.2f}")
             if done % cfg.checkpoint_every == 0 and done != total_steps:
@@ -163,6 +167,8 @@ def train_sae(out_dir: str | Path, *, source=None, sae_config: SAEConfig | None 
     finally:
         bar.close()
         checkpoints.close()
+        if board is not None:
+            board.close()
 
     params = jax.device_get(state.params)
     skipped = len(getattr(source, "skipped", ()))

@@ -72,3 +72,26 @@ class JsonlLog:
     def write(self, record: dict) -> None:
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
+
+
+class TensorBoardLog:
+    """Scalars to TensorBoard event files (the optional `tensorboard` extra: tensorboardX)."""
+
+    def __init__(self, directory: str | Path):
+        try:
+            from tensorboardX import SummaryWriter
+        except ImportError as exc:
+            from sauce_jax.errors import ConfigError
+
+            raise ConfigError("TensorBoard logging needs tensorboardX: pip install 'sauce-jax[tensorboard]'") from exc
+        self.writer = SummaryWriter(str(directory))
+
+    def write(self, record: dict) -> None:
+        step = record["step"]
+        for name, value in record.items():
+            if name not in ("step", "seconds"):
+                self.writer.add_scalar(f"train/{name}", value, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
