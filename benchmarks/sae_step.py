@@ -66,7 +66,6 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
 
     import jax
-    import jax.numpy as jnp
 
     from sauce_jax import sae as sae_lib
     from train.config import TrainConfig

@@ -14,7 +14,6 @@ import dataclasses
 import functools
 import os
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
@@ -24,7 +23,7 @@ from flax import nnx
 
 from ports import clip
 from ports.weights import read_checkpoint_tensors, read_json, resolve_checkpoint_dir, torch_to_numpy
-from sauce_jax.errors import CheckpointError, ConfigError, InputError
+from sauce_jax.errors import ConfigError, InputError
 from sauce_jax.image_processor import PreprocessConfig
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}

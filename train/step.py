@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import NamedTuple
 
 import jax
@@ -114,7 +113,3 @@ def replicate(tree, mesh: Mesh):
 def global_batch(local, mesh: Mesh) -> jax.Array:
     """This process's rows [n_local, d] -> one array [n_local * processes, d] split over `data`."""
     return jax.make_array_from_process_local_data(NamedSharding(mesh, P("data")), local)
-
-
-def config_dict(obj) -> dict:
-    return dataclasses.asdict(obj)
