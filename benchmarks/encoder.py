@@ -1,7 +1,7 @@
 """Our CLIP vision encoder against transformers' CLIPVisionModel: same config, weights and batch.
 
-    python benchmarks/encoder.py                       # CPU: ViT-B/16-224, float32, batch 8
-    python benchmarks/encoder.py --preset L/14-336 --layer -2 --dtype bfloat16 --batch 256   # GPU
+    python -m benchmarks.encoder                       # CPU: ViT-B/16-224, float32, batch 8
+    python -m benchmarks.encoder --preset L/14-336 --layer -2 --dtype bfloat16 --batch 256   # GPU
 
 Both sides run up to the same hidden state (`--layer`; transformers gets its later blocks
 removed, we stop early), warm up first, then report the median of `--repeats` timed runs.

@@ -2,8 +2,8 @@
 hooked layer) -> token choice -> the activation cache, in images/s; and the projected wall time
 of the paper's recipe (ImageNet-1k, 2 epochs, expansion 64) from that and the SAE step speed.
 
-    python benchmarks/extract.py                          # CPU: ViT-B/16-224, 64 images
-    python benchmarks/extract.py --preset L/14-336 --dtype bfloat16 --images 4096 --encode-batch 256 \\
+    python -m benchmarks.extract                          # CPU: ViT-B/16-224, 64 images
+    python -m benchmarks.extract --preset L/14-336 --dtype bfloat16 --images 4096 --encode-batch 256 \\
         --workers 8 --sae-tokens-per-s 500000            # GPU
 
 Epoch 1 runs the encoder; epoch 2 reads the cache, so the projection is

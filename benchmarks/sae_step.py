@@ -1,7 +1,7 @@
 """One SAE train step (ReLU-L1 + Adam), ours against PyTorch, same shapes, in one run.
 
-    python benchmarks/sae_step.py                                   # CPU-sized: d_in 256, d_sae 8192, batch 1024
-    python benchmarks/sae_step.py --d-in 1024 --d-sae 65536 --batch 4096 --compute-dtype bfloat16   # GPU
+    python -m benchmarks.sae_step                                   # CPU-sized: d_in 256, d_sae 8192, batch 1024
+    python -m benchmarks.sae_step --d-in 1024 --d-sae 65536 --batch 4096 --compute-dtype bfloat16   # GPU
 
 The PyTorch side is the SAELens recipe: an nn.Module with W_enc, b_enc, W_dec, b_dec, the
 paper's loss, torch.optim.Adam, and bf16 autocast when --compute-dtype bfloat16 on CUDA.
@@ -10,21 +10,8 @@ paper's loss, torch.optim.Adam, and bf16 autocast when --compute-dtype bfloat16 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import numpy as np
-
-
-def median_seconds(fn, warmup: int, repeats: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def torch_step_fn(d_in, d_sae, batch, alpha, lr, compute_dtype):
@@ -67,6 +54,7 @@ def main(argv=None) -> dict:
 
     import jax
 
+    from benchmarks.encoder import median_seconds
     from sauce_jax import sae as sae_lib
     from train.config import TrainConfig
     from train.step import data_mesh, global_batch, init_state, jit_train_step, make_optimizer, replicate

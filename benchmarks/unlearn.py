@@ -1,7 +1,7 @@
 """The unlearned forward against the plain forward: same encoder, batch and layer, one run.
 
-    python benchmarks/unlearn.py                                  # CPU: ViT-B/16-224, expansion 16, batch 4
-    python benchmarks/unlearn.py --preset L/14-336 --expansion 64 --batch 64 --dtype bfloat16   # GPU
+    python -m benchmarks.unlearn                                  # CPU: ViT-B/16-224, expansion 16, batch 4
+    python -m benchmarks.unlearn --preset L/14-336 --expansion 64 --batch 64 --dtype bfloat16   # GPU
 
 Both run up to hidden state -2 (LLaVA's), the unlearned one with the SAE hook there on all
 tokens. Prints the measured overhead of `delta` and `reconstruct` next to what their FLOPs predict.
