@@ -29,6 +29,8 @@ _LAZY = {
     "FeatureSet": "sauce_jax.scoring",
     "unlearn": "sauce_jax.intervention",
     "per_image_ids": "sauce_jax.intervention",
+    "torch_hook": "sauce_jax.torch_bridge",
+    "to_torch": "sauce_jax.torch_bridge",
 }
 
 __all__ = ["SauceError", "ConfigError", "CheckpointError", "InputError", "__version__", *_LAZY]

@@ -46,7 +46,7 @@ class EncoderConfig:
     num_tokens: int  # T: class token + patches
     dtype: str  # parameter and compute dtype
     projection_dim: int | None  # image_embeds width, when the checkpoint has a projection
-    feature_layer: int  # LLaVA's vision_feature_layer (-2 when the checkpoint has none)
+    feature_layer: int | tuple[int, ...]  # LLaVA's vision_feature_layer (-2 when the checkpoint has none)
     source: str  # where the weights came from
 
 
@@ -252,7 +252,7 @@ def load_encoder(source: str | os.PathLike | Any, dtype: str = "float32", attent
         num_tokens=cfg.num_positions,
         dtype=dtype,
         projection_dim=cfg.projection_dim,
-        feature_layer=feature_layer if isinstance(feature_layer, int) else -2,
+        feature_layer=tuple(feature_layer) if isinstance(feature_layer, list) else feature_layer,
         source=origin,
     )
     return VisionEncoder(model, config, preprocess_config or PreprocessConfig.for_image_size(cfg.image_size))

@@ -53,8 +53,16 @@ def token_mask(num_tokens: int, where: str = "all") -> np.ndarray:
 
 def _selected(ids: jax.Array, d_sae: int, batch: int) -> tuple[jax.Array, jax.Array]:
     """Per-image ids [B, k] (padding clipped to 0) and validity [B, k]."""
+    if ids.ndim == 2 and ids.shape[0] not in (1, batch):  # shapes are static: this runs at trace time
+        raise InputError(f"per-image feature ids hold {ids.shape[0]} sets for a batch of {batch} images")
     ids = jnp.broadcast_to(ids, (batch, ids.shape[-1]))
     return jnp.clip(ids, 0, d_sae - 1), ids >= 0
+
+
+def _per_image_gamma(gamma: jax.Array, batch: int) -> jax.Array:
+    if gamma.ndim > 1 or (gamma.ndim == 1 and gamma.shape[0] not in (1, batch)):
+        raise InputError(f"gamma of shape {gamma.shape} does not fit a batch of {batch} images")
+    return jnp.broadcast_to(gamma, (batch,))
 
 
 def _apply_at(hidden, edited, mask):
@@ -74,7 +82,7 @@ def make_hook(mode: str, config: SAEConfig):
         b = hidden.shape[0]  # hidden [B, T, D]
         x = hidden.astype(jnp.float32)
         ids, valid = _selected(args.feature_ids, config.d_sae, b)  # [B, k]
-        gamma = jnp.broadcast_to(args.gamma, (b,))
+        gamma = _per_image_gamma(args.gamma, b)
         z = sae_lib.encode(args.params, x, config)  # [B, T, d_sae]
         # decode(z with z_F scaled by gamma) = decode(z) + sum_F (gamma - 1) z_i W_dec[i]: the
         # edit touches k decoder rows instead of rescaling all d_sae latents of every token.
@@ -87,7 +95,7 @@ def make_hook(mode: str, config: SAEConfig):
         b = hidden.shape[0]
         x = hidden.astype(jnp.float32)
         ids, valid = _selected(args.feature_ids, config.d_sae, b)  # [B, k]
-        gamma = jnp.broadcast_to(args.gamma, (b,))
+        gamma = _per_image_gamma(args.gamma, b)
         p = args.params
         if config.architecture == "topk":
             # Whether a latent survives TopK depends on all pre-activations: encode fully.

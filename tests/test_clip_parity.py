@@ -185,3 +185,10 @@ def test_every_attention_implementation_matches(small_clip_dir, attention):
 def test_unknown_attention_implementation(small_clip_dir):
     with pytest.raises(sauce_jax.ConfigError, match="flash"):
         sauce_jax.load_encoder(small_clip_dir[0], attention="flash")
+
+
+def test_llava_list_of_feature_layers_is_kept(tmp_path):
+    model = make_llava(SMALL)
+    model.config.vision_feature_layer = [0, -1]
+    model.save_pretrained(tmp_path)
+    assert sauce_jax.load_encoder(tmp_path).config.feature_layer == (0, -1)

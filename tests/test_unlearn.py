@@ -199,3 +199,12 @@ def test_featureset_file_errors(tmp_path):
     (tmp_path / "partial.json").write_text('{"concept": "x"}')
     with pytest.raises(InputError, match="lacks"):
         FeatureSet.load(tmp_path / "partial.json")
+
+
+def test_per_image_arguments_must_fit_the_batch(toy, small_encoder):
+    pixels = random_pixels(SMALL, batch=2)
+    three = sauce_jax.per_image_ids([np.array([1]), np.array([2]), np.array([3])], toy)
+    with pytest.raises(InputError, match="3 sets for a batch of 2"):
+        sauce_jax.unlearn(small_encoder, toy, three).hidden_states(pixels)
+    with pytest.raises(InputError, match="gamma of shape"):
+        sauce_jax.unlearn(small_encoder, toy, np.array([1]), gamma=np.array([0.5, 0.1, 0.2])).hidden_states(pixels)
