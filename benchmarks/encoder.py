@@ -25,15 +25,19 @@ PRESETS = {  # big_vision-style names -> CLIPVisionConfig fields
 }
 
 
-def median_seconds(fn, warmup: int, repeats: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
+def median_seconds(calls: dict, warmup: int, repeats: int) -> dict:
+    """Median wall time of each callable. Calls are interleaved round by round, so a slow
+    phase of a shared machine hits every contender alike instead of one of them."""
+    for fn in calls.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in calls}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, fn in calls.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main(argv=None) -> dict:
@@ -77,8 +81,8 @@ def main(argv=None) -> dict:
         if device == "cuda":
             torch.cuda.synchronize()
 
-    t_ours = median_seconds(ours, args.warmup, args.repeats)
-    t_theirs = median_seconds(theirs, args.warmup, args.repeats)
+    seconds = median_seconds({"ours": ours, "theirs": theirs}, args.warmup, args.repeats)
+    t_ours, t_theirs = seconds["ours"], seconds["theirs"]
     result = {
         "preset": args.preset, "blocks": stop, "dtype": args.dtype, "batch": args.batch,
         "jax_device": str(jax.devices()[0]), "torch_device": device, "torch_threads": torch.get_num_threads(),

@@ -73,8 +73,8 @@ def main(argv=None) -> dict:
         jax.block_until_ready(metrics["loss"])
 
     theirs, device = torch_step_fn(args.d_in, args.d_sae, args.batch, alpha, lr, args.compute_dtype)
-    t_ours = median_seconds(ours, args.warmup, args.repeats)
-    t_theirs = median_seconds(theirs, args.warmup, args.repeats)
+    seconds = median_seconds({"ours": ours, "theirs": theirs}, args.warmup, args.repeats)
+    t_ours, t_theirs = seconds["ours"], seconds["theirs"]
     flops = 6 * 2 * args.batch * args.d_in * args.d_sae  # two matmuls, forward + two backward each
     result = {"ours_tokens_per_s": args.batch / t_ours, "torch_tokens_per_s": args.batch / t_theirs,
               "ours_tflops": flops / t_ours / 1e12, "jax_device": str(jax.devices()[0]), "torch_device": device}

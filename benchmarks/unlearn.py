@@ -29,7 +29,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=15)
     args = parser.parse_args(argv)
 
     import jax
@@ -53,8 +53,8 @@ def main(argv=None) -> dict:
     runs = {"plain": encoder}
     for mode in ("delta", "reconstruct"):
         runs[mode] = sauce_jax.unlearn(encoder, sae, ids, layer=layer, mode=mode)
-    seconds = {name: median_seconds(lambda e=e: e.hidden_state(pixels, layer).block_until_ready(),
-                                    args.warmup, args.repeats) for name, e in runs.items()}
+    calls = {name: (lambda e=e: e.hidden_state(pixels, layer).block_until_ready()) for name, e in runs.items()}
+    seconds = median_seconds(calls, args.warmup, args.repeats)
     base = encoder_flops(fields, layer)
     tokens = (fields["image_size"] // fields["patch_size"]) ** 2 + 1
     predicted = {"delta": 2 * 2 * tokens * d * args.k / base, "reconstruct": 2 * 2 * tokens * d * config.d_sae / base}
