@@ -28,6 +28,8 @@ _LAZY = {
     "select_features": "sauce_jax.scoring",
     "FeatureSet": "sauce_jax.scoring",
     "unlearn": "sauce_jax.intervention",
+    "train_sae": "train.loop",
+    "TrainConfig": "train.config",
     "per_image_ids": "sauce_jax.intervention",
     "torch_hook": "sauce_jax.torch_bridge",
     "to_torch": "sauce_jax.torch_bridge",

@@ -91,7 +91,7 @@ def cmd_train_sae(args) -> int:
                            l1_coefficient=args.l1_coefficient, l1_decoder_norm=args.l1_decoder_norm)
     sae = train_sae(args.out, sae_config=sae_config, train_config=cfg, resume=args.resume,
                     progress=not args.no_progress, tensorboard=args.tensorboard,
-                    metadata={"encoder": args.encoder, "layer": args.layer, "token": args.token}, **source_kwargs)
+                    **source_kwargs)
     print(f"SAE with {sae.config.d_sae} features written to {args.out}/sae "
           f"({sae.metadata.get('dead_features', '?')} dead, {sae.metadata['skipped_images']} images skipped)")
     return 0

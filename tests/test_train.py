@@ -293,3 +293,15 @@ def test_tensorboard_events_hold_the_logged_metrics(tmp_path):
     mse = read_scalars(tmp_path / "tensorboard")["train/mse"]
     assert [step for step, _ in mse] == [10, 20]
     np.testing.assert_allclose([v for _, v in mse], [r["mse"] for r in logged(tmp_path)], rtol=1e-6)
+
+
+def test_the_sae_remembers_where_its_activations_came_from(tmp_path, small_encoder):
+    write_images(tmp_path / "imgs", 8)
+    sae = sauce_jax.train_sae(tmp_path / "run", encoder=small_encoder, images=tmp_path / "imgs", layer=1,
+                              token="cls", expansion=2, train_config=sauce_jax.TrainConfig(batch_size=4, steps=3),
+                              progress=False)
+    saved = sauce_jax.load_sae(tmp_path / "run" / "sae")
+    assert saved.metadata["layer"] == sae.metadata["layer"] == 1 and saved.metadata["token"] == "cls"
+    features = sauce_jax.select_features(saved, small_encoder, tmp_path / "imgs", tmp_path / "imgs", k=2,
+                                         progress=False)
+    assert features.layer == 1 and features.token == "cls"

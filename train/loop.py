@@ -172,8 +172,11 @@ def train_sae(out_dir: str | Path, *, source=None, sae_config: SAEConfig | None 
 
     params = jax.device_get(state.params)
     skipped = len(getattr(source, "skipped", ()))
+    described = source.describe()
+    # Where the activations came from, so selection later hooks the same layer and tokens.
+    origin = {key: described[key] for key in ("encoder", "layer", "token") if key in described}
     sae = SAE(params=params, config=sae_config,
-              metadata={**(metadata or {}), "source": source.describe(), "steps": total_steps,
+              metadata={**origin, **(metadata or {}), "source": described, "steps": total_steps,
                         "skipped_images": skipped})
     if jax.process_index() == 0:
         _write_outputs(out_dir, sae, source)
