@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from sauce_jax.errors import ConfigError, InputError, SauceError
@@ -128,20 +129,64 @@ def cmd_unlearn(args) -> int:
     sets = [FeatureSet.load(path) for path in args.features]
     edited = unlearn(encoder, sae, sets, layer=args.layer, gamma=args.gamma, mode=args.mode, where=args.where)
     layer = encoder.layer_index(args.output_layer if args.output_layer is not None else sets[0].layer)
+    answer = _llava_answerer(args.encoder, encoder, edited, args.prompt, args.max_new_tokens) if args.prompt else None
     items = as_image_items(args.images)
-    names, outputs = [], []
+    names, outputs, answers = [], [], []
     for start in range(0, len(items), args.batch_size):
         batch = [(item, open_image(item)) for item in items[start : start + args.batch_size]]
         batch = [(item, image) for item, image in batch if image is not None]
         if batch:
             names += [str(item) for item, _ in batch]
-            outputs.append(np.asarray(edited.hidden_state(preprocess([im for _, im in batch], encoder), layer)))
-    if not outputs:
+            images = [image for _, image in batch]
+            if answer is not None:
+                answers += answer(images)
+            else:
+                outputs.append(np.asarray(edited.hidden_state(preprocess(images, encoder), layer)))
+    if not names:
         raise InputError(f"no readable images in {args.images!r}")
+    concepts = "+".join(s.concept for s in sets)
+    if answer is not None:
+        with open(args.out, "w") as f:
+            for name, text in zip(names, answers):
+                f.write(json.dumps({"file": name, "prompt": args.prompt, "answer": text}) + "\n")
+        print(f"answers for {len(names)} images without {concepts!r} ({args.mode}) -> {args.out}")
+        return 0
     np.savez(args.out, features=np.concatenate(outputs), files=np.array(names), layer=layer)
-    print(f"hidden state {layer} of {len(names)} images without {'+'.join(s.concept for s in sets)!r} "
-          f"({args.mode}) -> {args.out}")
+    print(f"hidden state {layer} of {len(names)} images without {concepts!r} ({args.mode}) -> {args.out}")
     return 0
+
+
+def _llava_answerer(checkpoint: str, encoder, edited, prompt: str, max_new_tokens: int):
+    """images -> the LLaVA checkpoint's greedy answers to `prompt`, its vision tower replaced
+    by our unlearned encoder (eval.llava_bridge)."""
+    try:
+        from transformers import AutoProcessor, LlavaForConditionalGeneration
+    except ImportError as exc:
+        raise ConfigError("answers need transformers' LLaVA and torch: pip install 'sauce-jax[torch]'") from exc
+    from eval.llava_bridge import generate_with_features, llava_image_features
+    from sauce_jax.image_processor import preprocess
+
+    if encoder.config.checkpoint_type != "llava":
+        raise ConfigError(f"--prompt needs a LLaVA checkpoint; {checkpoint!r} is {encoder.config.checkpoint_type!r}")
+    model = LlavaForConditionalGeneration.from_pretrained(checkpoint).eval()
+    try:
+        processor = AutoProcessor.from_pretrained(checkpoint)
+    except Exception as exc:
+        raise ConfigError(f"{checkpoint!r} has no usable processor (tokenizer + image processor): {exc}") from exc
+    template = getattr(processor, "chat_template", None)
+    if template:
+        conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+        text = processor.apply_chat_template(conversation, add_generation_prompt=True)
+    else:
+        text = f"USER: {processor.image_token}\n{prompt} ASSISTANT:"
+
+    def answer(images):
+        inputs = processor(images=images, text=[text] * len(images), return_tensors="pt", padding=True)
+        features = llava_image_features(model, encoder, preprocess(images, encoder), unlearned=edited)
+        ids = generate_with_features(model, inputs, features, max_new_tokens=max_new_tokens, do_sample=False)
+        return processor.batch_decode(ids[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+
+    return answer
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -229,7 +274,10 @@ def build_parser() -> argparse.ArgumentParser:
     unl.add_argument("--gamma", type=float, help="default: the FeatureSet's")
     unl.add_argument("--output-layer", type=int, help="hidden state to write (default: the edited one)")
     unl.add_argument("--batch-size", type=int, default=32)
-    unl.add_argument("--out", required=True, help=".npz file to write")
+    unl.add_argument("--prompt", help="with a LLaVA checkpoint as --encoder: ask this about every image and "
+                                      "write the answers (JSON lines) instead of features")
+    unl.add_argument("--max-new-tokens", type=int, default=32)
+    unl.add_argument("--out", required=True, help=".npz file to write (.jsonl with --prompt)")
     unl.set_defaults(func=cmd_unlearn)
     return parser
 

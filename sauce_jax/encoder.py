@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import os
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
@@ -200,6 +201,20 @@ class VisionEncoder:
         return EncoderOutput(kept[-1], pooled, embeds, kept)
 
 
+def _checkpoint_preprocess_config(directory: Path) -> PreprocessConfig | None:
+    """The image processor saved beside the weights: `preprocessor_config.json`, or the
+    `image_processor` entry of a transformers 5 `processor_config.json`."""
+    path = directory / "preprocessor_config.json"
+    if path.is_file():
+        return PreprocessConfig.from_hf(read_json(path), origin=str(path))
+    path = directory / "processor_config.json"
+    if path.is_file():
+        entry = read_json(path).get("image_processor")
+        if isinstance(entry, dict):
+            return PreprocessConfig.from_hf(entry, origin=f"{path} (image_processor)")
+    return None
+
+
 def _is_torch_model(source: Any) -> bool:
     return hasattr(source, "state_dict") and hasattr(source, "config") and hasattr(source.config, "to_dict")
 
@@ -228,9 +243,7 @@ def load_encoder(source: str | os.PathLike | Any, dtype: str = "float32", attent
         origin = str(directory)
         hf_config = read_json(directory / "config.json")
         tensors, _ = read_checkpoint_tensors(directory)
-        if (directory / "preprocessor_config.json").is_file():
-            preprocess_config = PreprocessConfig.from_hf(read_json(directory / "preprocessor_config.json"),
-                                                         origin=str(directory / "preprocessor_config.json"))
+        preprocess_config = _checkpoint_preprocess_config(directory)
     model_type = hf_config.get("model_type")
     if model_type not in _CLIP_TYPES:
         raise ConfigError(

@@ -87,3 +87,91 @@ def test_train_select_unlearn_from_the_command_line(small_clip_dir, tmp_path, ca
                      str(tmp_path / "nothing"), "--negatives", str(tmp_path / "neg"), "--concept", "red", "-k",
                      "3", "--out", str(tmp_path / "x.json"), "--no-progress"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def tiny_llava_with_processor(directory):
+    """A tiny random LLaVA saved with a word-level tokenizer and a CLIP image processor."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import CLIPImageProcessorPil, LlavaProcessor, PreTrainedTokenizerFast
+
+    from conftest import SMALL, make_llava
+
+    words = ["<unk>", "<pad>", "<s>", "</s>", "USER", "ASSISTANT", ":", "what", "is", "this"]
+    vocab = {w: i for i, w in enumerate(words + [f"w{i}" for i in range(100)])}
+    vocab["<image>"] = 127  # make_llava's image_token_index
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>",
+                                        bos_token="<s>", eos_token="</s>", extra_special_tokens=["<image>"])
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    # CLIP's class token counts as an additional image token, as in llava-1.5-hf's processor.
+    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=8,
+                               vision_feature_select_strategy="default", num_additional_image_tokens=1)
+    model = make_llava(SMALL, seed=3)
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return model, processor
+
+
+def test_unlearn_answers_with_a_llava_checkpoint(tmp_path):
+    import json
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    import sauce_jax
+    from sauce_jax.sae import SAE, SAEConfig, init_params
+
+    model, processor = tiny_llava_with_processor(tmp_path / "llava")
+    rng = np.random.default_rng(0)
+    (tmp_path / "imgs").mkdir()
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(tmp_path / "imgs" / f"{i}.png")
+    config = SAEConfig(d_in=32, d_sae=64)
+    params = init_params(jax_key(0), config)
+    sae = SAE(params, config)
+    sauce_jax.save_sae(sae, tmp_path / "sae")
+    sae = sauce_jax.load_sae(tmp_path / "sae")
+    identity = sauce_jax.FeatureSet("nothing", (1, 2), (0.0, 0.0), layer=1, sae_fingerprint=sae.fingerprint(),
+                                    gamma=1.0)
+    identity.save(tmp_path / "identity.json")
+    assert cli.main(["unlearn", "--encoder", str(tmp_path / "llava"), "--sae", str(tmp_path / "sae"), "--features",
+                     str(tmp_path / "identity.json"), "--images", str(tmp_path / "imgs"), "--mode", "delta",
+                     "--prompt", "what is this", "--max-new-tokens", "4", "--out", str(tmp_path / "a.jsonl")]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and all(r["prompt"] == "what is this" for r in rows)
+    # gamma = 1 in delta mode is the identity: the answers are the native transformers model's.
+    images = [Image.open(r["file"]) for r in rows]
+    text = "USER: <image>\nwhat is this ASSISTANT:"
+    inputs = processor(images=images, text=[text] * 3, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        native = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    expected = processor.batch_decode(native[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert [r["answer"] for r in rows] == expected
+    assert any(answer.strip() for answer in expected)
+
+
+def jax_key(seed):
+    import jax
+
+    return jax.random.key(seed)
+
+
+def test_answers_need_a_llava_checkpoint(small_clip_dir, tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    import sauce_jax
+    from sauce_jax.sae import SAE, SAEConfig, init_params
+
+    sae = SAE(init_params(jax_key(0), SAEConfig(d_in=32, d_sae=64)), SAEConfig(d_in=32, d_sae=64))
+    sauce_jax.save_sae(sae, tmp_path / "sae")
+    sauce_jax.FeatureSet("x", (1,), (0.0,), layer=1, sae_fingerprint=sauce_jax.load_sae(tmp_path / "sae").fingerprint()
+                         ).save(tmp_path / "x.json")
+    (tmp_path / "imgs").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "imgs" / "0.png")
+    assert cli.main(["unlearn", "--encoder", str(small_clip_dir[0]), "--sae", str(tmp_path / "sae"), "--features",
+                     str(tmp_path / "x.json"), "--images", str(tmp_path / "imgs"), "--prompt", "what is this",
+                     "--out", str(tmp_path / "a.jsonl")]) == 2
+    assert "needs a LLaVA checkpoint" in capsys.readouterr().err
