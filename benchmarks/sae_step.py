@@ -57,15 +57,16 @@ def main(argv=None) -> dict:
     from benchmarks.encoder import median_seconds
     from sauce_jax import sae as sae_lib
     from train.config import TrainConfig
-    from train.step import data_mesh, global_batch, init_state, jit_train_step, make_optimizer, replicate
+    from train.sharding import make_mesh, shard_state
+    from train.step import global_batch, init_state, jit_train_step, make_optimizer
 
     alpha, lr = 8e-5, 4e-4
     config = sae_lib.SAEConfig(d_in=args.d_in, d_sae=args.d_sae, l1_coefficient=alpha)
     cfg = TrainConfig(lr=lr, batch_size=args.batch, compute_dtype=args.compute_dtype)
-    mesh = data_mesh()
+    mesh = make_mesh()
     optimizer = make_optimizer(cfg, 10**6)
-    holder = {"state": replicate(init_state(sae_lib.init_params(jax.random.key(0), config), optimizer, config), mesh)}
-    step = jit_train_step(mesh, sae_config=config, cfg=cfg, optimizer=optimizer)
+    holder = {"state": shard_state(init_state(sae_lib.init_params(jax.random.key(0), config), optimizer, config), mesh)}
+    step = jit_train_step(mesh, holder["state"], sae_config=config, cfg=cfg, optimizer=optimizer)
     x = global_batch(np.random.default_rng(0).standard_normal((args.batch, args.d_in)).astype(np.float32), mesh)
 
     def ours():

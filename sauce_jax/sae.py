@@ -156,43 +156,81 @@ def forward(params: Params, x: jax.Array, config: SAEConfig, compute_dtype=jnp.f
 
 # -- loss ---------------------------------------------------------------------------------
 def loss(params: Params, x: jax.Array, config: SAEConfig, *, l1_coefficient: jax.Array | float | None = None,
-         dead: jax.Array | None = None, compute_dtype=jnp.float32) -> LossOutput:
+         dead: jax.Array | None = None, compute_dtype=jnp.float32, sparse: bool = False) -> LossOutput:
     """The training loss on a batch of activations x [N, d_in].
 
     `l1_coefficient` overrides the config's (for an L1 warm-up); `dead` [d_sae] marks the
-    latents the AuxK loss may use.
+    latents the AuxK loss may use. `sparse` (topk, batchtopk): decode from the active latents
+    only (gather + segment-sum), so the decoder and its gradient touch k rows per token and the
+    decode cost no longer grows with d_sae; the result equals the dense path.
     """
     x = x.astype(jnp.float32)
     pre = pre_activations(params, x, compute_dtype)  # [N, d_sae]
-    z, kth = activate(pre, config, training=True)
-    x_hat = decode(params, z, compute_dtype)  # [N, d_in]
+    if sparse and config.architecture != "standard":
+        values, rows, cols, kth = _active_latents(pre, config)  # [M] each
+        x_hat = _sparse_decode(params["W_dec"], values, rows, cols, x.shape[0], compute_dtype) + params["b_dec"]
+        weight = jnp.linalg.norm(params["W_dec"], axis=-1)[cols] if config.l1_decoder_norm else 1.0
+        l1 = jnp.sum(jnp.abs(values) * weight) / x.shape[0]
+        l0 = jnp.sum(values > 0) / x.shape[0]
+        fired = jnp.zeros((config.d_sae,), bool).at[cols].max(values > 0)
+    else:
+        z, kth = activate(pre, config, training=True)
+        x_hat = decode(params, z, compute_dtype)  # [N, d_in]
+        norms = jnp.linalg.norm(params["W_dec"], axis=-1) if config.l1_decoder_norm else 1.0
+        l1 = jnp.mean(jnp.sum(jnp.abs(z) * norms, axis=-1))
+        l0 = jnp.mean(jnp.sum(z > 0, axis=-1))
+        fired = jnp.any(z > 0, axis=0)
     residual = x - x_hat
     mse = jnp.mean(jnp.sum(residual**2, axis=-1))
-    if config.l1_decoder_norm:
-        l1 = jnp.mean(jnp.sum(z * jnp.linalg.norm(params["W_dec"], axis=-1), axis=-1))
-    else:
-        l1 = jnp.mean(jnp.sum(jnp.abs(z), axis=-1))
     total = mse
     if config.architecture == "standard":
         alpha = config.l1_coefficient if l1_coefficient is None else l1_coefficient
         total = total + alpha * l1
     auxk = jnp.zeros((), jnp.float32)
     if config.uses_auxk and dead is not None:
-        auxk = _auxk_loss(params, pre, jax.lax.stop_gradient(residual), dead, config, compute_dtype)
+        auxk = _auxk_loss(params, pre, jax.lax.stop_gradient(residual), dead, config, compute_dtype, sparse)
         total = total + config.aux_coefficient * auxk
     sst = jnp.sum((x - x.mean(axis=0)) ** 2)
     return LossOutput(
-        loss=total, mse=mse, l1=l1, l0=jnp.mean(jnp.sum(z > 0, axis=-1)), auxk=auxk,
+        loss=total, mse=mse, l1=l1, l0=l0, auxk=auxk,
         explained_variance=1.0 - jnp.sum(residual**2) / jnp.maximum(sst, 1e-30),
-        fired=jnp.any(z > 0, axis=0), kth_value=kth,
+        fired=fired, kth_value=kth,
     )
 
 
-def _auxk_loss(params, pre, residual, dead, config: SAEConfig, compute_dtype) -> jax.Array:
+def _active_latents(pre: jax.Array, config: SAEConfig):
+    """The latents TopK / BatchTopK keep, as (values, token rows, feature cols, kth value)."""
+    n, d_sae = pre.shape
+    if config.architecture == "topk":
+        values, cols = jax.lax.top_k(pre, config.k)  # [N, k]
+        rows = jnp.broadcast_to(jnp.arange(n)[:, None], cols.shape)
+        return jax.nn.relu(values).reshape(-1), rows.reshape(-1), cols.reshape(-1), jnp.zeros((), pre.dtype)
+    kept = min(config.k * n, n * d_sae)
+    values, flat = jax.lax.top_k(jax.nn.relu(pre).reshape(-1), kept)  # [k * N]
+    kth = values[-1]
+    values = jnp.where(values >= jnp.maximum(kth, 1e-30), values, 0.0)
+    return values, flat // d_sae, flat % d_sae, kth
+
+
+def _sparse_decode(w_dec, values, rows, cols, n: int, compute_dtype) -> jax.Array:
+    """sum over active (row, col) of values * W_dec[col], per row: [N, d_in] without d_sae work."""
+    contrib = values.astype(compute_dtype)[:, None] * jnp.take(w_dec, cols, axis=0).astype(compute_dtype)  # [M, d_in]
+    return jax.ops.segment_sum(contrib.astype(jnp.float32), rows, num_segments=n)
+
+
+def _auxk_loss(params, pre, residual, dead, config: SAEConfig, compute_dtype, sparse: bool = False) -> jax.Array:
     """Reconstruct the residual from the top aux_k dead latents (Gao et al. 2024)."""
     masked = jnp.where(dead, pre, -jnp.inf)  # [N, d_sae]
-    z_aux = jnp.where(_topk_mask(masked, config.resolved_aux_k) & dead, jax.nn.relu(pre), 0.0)
-    err = _mm(z_aux, params["W_dec"], compute_dtype) - residual
+    if sparse:
+        values, cols = jax.lax.top_k(masked, config.resolved_aux_k)  # [N, aux_k]
+        values = jnp.where(dead[cols], jax.nn.relu(values), 0.0)
+        rows = jnp.broadcast_to(jnp.arange(pre.shape[0])[:, None], cols.shape)
+        recon = _sparse_decode(params["W_dec"], values.reshape(-1), rows.reshape(-1), cols.reshape(-1),
+                               pre.shape[0], compute_dtype)
+    else:
+        z_aux = jnp.where(_topk_mask(masked, config.resolved_aux_k) & dead, jax.nn.relu(pre), 0.0)
+        recon = _mm(z_aux, params["W_dec"], compute_dtype)
+    err = recon - residual
     scale = jnp.minimum(jnp.sum(dead) / config.resolved_aux_k, 1.0)
     return scale * jnp.mean(jnp.sum(err**2, axis=-1))
 

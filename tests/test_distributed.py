@@ -15,7 +15,8 @@ import pytest
 WORKER = Path(__file__).with_name("distributed_worker.py")
 
 
-def run_workers(out: Path, devices_per_process: int, processes: int, architecture: str, steps: int = 30):
+def run_workers(out: Path, devices_per_process: int, processes: int, architecture: str, steps: int = 30,
+                *extra: str, expect_rc: int = 0):
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_per_process}",
            "JAX_PLATFORMS": "cpu"}
     port = 0
@@ -25,12 +26,14 @@ def run_workers(out: Path, devices_per_process: int, processes: int, architectur
             port = s.getsockname()[1]
     procs = [subprocess.Popen([sys.executable, str(WORKER), "--out", str(out), "--process-id", str(i),
                                "--num-processes", str(processes), "--port", str(port), "--architecture",
-                               architecture, "--steps", str(steps)],
+                               architecture, "--steps", str(steps), *extra],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for i in range(processes)]
     for p in procs:
         output, _ = p.communicate(timeout=600)
-        assert p.returncode == 0, output[-3000:]
+        assert p.returncode == expect_rc, output[-3000:]
+    if expect_rc:
+        return None, None
     return [dict(np.load(out / f"params_{i}.npz")) for i in range(processes)], \
         [json.loads((out / f"info_{i}.json").read_text()) for i in range(processes)]
 
@@ -54,3 +57,45 @@ def test_two_processes_train_and_checkpoint_together(tmp_path):
     assert log[-1]["loss"] < log[0]["loss"]
     steps = sorted(int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit())
     assert steps[-1] == 20
+
+
+def logged(run_dir: Path):
+    return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("architecture", ["standard", "topk", "batchtopk"])
+def test_features_sharded_over_model_equal_one_device(tmp_path, architecture):
+    """data = 2 x model = 4 on 8 devices: the same SAE as 1 device, a quarter of it per device."""
+    (one,), _ = run_workers(tmp_path / "one", 1, 1, architecture)
+    (sharded,), (info,) = run_workers(tmp_path / "sharded", 8, 1, architecture, 30, "--model-parallel", "4")
+    assert info["mesh"] == {"data": 2, "model": 4}
+    assert info["shards"]["W_enc"] == [32, 96 // 4] and info["shards"]["W_dec"] == [96 // 4, 32]
+    assert info["shards"]["b_enc"] == [96 // 4] and info["shards"]["b_dec"] == [32]
+    for name in one:
+        np.testing.assert_allclose(sharded[name], one[name], rtol=2e-4, atol=2e-5, err_msg=name)
+
+
+@pytest.mark.slow
+def test_checkpoint_restores_onto_other_meshes(tmp_path):
+    """Saved on 8 devices (2 x 4), resumed on 4 (2 x 2) and on 1: the losses of an uninterrupted run."""
+    import shutil
+
+    run_workers(tmp_path / "whole", 8, 1, "topk", 30, "--model-parallel", "4")
+    run_workers(tmp_path / "cut", 8, 1, "topk", 30, "--model-parallel", "4", "--stop-after", "22", expect_rc=3)
+    for name, devices, model in (("four", 4, "2"), ("single", 1, "1")):
+        shutil.copytree(tmp_path / "cut", tmp_path / name)
+        run_workers(tmp_path / name, devices, 1, "topk", 30, "--model-parallel", model, "--resume")
+        whole, resumed = logged(tmp_path / "whole" / "run"), logged(tmp_path / name / "run")
+        assert [r["step"] for r in resumed] == [r["step"] for r in whole]
+        np.testing.assert_allclose([r["loss"] for r in resumed], [r["loss"] for r in whole], rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_two_processes_train_one_sharded_sae(tmp_path):
+    params, infos = run_workers(tmp_path, 4, 2, "batchtopk", 20, "--model-parallel", "4")
+    assert all(i["processes"] == 2 and i["devices"] == 8 and i["mesh"] == {"data": 2, "model": 4} for i in infos)
+    assert all(i["shards"]["W_dec"] == [24, 32] for i in infos)
+    for name in params[0]:
+        np.testing.assert_array_equal(params[0][name], params[1][name])
+    log = logged(tmp_path / "run")
+    assert log[-1]["loss"] < log[0]["loss"]

@@ -136,3 +136,41 @@ def test_bad_params_and_samples():
         S.init_params(jax.random.key(0), cfg, np.zeros((5, 3), np.float32))
     with pytest.raises(InputError, match="N > 0"):
         S.geometric_median(np.zeros((0, 3), np.float32))
+
+
+@pytest.mark.parametrize("architecture", ["topk", "batchtopk"])
+@pytest.mark.parametrize("decoder_norm", [False, True])
+def test_sparse_decoding_equals_dense(architecture, decoder_norm):
+    cfg = S.SAEConfig(d_in=16, d_sae=256, architecture=architecture, k=4, aux_k=8, l1_decoder_norm=decoder_norm)
+    p = random_params(cfg)
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((32, 16)), jnp.float32)
+    dead = jnp.arange(256) % 3 == 0
+    dense, g_dense = jax.value_and_grad(lambda q: S.loss(q, x, cfg, dead=dead).loss)(p)
+    sparse, g_sparse = jax.value_and_grad(lambda q: S.loss(q, x, cfg, dead=dead, sparse=True).loss)(p)
+    np.testing.assert_allclose(float(sparse), float(dense), rtol=1e-5)
+    for name in g_dense:
+        np.testing.assert_allclose(np.asarray(g_sparse[name]), np.asarray(g_dense[name]), rtol=1e-4, atol=1e-5)
+    a, b = S.loss(p, x, cfg, dead=dead), S.loss(p, x, cfg, dead=dead, sparse=True)
+    for field in ("mse", "l1", "l0", "auxk", "explained_variance"):
+        np.testing.assert_allclose(float(getattr(b, field)), float(getattr(a, field)), rtol=1e-5, err_msg=field)
+    np.testing.assert_array_equal(np.asarray(a.fired), np.asarray(b.fired))
+
+
+@pytest.mark.slow
+def test_sparse_decoding_is_faster_at_large_d_sae():
+    import time
+
+    cfg = S.SAEConfig(d_in=64, d_sae=65536, architecture="topk", k=8)
+    p = S.init_params(jax.random.key(0), cfg)
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((256, 64)), jnp.float32)
+    steps = {sparse: jax.jit(jax.grad(lambda q, sparse=sparse: S.loss(q, x, cfg, sparse=sparse).loss))
+             for sparse in (False, True)}
+    times = {False: [], True: []}
+    for fn in steps.values():
+        jax.block_until_ready(fn(p))
+    for _ in range(7):  # interleaved, so machine noise hits both alike
+        for sparse, fn in steps.items():
+            start = time.perf_counter()
+            jax.block_until_ready(fn(p))
+            times[sparse].append(time.perf_counter() - start)
+    assert np.median(times[True]) < 0.8 * np.median(times[False]), times

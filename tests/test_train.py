@@ -305,3 +305,31 @@ def test_the_sae_remembers_where_its_activations_came_from(tmp_path, small_encod
     features = sauce_jax.select_features(saved, small_encoder, tmp_path / "imgs", tmp_path / "imgs", k=2,
                                          progress=False)
     assert features.layer == 1 and features.token == "cls"
+
+
+def test_a_configuration_that_cannot_fit_is_refused_before_compiling(tmp_path):
+    from train.sharding import make_mesh, memory_plan
+
+    x, _ = planted(n=500)
+    config = SAEConfig(d_in=32, d_sae=64)
+    plan = memory_plan(config, 128, make_mesh())
+    assert plan.params == 4 * (2 * 32 * 64 + 2 * 64 + 32) and plan.optimizer == 2 * plan.params
+    with pytest.raises(ConfigError, match="does not fit"):
+        train_sae(tmp_path, activations=x, sae_config=config, train_config=TrainConfig(batch_size=128, steps=2),
+                  memory_limit=plan.total - 1, progress=False)
+    assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
+    with pytest.raises(ConfigError, match="model_parallel=3"):
+        train_sae(tmp_path / "b", activations=x, sae_config=config,
+                  train_config=TrainConfig(batch_size=128, steps=2, model_parallel=3), progress=False)
+
+
+def test_sparse_decoding_trains_the_same_sae(tmp_path):
+    x, dictionary = planted(n=3000)
+    runs = {}
+    for sparse in (False, True):
+        runs[sparse] = train_sae(tmp_path / str(sparse), activations=x,
+                                 sae_config=SAEConfig(d_in=32, d_sae=96, architecture="topk", k=3),
+                                 train_config=TrainConfig(lr=3e-3, batch_size=128, steps=40, sparse_decode=sparse,
+                                                          checkpoint_every=100), progress=False)
+    for name in runs[False].params:
+        np.testing.assert_allclose(runs[True].params[name], runs[False].params[name], rtol=1e-3, atol=1e-5)

@@ -26,6 +26,8 @@ class TrainConfig:
     adam_b2: float = 0.999
     compute_dtype: str = "float32"  # matmul inputs; params and optimizer state stay float32
     normalize_decoder: bool = False  # renormalize decoder rows to unit norm after each step
+    model_parallel: int = 1  # devices the feature axis (d_sae) is split over; the rest split the batch
+    sparse_decode: bool = False  # topk/batchtopk: decode from the k active latents only
     dead_after_steps: int = 1000  # a latent silent this many steps counts as dead (AuxK, metrics)
     threshold_decay: float = 0.99  # batchtopk: EMA decay of the inference threshold
     geometric_median_samples: int = 4096  # activations used to initialise b_dec
@@ -48,6 +50,7 @@ class TrainConfig:
         positive("keep_checkpoints", self.keep_checkpoints)
         positive("dead_after_steps", self.dead_after_steps)
         positive("geometric_median_samples", self.geometric_median_samples)
+        positive("model_parallel", self.model_parallel)
         for name in ("lr_warmup_steps", "l1_warmup_steps", "lr_final_fraction"):
             positive(name, getattr(self, name), allow_zero=True)
         if self.steps is not None:
@@ -60,4 +63,4 @@ class TrainConfig:
             raise ConfigError(f"train config threshold_decay={self.threshold_decay!r} must be in [0, 1)")
 
     # Fields that may change between a run and its --resume without changing what is computed.
-    RESUMABLE_CHANGES = ("log_every", "checkpoint_every", "keep_checkpoints")
+    RESUMABLE_CHANGES = ("log_every", "checkpoint_every", "keep_checkpoints", "model_parallel")

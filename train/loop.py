@@ -21,7 +21,8 @@ from train.activations import ArraySource, CachedSource, EncoderSource, batches
 from train.checkpoint import RunCheckpoints, abstract_like, check_resumable
 from train.config import TrainConfig
 from train.metrics import JsonlLog, TensorBoardLog, feature_statistics, plot_feature_statistics
-from train.step import data_mesh, global_batch, init_state, jit_train_step, make_optimizer, replicate
+from train.sharding import check_fits, device_memory_bytes, make_mesh, memory_plan, shard_state
+from train.step import global_batch, init_state, jit_train_step, make_optimizer
 
 
 class TrainingDiverged(SauceError):
@@ -67,7 +68,7 @@ def _sample_for_median(source, n: int) -> np.ndarray:
 def train_sae(out_dir: str | Path, *, source=None, sae_config: SAEConfig | None = None, expansion: int = 64,
               architecture: str = "standard", k: int | None = None, train_config: TrainConfig = TrainConfig(),
               resume: bool = False, progress: bool = True, metadata: dict[str, Any] | None = None,
-              tensorboard: bool = False, **source_kwargs) -> SAE:
+              tensorboard: bool = False, memory_limit: int | None = None, **source_kwargs) -> SAE:
     """Train an SAE and write it, its checkpoints, logs and feature statistics to `out_dir`.
 
     Args:
@@ -80,6 +81,8 @@ def train_sae(out_dir: str | Path, *, source=None, sae_config: SAEConfig | None 
       train_config: optimizer, schedule, batch, steps/epochs, checkpoint and log intervals.
       resume: continue from the latest checkpoint in `out_dir` (the configuration must match).
       tensorboard: also write the logged metrics as TensorBoard events to `out_dir/tensorboard`.
+      memory_limit: bytes one device may use (default: what the device reports; none on CPU);
+        a configuration whose memory plan exceeds it is refused before anything compiles.
     """
     cfg = train_config
     source = source or make_source(seed=cfg.seed, **source_kwargs)
@@ -87,9 +90,16 @@ def train_sae(out_dir: str | Path, *, source=None, sae_config: SAEConfig | None 
         sae_config = SAEConfig(d_in=source.d_in, d_sae=expansion * source.d_in, architecture=architecture, k=k)
     if sae_config.d_in != source.d_in:
         raise InputError(f"SAE d_in={sae_config.d_in} differs from the activation width {source.d_in}")
-    mesh = data_mesh()
-    if cfg.batch_size % jax.device_count():
-        raise ConfigError(f"batch_size={cfg.batch_size} is not divisible by the {jax.device_count()} devices")
+    mesh = make_mesh(cfg.model_parallel)
+    if cfg.batch_size % mesh.shape["data"]:
+        raise ConfigError(f"batch_size={cfg.batch_size} is not divisible by the {mesh.shape['data']} data-parallel "
+                          "devices")
+    if sae_config.d_sae % mesh.shape["model"]:
+        raise ConfigError(f"d_sae={sae_config.d_sae} is not divisible by model_parallel={mesh.shape['model']}")
+    plan = memory_plan(sae_config, cfg.batch_size, mesh, sparse=cfg.sparse_decode)
+    if progress and jax.process_index() == 0:
+        print(f"memory plan: {plan.describe()}")
+    check_fits(plan, memory_limit if memory_limit is not None else device_memory_bytes())
     local_batch = cfg.batch_size // jax.process_count()
     total_steps = cfg.steps or max(1, math.floor(cfg.epochs * source.tokens_per_epoch() * jax.process_count()
                                                  / cfg.batch_size))
@@ -106,7 +116,8 @@ def train_sae(out_dir: str | Path, *, source=None, sae_config: SAEConfig | None 
 
     if resume and latest is not None:
         params0 = sae_lib.init_params(jax.random.key(0), sae_config)
-        abstract = abstract_like(replicate(init_state(params0, optimizer, sae_config), mesh))
+        # Restored onto this run's mesh, whatever mesh wrote the checkpoint.
+        abstract = abstract_like(shard_state(init_state(params0, optimizer, sae_config), mesh))
         state, record = checkpoints.restore(abstract)
         check_resumable(record, record_base, allowed=TrainConfig.RESUMABLE_CHANGES)
         position = tuple(record["position"])
@@ -118,12 +129,12 @@ def train_sae(out_dir: str | Path, *, source=None, sae_config: SAEConfig | None 
             from jax.experimental import multihost_utils
 
             params = multihost_utils.broadcast_one_to_all(params)
-        state = replicate(init_state(params, optimizer, sae_config), mesh)
+        state = shard_state(init_state(params, optimizer, sae_config), mesh)
         position, start_step = (0, 0, 0), 0
     log = JsonlLog(out_dir / "log.jsonl", resume_step=start_step if resume and latest is not None else None)
     board = TensorBoardLog(out_dir / "tensorboard") if tensorboard and jax.process_index() == 0 else None
 
-    step_fn = jit_train_step(mesh, sae_config=sae_config, cfg=cfg, optimizer=optimizer)
+    step_fn = jit_train_step(mesh, state, sae_config=sae_config, cfg=cfg, optimizer=optimizer)
     stream = batches(source, local_batch, position)
     last_saved = start_step
     bar = tqdm(total=total_steps, initial=start_step, disable=not progress or jax.process_index() != 0,
@@ -170,6 +181,8 @@ def train_sae(out_dir: str | Path, *, source=None, sae_config: SAEConfig | None 
         if board is not None:
             board.close()
 
+    # Measured from the live arrays: how much of each parameter one device holds.
+    shards = {name: list(value.addressable_shards[0].data.shape) for name, value in state.params.items()}
     params = jax.device_get(state.params)
     skipped = len(getattr(source, "skipped", ()))
     described = source.describe()
@@ -177,7 +190,7 @@ def train_sae(out_dir: str | Path, *, source=None, sae_config: SAEConfig | None 
     origin = {key: described[key] for key in ("encoder", "layer", "token") if key in described}
     sae = SAE(params=params, config=sae_config,
               metadata={**origin, **(metadata or {}), "source": described, "steps": total_steps,
-                        "skipped_images": skipped})
+                        "skipped_images": skipped, "mesh": dict(mesh.shape), "param_shard_shapes": shards})
     if jax.process_index() == 0:
         _write_outputs(out_dir, sae, source)
     return sae

@@ -12,6 +12,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from sauce_jax import sae as sae_lib
 from sauce_jax.sae import SAEConfig
 from train.config import TrainConfig
+from train.sharding import BATCH, state_shardings
 
 TRAINABLE = ("W_enc", "b_enc", "W_dec", "b_dec")
 
@@ -63,7 +64,7 @@ def train_step(state: TrainState, batch: jax.Array, *, sae_config: SAEConfig, cf
 
     def loss_fn(trainable):
         out = sae_lib.loss({**trainable, **frozen}, batch, sae_config, l1_coefficient=alpha, dead=dead,
-                           compute_dtype=compute_dtype)
+                           compute_dtype=compute_dtype, sparse=cfg.sparse_decode)
         return out.loss, out
 
     trainable = {k: state.params[k] for k in TRAINABLE}
@@ -87,29 +88,16 @@ def train_step(state: TrainState, batch: jax.Array, *, sae_config: SAEConfig, cf
     return TrainState(params, opt_state, step + 1, since_fired), metrics
 
 
-def data_mesh() -> Mesh:
-    """A 1-D mesh over every device of every process, axis `data`.
-
-    Auto axes: XLA's partitioner places the cross-device reductions (gradient all-reduce,
-    BatchTopK's global top-k) itself.
-    """
-    return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-
-
-def jit_train_step(mesh: Mesh, *, sae_config: SAEConfig, cfg: TrainConfig,
+def jit_train_step(mesh: Mesh, state: TrainState, *, sae_config: SAEConfig, cfg: TrainConfig,
                    optimizer: optax.GradientTransformation):
-    """The step under jit: state replicated, batch split over `data`, state buffers donated."""
-    replicated = NamedSharding(mesh, P())
-    sharded = NamedSharding(mesh, P("data"))
+    """The step under jit: state laid out by `train.sharding`'s rules (feature axis over
+    `model`), batch split over `data`, state buffers donated."""
+    shardings = state_shardings(state, mesh)
     fn = lambda state, batch: train_step(state, batch, sae_config=sae_config, cfg=cfg, optimizer=optimizer)
-    return jax.jit(fn, in_shardings=(replicated, sharded), out_shardings=(replicated, replicated),
-                   donate_argnums=0)
-
-
-def replicate(tree, mesh: Mesh):
-    return jax.device_put(tree, NamedSharding(mesh, P()))
+    return jax.jit(fn, in_shardings=(shardings, NamedSharding(mesh, BATCH)),
+                   out_shardings=(shardings, NamedSharding(mesh, P())), donate_argnums=0)
 
 
 def global_batch(local, mesh: Mesh) -> jax.Array:
     """This process's rows [n_local, d] -> one array [n_local * processes, d] split over `data`."""
-    return jax.make_array_from_process_local_data(NamedSharding(mesh, P("data")), local)
+    return jax.make_array_from_process_local_data(NamedSharding(mesh, BATCH), local)
