@@ -22,15 +22,16 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ports import clip
+from ports import clip, siglip
 from ports.weights import read_checkpoint_tensors, read_json, resolve_checkpoint_dir, torch_to_numpy
 from sauce_jax.errors import ConfigError, InputError
 from sauce_jax.image_processor import PreprocessConfig
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
-# checkpoint model_type -> (port module, how to find the vision config inside the config dict)
+# checkpoint model_types each port reads; a LLaVA checkpoint goes to the port of its vision_config
 _CLIP_TYPES = ("clip_vision_model", "clip", "llava")
+_SUPPORTED_TYPES = _CLIP_TYPES + tuple(t for t in siglip.CHECKPOINT_TYPES if t not in _CLIP_TYPES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +45,7 @@ class EncoderConfig:
     image_size: int  # the input is [B, image_size, image_size, num_channels]
     patch_size: int
     num_channels: int
-    num_tokens: int  # T: class token + patches
+    num_tokens: int  # T: class token + patches (CLIP), patches only (SigLIP)
     dtype: str  # parameter and compute dtype
     projection_dim: int | None  # image_embeds width, when the checkpoint has a projection
     feature_layer: int | tuple[int, ...]  # LLaVA's vision_feature_layer (-2 when the checkpoint has none)
@@ -59,21 +60,25 @@ class Hook(NamedTuple):
 
 
 class EncoderOutput(NamedTuple):
-    last_hidden_state: jax.Array  # [B, T, D], before the post-layernorm
-    pooler_output: jax.Array  # [B, D], post-layernorm of the class token
+    last_hidden_state: jax.Array  # [B, T, D] as transformers returns it: CLIP before, SigLIP after the post-layernorm
+    pooler_output: jax.Array | None  # [B, D]: CLIP post-layernorm of the class token, SigLIP head output (None without head)
     image_embeds: jax.Array | None  # [B, P] with a visual projection, else None
     hidden_states: tuple[jax.Array, ...]  # num_layers + 1 arrays [B, T, D]
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "keep", "hook_fns", "head", "precision"))
 def _run(graphdef, state, pixels, hook_args, *, keep, hook_fns, head, precision):
-    """The jitted forward: hidden states at `keep` (sorted indices), hooks applied on the way."""
+    """The jitted forward: hidden states at `keep` (sorted indices), hooks applied on the way.
+
+    Returns (kept hidden states, pooler_output, image_embeds, last_hidden_state); the last
+    three are None unless `head`.
+    """
     model = nnx.merge(graphdef, state)
     hooks = dict(zip((i for i, _ in hook_fns), zip((f for _, f in hook_fns), hook_args)))
     stop = model.num_layers if head else keep[-1]
     kept = []
     with jax.default_matmul_precision(precision):
-        hidden = model.embed(pixels.astype(model.embeddings.class_embedding.dtype))  # [B, T, D]
+        hidden = model.embed(pixels.astype(model.embeddings.patch_embedding.kernel.dtype))  # [B, T, D]
         for i in range(stop + 1):
             if i > 0:
                 hidden = model.block(i - 1, hidden)
@@ -83,9 +88,11 @@ def _run(graphdef, state, pixels, hook_args, *, keep, hook_fns, head, precision)
             if i in keep:
                 kept.append(hidden)
         if not head:
-            return tuple(kept), None, None
+            return tuple(kept), None, None, None
+        # transformers' last_hidden_state: SigLIP post-layernorms it, CLIP does not.
+        last = model.last_hidden_state(hidden) if hasattr(model, "last_hidden_state") else hidden
         pooled = model.pool(hidden)
-        return tuple(kept), pooled, model.project(pooled)
+        return tuple(kept), pooled, model.project(pooled), last
 
 
 class VisionEncoder:
@@ -187,18 +194,18 @@ class VisionEncoder:
           hooks: {index: fn or (fn, args)}, applied on top of the encoder's own hooks.
         """
         stop = self.config.num_layers if upto is None else self.layer_index(upto)
-        kept, _, _ = self._forward(pixels, range(stop + 1), hooks, head=False)
+        kept, _, _, _ = self._forward(pixels, range(stop + 1), hooks, head=False)
         return kept
 
     def hidden_state(self, pixels: Any, layer: int, *, hooks: Mapping[int, Any] | None = None) -> jax.Array:
         """The single hidden state at `layer`, [B, T, D], computing no block past it."""
-        kept, _, _ = self._forward(pixels, (self.layer_index(layer),), hooks, head=False)
+        kept, _, _, _ = self._forward(pixels, (self.layer_index(layer),), hooks, head=False)
         return kept[0]
 
     def __call__(self, pixels: Any, *, hooks: Mapping[int, Any] | None = None) -> EncoderOutput:
-        """The whole tower, as transformers' `CLIPVisionModel(WithProjection)` returns it."""
-        kept, pooled, embeds = self._forward(pixels, range(self.config.num_layers + 1), hooks, head=True)
-        return EncoderOutput(kept[-1], pooled, embeds, kept)
+        """The whole tower, as transformers' `CLIPVisionModel(WithProjection)` / `SiglipVisionModel` returns it."""
+        kept, pooled, embeds, last = self._forward(pixels, range(self.config.num_layers + 1), hooks, head=True)
+        return EncoderOutput(last, pooled, embeds, kept)
 
 
 def _checkpoint_preprocess_config(directory: Path) -> PreprocessConfig | None:
@@ -220,13 +227,14 @@ def _is_torch_model(source: Any) -> bool:
 
 
 def load_encoder(source: str | os.PathLike | Any, dtype: str = "float32", attention: str = "auto") -> VisionEncoder:
-    """Load the vision tower of a CLIP or LLaVA checkpoint into JAX.
+    """Load the vision tower of a CLIP, SigLIP or LLaVA checkpoint into JAX.
 
     Args:
       source: a checkpoint directory written by `save_pretrained` (`config.json` with
         `model.safetensors`, sharded safetensors or `pytorch_model.bin`), a Hub id already in
         the local Hugging Face cache, or an in-memory transformers model (`CLIPVisionModel`,
-        `CLIPVisionModelWithProjection`, `CLIPModel`, `LlavaForConditionalGeneration`).
+        `CLIPVisionModelWithProjection`, `CLIPModel`, `SiglipVisionModel`, `SiglipModel`,
+        `LlavaForConditionalGeneration` with a CLIP or SigLIP tower).
       dtype: "float32" (default) or "bfloat16", for parameters and compute.
       attention: "auto" (cuDNN-eligible `jax.nn.dot_product_attention` on GPU, the einsum
         path elsewhere), or force "einsum", "xla" or "cudnn".
@@ -245,17 +253,18 @@ def load_encoder(source: str | os.PathLike | Any, dtype: str = "float32", attent
         tensors, _ = read_checkpoint_tensors(directory)
         preprocess_config = _checkpoint_preprocess_config(directory)
     model_type = hf_config.get("model_type")
-    if model_type not in _CLIP_TYPES:
+    if model_type not in _SUPPORTED_TYPES:
         raise ConfigError(
             f"{origin}: config model_type {model_type!r} is not a supported vision encoder; "
-            f"supported: {list(_CLIP_TYPES)}"
+            f"supported: {list(_SUPPORTED_TYPES)}"
         )
-    model, _, _ = clip.load(model_type, hf_config, tensors, dtype=DTYPES[dtype], attention_impl=attention,
+    port = siglip if siglip.is_siglip_checkpoint(hf_config) else clip
+    model, _, _ = port.load(model_type, hf_config, tensors, dtype=DTYPES[dtype], attention_impl=attention,
                             origin=origin)
     cfg = model.config
     feature_layer = hf_config.get("vision_feature_layer", -2)
     config = EncoderConfig(
-        model_type=clip.MODEL_TYPE,
+        model_type=port.MODEL_TYPE,
         checkpoint_type=model_type,
         hidden_size=cfg.hidden_size,
         num_layers=cfg.num_hidden_layers,
@@ -264,8 +273,11 @@ def load_encoder(source: str | os.PathLike | Any, dtype: str = "float32", attent
         num_channels=cfg.num_channels,
         num_tokens=cfg.num_positions,
         dtype=dtype,
-        projection_dim=cfg.projection_dim,
+        projection_dim=getattr(cfg, "projection_dim", None),
         feature_layer=tuple(feature_layer) if isinstance(feature_layer, list) else feature_layer,
         source=origin,
     )
-    return VisionEncoder(model, config, preprocess_config or PreprocessConfig.for_image_size(cfg.image_size))
+    if preprocess_config is None:
+        preprocess_config = (PreprocessConfig.siglip_defaults(cfg.image_size) if port is siglip
+                             else PreprocessConfig.for_image_size(cfg.image_size))
+    return VisionEncoder(model, config, preprocess_config)

@@ -1,5 +1,8 @@
 """Image preprocessing that reproduces a checkpoint's own `CLIPImageProcessor` (PIL path).
 
+`SiglipImageProcessor` is the same pipeline with other defaults: resize to a fixed
+height x width (bicubic), no crop, mean = std = 0.5.
+
 LLaVA-1.5 was trained with the PIL pipeline: RGB conversion, shortest-side resize with PIL's
 bicubic filter, center crop, rescale by 1/255 in float64 then float32, and normalization in
 float32. `preprocess` follows those steps operation by operation and returns NHWC float32,
@@ -20,6 +23,8 @@ from sauce_jax.errors import ConfigError, InputError
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_STANDARD_MEAN = (0.5, 0.5, 0.5)  # SigLIP's
+IMAGENET_STANDARD_STD = (0.5, 0.5, 0.5)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +47,12 @@ class PreprocessConfig:
         return cls(shortest_edge=size, crop_hw=(size, size))
 
     @classmethod
+    def siglip_defaults(cls, size: int) -> "PreprocessConfig":
+        """`SiglipImageProcessor`'s defaults for a model that takes `size` x `size` images."""
+        return cls(shortest_edge=None, resize_hw=(size, size), crop_hw=None,
+                   image_mean=IMAGENET_STANDARD_MEAN, image_std=IMAGENET_STANDARD_STD)
+
+    @classmethod
     def from_hf(cls, hf: Mapping[str, Any], origin: str = "preprocessor_config.json") -> "PreprocessConfig":
         """Read a transformers image-processor dict (`preprocessor_config.json`)."""
         def hw(value, name):
@@ -52,9 +63,16 @@ class PreprocessConfig:
             raise ConfigError(f"{origin}: {name!r} must be an int or have 'height' and 'width', got {value!r}")
 
         kind = str(hf.get("image_processor_type", "CLIPImageProcessor"))
-        if not kind.startswith("CLIPImageProcessor"):
-            raise ConfigError(f"{origin}: image_processor_type {kind!r} is not implemented; the CLIP pipeline is")
-        size = hf.get("size", {"shortest_edge": 224})
+        siglip = kind.startswith("SiglipImageProcessor")
+        if not (kind.startswith("CLIPImageProcessor") or siglip):
+            raise ConfigError(
+                f"{origin}: image_processor_type {kind!r} is not implemented; "
+                "CLIPImageProcessor and SiglipImageProcessor are"
+            )
+        # SigLIP: fixed-size resize, no center crop, mean = std = 0.5 unless the config says otherwise.
+        mean_default = IMAGENET_STANDARD_MEAN if siglip else OPENAI_CLIP_MEAN
+        std_default = IMAGENET_STANDARD_STD if siglip else OPENAI_CLIP_STD
+        size = hf.get("size", {"height": 224, "width": 224} if siglip else {"shortest_edge": 224})
         shortest, resize_hw = None, None
         if isinstance(size, Mapping) and "shortest_edge" in size:
             shortest = int(size["shortest_edge"])
@@ -64,10 +82,11 @@ class PreprocessConfig:
             shortest_edge=shortest,
             resize_hw=resize_hw,
             resample=int(hf.get("resample", 3)),
-            crop_hw=hw(hf.get("crop_size", 224), "crop_size") if hf.get("do_center_crop", True) else None,
+            crop_hw=(hw(hf.get("crop_size", 224), "crop_size")
+                     if hf.get("do_center_crop", not siglip) else None),
             rescale_factor=float(hf.get("rescale_factor", 1 / 255)) if hf.get("do_rescale", True) else None,
-            image_mean=tuple(hf.get("image_mean", OPENAI_CLIP_MEAN)) if hf.get("do_normalize", True) else None,
-            image_std=tuple(hf.get("image_std", OPENAI_CLIP_STD)) if hf.get("do_normalize", True) else None,
+            image_mean=tuple(hf.get("image_mean", mean_default)) if hf.get("do_normalize", True) else None,
+            image_std=tuple(hf.get("image_std", std_default)) if hf.get("do_normalize", True) else None,
             do_convert_rgb=bool(hf.get("do_convert_rgb", True)),
             do_resize=bool(hf.get("do_resize", True)),
         )

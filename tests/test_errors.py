@@ -186,8 +186,15 @@ def test_not_a_clip_config(ckpt):
 
 
 def test_llava_with_unsupported_tower(ckpt):
+    _edit_config(ckpt, model_type="llava", vision_config={"model_type": "dinov2"})
+    with pytest.raises(ConfigError, match="dinov2"):
+        sauce_jax.load_encoder(ckpt)
+
+
+def test_llava_with_siglip_tower_but_clip_weights(ckpt):
+    """SigLIP towers are supported, so CLIP weights under a SigLIP config are a checkpoint error."""
     _edit_config(ckpt, model_type="llava", vision_config={"model_type": "siglip_vision_model"})
-    with pytest.raises(ConfigError, match="siglip_vision_model"):
+    with pytest.raises(CheckpointError, match="class_embedding"):
         sauce_jax.load_encoder(ckpt)
 
 
