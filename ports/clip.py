@@ -15,22 +15,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ports.attention import attention, check_implementation
+from ports.attention import check_implementation
 from ports.conversion import CONV2D, LINEAR, Rule, build_module, with_prefix
+from ports.vit import ACTIVATIONS, Encoder, PatchEmbedding, dense, layer_norm
 from sauce_jax.errors import CheckpointError, ConfigError
 
 MODEL_TYPE = "clip_vision_model"
-
-ACTIVATIONS = {
-    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu_fast": lambda x: jax.nn.gelu(x, approximate=True),
-    "relu": jax.nn.relu,
-    "silu": jax.nn.silu,
-    "swish": jax.nn.silu,
-}
 
 # transformers' CLIPVisionConfig defaults: LLaVA configs often store only the fields that differ.
 _HF_DEFAULTS = dict(
@@ -100,39 +90,10 @@ class CLIPVisionConfig:
         return cls(**fields, projection_dim=projection_dim)
 
 
-def _dense(cfg_in: int, cfg_out: int, *, bias: bool, dtype, rngs: nnx.Rngs) -> nnx.Linear:
-    return nnx.Linear(cfg_in, cfg_out, use_bias=bias, dtype=dtype, param_dtype=dtype, rngs=rngs)
-
-
-def _layer_norm(cfg: CLIPVisionConfig, dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
-    # Two-pass variance (use_fast_variance=False) as torch does: CLIP's residual stream has
-    # large-mean outlier channels where E[x^2] - E[x]^2 loses float32 digits.
-    return nnx.LayerNorm(cfg.hidden_size, epsilon=cfg.layer_norm_eps, use_fast_variance=False,
-                         dtype=dtype, param_dtype=dtype, rngs=rngs)
-
-
-class PatchEmbedding(nnx.Module):
-    """A stride-`patch` convolution without bias, written as patchify + one matmul (NHWC)."""
-
-    def __init__(self, cfg: CLIPVisionConfig, *, dtype, rngs: nnx.Rngs):
-        p, c, d = cfg.patch_size, cfg.num_channels, cfg.hidden_size
-        self.patch_size = p
-        self.kernel = nnx.Param(nnx.initializers.lecun_normal()(rngs.params(), (p, p, c, d), dtype))
-
-    def __call__(self, pixels: jax.Array) -> jax.Array:
-        b, h, w, c = pixels.shape  # [B, H, W, C]
-        p = self.patch_size
-        gh, gw = h // p, w // p
-        # A strided conv ignores the pixels past the last whole patch; so do we.
-        x = pixels[:, : gh * p, : gw * p, :].reshape(b, gh, p, gw, p, c)
-        x = x.transpose(0, 1, 3, 2, 4, 5).reshape(b, gh * gw, p * p * c)  # [B, N, p*p*C]
-        kernel = self.kernel[...].reshape(p * p * c, -1)  # [p*p*C, D]
-        return x @ kernel  # [B, N, D]
-
-
 class CLIPVisionEmbeddings(nnx.Module):
     def __init__(self, cfg: CLIPVisionConfig, *, dtype, rngs: nnx.Rngs):
-        self.patch_embedding = PatchEmbedding(cfg, dtype=dtype, rngs=rngs)
+        self.patch_embedding = PatchEmbedding(cfg.patch_size, cfg.num_channels, cfg.hidden_size, bias=False,
+                                              dtype=dtype, rngs=rngs)
         self.class_embedding = nnx.Param(jax.random.normal(rngs.params(), (cfg.hidden_size,), dtype))
         self.position_embedding = nnx.Embed(cfg.num_positions, cfg.hidden_size, dtype=dtype,
                                             param_dtype=dtype, rngs=rngs)
@@ -144,69 +105,17 @@ class CLIPVisionEmbeddings(nnx.Module):
         return tokens + self.position_embedding.embedding[...][None]
 
 
-class CLIPAttention(nnx.Module):
-    def __init__(self, cfg: CLIPVisionConfig, *, dtype, attention_impl: str = "auto", rngs: nnx.Rngs):
-        d = cfg.hidden_size
-        self.num_heads = cfg.num_attention_heads
-        self.implementation = attention_impl
-        self.q_proj = _dense(d, d, bias=True, dtype=dtype, rngs=rngs)
-        self.k_proj = _dense(d, d, bias=True, dtype=dtype, rngs=rngs)
-        self.v_proj = _dense(d, d, bias=True, dtype=dtype, rngs=rngs)
-        self.out_proj = _dense(d, d, bias=True, dtype=dtype, rngs=rngs)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        b, t, d = x.shape  # [B, T, D]
-        heads = lambda y: y.reshape(b, t, self.num_heads, d // self.num_heads)  # [B, T, N, H]
-        # One [D, 3D] matmul instead of three: fewer, larger GEMMs run faster on every backend.
-        kernel = jnp.concatenate([self.q_proj.kernel[...], self.k_proj.kernel[...], self.v_proj.kernel[...]], axis=1)
-        bias = jnp.concatenate([self.q_proj.bias[...], self.k_proj.bias[...], self.v_proj.bias[...]])
-        qkv = x @ kernel.astype(x.dtype) + bias.astype(x.dtype)  # [B, T, 3D]
-        q, k, v = (heads(y) for y in jnp.split(qkv, 3, axis=-1))
-        out = attention(q, k, v, implementation=self.implementation)  # [B, T, N, H], scale 1/sqrt(H) as CLIP
-        return self.out_proj(out.reshape(b, t, d))
-
-
-class CLIPMLP(nnx.Module):
-    def __init__(self, cfg: CLIPVisionConfig, *, dtype, rngs: nnx.Rngs):
-        self.act = ACTIVATIONS[cfg.hidden_act]
-        self.fc1 = _dense(cfg.hidden_size, cfg.intermediate_size, bias=True, dtype=dtype, rngs=rngs)
-        self.fc2 = _dense(cfg.intermediate_size, cfg.hidden_size, bias=True, dtype=dtype, rngs=rngs)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return self.fc2(self.act(self.fc1(x)))
-
-
-class CLIPEncoderLayer(nnx.Module):
-    """A pre-LN block: x + attn(ln1(x)), then + mlp(ln2(.))."""
-
-    def __init__(self, cfg: CLIPVisionConfig, *, dtype, attention_impl: str, rngs: nnx.Rngs):
-        self.layer_norm1 = _layer_norm(cfg, dtype, rngs)
-        self.self_attn = CLIPAttention(cfg, dtype=dtype, attention_impl=attention_impl, rngs=rngs)
-        self.layer_norm2 = _layer_norm(cfg, dtype, rngs)
-        self.mlp = CLIPMLP(cfg, dtype=dtype, rngs=rngs)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        x = x + self.self_attn(self.layer_norm1(x))
-        return x + self.mlp(self.layer_norm2(x))
-
-
-class CLIPEncoder(nnx.Module):
-    def __init__(self, cfg: CLIPVisionConfig, *, dtype, attention_impl: str, rngs: nnx.Rngs):
-        self.layers = nnx.List([CLIPEncoderLayer(cfg, dtype=dtype, attention_impl=attention_impl, rngs=rngs)
-                                for _ in range(cfg.num_hidden_layers)])
-
-
 class CLIPVisionModel(nnx.Module):
     """CLIP's vision tower; `visual_projection` exists only when `cfg.projection_dim` is set."""
 
     def __init__(self, cfg: CLIPVisionConfig, *, dtype=jnp.float32, attention_impl: str = "auto", rngs: nnx.Rngs):
         self.config = cfg
         self.embeddings = CLIPVisionEmbeddings(cfg, dtype=dtype, rngs=rngs)
-        self.pre_layrnorm = _layer_norm(cfg, dtype, rngs)  # sic: transformers' spelling
-        self.encoder = CLIPEncoder(cfg, dtype=dtype, attention_impl=check_implementation(attention_impl), rngs=rngs)
-        self.post_layernorm = _layer_norm(cfg, dtype, rngs)
+        self.pre_layrnorm = layer_norm(cfg, dtype, rngs)  # sic: transformers' spelling
+        self.encoder = Encoder(cfg, dtype=dtype, attention_impl=check_implementation(attention_impl), rngs=rngs)
+        self.post_layernorm = layer_norm(cfg, dtype, rngs)
         self.visual_projection = (
-            _dense(cfg.hidden_size, cfg.projection_dim, bias=False, dtype=dtype, rngs=rngs)
+            dense(cfg.hidden_size, cfg.projection_dim, bias=False, dtype=dtype, rngs=rngs)
             if cfg.projection_dim
             else None
         )

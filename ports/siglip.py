@@ -23,9 +23,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ports.attention import attention, check_implementation
-from ports.clip import ACTIVATIONS, IGNORED_BUFFERS, VISION_PREFIXES
+from ports.clip import IGNORED_BUFFERS, VISION_PREFIXES
 from ports.clip import IGNORED as CLIP_IGNORED
 from ports.conversion import CONV2D, LINEAR, Rule, build_module, with_prefix
+from ports.vit import ACTIVATIONS, MLP, Encoder, PatchEmbedding, dense, layer_norm
 from sauce_jax.errors import CheckpointError, ConfigError
 
 MODEL_TYPE = "siglip_vision_model"
@@ -107,97 +108,16 @@ class SiglipVisionConfig:
         return cls(**fields)
 
 
-def _dense(d_in: int, d_out: int, *, dtype, rngs: nnx.Rngs) -> nnx.Linear:
-    return nnx.Linear(d_in, d_out, use_bias=True, dtype=dtype, param_dtype=dtype, rngs=rngs)
-
-
-def _layer_norm(cfg: SiglipVisionConfig, dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
-    # Two-pass variance, as torch computes it.
-    return nnx.LayerNorm(cfg.hidden_size, epsilon=cfg.layer_norm_eps, use_fast_variance=False,
-                         dtype=dtype, param_dtype=dtype, rngs=rngs)
-
-
-class PatchEmbedding(nnx.Module):
-    """A stride-`patch` convolution with bias, written as patchify + one matmul (NHWC)."""
-
-    def __init__(self, cfg: SiglipVisionConfig, *, dtype, rngs: nnx.Rngs):
-        p, c, d = cfg.patch_size, cfg.num_channels, cfg.hidden_size
-        self.patch_size = p
-        self.kernel = nnx.Param(nnx.initializers.lecun_normal()(rngs.params(), (p, p, c, d), dtype))
-        self.bias = nnx.Param(jnp.zeros((d,), dtype))
-
-    def __call__(self, pixels: jax.Array) -> jax.Array:
-        b, h, w, c = pixels.shape  # [B, H, W, C]
-        p = self.patch_size
-        gh, gw = h // p, w // p
-        # A "valid" strided conv ignores the pixels past the last whole patch; so do we.
-        x = pixels[:, : gh * p, : gw * p, :].reshape(b, gh, p, gw, p, c)
-        x = x.transpose(0, 1, 3, 2, 4, 5).reshape(b, gh * gw, p * p * c)  # [B, N, p*p*C], row-major patches
-        kernel = self.kernel[...].reshape(p * p * c, -1)  # [p*p*C, D]
-        return x @ kernel + self.bias[...]  # [B, N, D]
-
-
 class SiglipVisionEmbeddings(nnx.Module):
     def __init__(self, cfg: SiglipVisionConfig, *, dtype, rngs: nnx.Rngs):
-        self.patch_embedding = PatchEmbedding(cfg, dtype=dtype, rngs=rngs)
+        self.patch_embedding = PatchEmbedding(cfg.patch_size, cfg.num_channels, cfg.hidden_size, bias=True,
+                                              dtype=dtype, rngs=rngs)
         self.position_embedding = nnx.Embed(cfg.num_positions, cfg.hidden_size, dtype=dtype,
                                             param_dtype=dtype, rngs=rngs)
 
     def __call__(self, pixels: jax.Array) -> jax.Array:
         patches = self.patch_embedding(pixels)  # [B, N, D]
         return patches + self.position_embedding.embedding[...][None].astype(patches.dtype)
-
-
-class SiglipAttention(nnx.Module):
-    def __init__(self, cfg: SiglipVisionConfig, *, dtype, attention_impl: str = "auto", rngs: nnx.Rngs):
-        d = cfg.hidden_size
-        self.num_heads = cfg.num_attention_heads
-        self.implementation = attention_impl
-        self.k_proj = _dense(d, d, dtype=dtype, rngs=rngs)
-        self.v_proj = _dense(d, d, dtype=dtype, rngs=rngs)
-        self.q_proj = _dense(d, d, dtype=dtype, rngs=rngs)
-        self.out_proj = _dense(d, d, dtype=dtype, rngs=rngs)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        b, t, d = x.shape  # [B, T, D]
-        heads = lambda y: y.reshape(b, t, self.num_heads, d // self.num_heads)  # [B, T, N, H]
-        # One fused [D, 3D] matmul instead of three.
-        kernel = jnp.concatenate([self.q_proj.kernel[...], self.k_proj.kernel[...], self.v_proj.kernel[...]], axis=1)
-        bias = jnp.concatenate([self.q_proj.bias[...], self.k_proj.bias[...], self.v_proj.bias[...]])
-        qkv = x @ kernel.astype(x.dtype) + bias.astype(x.dtype)  # [B, T, 3D]
-        q, k, v = (heads(y) for y in jnp.split(qkv, 3, axis=-1))
-        out = attention(q, k, v, implementation=self.implementation)  # scale 1/sqrt(H), as SigLIP
-        return self.out_proj(out.reshape(b, t, d))
-
-
-class SiglipMLP(nnx.Module):
-    def __init__(self, cfg: SiglipVisionConfig, *, dtype, rngs: nnx.Rngs):
-        self.act = ACTIVATIONS[cfg.hidden_act]
-        self.fc1 = _dense(cfg.hidden_size, cfg.intermediate_size, dtype=dtype, rngs=rngs)
-        self.fc2 = _dense(cfg.intermediate_size, cfg.hidden_size, dtype=dtype, rngs=rngs)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return self.fc2(self.act(self.fc1(x)))
-
-
-class SiglipEncoderLayer(nnx.Module):
-    """A pre-LN block: x + attn(ln1(x)), then + mlp(ln2(.))."""
-
-    def __init__(self, cfg: SiglipVisionConfig, *, dtype, attention_impl: str, rngs: nnx.Rngs):
-        self.layer_norm1 = _layer_norm(cfg, dtype, rngs)
-        self.self_attn = SiglipAttention(cfg, dtype=dtype, attention_impl=attention_impl, rngs=rngs)
-        self.layer_norm2 = _layer_norm(cfg, dtype, rngs)
-        self.mlp = SiglipMLP(cfg, dtype=dtype, rngs=rngs)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        x = x + self.self_attn(self.layer_norm1(x))
-        return x + self.mlp(self.layer_norm2(x))
-
-
-class SiglipEncoder(nnx.Module):
-    def __init__(self, cfg: SiglipVisionConfig, *, dtype, attention_impl: str, rngs: nnx.Rngs):
-        self.layers = nnx.List([SiglipEncoderLayer(cfg, dtype=dtype, attention_impl=attention_impl, rngs=rngs)
-                                for _ in range(cfg.num_hidden_layers)])
 
 
 class MultiheadAttention(nnx.Module):
@@ -213,7 +133,7 @@ class MultiheadAttention(nnx.Module):
         self.implementation = attention_impl
         self.in_proj_weight = nnx.Param(nnx.initializers.lecun_normal()(rngs.params(), (d, 3 * d), dtype))
         self.in_proj_bias = nnx.Param(jnp.zeros((3 * d,), dtype))
-        self.out_proj = _dense(d, d, dtype=dtype, rngs=rngs)
+        self.out_proj = dense(d, d, dtype=dtype, rngs=rngs)
 
     def __call__(self, query: jax.Array, key_value: jax.Array) -> jax.Array:
         b, s, d = query.shape  # [B, S, D] queries, [B, T, D] keys = values
@@ -234,8 +154,8 @@ class SiglipMultiheadAttentionPoolingHead(nnx.Module):
     def __init__(self, cfg: SiglipVisionConfig, *, dtype, attention_impl: str, rngs: nnx.Rngs):
         self.probe = nnx.Param(jax.random.normal(rngs.params(), (1, 1, cfg.hidden_size), dtype))
         self.attention = MultiheadAttention(cfg, dtype=dtype, attention_impl=attention_impl, rngs=rngs)
-        self.layernorm = _layer_norm(cfg, dtype, rngs)
-        self.mlp = SiglipMLP(cfg, dtype=dtype, rngs=rngs)
+        self.layernorm = layer_norm(cfg, dtype, rngs)
+        self.mlp = MLP(cfg, dtype=dtype, rngs=rngs)
 
     def __call__(self, hidden: jax.Array) -> jax.Array:
         b, _, d = hidden.shape  # [B, T, D]
@@ -254,8 +174,8 @@ class SiglipVisionModel(nnx.Module):
         self.config = cfg
         self.dtype = dtype
         self.embeddings = SiglipVisionEmbeddings(cfg, dtype=dtype, rngs=rngs)
-        self.encoder = SiglipEncoder(cfg, dtype=dtype, attention_impl=attention_impl, rngs=rngs)
-        self.post_layernorm = _layer_norm(cfg, dtype, rngs)
+        self.encoder = Encoder(cfg, dtype=dtype, attention_impl=attention_impl, rngs=rngs)
+        self.post_layernorm = layer_norm(cfg, dtype, rngs)
         self.head = (
             SiglipMultiheadAttentionPoolingHead(cfg, dtype=dtype, attention_impl=attention_impl, rngs=rngs)
             if cfg.vision_use_head
