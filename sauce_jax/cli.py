@@ -198,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="versions, devices, and what a checkpoint directory holds")
     info.add_argument("checkpoint", nargs="?", help="a checkpoint directory (save_pretrained layout)")
     info.set_defaults(func=cmd_info)
-    check = sub.add_parser("selfcheck", help="compare a small random CLIP against transformers, layer by layer")
+    check = sub.add_parser("selfcheck", help="compare small random CLIP and SigLIP towers against transformers, layer by layer")
     check.add_argument("--tolerance", type=float, default=1e-5, help="largest allowed relative error")
     check.add_argument("--seed", type=int, default=0)
     check.set_defaults(func=cmd_selfcheck)

@@ -40,7 +40,7 @@ def test_info_on_a_bad_directory_is_a_clean_error(tmp_path, capsys):
 def test_selfcheck_passes(capsys):
     assert cli.main(["selfcheck"]) == 0
     out = capsys.readouterr().out
-    assert out.count("ok") == 2 and "FAIL" not in out
+    assert out.count("ok") == 3 and "FAIL" not in out
 
 
 def test_selfcheck_fails_at_an_impossible_tolerance(capsys):
