@@ -132,6 +132,10 @@ class CLIPVisionModel(nnx.Module):
         """Hidden state i+1 from hidden state i."""
         return self.encoder.layers[i](hidden)
 
+    def last_hidden_state(self, last_hidden: jax.Array) -> jax.Array:
+        """transformers' `last_hidden_state`: for CLIP the last hidden state itself."""
+        return last_hidden
+
     def pool(self, last_hidden: jax.Array) -> jax.Array:
         """transformers' `pooler_output`: post-layernorm of the class token. [B, T, D] -> [B, D]."""
         return self.post_layernorm(last_hidden[:, 0])

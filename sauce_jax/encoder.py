@@ -89,8 +89,7 @@ def _run(graphdef, state, pixels, hook_args, *, keep, hook_fns, head, precision)
                 kept.append(hidden)
         if not head:
             return tuple(kept), None, None, None
-        # transformers' last_hidden_state: SigLIP post-layernorms it, CLIP does not.
-        last = model.last_hidden_state(hidden) if hasattr(model, "last_hidden_state") else hidden
+        last = model.last_hidden_state(hidden)  # SigLIP post-layernorms it, CLIP does not
         pooled = model.pool(hidden)
         return tuple(kept), pooled, model.project(pooled), last
 
