@@ -77,13 +77,16 @@ def test_features_sharded_over_model_equal_one_device(tmp_path, architecture):
 
 @pytest.mark.slow
 def test_checkpoint_restores_onto_other_meshes(tmp_path):
-    """Saved on 8 devices (2 x 4), resumed on 4 (2 x 2) and on 1: the losses of an uninterrupted run."""
+    """Saved on 8 devices (2 x 4), resumed on 4 (2 x 2) and on 1; and back: saved on 1, resumed
+    on 8. Every resumed run logs the losses of an uninterrupted one."""
     import shutil
 
     run_workers(tmp_path / "whole", 8, 1, "topk", 30, "--model-parallel", "4")
     run_workers(tmp_path / "cut", 8, 1, "topk", 30, "--model-parallel", "4", "--stop-after", "22", expect_rc=3)
-    for name, devices, model in (("four", 4, "2"), ("single", 1, "1")):
-        shutil.copytree(tmp_path / "cut", tmp_path / name)
+    run_workers(tmp_path / "cut_on_one", 1, 1, "topk", 30, "--stop-after", "22", expect_rc=3)
+    for name, source, devices, model in (("four", "cut", 4, "2"), ("single", "cut", 1, "1"),
+                                         ("back", "cut_on_one", 8, "4")):
+        shutil.copytree(tmp_path / source, tmp_path / name)
         run_workers(tmp_path / name, devices, 1, "topk", 30, "--model-parallel", model, "--resume")
         whole, resumed = logged(tmp_path / "whole" / "run"), logged(tmp_path / name / "run")
         assert [r["step"] for r in resumed] == [r["step"] for r in whole]
