@@ -8,7 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import jax
 import orbax.checkpoint as ocp
 
 from sauce_jax.errors import CheckpointError, ConfigError
@@ -58,6 +57,3 @@ def check_resumable(saved: dict, current: dict, allowed: tuple[str, ...] = ()) -
     if differing:
         raise ConfigError("cannot resume: the configuration changed since the checkpoint: " + "; ".join(differing))
 
-
-def abstract_like(tree):
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree)

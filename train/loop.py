@@ -18,10 +18,10 @@ from sauce_jax import sae as sae_lib
 from sauce_jax.errors import ConfigError, InputError, SauceError
 from sauce_jax.sae import SAE, SAEConfig
 from train.activations import ArraySource, CachedSource, EncoderSource, batches
-from train.checkpoint import RunCheckpoints, abstract_like, check_resumable
+from train.checkpoint import RunCheckpoints, check_resumable
 from train.config import TrainConfig
 from train.metrics import JsonlLog, TensorBoardLog, feature_statistics, plot_feature_statistics
-from train.sharding import check_fits, device_memory_bytes, make_mesh, memory_plan, shard_state
+from train.sharding import check_fits, device_memory_bytes, make_mesh, memory_plan, shard_state, state_shardings
 from train.step import global_batch, init_state, jit_train_step, make_optimizer
 
 
@@ -115,9 +115,12 @@ def train_sae(out_dir: str | Path, *, source=None, sae_config: SAEConfig | None 
                           "pass resume=True (--resume) to continue, or choose a new folder")
 
     if resume and latest is not None:
-        params0 = sae_lib.init_params(jax.random.key(0), sae_config)
-        # Restored onto this run's mesh, whatever mesh wrote the checkpoint.
-        abstract = abstract_like(shard_state(init_state(params0, optimizer, sae_config), mesh))
+        # Shapes only (nothing is allocated), laid out on this run's mesh, whatever mesh wrote
+        # the checkpoint: Orbax restores each shard where the new layout wants it.
+        shapes = jax.eval_shape(lambda: init_state(sae_lib.init_params(jax.random.key(0), sae_config), optimizer,
+                                                   sae_config))
+        abstract = jax.tree.map(lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+                                shapes, state_shardings(shapes, mesh))
         state, record = checkpoints.restore(abstract)
         check_resumable(record, record_base, allowed=TrainConfig.RESUMABLE_CHANGES)
         position = tuple(record["position"])

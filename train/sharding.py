@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 
 import jax
-import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from sauce_jax.errors import ConfigError
@@ -53,7 +52,7 @@ def _spec_for(path) -> P:
 def state_shardings(state, mesh: Mesh):
     """A NamedSharding for every leaf of a TrainState (params, Adam moments, counters)."""
     return jax.tree_util.tree_map_with_path(
-        lambda path, leaf: NamedSharding(mesh, _spec_for(path) if np.ndim(leaf) else P()), state)
+        lambda path, leaf: NamedSharding(mesh, _spec_for(path) if len(leaf.shape) else P()), state)
 
 
 def shard_state(state, mesh: Mesh):
