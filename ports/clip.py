@@ -17,7 +17,7 @@ from flax import nnx
 
 from ports.attention import check_implementation
 from ports.conversion import CONV2D, LINEAR, Rule, build_module, with_prefix
-from ports.vit import ACTIVATIONS, Encoder, PatchEmbedding, dense, layer_norm
+from ports.vit import Encoder, PatchEmbedding, check_config, dense, layer_norm
 from sauce_jax.errors import CheckpointError, ConfigError
 
 MODEL_TYPE = "clip_vision_model"
@@ -47,28 +47,12 @@ class CLIPVisionConfig:
     num_channels: int = 3  # image channels
     image_size: int = 224  # square input side in pixels
     patch_size: int = 32  # square patch side; the conv has stride patch_size
-    hidden_act: str = "quick_gelu"  # a key of ACTIVATIONS
+    hidden_act: str = "quick_gelu"  # a key of ports.vit.ACTIVATIONS
     layer_norm_eps: float = 1e-5
     projection_dim: int | None = None  # set when the checkpoint has `visual_projection`
 
     def __post_init__(self):
-        for name in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                     "num_channels", "image_size", "patch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"CLIP config {name!r} must be a positive integer, got {value!r}")
-        if self.hidden_size % self.num_attention_heads:
-            raise ConfigError(
-                f"CLIP config hidden_size={self.hidden_size} is not divisible by num_attention_heads={self.num_attention_heads}"
-            )
-        if self.patch_size > self.image_size:
-            raise ConfigError(f"CLIP config patch_size={self.patch_size} exceeds image_size={self.image_size}")
-        if self.hidden_act not in ACTIVATIONS:
-            raise ConfigError(
-                f"CLIP config hidden_act={self.hidden_act!r} is not implemented; supported: {sorted(ACTIVATIONS)}"
-            )
-        if not (isinstance(self.layer_norm_eps, (int, float)) and self.layer_norm_eps > 0):
-            raise ConfigError(f"CLIP config layer_norm_eps must be positive, got {self.layer_norm_eps!r}")
+        check_config(self, "CLIP")
 
     @property
     def grid(self) -> int:

@@ -26,7 +26,7 @@ from ports.attention import attention, check_implementation
 from ports.clip import IGNORED_BUFFERS, VISION_PREFIXES
 from ports.clip import IGNORED as CLIP_IGNORED
 from ports.conversion import CONV2D, LINEAR, Rule, build_module, with_prefix
-from ports.vit import ACTIVATIONS, MLP, Encoder, PatchEmbedding, dense, layer_norm
+from ports.vit import MLP, Encoder, PatchEmbedding, check_config, dense, layer_norm
 from sauce_jax.errors import CheckpointError, ConfigError
 
 MODEL_TYPE = "siglip_vision_model"
@@ -57,29 +57,12 @@ class SiglipVisionConfig:
     num_channels: int = 3
     image_size: int = 224  # square input side in pixels
     patch_size: int = 16  # square patch side; the conv has stride patch_size
-    hidden_act: str = "gelu_pytorch_tanh"  # a key of ACTIVATIONS
+    hidden_act: str = "gelu_pytorch_tanh"  # a key of ports.vit.ACTIVATIONS
     layer_norm_eps: float = 1e-6
     vision_use_head: bool = True  # the attention-pooling head that makes `pooler_output`
 
     def __post_init__(self):
-        for name in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                     "num_channels", "image_size", "patch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"SigLIP config {name!r} must be a positive integer, got {value!r}")
-        if self.hidden_size % self.num_attention_heads:
-            raise ConfigError(
-                f"SigLIP config hidden_size={self.hidden_size} is not divisible by "
-                f"num_attention_heads={self.num_attention_heads}"
-            )
-        if self.patch_size > self.image_size:
-            raise ConfigError(f"SigLIP config patch_size={self.patch_size} exceeds image_size={self.image_size}")
-        if self.hidden_act not in ACTIVATIONS:
-            raise ConfigError(
-                f"SigLIP config hidden_act={self.hidden_act!r} is not implemented; supported: {sorted(ACTIVATIONS)}"
-            )
-        if not (isinstance(self.layer_norm_eps, (int, float)) and self.layer_norm_eps > 0):
-            raise ConfigError(f"SigLIP config layer_norm_eps must be positive, got {self.layer_norm_eps!r}")
+        check_config(self, "SigLIP")
         if not isinstance(self.vision_use_head, bool):
             raise ConfigError(f"SigLIP config vision_use_head must be true or false, got {self.vision_use_head!r}")
 

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ports.attention import attention
+from sauce_jax.errors import ConfigError
 
 ACTIVATIONS = {
     "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
@@ -24,6 +25,25 @@ ACTIVATIONS = {
     "silu": jax.nn.silu,
     "swish": jax.nn.silu,
 }
+
+
+def check_config(cfg, family: str) -> None:
+    """Raise ConfigError for a config field this ViT cannot run, naming the field."""
+    for name in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                 "num_channels", "image_size", "patch_size"):
+        value = getattr(cfg, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"{family} config {name!r} must be a positive integer, got {value!r}")
+    if cfg.hidden_size % cfg.num_attention_heads:
+        raise ConfigError(f"{family} config hidden_size={cfg.hidden_size} is not divisible by "
+                          f"num_attention_heads={cfg.num_attention_heads}")
+    if cfg.patch_size > cfg.image_size:
+        raise ConfigError(f"{family} config patch_size={cfg.patch_size} exceeds image_size={cfg.image_size}")
+    if cfg.hidden_act not in ACTIVATIONS:
+        raise ConfigError(f"{family} config hidden_act={cfg.hidden_act!r} is not implemented; "
+                          f"supported: {sorted(ACTIVATIONS)}")
+    if not (isinstance(cfg.layer_norm_eps, (int, float)) and cfg.layer_norm_eps > 0):
+        raise ConfigError(f"{family} config layer_norm_eps must be positive, got {cfg.layer_norm_eps!r}")
 
 
 def dense(d_in: int, d_out: int, *, bias: bool = True, dtype, rngs: nnx.Rngs) -> nnx.Linear:
