@@ -1,0 +1,310 @@
+"""Training the ConceptWorld VLM: a staged, seeded, resumable recipe that fits 2 CPU cores.
+
+Stage 1 trains the CLIP tower alone on dense labels: every patch token of the last hidden
+state predicts the concepts of what covers it (the item's shape or emotion, color and
+material; the scene on background), and the class token predicts the whole image's concepts.
+Dense targets are what make a small ViT learn shapes and expressions in minutes rather than
+hours, and they leave each concept readable per token, which is where SAUCE's SAE looks.
+Stage 2 freezes the tower, caches its features once, and trains the projector and the
+language model on single-turn examples (descriptions, balanced yes/no questions in both
+languages, perception questions). Every stage checkpoints atomically and resumes where it
+stopped; a finished stage is never rerun.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from sauce_jax.errors import ConfigError
+
+from . import text as T
+from . import vlm
+from .render import render_with_masks
+from .world import CONCEPTS, generic_stream
+
+CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
+CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
+INDEX = {c: i for i, c in enumerate(CONCEPTS)}
+
+
+@dataclasses.dataclass(frozen=True)
+class RecipeConfig:
+    """The staged recipe; defaults produce the shipped model."""
+
+    seed: int = 0
+    images: int = 24000  # rendered training images (both stages)
+    val_images: int = 400
+    tower_steps: int = 3000
+    tower_batch: int = 64
+    tower_lr: float = 1e-3
+    lm_steps: int = 3000
+    lm_batch: int = 64
+    lm_lr: float = 1e-3
+    checkpoint_every: int = 250
+    workers: int = 2  # rendering processes
+
+    def __post_init__(self):
+        for name, value in dataclasses.asdict(self).items():
+            if name != "seed" and not (isinstance(value, (int, float)) and value > 0):
+                raise ConfigError(f"conceptworld recipe {name}={value!r} must be > 0")
+
+
+# ----------------------------------------------------------------------------------- data
+
+def _render_labels(spec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    image, coverage = render_with_masks(spec)  # [S, S, 3], [n_items, S, S]
+    patch = vlm.VISION["patch_size"]
+    grid = image.shape[0] // patch
+    per_token = coverage.reshape(len(spec.items), grid, patch, grid, patch).mean(axis=(2, 4)).reshape(len(spec.items), -1)
+    tokens = np.zeros((grid * grid, len(CONCEPTS)), np.uint8)  # [T, C]
+    for item, cover in zip(spec.items, per_token):
+        for concept in item.concepts:
+            tokens[cover > 0.25, INDEX[concept]] = 1
+    tokens[per_token.sum(0) < 0.75, INDEX[spec.scene]] = 1  # background shows
+    whole = np.zeros(len(CONCEPTS), np.uint8)
+    whole[[INDEX[c] for c in spec.concepts]] = 1
+    return image, tokens, whole
+
+
+def render_dataset(specs, workers: int = 2) -> dict[str, np.ndarray]:
+    """Images [N, S, S, 3] uint8 with dense token labels [N, T, C] and image labels [N, C]."""
+    if workers > 1 and len(specs) > 64:
+        with ProcessPoolExecutor(workers) as pool:
+            rows = list(pool.map(_render_labels, specs, chunksize=64))
+    else:
+        rows = [_render_labels(s) for s in specs]
+    images, tokens, whole = (np.stack(part) for part in zip(*rows))
+    return {"images": images, "tokens": tokens, "labels": whole, "n_items": np.array([len(s.items) for s in specs])}
+
+
+def _cached_dataset(path: Path, specs, workers: int) -> dict[str, np.ndarray]:
+    if path.is_file():
+        with np.load(path) as data:
+            return dict(data)
+    data = render_dataset(specs, workers)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, **data)
+    os.replace(tmp, path)
+    return data
+
+
+def pixels_nchw(images: np.ndarray):
+    """uint8 [N, S, S, 3] -> CLIP-normalised float32 torch [N, 3, S, S] (what CLIPImageProcessor gives)."""
+    import torch
+
+    x = (images.astype(np.float32) / 255.0 - CLIP_MEAN) / CLIP_STD
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+
+
+# ------------------------------------------------------------------------------ checkpoints
+
+def _save(path: Path, payload: dict) -> None:
+    import torch
+
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)  # a crash mid-write leaves the previous checkpoint intact
+
+
+def _load(path: Path) -> dict | None:
+    import torch
+
+    return torch.load(path, weights_only=False) if path.is_file() else None
+
+
+# ---------------------------------------------------------------------------------- stage 1
+
+def _tower_heads(width: int):
+    import torch
+
+    return torch.nn.ModuleDict({"norm": torch.nn.LayerNorm(width), "tokens": torch.nn.Linear(width, len(CONCEPTS)),
+                                "image": torch.nn.Linear(width, len(CONCEPTS))})
+
+
+def train_tower(model, data: dict, config: RecipeConfig, ckpt: Path, log) -> None:
+    import torch
+
+    tower = model.model.vision_tower
+    heads = _tower_heads(tower.config.hidden_size)
+    params = list(tower.parameters()) + list(heads.parameters())
+    opt = torch.optim.AdamW(params, lr=config.tower_lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 200) * max(0.05, 0.5 * (1 + np.cos(np.pi * s / config.tower_steps))))
+    state = _load(ckpt)
+    start = 0
+    if state is not None:
+        tower.load_state_dict(state["tower"])
+        heads.load_state_dict(state["heads"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        start = state["step"]
+        log(f"tower: resumed at step {start}")
+    tower.train()
+    n = len(data["images"])
+    bce = torch.nn.BCEWithLogitsLoss()
+    t0 = time.time()
+    for step in range(start, config.tower_steps):
+        rng = np.random.default_rng([config.seed, 1, step])
+        idx = rng.integers(n, size=config.tower_batch)
+        flip = rng.random() < 0.5  # mirror the whole batch: labels per token mirror with it
+        images, tokens = data["images"][idx], data["tokens"][idx]
+        if flip:
+            images = images[:, :, ::-1]
+            g = int(np.sqrt(tokens.shape[1]))
+            tokens = tokens.reshape(len(idx), g, g, -1)[:, :, ::-1].reshape(tokens.shape)
+        out = tower(pixel_values=pixels_nchw(images), output_hidden_states=True)
+        hidden = heads["norm"](out.hidden_states[-1])  # [B, 1 + T, D]
+        loss = bce(heads["tokens"](hidden[:, 1:]), torch.from_numpy(tokens).float()) + \
+            bce(heads["image"](hidden[:, 0]), torch.from_numpy(data["labels"][idx]).float())
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        if (step + 1) % 50 == 0:
+            log(f"tower step {step + 1}/{config.tower_steps} loss {loss.item():.4f} ({time.time() - t0:.0f}s)")
+        if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.tower_steps:
+            _save(ckpt, {"tower": tower.state_dict(), "heads": heads.state_dict(), "opt": opt.state_dict(),
+                         "sched": sched.state_dict(), "step": step + 1})
+    tower.eval()
+
+
+# ---------------------------------------------------------------------------------- stage 2
+
+def tower_features(model, images: np.ndarray, batch: int = 256):
+    """The language model's view of each image: [N, T, D] float16, layer `vision_feature_layer`, CLS dropped."""
+    import torch
+
+    tower = model.model.vision_tower
+    layer = model.config.vision_feature_layer
+    chunks = []
+    with torch.no_grad():
+        for start in range(0, len(images), batch):
+            out = tower(pixel_values=pixels_nchw(images[start:start + batch]), output_hidden_states=True)
+            chunks.append(out.hidden_states[layer][:, 1:].to(torch.float16))
+    return torch.cat(chunks)
+
+
+def encode_example(tokenizer, example: T.Example) -> tuple[list[int], int]:
+    """Token ids of prompt + answer + EOS with the image tokens expanded, and where the answer starts."""
+    prompt_text = T.prompt(example.prompt).replace(T.IMAGE_TOKEN, T.IMAGE_TOKEN * vlm.num_image_tokens())
+    prompt_ids = tokenizer(prompt_text)["input_ids"]
+    answer_ids = tokenizer(example.answer, add_special_tokens=False)["input_ids"]
+    return prompt_ids + answer_ids + [tokenizer.convert_tokens_to_ids(T.EOS)], len(prompt_ids)
+
+
+def _batch(tokenizer, examples: list[T.Example]):
+    import torch
+
+    rows = [encode_example(tokenizer, e) for e in examples]
+    width = max(len(ids) for ids, _ in rows)
+    pad = tokenizer.convert_tokens_to_ids("<pad>")
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, (row, answer_at) in enumerate(rows):  # right-padded for training
+        ids[r, : len(row)] = torch.tensor(row)
+        labels[r, answer_at : len(row)] = torch.tensor(row[answer_at:])
+        mask[r, : len(row)] = 1
+    return ids, labels, mask
+
+
+def embed_with_features(model, ids, features):
+    """Token embeddings with the projected image features in the image-token positions (with grad)."""
+    import torch
+
+    embeds = model.get_input_embeddings()(ids)  # [B, S, D]
+    projected = model.model.multi_modal_projector(features.float())  # [B, T, D]
+    mask = (ids == model.config.image_token_id)[..., None].expand_as(embeds)
+    return embeds.masked_scatter(mask, projected.to(embeds.dtype)) if projected.numel() else embeds
+
+
+def train_language(model, tokenizer, specs, features, config: RecipeConfig, ckpt: Path, log) -> None:
+    import torch
+
+    for p in model.model.vision_tower.parameters():
+        p.requires_grad_(False)
+    params = [p for name, p in model.named_parameters() if not name.startswith("model.vision_tower")]
+    opt = torch.optim.AdamW(params, lr=config.lm_lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 200) * max(0.05, 0.5 * (1 + np.cos(np.pi * s / config.lm_steps))))
+    state = _load(ckpt)
+    start = 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        start = state["step"]
+        log(f"language model: resumed at step {start}")
+    model.train()
+    t0 = time.time()
+    for step in range(start, config.lm_steps):
+        rng = np.random.default_rng([config.seed, 2, step])
+        idx = rng.integers(len(specs), size=config.lm_batch)
+        examples = [T.random_example(specs[i], rng) for i in idx]
+        ids, labels, mask = _batch(tokenizer, examples)
+        loss = model(inputs_embeds=embed_with_features(model, ids, features[idx]), attention_mask=mask,
+                     labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        if (step + 1) % 50 == 0:
+            log(f"lm step {step + 1}/{config.lm_steps} loss {loss.item():.4f} ({time.time() - t0:.0f}s)")
+        if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.lm_steps:
+            _save(ckpt, {"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                         "step": step + 1})
+    model.eval()
+
+
+# ------------------------------------------------------------------------------------ driver
+
+def train(out_dir: str | Path, config: RecipeConfig | None = None, *, log=print) -> Path:
+    """Run (or resume) the whole recipe; the trained checkpoint is written to `out_dir/model`."""
+    import torch
+
+    config = config or RecipeConfig()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    recipe = out / "recipe.json"
+    if recipe.is_file() and json.loads(recipe.read_text()) != dataclasses.asdict(config):
+        raise ConfigError(f"{out} holds a run with another recipe ({recipe}); use a new folder")
+    recipe.write_text(json.dumps(dataclasses.asdict(config), indent=1))
+    t0 = time.time()
+    specs = generic_stream(config.images, seed=config.seed, stream="vlm-train")
+    log(f"rendering {config.images} training images")
+    data = _cached_dataset(out / "train_images.npz", specs, config.workers)
+    tokenizer = vlm.make_tokenizer()
+    processor = vlm.make_processor(tokenizer)
+    model = vlm.make_model(tokenizer, seed=config.seed)
+    torch.manual_seed(config.seed)
+    if (out / "language.pt").is_file():
+        pass  # stage 2's checkpoint holds the whole model, trained tower included
+    else:
+        train_tower(model, data, config, out / "tower.pt", log)
+    features = None
+    if not (out / "language.pt").is_file() or _load(out / "language.pt")["step"] < config.lm_steps:
+        if (out / "language.pt").is_file():
+            model.load_state_dict(_load(out / "language.pt")["model"])
+        log("caching tower features")
+        features = tower_features(model, data["images"])
+    train_language(model, tokenizer, specs, features, config, out / "language.pt", log)
+    from .evaluate import clean_accuracy
+
+    val_specs = generic_stream(config.val_images, seed=config.seed, stream="vlm-val")
+    summary = clean_accuracy(model, tokenizer, val_specs)
+    summary["train_seconds"] = round(time.time() - t0, 1)
+    summary["recipe"] = dataclasses.asdict(config)
+    log(json.dumps(summary, indent=1))
+    target = vlm.save(model, processor, out / "model")
+    (target / "training.json").write_text(json.dumps(summary, indent=1))
+    return target
+

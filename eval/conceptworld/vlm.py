@@ -1,0 +1,119 @@
+"""ConceptWorld's VLM: a real transformers `LlavaForConditionalGeneration` (CLIP tower, projector,
+small Llama), its word-level tokenizer and `LlavaProcessor`, and where the trained one ships.
+
+The architecture is LLaVA-1.5's at a small size, so the SAUCE code path (JAX tower, SAE hook,
+PyTorch projector and language model) is the one a real LLaVA takes. The language model reads
+the tower's last hidden state (`vision_feature_layer=-1`): with four blocks that is the layer
+the tower was trained to make every concept readable at, per patch token.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from sauce_jax.errors import CheckpointError
+
+from .render import IMAGE_SIZE
+from .text import EOS, IMAGE_TOKEN, vocabulary
+
+SHIPPED = Path(__file__).parent / "model"  # the trained checkpoint inside the package
+SPECIALS = ("<pad>", "<s>", EOS, "<unk>", IMAGE_TOKEN)
+
+VISION = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
+              image_size=IMAGE_SIZE, patch_size=16, hidden_act="quick_gelu", projection_dim=128)
+TEXT = dict(hidden_size=192, intermediate_size=768, num_hidden_layers=3, num_attention_heads=4,
+            num_key_value_heads=4, max_position_embeddings=160, rms_norm_eps=1e-5, tie_word_embeddings=True)
+
+
+def num_image_tokens() -> int:
+    return (VISION["image_size"] // VISION["patch_size"]) ** 2
+
+
+def make_tokenizer():
+    """A word-level `PreTrainedTokenizerFast`: lower-cased, split on whitespace and punctuation,
+    a `<s>` in front; `<image>` is a special token so it never splits."""
+    from tokenizers import AddedToken, Tokenizer, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: i for i, token in enumerate(SPECIALS)}
+    for word in vocabulary():
+        vocab.setdefault(word, len(vocab))
+    backend = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    backend.normalizer = normalizers.Lowercase()
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", vocab["<s>"])])
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIALS])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token=EOS, pad_token="<pad>",
+                                        unk_token="<unk>", padding_side="left")
+    tokenizer.image_token = IMAGE_TOKEN
+    return tokenizer
+
+
+def make_processor(tokenizer=None):
+    from transformers import CLIPImageProcessorPil as CLIPImageProcessor
+    from transformers import LlavaProcessor
+
+    image_processor = CLIPImageProcessor(size={"shortest_edge": IMAGE_SIZE},
+                                         crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
+    return LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer or make_tokenizer(),
+                          patch_size=VISION["patch_size"], vision_feature_select_strategy="default",
+                          num_additional_image_tokens=1, image_token=IMAGE_TOKEN)
+
+
+def make_model(tokenizer, seed: int = 0):
+    """A freshly initialised ConceptWorld LLaVA (float32)."""
+    import torch
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in
+           (("pad", "<pad>"), ("bos", "<s>"), ("eos", EOS), ("image", IMAGE_TOKEN))}
+    text = LlamaConfig(vocab_size=len(tokenizer), pad_token_id=ids["pad"], bos_token_id=ids["bos"],
+                       eos_token_id=ids["eos"], **TEXT)
+    config = LlavaConfig(vision_config=CLIPVisionConfig(**VISION), text_config=text, image_token_index=ids["image"],
+                         vision_feature_layer=-1, vision_feature_select_strategy="default",
+                         projector_hidden_act="gelu", image_seq_length=num_image_tokens(),
+                         tie_word_embeddings=True)
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config)
+    model.generation_config.pad_token_id = ids["pad"]
+    model.generation_config.eos_token_id = ids["eos"]
+    model.generation_config.bos_token_id = ids["bos"]
+    return model.eval()
+
+
+def save(model, processor, directory: str | Path, *, float16: bool = True) -> Path:
+    """`save_pretrained` of model and processor; float16 weights keep the shipped copy small."""
+    import torch
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    if float16:
+        model = model.to(torch.float16)
+    model.save_pretrained(directory, safe_serialization=True)
+    processor.save_pretrained(directory)
+    if float16:
+        model.to(torch.float32)
+    return directory
+
+
+def load(directory: str | Path | None = None):
+    """(model float32 eval, processor) from `directory`, by default the shipped checkpoint."""
+    import torch
+    from transformers import LlavaForConditionalGeneration, LlavaProcessor
+
+    directory = Path(directory) if directory is not None else SHIPPED
+    if not (directory / "config.json").is_file():
+        raise CheckpointError(f"no ConceptWorld model at {directory} (config.json missing); "
+                              "train one with `sauce-jax conceptworld train --out DIR`")
+    model = LlavaForConditionalGeneration.from_pretrained(directory, dtype=torch.float32).eval()
+    processor = LlavaProcessor.from_pretrained(directory)
+    return model, processor
+
+
+def training_summary(directory: str | Path | None = None) -> dict[str, Any]:
+    """The clean-accuracy figures written next to the shipped model by the training script."""
+    path = (Path(directory) if directory is not None else SHIPPED) / "training.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
