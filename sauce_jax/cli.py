@@ -76,7 +76,7 @@ def cmd_train_sae(args) -> int:
             acts = np.load(args.activations, mmap_mode="r")
         except (OSError, ValueError) as exc:
             raise InputError(f"cannot read activations {args.activations!r}: {exc}") from exc
-        source_kwargs = dict(activations=acts)
+        source_kwargs = {"activations": acts}
         d_in = acts.shape[-1]
     else:
         if not (args.encoder and args.images):
@@ -84,9 +84,9 @@ def cmd_train_sae(args) -> int:
         from sauce_jax.encoder import load_encoder
 
         encoder = load_encoder(args.encoder, dtype=args.encoder_dtype)
-        source_kwargs = dict(encoder=encoder, images=args.images, layer=args.layer, token=args.token,
-                             cache=args.cache, cache_dir=args.cache_dir, chunk_images=args.chunk_images,
-                             encode_batch=args.encode_batch, workers=args.workers)
+        source_kwargs = {"encoder": encoder, "images": args.images, "layer": args.layer, "token": args.token,
+                             "cache": args.cache, "cache_dir": args.cache_dir, "chunk_images": args.chunk_images,
+                             "encode_batch": args.encode_batch, "workers": args.workers}
         d_in = encoder.config.hidden_size
     sae_config = SAEConfig(d_in=d_in, d_sae=args.expansion * d_in, architecture=args.architecture, k=args.k,
                            l1_coefficient=args.l1_coefficient, l1_decoder_norm=args.l1_decoder_norm)
@@ -147,8 +147,7 @@ def cmd_unlearn(args) -> int:
     concepts = "+".join(s.concept for s in sets)
     if answer is not None:
         with open(args.out, "w") as f:
-            for name, text in zip(names, answers):
-                f.write(json.dumps({"file": name, "prompt": args.prompt, "answer": text}) + "\n")
+            f.writelines(json.dumps({"file": name, "prompt": args.prompt, "answer": text}) + "\n" for name, text in zip(names, answers))
         print(f"answers for {len(names)} images without {concepts!r} ({args.mode}) -> {args.out}")
         return 0
     np.savez(args.out, features=np.concatenate(outputs), files=np.array(names), layer=layer)
@@ -279,6 +278,10 @@ def build_parser() -> argparse.ArgumentParser:
     unl.add_argument("--max-new-tokens", type=int, default=32)
     unl.add_argument("--out", required=True, help=".npz file to write (.jsonl with --prompt)")
     unl.set_defaults(func=cmd_unlearn)
+
+    from eval.conceptworld.cli import add_commands
+
+    add_commands(sub)
     return parser
 
 

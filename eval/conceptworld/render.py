@@ -100,7 +100,7 @@ def _texture(material: str, size: int, rng: np.random.Generator) -> np.ndarray:
     if material == "fabric":  # fine checked weave
         return (((x // (6 * s)).astype(int) + (y // (6 * s)).astype(int)) % 2).astype(np.float32)
     if material == "stone":  # blotchy speckle
-        cells = max(1, int(round(size / (8 * s))))
+        cells = max(1, round(size / (8 * s)))
         coarse = rng.random((cells, cells)).astype(np.float32)
         blotches = np.asarray(Image.fromarray((coarse * 255).astype(np.uint8)).resize((size, size), Image.NEAREST))
         return 0.6 * (blotches / 255.0) + 0.4 * rng.random((size, size)).astype(np.float32)
@@ -205,7 +205,8 @@ def render_with_masks(spec: Spec, size: int = IMAGE_SIZE) -> tuple[np.ndarray, n
             _face(ImageDraw.Draw(layer), item.emotion, cx, cy, r, ink)
             pixels = np.asarray(layer, np.float32)
     image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).reduce(SUPERSAMPLE)
-    coverage = np.stack([m.reshape(size, SUPERSAMPLE, size, SUPERSAMPLE).mean(axis=(1, 3)) for m in masks])
+    coverage = np.stack([m.reshape(size, SUPERSAMPLE, size, SUPERSAMPLE).mean(axis=(1, 3)) for m in masks]) \
+        if masks else np.zeros((0, size, size), np.float32)
     return np.asarray(image), coverage
 
 

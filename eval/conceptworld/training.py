@@ -41,10 +41,10 @@ class RecipeConfig:
     seed: int = 0
     images: int = 24000  # rendered training images (both stages)
     val_images: int = 400
-    tower_steps: int = 3000
+    tower_steps: int = 2000
     tower_batch: int = 64
     tower_lr: float = 1e-3
-    lm_steps: int = 3000
+    lm_steps: int = 2500
     lm_batch: int = 64
     lm_lr: float = 1e-3
     checkpoint_every: int = 250
@@ -218,7 +218,6 @@ def _batch(tokenizer, examples: list[T.Example]):
 
 def embed_with_features(model, ids, features):
     """Token embeddings with the projected image features in the image-token positions (with grad)."""
-    import torch
 
     embeds = model.get_input_embeddings()(ids)  # [B, S, D]
     projected = model.model.multi_modal_projector(features.float())  # [B, T, D]
@@ -267,10 +266,16 @@ def train_language(model, tokenizer, specs, features, config: RecipeConfig, ckpt
 
 # ------------------------------------------------------------------------------------ driver
 
-def train(out_dir: str | Path, config: RecipeConfig | None = None, *, log=print) -> Path:
-    """Run (or resume) the whole recipe; the trained checkpoint is written to `out_dir/model`."""
+def train(out_dir: str | Path, config: RecipeConfig | None = None, *, threads: int | None = None, log=print) -> Path:
+    """Run (or resume) the whole recipe; the trained checkpoint is written to `out_dir/model`.
+
+    `threads`: PyTorch's intra-op threads. On a machine shared with other jobs, 1 is often
+    faster than oversubscribed cores (threads waiting at barriers for a descheduled peer).
+    """
     import torch
 
+    if threads:
+        torch.set_num_threads(threads)
     config = config or RecipeConfig()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

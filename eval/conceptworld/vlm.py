@@ -21,10 +21,10 @@ from .text import EOS, IMAGE_TOKEN, vocabulary
 SHIPPED = Path(__file__).parent / "model"  # the trained checkpoint inside the package
 SPECIALS = ("<pad>", "<s>", EOS, "<unk>", IMAGE_TOKEN)
 
-VISION = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
-              image_size=IMAGE_SIZE, patch_size=16, hidden_act="quick_gelu", projection_dim=128)
-TEXT = dict(hidden_size=192, intermediate_size=768, num_hidden_layers=3, num_attention_heads=4,
-            num_key_value_heads=4, max_position_embeddings=160, rms_norm_eps=1e-5, tie_word_embeddings=True)
+VISION = {"hidden_size": 128, "intermediate_size": 512, "num_hidden_layers": 4, "num_attention_heads": 4,
+              "image_size": IMAGE_SIZE, "patch_size": 16, "hidden_act": "quick_gelu", "projection_dim": 128}
+TEXT = {"hidden_size": 192, "intermediate_size": 768, "num_hidden_layers": 3, "num_attention_heads": 4,
+            "num_key_value_heads": 4, "max_position_embeddings": 160, "rms_norm_eps": 1e-5, "tie_word_embeddings": True}
 
 
 def num_image_tokens() -> int:
@@ -34,7 +34,13 @@ def num_image_tokens() -> int:
 def make_tokenizer():
     """A word-level `PreTrainedTokenizerFast`: lower-cased, split on whitespace and punctuation,
     a `<s>` in front; `<image>` is a special token so it never splits."""
-    from tokenizers import AddedToken, Tokenizer, normalizers, pre_tokenizers, processors
+    from tokenizers import (
+        AddedToken,
+        Tokenizer,
+        normalizers,
+        pre_tokenizers,
+        processors,
+    )
     from tokenizers.models import WordLevel
     from transformers import PreTrainedTokenizerFast
 
@@ -66,7 +72,12 @@ def make_processor(tokenizer=None):
 def make_model(tokenizer, seed: int = 0):
     """A freshly initialised ConceptWorld LLaVA (float32)."""
     import torch
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+    )
 
     ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in
            (("pad", "<pad>"), ("bos", "<s>"), ("eos", EOS), ("image", IMAGE_TOKEN))}
