@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import jax.numpy as jnp
 import numpy as np
 
 from eval.metrics import (
@@ -74,8 +75,13 @@ class Model:
         from eval.llava_bridge import llava_image_features
 
         px = self.pixels(specs)
-        parts = [llava_image_features(self.model, self.encoder, px[i:i + self.batch_size], unlearned=unlearned)
-                 for i in range(0, len(specs), self.batch_size)]
+        parts = []
+        for start in range(0, len(specs), self.batch_size):
+            chunk = px[start:start + self.batch_size]
+            # Pad to a power of two: a handful of batch shapes, so the JAX tower compiles a few times only.
+            bucket = min(self.batch_size, 1 << max(0, len(chunk) - 1).bit_length())
+            padded = jnp.concatenate([chunk, jnp.zeros((bucket - len(chunk), *chunk.shape[1:]), chunk.dtype)])
+            parts.append(llava_image_features(self.model, self.encoder, padded, unlearned=unlearned)[:len(chunk)])
         return torch.cat(parts) if parts else torch.zeros(0)
 
     def answers(self, specs: list[Spec], concepts_of, language: str = "en", unlearned=None) -> dict:
@@ -165,13 +171,18 @@ def headline(result: dict) -> dict[str, float]:
             "CRA": mean_of("CRA_d", "CRA_g"), "utility": result["utility"]}
 
 
+def _nanmean(values) -> float:
+    kept = [v for v in values if not np.isnan(v)]
+    return round(float(np.mean(kept)), 4) if kept else float("nan")
+
+
 def task_table(results: list[dict]) -> dict[str, dict[str, float]]:
     """Per task (concrete, abstract): the mean of each headline column over its concepts."""
     table = {}
     for task, domains in TASKS.items():
         rows = [headline(r) for r in results if r["domain"] in domains]
         if rows:
-            table[task] = {k: round(float(np.nanmean([row[k] for row in rows])), 4) for k in rows[0]}
+            table[task] = {k: _nanmean([row[k] for row in rows]) for k in rows[0]}
     return table
 
 

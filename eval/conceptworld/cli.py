@@ -137,7 +137,7 @@ def add_commands(sub) -> None:
     tr = cw_sub.add_parser("train", help="train the ConceptWorld LLaVA (seeded, resumable)")
     tr.add_argument("--out", required=True, help="run folder; rerun the same command to resume")
     tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--images", type=int, default=24000)
+    tr.add_argument("--images", type=int, default=16000)
     tr.add_argument("--tower-steps", type=int, default=2000)
     tr.add_argument("--lm-steps", type=int, default=2500)
     tr.add_argument("--threads", type=int, help="PyTorch threads (default: all cores)")

@@ -1,7 +1,7 @@
 """ConceptWorld's drawing: a `Spec` to a uint8 RGB image, and to the pixel mask of each item.
 
 Drawn with PIL at twice the size and box-downsampled (anti-aliasing that is identical on every
-machine). Items are large and outlined in black so that shape, color, material and facial
+machine). Items are large and outlined (each material with its own rim) so that shape, color, material and facial
 expression are all readable by a small ViT at 12-pixel patches: one item fills the middle, two
 items take the left and right halves.
 """
@@ -26,7 +26,7 @@ COLORS: dict[str, tuple[int, int, int]] = {
 # Texture strokes go towards black on light colors and towards light grey on dark ones, so that
 # a black or brown item still shows its material.
 DARK_COLORS = ("black", "brown", "purple", "blue")
-TEXTURE_DEPTH = 0.32  # the most a texture moves a pixel towards its stroke colour
+TEXTURE_DEPTH = 0.4  # the most a texture moves a pixel towards its stroke colour
 
 
 def item_boxes(n_items: int, size: int, rng: np.random.Generator) -> list[tuple[float, float, float]]:
@@ -107,6 +107,21 @@ def _texture(material: str, size: int, rng: np.random.Generator) -> np.ndarray:
     if material == "glass":  # handled in _fill: pale and see-through with bright streaks
         return (((x - y) % (28 * s)) < 5 * s).astype(np.float32)
     raise ValueError(material)
+
+
+# Each material also has its own rim, the way a wooden board, a metal plate, a glass pane, a
+# stitched cloth and a stone slab differ at their edges; a rim is a colour a patch embedding
+# reads at once, where the fill's textures need second-order statistics a small ViT learns slowly.
+EDGES = {"wood": (110, 60, 20), "metal": (160, 165, 180), "glass": (235, 245, 255), "stone": (60, 60, 60)}
+
+
+def _edge(material: str, size: int) -> np.ndarray:
+    """[S, S, 3] rim colour of `material` (fabric: black and white stitches)."""
+    if material == "fabric":
+        y, x = np.mgrid[0:size, 0:size]
+        stitch = (((x + y) // (4 * SUPERSAMPLE)) % 2).astype(np.float32)[..., None]
+        return stitch * 255.0
+    return np.broadcast_to(np.array(EDGES[material], np.float32), (size, size, 3))
 
 
 def _fill(item: Item, background: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -194,10 +209,10 @@ def render_with_masks(spec: Spec, size: int = IMAGE_SIZE) -> tuple[np.ndarray, n
     for item, (cx, cy, diameter) in zip(spec.items, item_boxes(len(spec.items), big, rng)):
         r = diameter / 2
         inside = np.asarray(_mask(item, cx, cy, r, big), np.float32) / 255  # [S, S]
-        outline = _dilate(inside, max(1, int(1.5 * SUPERSAMPLE * size / IMAGE_SIZE)))[..., None]
+        outline = _dilate(inside, max(1, int(2 * SUPERSAMPLE * size / IMAGE_SIZE)))[..., None]
         masks.append(_dilate(inside, 1))
         inside = inside[..., None]
-        pixels = pixels * (1 - outline)  # black outline
+        pixels = pixels * (1 - outline) + _edge(item.material, big) * outline
         pixels = pixels * (1 - inside) + _fill(item, pixels, rng) * inside
         if item.emotion is not None:
             layer = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))

@@ -39,7 +39,7 @@ class RecipeConfig:
     """The staged recipe; defaults produce the shipped model."""
 
     seed: int = 0
-    images: int = 24000  # rendered training images (both stages)
+    images: int = 16000  # rendered training images (both stages)
     val_images: int = 400
     tower_steps: int = 2000
     tower_batch: int = 64
