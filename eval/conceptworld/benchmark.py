@@ -84,16 +84,18 @@ class Model:
             parts.append(llava_image_features(self.model, self.encoder, padded, unlearned=unlearned)[:len(chunk)])
         return torch.cat(parts) if parts else torch.zeros(0)
 
-    def answers(self, specs: list[Spec], concepts_of, language: str = "en", unlearned=None) -> dict:
+    def answers(self, specs: list[Spec], concepts_of, language: str = "en", unlearned=None,
+                generative: bool = True) -> dict:
         """Yes/no answers about `concepts_of(spec)` for each image, and its description's mentions
-        of those concepts: {"asked": [(image, concept)], "yes": [bool], "named": [bool], "texts": [...]}."""
+        of those concepts: {"asked": [(image, concept)], "yes": [bool], "named": [bool], "texts": [...]}.
+        With `generative=False` no description is generated ("named" is then all False, "texts" empty)."""
         feats = self.features(specs, unlearned)
         asked = [(i, c) for i, spec in enumerate(specs) for c in concepts_of(spec)]
         questions = [T.question(c, language) for _, c in asked]
         rows = feats[[i for i, _ in asked]] if asked else feats[:0]
         yes = says_yes(self.model, self.tokenizer, rows, questions, self.batch_size)
-        texts = describe(self.model, self.tokenizer, feats, language)
-        named = np.array([T.mentions(texts[i], c) for i, c in asked], bool)
+        texts = describe(self.model, self.tokenizer, feats, language) if generative else []
+        named = np.array([T.mentions(texts[i], c) for i, c in asked] if generative else [False] * len(asked), bool)
         return {"asked": asked, "yes": yes, "named": named, "texts": texts}
 
     def perception(self, specs: list[Spec], language: str = "en", unlearned=None) -> dict[str, dict]:
@@ -117,20 +119,24 @@ def _retain(pool_answers: dict, clean: dict, concept: str, same_domain: bool) ->
 class Evaluation:
     """Clean answers computed once per suite; `run(concept, unlearned)` scores one variant."""
 
-    def __init__(self, model: Model, suite: Suite, language: str = "en"):
-        self.model, self.suite, self.language = model, suite, language
+    def __init__(self, model: Model, suite: Suite, language: str = "en", generative: bool = True):
+        # generative=False skips the descriptions (UA_g and the _g retain rates have no support):
+        # the cheap objective the demo's validation grid uses.
+        self.model, self.suite, self.language, self.generative = model, suite, language, generative
         self._clean_forget: dict[str, dict] = {}
         self._pool_without: dict[str, list[Spec]] = {}
         self._clean_pool: dict[str, dict] = {}
         self.clean_perception = model.perception(suite.perception, language)
 
     def _forget(self, concept: str, unlearned=None) -> dict:
-        return self.model.answers(self.suite.forget[concept], lambda s: [concept], self.language, unlearned)
+        return self.model.answers(self.suite.forget[concept], lambda s: [concept], self.language, unlearned,
+                                  self.generative)
 
     def _pool(self, concept: str, unlearned=None) -> dict:
         if concept not in self._pool_without:
             self._pool_without[concept] = [s for s in self.suite.pool if not s.has(concept)]
-        return self.model.answers(self._pool_without[concept], lambda s: sorted(s.concepts), self.language, unlearned)
+        return self.model.answers(self._pool_without[concept], lambda s: sorted(s.concepts), self.language, unlearned,
+                                  self.generative)
 
     def clean(self, concept: str) -> tuple[dict, dict]:
         if concept not in self._clean_forget:
@@ -156,7 +162,8 @@ class Evaluation:
             "clean_g": clean_accuracy(clean_forget["named"]).as_dict(),
             "utility": utility(perception), "perception": perception,
             "examples": [{"truth": T.description(s, self.language), "clean": c, "edited": e}
-                         for s, c, e in zip(self.suite.forget[concept][:3], clean_forget["texts"][:3], forget["texts"][:3])],
+                         for s, c, e in zip(self.suite.forget[concept][:3], clean_forget["texts"][:3],
+                                            forget["texts"][:3])],
         }
 
 

@@ -18,10 +18,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from sauce_jax.errors import ConfigError
 
-from .benchmark import Evaluation, Model, headline, make_suite, task_table
+from .benchmark import Evaluation, Model, make_suite, task_table
 from .render import render_many
 from .world import DOMAINS, check_concepts, concept_split, generic_stream
 
@@ -82,7 +83,7 @@ def select_all(sae, encoder, config: DemoConfig, layer: int, progress: bool) -> 
     from sauce_jax.scoring import select_features
 
     sets = {}
-    for concept in config.concepts:
+    for concept in tqdm(config.concepts, desc="selection", disable=not progress, leave=False):
         pos = list(render_many(concept_split(concept, "train", config.n_select, seed=config.seed)))
         neg = list(render_many(concept_split(concept, "train", config.n_select, seed=config.seed, positive=False)))
         sets[concept] = select_features(sae, encoder, pos, neg, k=max(config.k_grid), layer=layer, concept=concept,
@@ -96,22 +97,24 @@ def _top(features, k: int, gamma: float):
 
 
 def _objective(result: dict) -> float:
-    h = headline(result)
-    return float(np.nanmean([h["UA_g"], h["UA_d"], h["IRA"], h["CRA"]]))
+    values = [result[name]["value"] for name in ("UA_d", "IRA_d", "CRA_d")]
+    return float(np.mean([v for v in values if v is not None])) if any(v is not None for v in values) else 0.0
 
 
 def choose_hyperparameters(model: Model, encoder, sae, sets: dict, config: DemoConfig, layer: int,
                            progress: bool) -> dict:
-    """Per mode, the (k, gamma) with the best mean of UA_g, UA_d, IRA, CRA on the validation split."""
+    """Per mode, the (k, gamma) with the best mean of UA_d, IRA_d and CRA_d on the validation split
+    (yes/no answers only: generating descriptions for every grid point would cost most of the run)."""
     from sauce_jax.intervention import unlearn
 
     suite = make_suite(config.concepts, seed=config.seed, split="val", n_forget=config.n_val,
-                       n_pool_per_concept=max(1, config.n_pool // 2), n_perception=20)
-    evaluation = Evaluation(model, suite)
+                       n_pool_per_concept=max(1, config.n_pool // 2), n_perception=config.n_val)
+    evaluation = Evaluation(model, suite, generative=False)  # yes/no only: UA_d, IRA_d, CRA_d
     chosen = {}
     for mode in MODES:
         scores = {}
-        for k, gamma in itertools.product(config.k_grid, config.gamma_grid):
+        grid = list(itertools.product(config.k_grid, config.gamma_grid))
+        for k, gamma in tqdm(grid, desc=f"val grid ({mode})", disable=not progress, leave=False):
             results = [evaluation.run(c, unlearn(encoder, sae, _top(sets[c], k, gamma), layer=layer, gamma=gamma,
                                                  mode=mode)) for c in config.concepts]
             scores[(k, gamma)] = float(np.mean([_objective(r) for r in results]))
@@ -130,7 +133,7 @@ def evaluate_test(model: Model, encoder, sae, sets: dict, chosen: dict, config: 
                        n_pool_per_concept=config.n_pool, n_perception=config.n_perception)
     evaluation = Evaluation(model, suite)
     rows = {"original": [], **{f"SAUCE {m}": [] for m in MODES}}
-    for concept in config.concepts:
+    for concept in tqdm(config.concepts, desc="test", disable=not progress, leave=False):
         rows["original"].append(evaluation.run(concept))
         for mode in MODES:
             k, gamma = chosen[mode]["k"], chosen[mode]["gamma"]
