@@ -186,8 +186,8 @@ def masked_attention(q: jax.Array, k: jax.Array, v: jax.Array, pad: jax.Array, *
     scores = jnp.einsum("bnth,bnsh->bnts", q * jnp.asarray(scale, q.dtype), k,
                         preferred_element_type=jnp.float32)  # [B, N, T, S]
     # transformers adds finfo.min (not -inf): a query with every key masked attends uniformly.
-    bias = jnp.where(pad[:, :, None] & pad[:, None, :], jnp.finfo(jnp.float32).min, 0.0)  # [B, T, S]
-    scores = scores + bias[:, None]
+    # (score + finfo.min rounds to finfo.min in float32, so a select gives the same numbers.)
+    scores = jnp.where((pad[:, :, None] & pad[:, None, :])[:, None], jnp.finfo(jnp.float32).min, scores)
     weights = jnp.exp(scores - scores.max(axis=-1, keepdims=True))
     out = jnp.einsum("bnts,bnsh->bnth", weights.astype(v.dtype), v, preferred_element_type=jnp.float32)
     out = out / weights.sum(axis=-1, keepdims=True)

@@ -75,13 +75,13 @@ def test_sae_trained_on_mllama_layer_and_unlearned_tower(cg, tmp_path):
     model, encoder = cg
     folder = tmp_path / "imgs"
     folder.mkdir()
-    for i, image in enumerate(photos(1, 12)):
+    for i, image in enumerate(photos(1, 8)):
         Image.fromarray(image).save(folder / f"img_{i:02d}.png")
     layer = encoder.layer_index(-2)  # the default: output of the penultimate global block
     assert layer == encoder.layer_index(("global", SMALL["num_global_layers"] - 1))
-    cfg = TrainConfig(lr=2e-3, batch_size=128, epochs=2, log_every=5, checkpoint_every=10**6)
-    sae = train_sae(tmp_path / "run", encoder=encoder, images=folder, layer=-2, token="all", chunk_images=6,
-                    encode_batch=6, sae_config=SAEConfig(d_in=SMALL["hidden_size"], d_sae=64), train_config=cfg,
+    cfg = TrainConfig(lr=2e-3, batch_size=128, epochs=1, log_every=5, checkpoint_every=10**6)
+    sae = train_sae(tmp_path / "run", encoder=encoder, images=folder, layer=-2, token="all", chunk_images=8,
+                    encode_batch=4, sae_config=SAEConfig(d_in=SMALL["hidden_size"], d_sae=64), train_config=cfg,
                     progress=False)
     assert sae.metadata["layer"] == layer
     positives, negatives = photos(2, 6, square=(255, 0, 0)), photos(3, 6)
