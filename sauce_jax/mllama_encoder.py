@@ -159,6 +159,8 @@ class MllamaEncoder(VisionEncoder):
             raise InputError(f"aspect_ratio_ids must have shape ({b},) for {b} images, got {ids.shape}")
         if mask.shape != (b, n):
             raise InputError(f"aspect_ratio_mask must have shape ({b}, {n}) for {n} tiles, got {mask.shape}")
+        if mask.dtype == np.bool_:
+            mask = mask.astype(np.int32)
         if not (np.issubdtype(ids.dtype, np.integer) and np.issubdtype(mask.dtype, np.integer)):
             raise InputError(f"aspect_ratio_ids / aspect_ratio_mask must be integers, got {ids.dtype} / {mask.dtype}")
         if not np.isin(mask, (0, 1)).all():
