@@ -1,10 +1,15 @@
-"""Our CLIP vision encoder against transformers' CLIPVisionModel: same config, weights and batch.
+"""Our vision encoders against transformers' PyTorch models: same config, weights and batch.
 
-    python -m benchmarks.encoder                       # CPU: ViT-B/16-224, float32, batch 8
+    python -m benchmarks.encoder                       # CPU: CLIP ViT-B/16-224, float32, batch 8
     python -m benchmarks.encoder --preset L/14-336 --layer -2 --dtype bfloat16 --batch 256   # GPU
+    python -m benchmarks.encoder --preset siglip-B/16-224 --batch 8                           # CPU
+    python -m benchmarks.encoder --preset mllama-small --batch 2                              # CPU
+    python -m benchmarks.encoder --preset mllama-11B --dtype bfloat16 --batch 8               # GPU
 
-Both sides run up to the same hidden state (`--layer`; transformers gets its later blocks
-removed, we stop early), warm up first, then report the median of `--repeats` timed runs.
+CLIP and SigLIP run up to the same hidden state (`--layer`; transformers gets its later
+blocks removed, we stop early). Mllama runs the whole tower (every image 4 tiles): its
+output concatenates intermediate local layers, so there is no early stop to compare.
+Both sides warm up first, then report the median of `--repeats` timed runs.
 """
 
 from __future__ import annotations
@@ -22,6 +27,21 @@ PRESETS = {  # big_vision-style names -> CLIPVisionConfig fields
                      image_size=224, patch_size=14),
     "L/14-336": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
                      image_size=336, patch_size=14),
+}
+SIGLIP_PRESETS = {  # -> SiglipVisionConfig fields
+    "siglip-B/16-224": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                            image_size=224, patch_size=16),
+    "siglip-So400m/14-384": dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27,
+                                 num_attention_heads=16, image_size=384, patch_size=14),
+}
+MLLAMA_PRESETS = {  # -> MllamaVisionConfig fields
+    "mllama-small": dict(hidden_size=384, intermediate_size=1536, num_hidden_layers=4, num_global_layers=2,
+                         attention_heads=6, image_size=224, patch_size=14, max_num_tiles=4,
+                         intermediate_layers_indices=[1, 3]),
+    # Llama-3.2-11B-Vision's tower: 32 local + 8 global blocks, 560 px tiles, 4 tiles of 1601 (1608) tokens.
+    "mllama-11B": dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_global_layers=8,
+                       attention_heads=16, image_size=560, patch_size=14, max_num_tiles=4,
+                       intermediate_layers_indices=[3, 7, 15, 23, 30]),
 }
 
 
@@ -42,7 +62,7 @@ def median_seconds(calls: dict, warmup: int, repeats: int) -> dict:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="B/16-224", choices=sorted(PRESETS))
+    parser.add_argument("--preset", default="B/16-224", choices=sorted({**PRESETS, **SIGLIP_PRESETS, **MLLAMA_PRESETS}))
     parser.add_argument("--layer", type=int, default=-1, help="hidden-state index to compute up to")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--batch", type=int, default=8)
@@ -50,16 +70,22 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args(argv)
 
+    if args.preset in MLLAMA_PRESETS:
+        return _main_mllama(args)
+
     import jax
     import torch
-    from transformers import CLIPVisionConfig, CLIPVisionModel
+    from transformers import CLIPVisionConfig, CLIPVisionModel, SiglipVisionConfig, SiglipVisionModel
 
     import sauce_jax
 
-    fields = PRESETS[args.preset]
+    family = "SigLIP" if args.preset in SIGLIP_PRESETS else "CLIP"
+    fields = SIGLIP_PRESETS[args.preset] if family == "SigLIP" else PRESETS[args.preset]
+    config_cls, model_cls = ((SiglipVisionConfig, SiglipVisionModel) if family == "SigLIP"
+                             else (CLIPVisionConfig, CLIPVisionModel))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
-    reference = CLIPVisionModel(CLIPVisionConfig(**fields, attn_implementation="sdpa")).eval()
+    reference = model_cls(config_cls(**fields, attn_implementation="sdpa")).eval()
     encoder = sauce_jax.load_encoder(reference, dtype=args.dtype)
     stop = encoder.layer_index(args.layer)
     # transformers has no early stop: drop the blocks past `stop` so both sides do the same work.
@@ -89,11 +115,68 @@ def main(argv=None) -> dict:
         "ours_images_per_s": args.batch / t_ours, "transformers_images_per_s": args.batch / t_theirs,
     }
     result["ratio"] = result["ours_images_per_s"] / result["transformers_images_per_s"]
-    print(f"CLIP {args.preset} up to hidden state {stop} ({stop} blocks), {args.dtype}, batch {args.batch}, "
+    print(f"{family} {args.preset} up to hidden state {stop} ({stop} blocks), {args.dtype}, batch {args.batch}, "
           f"jax on {result['jax_device']}, torch on {device} ({result['torch_threads']} threads)")
+    _report(result)
+    return result
+
+
+def _report(result: dict) -> None:
     print(f"  sauce-jax     {result['ours_images_per_s']:9.1f} images/s")
     print(f"  transformers  {result['transformers_images_per_s']:9.1f} images/s")
     print(f"  ratio         {result['ratio']:9.2f}x")
+
+
+def _main_mllama(args) -> dict:
+    """The whole Mllama tower on images of max_num_tiles tiles each (the aspect ratio using them all)."""
+    import jax
+    import torch
+    from transformers import MllamaVisionConfig, MllamaVisionModel
+
+    import sauce_jax
+    from sauce_jax.mllama_processor import mllama_inputs
+
+    fields = MLLAMA_PRESETS[args.preset]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(0)
+    reference = MllamaVisionModel(MllamaVisionConfig(**fields, attn_implementation="sdpa")).eval()
+    encoder = sauce_jax.load_encoder(reference, dtype=args.dtype)
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
+    reference = reference.to(device=device, dtype=torch_dtype)
+
+    n, size = fields["max_num_tiles"], fields["image_size"]
+    ratios = encoder.model_config.supported_aspect_ratios
+    ratio_id = 1 + max(range(len(ratios)), key=lambda k: ratios[k][0] * ratios[k][1])  # first arrangement of n tiles
+    pixels = np.random.default_rng(0).standard_normal((args.batch, n, size, size, 3)).astype(np.float32)
+    ids, mask = np.full(args.batch, ratio_id), np.ones((args.batch, n), np.int64)
+    inputs = mllama_inputs(pixels, ids, mask)
+    inputs_jax = tuple(jax.device_put(inputs[f]) for f in ("pixel_values", "aspect_ratio_ids", "aspect_ratio_mask"))
+    pixels_torch = torch.from_numpy(pixels).permute(0, 1, 4, 2, 3)[:, None].contiguous().to(device=device,
+                                                                                              dtype=torch_dtype)
+    ids_torch = torch.from_numpy(ids)[:, None].to(device)
+    mask_torch = torch.from_numpy(mask)[:, None].to(device)
+
+    def ours():
+        encoder(inputs_jax).last_hidden_state.block_until_ready()
+
+    def theirs():
+        with torch.inference_mode():
+            reference(pixel_values=pixels_torch, aspect_ratio_ids=ids_torch, aspect_ratio_mask=mask_torch)
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    seconds = median_seconds({"ours": ours, "theirs": theirs}, args.warmup, args.repeats)
+    result = {
+        "preset": args.preset, "blocks": encoder.config.num_layers, "dtype": args.dtype, "batch": args.batch,
+        "tiles": n, "jax_device": str(jax.devices()[0]), "torch_device": device,
+        "torch_threads": torch.get_num_threads(),
+        "ours_images_per_s": args.batch / seconds["ours"], "transformers_images_per_s": args.batch / seconds["theirs"],
+    }
+    result["ratio"] = result["ours_images_per_s"] / result["transformers_images_per_s"]
+    print(f"Mllama {args.preset}: whole tower ({encoder.config.num_layers} blocks), {n} tiles per image, "
+          f"{args.dtype}, batch {args.batch}, jax on {result['jax_device']}, torch on {device} "
+          f"({result['torch_threads']} threads)")
+    _report(result)
     return result
 
 

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ports import clip, siglip
+from ports import clip, mllama, siglip
 from ports.weights import read_checkpoint_tensors, read_json, resolve_checkpoint_dir, torch_to_numpy
 from sauce_jax.errors import ConfigError, InputError
 from sauce_jax.image_processor import PreprocessConfig
@@ -31,7 +31,8 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 # checkpoint model_types each port reads; a LLaVA checkpoint goes to the port of its vision_config
 _CLIP_TYPES = ("clip_vision_model", "clip", "llava")
-_SUPPORTED_TYPES = _CLIP_TYPES + tuple(t for t in siglip.CHECKPOINT_TYPES if t not in _CLIP_TYPES)
+_SUPPORTED_TYPES = (_CLIP_TYPES + tuple(t for t in siglip.CHECKPOINT_TYPES if t not in _CLIP_TYPES)
+                    + mllama.CHECKPOINT_TYPES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,9 +130,8 @@ class VisionEncoder:
 
     def with_hooks(self, hooks: Mapping[int, Any]) -> "VisionEncoder":
         """A copy (sharing params) that always applies `hooks` in addition to its own."""
-        new = object.__new__(VisionEncoder)
-        new.graphdef, new.state = self.graphdef, self.state
-        new.config, new.preprocess_config = self.config, self.preprocess_config
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)  # params, configs, and whatever a subclass keeps
         extra = self._normalize_hooks(hooks)
         clash = set(extra) & set(self.hooks)
         if clash:
@@ -207,17 +207,17 @@ class VisionEncoder:
         return EncoderOutput(last, pooled, embeds, kept)
 
 
-def _checkpoint_preprocess_config(directory: Path) -> PreprocessConfig | None:
+def _checkpoint_preprocess_config(directory: Path, parse=PreprocessConfig.from_hf):
     """The image processor saved beside the weights: `preprocessor_config.json`, or the
-    `image_processor` entry of a transformers 5 `processor_config.json`."""
+    `image_processor` entry of a transformers 5 `processor_config.json`, read by `parse`."""
     path = directory / "preprocessor_config.json"
     if path.is_file():
-        return PreprocessConfig.from_hf(read_json(path), origin=str(path))
+        return parse(read_json(path), origin=str(path))
     path = directory / "processor_config.json"
     if path.is_file():
         entry = read_json(path).get("image_processor")
         if isinstance(entry, dict):
-            return PreprocessConfig.from_hf(entry, origin=f"{path} (image_processor)")
+            return parse(entry, origin=f"{path} (image_processor)")
     return None
 
 
@@ -226,21 +226,23 @@ def _is_torch_model(source: Any) -> bool:
 
 
 def load_encoder(source: str | os.PathLike | Any, dtype: str = "float32", attention: str = "auto") -> VisionEncoder:
-    """Load the vision tower of a CLIP, SigLIP or LLaVA checkpoint into JAX.
+    """Load the vision tower of a CLIP, SigLIP, LLaVA or Mllama checkpoint into JAX.
 
     Args:
       source: a checkpoint directory written by `save_pretrained` (`config.json` with
         `model.safetensors`, sharded safetensors or `pytorch_model.bin`), a Hub id already in
         the local Hugging Face cache, or an in-memory transformers model (`CLIPVisionModel`,
         `CLIPVisionModelWithProjection`, `CLIPModel`, `SiglipVisionModel`, `SiglipModel`,
-        `LlavaForConditionalGeneration` with a CLIP or SigLIP tower).
+        `LlavaForConditionalGeneration` with a CLIP or SigLIP tower, `MllamaVisionModel`,
+        `MllamaForConditionalGeneration`; an Mllama checkpoint gives a
+        `sauce_jax.mllama_encoder.MllamaEncoder`).
       dtype: "float32" (default) or "bfloat16", for parameters and compute.
       attention: "auto" (cuDNN-eligible `jax.nn.dot_product_attention` on GPU, the einsum
         path elsewhere), or force "einsum", "xla" or "cudnn".
     """
     if dtype not in DTYPES:
         raise ConfigError(f"dtype {dtype!r} is not supported; choose one of {sorted(DTYPES)}")
-    preprocess_config = None
+    preprocess_config, directory = None, None
     if _is_torch_model(source):
         hf_config = source.config.to_dict()
         tensors = {name: torch_to_numpy(t) for name, t in source.state_dict().items()}
@@ -250,13 +252,24 @@ def load_encoder(source: str | os.PathLike | Any, dtype: str = "float32", attent
         origin = str(directory)
         hf_config = read_json(directory / "config.json")
         tensors, _ = read_checkpoint_tensors(directory)
-        preprocess_config = _checkpoint_preprocess_config(directory)
     model_type = hf_config.get("model_type")
     if model_type not in _SUPPORTED_TYPES:
         raise ConfigError(
             f"{origin}: config model_type {model_type!r} is not a supported vision encoder; "
             f"supported: {list(_SUPPORTED_TYPES)}"
         )
+    if mllama.is_mllama_checkpoint(hf_config):
+        from sauce_jax import mllama_encoder
+        from sauce_jax.mllama_processor import MllamaPreprocessConfig
+
+        model, _, _ = mllama.load(model_type, hf_config, tensors, dtype=DTYPES[dtype], attention_impl=attention,
+                                  origin=origin)
+        if directory is not None:
+            preprocess_config = _checkpoint_preprocess_config(directory, MllamaPreprocessConfig.from_hf)
+        return mllama_encoder.build(model, checkpoint_type=model_type, dtype=dtype, source=origin,
+                                    preprocess_config=preprocess_config)
+    if directory is not None:
+        preprocess_config = _checkpoint_preprocess_config(directory)
     port = siglip if siglip.is_siglip_checkpoint(hf_config) else clip
     model, _, _ = port.load(model_type, hf_config, tensors, dtype=DTYPES[dtype], attention_impl=attention,
                             origin=origin)

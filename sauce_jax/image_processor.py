@@ -143,8 +143,13 @@ def _center_crop(image: np.ndarray, crop_h: int, crop_w: int) -> np.ndarray:
     return padded[max(0, top) : min(new_h, top + crop_h), max(0, left) : min(new_w, left + crop_w)]
 
 
-def preprocess_one(image: Any, cfg: PreprocessConfig, index: int = 0) -> np.ndarray:
-    """One image -> float32 [H, W, C] exactly as the checkpoint's image processor makes it."""
+def preprocess_one(image: Any, cfg: Any, index: int = 0) -> np.ndarray:
+    """One image -> float32 [H, W, C] exactly as the checkpoint's image processor makes it
+    (an Mllama config gives one tiled record instead: see `sauce_jax.mllama_processor`)."""
+    from sauce_jax import mllama_processor
+
+    if isinstance(cfg, mllama_processor.MllamaPreprocessConfig):
+        return mllama_processor.preprocess_one(image, cfg, index)
     array = _to_rgb_array(image, index)  # [H, W, 3] uint8
     if cfg.do_resize:
         new_h, new_w = _resize_hw(array.shape[0], array.shape[1], cfg)
@@ -169,11 +174,15 @@ def preprocess(images: Any, config: Any) -> np.ndarray:
     Args:
       images: one image or a sequence of them: PIL images (any mode; alpha is blended onto
         white) or uint8 numpy arrays of shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4).
-      config: a `VisionEncoder` (uses the checkpoint's own processor settings) or a
-        `PreprocessConfig`.
+      config: a `VisionEncoder` (uses the checkpoint's own processor settings), a
+        `PreprocessConfig` or an `MllamaPreprocessConfig` (which returns a structured batch [B]
+        of tiled records: see `sauce_jax.mllama_processor`).
     """
-    cfg = config if isinstance(config, PreprocessConfig) else getattr(config, "preprocess_config", None)
-    if not isinstance(cfg, PreprocessConfig):
+    from sauce_jax.mllama_processor import MllamaPreprocessConfig
+
+    kinds = (PreprocessConfig, MllamaPreprocessConfig)
+    cfg = config if isinstance(config, kinds) else getattr(config, "preprocess_config", None)
+    if not isinstance(cfg, kinds):
         raise ConfigError(f"preprocess needs a VisionEncoder or a PreprocessConfig, got {type(config).__name__}")
     if isinstance(images, (Image.Image, np.ndarray)) and not (isinstance(images, np.ndarray) and images.ndim == 4):
         images = [images]
