@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ports import clip, siglip
+from ports import clip, dinov2, siglip
 from ports.weights import read_checkpoint_tensors, read_json, resolve_checkpoint_dir, torch_to_numpy
 from sauce_jax.errors import ConfigError, InputError
 from sauce_jax.image_processor import PreprocessConfig
@@ -31,7 +31,8 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 # checkpoint model_types each port reads; a LLaVA checkpoint goes to the port of its vision_config
 _CLIP_TYPES = ("clip_vision_model", "clip", "llava")
-_SUPPORTED_TYPES = _CLIP_TYPES + tuple(t for t in siglip.CHECKPOINT_TYPES if t not in _CLIP_TYPES)
+_SUPPORTED_TYPES = (_CLIP_TYPES + tuple(t for t in siglip.CHECKPOINT_TYPES if t not in _CLIP_TYPES)
+                    + dinov2.CHECKPOINT_TYPES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +46,7 @@ class EncoderConfig:
     image_size: int  # the input is [B, image_size, image_size, num_channels]
     patch_size: int
     num_channels: int
-    num_tokens: int  # T: class token + patches (CLIP), patches only (SigLIP)
+    num_tokens: int  # T: class token + patches (CLIP), patches only (SigLIP), class + registers + patches (DINOv2)
     dtype: str  # parameter and compute dtype
     projection_dim: int | None  # image_embeds width, when the checkpoint has a projection
     feature_layer: int | tuple[int, ...]  # LLaVA's vision_feature_layer (-2 when the checkpoint has none)
@@ -221,19 +222,30 @@ def _checkpoint_preprocess_config(directory: Path) -> PreprocessConfig | None:
     return None
 
 
+def _input_size(cfg, preprocess_config: PreprocessConfig) -> int:
+    """The square side a DINOv2 encoder takes: what its preprocessing crops to, else the config's."""
+    final = preprocess_config.crop_hw or (preprocess_config.resize_hw if preprocess_config.do_resize else None)
+    if final is not None and final[0] == final[1]:
+        return final[0]
+    return cfg.image_size
+
+
 def _is_torch_model(source: Any) -> bool:
     return hasattr(source, "state_dict") and hasattr(source, "config") and hasattr(source.config, "to_dict")
 
 
 def load_encoder(source: str | os.PathLike | Any, dtype: str = "float32", attention: str = "auto") -> VisionEncoder:
-    """Load the vision tower of a CLIP, SigLIP or LLaVA checkpoint into JAX.
+    """Load the vision tower of a CLIP, SigLIP, DINOv2 or LLaVA checkpoint into JAX.
 
     Args:
       source: a checkpoint directory written by `save_pretrained` (`config.json` with
         `model.safetensors`, sharded safetensors or `pytorch_model.bin`), a Hub id already in
         the local Hugging Face cache, or an in-memory transformers model (`CLIPVisionModel`,
         `CLIPVisionModelWithProjection`, `CLIPModel`, `SiglipVisionModel`, `SiglipModel`,
-        `LlavaForConditionalGeneration` with a CLIP or SigLIP tower).
+        `LlavaForConditionalGeneration` with a CLIP or SigLIP tower, `Dinov2Model`,
+        `Dinov2WithRegistersModel`, `Dinov2ForImageClassification`). A DINOv2 encoder takes
+        the images its preprocessing makes (the saved processor's crop size, else the
+        config's image_size) and resamples its position embeddings to that grid.
       dtype: "float32" (default) or "bfloat16", for parameters and compute.
       attention: "auto" (cuDNN-eligible `jax.nn.dot_product_attention` on GPU, the einsum
         path elsewhere), or force "einsum", "xla" or "cudnn".
@@ -257,20 +269,26 @@ def load_encoder(source: str | os.PathLike | Any, dtype: str = "float32", attent
             f"{origin}: config model_type {model_type!r} is not a supported vision encoder; "
             f"supported: {list(_SUPPORTED_TYPES)}"
         )
-    port = siglip if siglip.is_siglip_checkpoint(hf_config) else clip
+    if model_type in dinov2.CHECKPOINT_TYPES:
+        port = dinov2
+    else:
+        port = siglip if siglip.is_siglip_checkpoint(hf_config) else clip
     model, _, _ = port.load(model_type, hf_config, tensors, dtype=DTYPES[dtype], attention_impl=attention,
                             origin=origin)
     cfg = model.config
+    if port is dinov2 and preprocess_config is None:
+        preprocess_config = PreprocessConfig.dinov2_defaults(cfg.image_size)
+    input_size = _input_size(cfg, preprocess_config) if port is dinov2 else cfg.image_size
     feature_layer = hf_config.get("vision_feature_layer", -2)
     config = EncoderConfig(
         model_type=port.MODEL_TYPE,
         checkpoint_type=model_type,
         hidden_size=cfg.hidden_size,
         num_layers=cfg.num_hidden_layers,
-        image_size=cfg.image_size,
+        image_size=input_size,
         patch_size=cfg.patch_size,
         num_channels=cfg.num_channels,
-        num_tokens=cfg.num_positions,
+        num_tokens=cfg.num_tokens(input_size) if port is dinov2 else cfg.num_positions,
         dtype=dtype,
         projection_dim=getattr(cfg, "projection_dim", None),
         feature_layer=tuple(feature_layer) if isinstance(feature_layer, list) else feature_layer,
