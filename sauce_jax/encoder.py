@@ -230,6 +230,28 @@ def _input_size(cfg, preprocess_config: PreprocessConfig) -> int:
     return cfg.image_size
 
 
+def _is_onnx_source(source: Any) -> bool:
+    return isinstance(source, (str, os.PathLike)) and (str(source).startswith("onnx:") or
+                                                       str(source).lower().endswith(".onnx"))
+
+
+def _load_onnx_encoder(source: str | os.PathLike, dtype: str, attention: str) -> VisionEncoder:
+    """A DINOv2 encoder from an ONNX export: weights recovered by `ports.onnx_import`."""
+    from ports.onnx_import import load_onnx_dinov2
+
+    path = Path(str(source).removeprefix("onnx:")).expanduser()
+    model, found = load_onnx_dinov2(path, dtype=DTYPES[dtype], attention_impl=attention)
+    cfg = model.config
+    size = found.input_size or cfg.image_size
+    config = EncoderConfig(
+        model_type=dinov2.MODEL_TYPE, checkpoint_type="onnx", hidden_size=cfg.hidden_size,
+        num_layers=cfg.num_hidden_layers, image_size=size, patch_size=cfg.patch_size,
+        num_channels=cfg.num_channels, num_tokens=cfg.num_tokens(size), dtype=dtype, projection_dim=None,
+        feature_layer=-2, source=str(path),
+    )
+    return VisionEncoder(model, config, PreprocessConfig.dinov2_defaults(size))
+
+
 def _is_torch_model(source: Any) -> bool:
     return hasattr(source, "state_dict") and hasattr(source, "config") and hasattr(source.config, "to_dict")
 
@@ -245,7 +267,9 @@ def load_encoder(source: str | os.PathLike | Any, dtype: str = "float32", attent
         `LlavaForConditionalGeneration` with a CLIP or SigLIP tower, `Dinov2Model`,
         `Dinov2WithRegistersModel`, `Dinov2ForImageClassification`). A DINOv2 encoder takes
         the images its preprocessing makes (the saved processor's crop size, else the
-        config's image_size) and resamples its position embeddings to that grid.
+        config's image_size) and resamples its position embeddings to that grid. A path
+        ending in `.onnx` (or written `onnx:PATH`) is an ONNX export of a transformers DINOv2
+        model, alone or under a task head; see `ports.onnx_import` (needs the onnx extra).
       dtype: "float32" (default) or "bfloat16", for parameters and compute.
       attention: "auto" (cuDNN-eligible `jax.nn.dot_product_attention` on GPU, the einsum
         path elsewhere), or force "einsum", "xla" or "cudnn".
@@ -253,6 +277,8 @@ def load_encoder(source: str | os.PathLike | Any, dtype: str = "float32", attent
     if dtype not in DTYPES:
         raise ConfigError(f"dtype {dtype!r} is not supported; choose one of {sorted(DTYPES)}")
     preprocess_config = None
+    if not _is_torch_model(source) and _is_onnx_source(source):
+        return _load_onnx_encoder(source, dtype, attention)
     if _is_torch_model(source):
         hf_config = source.config.to_dict()
         tensors = {name: torch_to_numpy(t) for name, t in source.state_dict().items()}
