@@ -74,8 +74,12 @@ class _Graph:
         self.producer: dict[str, object] = {}
         self.consumers: dict[str, list] = defaultdict(list)
         known = set(self.init) | {i.name for i in graph.input} | {""}
+        made = {name for node in self.nodes for name in node.output}
         for node in self.nodes:
             for name in node.input:
+                if name not in known and name not in made:
+                    raise CheckpointError(f"{origin}: node {node.name!r} reads {name!r}, which no node, "
+                                          "initializer or graph input provides")
                 if name not in known:
                     raise CheckpointError(f"{origin}: node {node.name!r} reads {name!r} before any node makes it "
                                           "(the graph is not in topological order)")
