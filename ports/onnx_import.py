@@ -58,6 +58,7 @@ class OnnxImport:
     hidden_state_names: tuple[str, ...]  # graph tensors equal to hidden_states[0..L]
     last_hidden_state_name: str  # graph tensor equal to last_hidden_state (after the final layernorm)
     ignored: tuple[str, ...]  # named initializers outside the DINOv2 model (a head)
+    resampled: bool  # positions come through the graph's Resize (torch's plain bicubic), not a named table
 
 
 class _Graph:
@@ -490,13 +491,15 @@ def read_onnx_dinov2(path: str | os.PathLike) -> OnnxImport:
     return OnnxImport(tensors=dinov2.saved_layout(walker.tensors), hf_config=hf_config, prefix=prefix,
                       input_size=input_size, input_name=inputs[0].name,
                       hidden_state_names=tuple(hidden_names) + (previous,), last_hidden_state_name=final_out,
-                      ignored=ignored)
+                      ignored=ignored, resampled=prefix + "embeddings.position_embeddings" not in graph.init)
 
 
 def load_onnx_dinov2(path: str | os.PathLike, *, dtype=jnp.float32, attention_impl: str = "auto"):
     """A `ports.dinov2.Dinov2Model` with the weights of an ONNX export. Returns (model, OnnxImport)."""
     found = read_onnx_dinov2(path)
     cfg = dinov2.Dinov2Config.from_hf(found.hf_config)
+    if found.resampled:  # what the graph computes, even for a registers model (whose torch code antialiases)
+        cfg = dataclasses.replace(cfg, antialias=False)
     model, _ = dinov2.build(cfg, found.tensors, dtype=dtype, attention_impl=attention_impl,
                             origin=f"{path} (recovered from the ONNX graph)")
     return model, found
