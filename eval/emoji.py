@@ -94,7 +94,7 @@ def split(images: dict[str, list]) -> tuple[list, np.ndarray, list, np.ndarray]:
     return train, np.asarray(train_y), test, np.asarray(test_y)
 
 
-def fit_probe(x: np.ndarray, y: np.ndarray, num_classes: int, *, steps: int = 500, l2: float = 1e-3, seed: int = 0):
+def fit_probe(x: np.ndarray, y: np.ndarray, num_classes: int, *, steps: int = 500, l2: float = 1e-3):
     """Multinomial logistic regression on standardized features: returns probe(x) -> labels."""
     mean, std = x.mean(0), x.std(0) + 1e-6
     xs = jnp.asarray((x - mean) / std)  # [N, D]
@@ -158,7 +158,7 @@ def run(out_dir: str | Path, encoder, config: EmojiConfig = EmojiConfig(), *, pr
                     progress=progress, metadata={"layer": layer, "token": "all", "benchmark": "emoji"})
 
     z = image_activations(sae, encoder, train_x, layer=layer, token="all", progress=progress)  # [N, d_sae]
-    probe = fit_probe(class_tokens(encoder, train_x), train_y, len(names), steps=config.probe_steps, seed=config.seed)
+    probe = fit_probe(class_tokens(encoder, train_x), train_y, len(names), steps=config.probe_steps)
     before = probe(class_tokens(encoder, test_x))
     results = {"config": dataclasses.asdict(config), "encoder": encoder.config.source, "layer": layer,
                "categories": names, "train_images": len(train_x), "test_images": len(test_x),
