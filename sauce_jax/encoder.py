@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ports import clip, mllama, siglip
+from ports import clip, dinov2, mllama, siglip
 from ports.weights import read_checkpoint_tensors, read_json, resolve_checkpoint_dir, torch_to_numpy
 from sauce_jax.errors import ConfigError, InputError
 from sauce_jax.image_processor import PreprocessConfig
@@ -32,7 +32,8 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # checkpoint model_types each port reads; a LLaVA checkpoint goes to the port of its vision_config
 _CLIP_TYPES = ("clip_vision_model", "clip", "llava")
 _SUPPORTED_TYPES = (_CLIP_TYPES + tuple(t for t in siglip.CHECKPOINT_TYPES if t not in _CLIP_TYPES)
-                    + mllama.CHECKPOINT_TYPES)
+                    + mllama.CHECKPOINT_TYPES
+                    + dinov2.CHECKPOINT_TYPES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +47,7 @@ class EncoderConfig:
     image_size: int  # the input is [B, image_size, image_size, num_channels]
     patch_size: int
     num_channels: int
-    num_tokens: int  # T: class token + patches (CLIP), patches only (SigLIP)
+    num_tokens: int  # T: class token + patches (CLIP), patches only (SigLIP), class + registers + patches (DINOv2)
     dtype: str  # parameter and compute dtype
     projection_dim: int | None  # image_embeds width, when the checkpoint has a projection
     feature_layer: int | tuple[int, ...]  # LLaVA's vision_feature_layer (-2 when the checkpoint has none)
@@ -221,12 +222,42 @@ def _checkpoint_preprocess_config(directory: Path, parse=PreprocessConfig.from_h
     return None
 
 
+def _input_size(cfg, preprocess_config: PreprocessConfig) -> int:
+    """The square side a DINOv2 encoder takes: what its preprocessing crops to, else the config's."""
+    final = preprocess_config.crop_hw or (preprocess_config.resize_hw if preprocess_config.do_resize else None)
+    if final is not None and final[0] == final[1]:
+        return final[0]
+    return cfg.image_size
+
+
+def _is_onnx_source(source: Any) -> bool:
+    return isinstance(source, (str, os.PathLike)) and (str(source).startswith("onnx:") or
+                                                       str(source).lower().endswith(".onnx"))
+
+
+def _load_onnx_encoder(source: str | os.PathLike, dtype: str, attention: str) -> VisionEncoder:
+    """A DINOv2 encoder from an ONNX export: weights recovered by `ports.onnx_import`."""
+    from ports.onnx_import import load_onnx_dinov2
+
+    path = Path(str(source).removeprefix("onnx:")).expanduser()
+    model, found = load_onnx_dinov2(path, dtype=DTYPES[dtype], attention_impl=attention)
+    cfg = model.config
+    size = found.input_size or cfg.image_size
+    config = EncoderConfig(
+        model_type=dinov2.MODEL_TYPE, checkpoint_type="onnx", hidden_size=cfg.hidden_size,
+        num_layers=cfg.num_hidden_layers, image_size=size, patch_size=cfg.patch_size,
+        num_channels=cfg.num_channels, num_tokens=cfg.num_tokens(size), dtype=dtype, projection_dim=None,
+        feature_layer=-2, source=str(path),
+    )
+    return VisionEncoder(model, config, PreprocessConfig.dinov2_defaults(size))
+
+
 def _is_torch_model(source: Any) -> bool:
     return hasattr(source, "state_dict") and hasattr(source, "config") and hasattr(source.config, "to_dict")
 
 
 def load_encoder(source: str | os.PathLike | Any, dtype: str = "float32", attention: str = "auto") -> VisionEncoder:
-    """Load the vision tower of a CLIP, SigLIP, LLaVA or Mllama checkpoint into JAX.
+    """Load the vision tower of a CLIP, SigLIP, DINOv2, LLaVA or Mllama checkpoint into JAX.
 
     Args:
       source: a checkpoint directory written by `save_pretrained` (`config.json` with
@@ -235,7 +266,12 @@ def load_encoder(source: str | os.PathLike | Any, dtype: str = "float32", attent
         `CLIPVisionModelWithProjection`, `CLIPModel`, `SiglipVisionModel`, `SiglipModel`,
         `LlavaForConditionalGeneration` with a CLIP or SigLIP tower, `MllamaVisionModel`,
         `MllamaForConditionalGeneration`; an Mllama checkpoint gives a
-        `sauce_jax.mllama_encoder.MllamaEncoder`).
+        `sauce_jax.mllama_encoder.MllamaEncoder`), `Dinov2Model`,
+        `Dinov2WithRegistersModel`, `Dinov2ForImageClassification`). A DINOv2 encoder takes
+        the images its preprocessing makes (the saved processor's crop size, else the
+        config's image_size) and resamples its position embeddings to that grid. A path
+        ending in `.onnx` (or written `onnx:PATH`) is an ONNX export of a transformers DINOv2
+        model, alone or under a task head; see `ports.onnx_import` (needs the onnx extra).
       dtype: "float32" (default) or "bfloat16", for parameters and compute.
       attention: "auto" (cuDNN-eligible `jax.nn.dot_product_attention` on GPU, the einsum
         path elsewhere), or force "einsum", "xla" or "cudnn".
@@ -243,6 +279,8 @@ def load_encoder(source: str | os.PathLike | Any, dtype: str = "float32", attent
     if dtype not in DTYPES:
         raise ConfigError(f"dtype {dtype!r} is not supported; choose one of {sorted(DTYPES)}")
     preprocess_config, directory = None, None
+    if not _is_torch_model(source) and _is_onnx_source(source):
+        return _load_onnx_encoder(source, dtype, attention)
     if _is_torch_model(source):
         hf_config = source.config.to_dict()
         tensors = {name: torch_to_numpy(t) for name, t in source.state_dict().items()}
@@ -270,20 +308,26 @@ def load_encoder(source: str | os.PathLike | Any, dtype: str = "float32", attent
                                     preprocess_config=preprocess_config)
     if directory is not None:
         preprocess_config = _checkpoint_preprocess_config(directory)
-    port = siglip if siglip.is_siglip_checkpoint(hf_config) else clip
+    if model_type in dinov2.CHECKPOINT_TYPES:
+        port = dinov2
+    else:
+        port = siglip if siglip.is_siglip_checkpoint(hf_config) else clip
     model, _, _ = port.load(model_type, hf_config, tensors, dtype=DTYPES[dtype], attention_impl=attention,
                             origin=origin)
     cfg = model.config
+    if port is dinov2 and preprocess_config is None:
+        preprocess_config = PreprocessConfig.dinov2_defaults(cfg.image_size)
+    input_size = _input_size(cfg, preprocess_config) if port is dinov2 else cfg.image_size
     feature_layer = hf_config.get("vision_feature_layer", -2)
     config = EncoderConfig(
         model_type=port.MODEL_TYPE,
         checkpoint_type=model_type,
         hidden_size=cfg.hidden_size,
         num_layers=cfg.num_hidden_layers,
-        image_size=cfg.image_size,
+        image_size=input_size,
         patch_size=cfg.patch_size,
         num_channels=cfg.num_channels,
-        num_tokens=cfg.num_positions,
+        num_tokens=cfg.num_tokens(input_size) if port is dinov2 else cfg.num_positions,
         dtype=dtype,
         projection_dim=getattr(cfg, "projection_dim", None),
         feature_layer=tuple(feature_layer) if isinstance(feature_layer, list) else feature_layer,

@@ -1,7 +1,9 @@
 """Image preprocessing that reproduces a checkpoint's own `CLIPImageProcessor` (PIL path).
 
 `SiglipImageProcessor` is the same pipeline with other defaults: resize to a fixed
-height x width (bicubic), no crop, mean = std = 0.5.
+height x width (bicubic), no crop, mean = std = 0.5. `BitImageProcessor` (DINOv2's) is the
+CLIP pipeline itself; DINOv2 checkpoints save shortest edge 256, crop 224 and ImageNet's
+mean and std.
 
 LLaVA-1.5 was trained with the PIL pipeline: RGB conversion, shortest-side resize with PIL's
 bicubic filter, center crop, rescale by 1/255 in float64 then float32, and normalization in
@@ -25,6 +27,8 @@ OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 IMAGENET_STANDARD_MEAN = (0.5, 0.5, 0.5)  # SigLIP's
 IMAGENET_STANDARD_STD = (0.5, 0.5, 0.5)
+IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)  # DINOv2's
+IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +57,13 @@ class PreprocessConfig:
                    image_mean=IMAGENET_STANDARD_MEAN, image_std=IMAGENET_STANDARD_STD)
 
     @classmethod
+    def dinov2_defaults(cls, size: int) -> "PreprocessConfig":
+        """What DINOv2 checkpoints save (`BitImageProcessor`: shortest edge 256, crop 224, ImageNet
+        mean and std), scaled to a model that takes `size` x `size` images."""
+        return cls(shortest_edge=round(size * 256 / 224), crop_hw=(size, size),
+                   image_mean=IMAGENET_DEFAULT_MEAN, image_std=IMAGENET_DEFAULT_STD)
+
+    @classmethod
     def from_hf(cls, hf: Mapping[str, Any], origin: str = "preprocessor_config.json") -> "PreprocessConfig":
         """Read a transformers image-processor dict (`preprocessor_config.json`)."""
         def hw(value, name):
@@ -64,10 +75,10 @@ class PreprocessConfig:
 
         kind = str(hf.get("image_processor_type", "CLIPImageProcessor"))
         siglip = kind.startswith("SiglipImageProcessor")
-        if not (kind.startswith("CLIPImageProcessor") or siglip):
+        if not (kind.startswith(("CLIPImageProcessor", "BitImageProcessor")) or siglip):
             raise ConfigError(
                 f"{origin}: image_processor_type {kind!r} is not implemented; "
-                "CLIPImageProcessor and SiglipImageProcessor are"
+                "CLIPImageProcessor, BitImageProcessor and SiglipImageProcessor are"
             )
         # SigLIP: fixed-size resize, no center crop, mean = std = 0.5 unless the config says otherwise.
         mean_default = IMAGENET_STANDARD_MEAN if siglip else OPENAI_CLIP_MEAN

