@@ -25,7 +25,7 @@ def cmd_demo(args) -> int:
         config = dataclasses.replace(config, concepts=_concepts(args.concepts))
     if args.quick:  # the CI-sized run: fewer images everywhere, one point of the grid
         config = dataclasses.replace(config, sae_images=1500, n_select=40, n_val=8, n_test=16, n_pool=2,
-                                     n_perception=30, k_grid=(16,), gamma_grid=(-1.0,))
+                                     n_perception=30, k_grid=(32,), gamma_grid=(-1.0,))
     results = run(args.out, config, model_dir=args.model, progress=not args.no_progress)
     print((Path(args.out) / "report.md").read_text())
     print(f"report, results.json and table2.png in {args.out}")
@@ -124,7 +124,7 @@ def add_commands(sub) -> None:
     ev.add_argument("--sae-seed", type=int, default=0, help="seed of the SAE's training images and selection split")
     ev.add_argument("--n-images", type=int, default=50, help="test images per concept")
     ev.add_argument("--mode", default="reconstruct", choices=["reconstruct", "delta"])
-    ev.add_argument("--k", type=int, default=16)
+    ev.add_argument("--k", type=int, default=32)
     ev.add_argument("--gamma", type=float, default=-1.0)
     ev.add_argument("--language", default="en", choices=["en", "es"], help="language of the prompts")
     ev.add_argument("--work", default=str(DEFAULT_WORK), help="where the SAE is trained once and reused")
@@ -139,7 +139,7 @@ def add_commands(sub) -> None:
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--images", type=int, default=16000)
     tr.add_argument("--tower-steps", type=int, default=2000)
-    tr.add_argument("--lm-steps", type=int, default=2500)
+    tr.add_argument("--lm-steps", type=int, default=4000)
     tr.add_argument("--threads", type=int, help="PyTorch threads (default: all cores)")
     tr.set_defaults(func=cmd_train)
     rd = cw_sub.add_parser("render", help="write ConceptWorld images and their labels")

@@ -36,15 +36,19 @@ class DemoConfig:
     seed: int = 0
     sae_images: int = 4000  # generic-stream images for the SAE (x 37 tokens each)
     expansion: int = 16
-    l1_coefficient: float = 5e-3
+    # TopK (Gao et al.) rather than the paper's ReLU-L1: alpha = 8e-5 is tied to the scale of
+    # LLaVA's activations, TopK fixes the sparsity (here 16 of 2048 per token) at any scale.
+    sae_architecture: str = "topk"
+    sae_k: int = 16
+    l1_coefficient: float = 8e-5  # for sae_architecture="standard"
     sae_epochs: float = 2.0
     n_select: int = 100  # train-split positives and negatives per concept
     n_val: int = 20
     n_test: int = 50
     n_pool: int = 6  # retain-pool images per concept
     n_perception: int = 100
-    k_grid: tuple[int, ...] = (8, 16, 32)
-    gamma_grid: tuple[float, ...] = (-0.5, -1.0, -2.0)
+    k_grid: tuple[int, ...] = (16, 32, 64)
+    gamma_grid: tuple[float, ...] = (-1.0, -2.0)
 
     def __post_init__(self):
         check_concepts(list(self.concepts))
@@ -70,7 +74,9 @@ def train_concept_sae(encoder, out: Path, config: DemoConfig, layer: int, progre
         return load_sae(out / "sae")
     images = list(render_many(generic_stream(config.sae_images, seed=config.seed)))
     d = encoder.config.hidden_size
-    sae_config = SAEConfig(d_in=d, d_sae=config.expansion * d, l1_coefficient=config.l1_coefficient)
+    sae_config = SAEConfig(d_in=d, d_sae=config.expansion * d, architecture=config.sae_architecture,
+                           k=config.sae_k if config.sae_architecture != "standard" else None,
+                           l1_coefficient=config.l1_coefficient)
     train_config = TrainConfig(batch_size=1024, epochs=config.sae_epochs, lr=1e-3, lr_warmup_steps=50,
                                l1_warmup_steps=100, seed=config.seed, log_every=50, checkpoint_every=200)
     resume = (out / "checkpoints").is_dir()

@@ -132,19 +132,27 @@ class Example:
 
 
 def random_example(spec: Spec, rng: np.random.Generator) -> Example:
-    """A training example: a description (1 in 4), a balanced yes/no question, or a perception question."""
+    """A training example: a description (1 in 5), a yes/no question (7 in 10) or a perception
+    question.
+
+    Yes/no questions pick the answer first, then a domain, then a concept of that domain present
+    (yes) or absent (no) in the image: every concept is then asked about as often with a yes as
+    with a no, so the question alone says nothing about the answer and the model has to look.
+    """
     language = LANGUAGES[int(rng.integers(2))]
     roll = rng.random()
-    if roll < 0.25:
+    if roll < 0.2:
         return Example(DESCRIBE[language], description(spec, language), "describe")
-    if roll < 0.85:
-        present = sorted(spec.concepts)
+    if roll < 0.9:
+        domains = list(DOMAINS)
         if rng.random() < 0.5:
-            concept = present[int(rng.integers(len(present)))]
+            shown = [d for d in domains if any(spec.has(c) for c in DOMAINS[d])]
+            domain = shown[int(rng.integers(len(shown)))]
+            pool = [c for c in DOMAINS[domain] if spec.has(c)]
         else:
-            domain = list(DOMAINS)[int(rng.integers(len(DOMAINS)))]
-            absent = [c for c in DOMAINS[domain] if not spec.has(c)]
-            concept = absent[int(rng.integers(len(absent)))]
+            domain = domains[int(rng.integers(len(domains)))]
+            pool = [c for c in DOMAINS[domain] if not spec.has(c)]
+        concept = pool[int(rng.integers(len(pool)))]
         return Example(question(concept, language), YES[language] if spec.has(concept) else NO[language], "yes_no")
     subtask = ("count", "position")[int(rng.integers(2))]
     text, truth = perception_questions(spec, subtask, language)[int(rng.integers(2))]

@@ -44,8 +44,8 @@ class RecipeConfig:
     tower_steps: int = 2000
     tower_batch: int = 64
     tower_lr: float = 1e-3
-    lm_steps: int = 2500
-    lm_batch: int = 64
+    lm_steps: int = 4000
+    lm_batch: int = 32
     lm_lr: float = 1e-3
     checkpoint_every: int = 250
     workers: int = 2  # rendering processes

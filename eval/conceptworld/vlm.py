@@ -23,7 +23,7 @@ SPECIALS = ("<pad>", "<s>", EOS, "<unk>", IMAGE_TOKEN)
 
 VISION = {"hidden_size": 128, "intermediate_size": 512, "num_hidden_layers": 4, "num_attention_heads": 4,
               "image_size": IMAGE_SIZE, "patch_size": 16, "hidden_act": "quick_gelu", "projection_dim": 128}
-TEXT = {"hidden_size": 192, "intermediate_size": 768, "num_hidden_layers": 3, "num_attention_heads": 4,
+TEXT = {"hidden_size": 128, "intermediate_size": 512, "num_hidden_layers": 3, "num_attention_heads": 4,
             "num_key_value_heads": 4, "max_position_embeddings": 160, "rms_norm_eps": 1e-5, "tie_word_embeddings": True}
 
 
