@@ -131,9 +131,9 @@ class Example:
     kind: str  # "describe", "yes_no" or a perception subtask
 
 
-def random_example(spec: Spec, rng: np.random.Generator) -> Example:
-    """A training example: a description (1 in 5), a yes/no question (7 in 10) or a perception
-    question.
+def random_example(spec: Spec, rng: np.random.Generator, describe: float = 0.2, yes_no: float = 0.7) -> Example:
+    """A training example: a description (share `describe`), a yes/no question (share `yes_no`)
+    or a perception question.
 
     Yes/no questions pick the answer first, then a domain, then a concept of that domain present
     (yes) or absent (no) in the image: every concept is then asked about as often with a yes as
@@ -141,9 +141,9 @@ def random_example(spec: Spec, rng: np.random.Generator) -> Example:
     """
     language = LANGUAGES[int(rng.integers(2))]
     roll = rng.random()
-    if roll < 0.2:
+    if roll < describe:
         return Example(DESCRIBE[language], description(spec, language), "describe")
-    if roll < 0.9:
+    if roll < describe + yes_no:
         domains = list(DOMAINS)
         if rng.random() < 0.5:
             shown = [d for d in domains if any(spec.has(c) for c in DOMAINS[d])]

@@ -7,7 +7,9 @@ Dense targets are what make a small ViT learn shapes and expressions in minutes 
 hours, and they leave each concept readable per token, which is where SAUCE's SAE looks.
 Stage 2 freezes the tower, caches its features once, and trains the projector and the
 language model on single-turn examples (descriptions, balanced yes/no questions in both
-languages, perception questions). Every stage checkpoints atomically and resumes where it
+languages, perception questions); it learns to describe first. Stage 3 continues on mostly
+yes/no questions at half the learning rate, because binding a question's word to the image
+is what a small language model learns last. Every stage checkpoints atomically and resumes where it
 stopped; a finished stage is never rerun.
 """
 
@@ -47,6 +49,7 @@ class RecipeConfig:
     lm_steps: int = 4000
     lm_batch: int = 32
     lm_lr: float = 1e-3
+    focus_steps: int = 1500  # stage 3: mostly yes/no questions, half the learning rate
     checkpoint_every: int = 250
     workers: int = 2  # rendering processes
 
@@ -225,15 +228,18 @@ def embed_with_features(model, ids, features):
     return embeds.masked_scatter(mask, projected.to(embeds.dtype)) if projected.numel() else embeds
 
 
-def train_language(model, tokenizer, specs, features, config: RecipeConfig, ckpt: Path, log) -> None:
+def train_language(model, tokenizer, specs, features, config: RecipeConfig, ckpt: Path, log, *, steps: int,
+                   lr: float, mix: tuple[float, float], stage: int = 2) -> None:
+    """Projector + language model on cached tower features; `mix` = (share of descriptions,
+    share of yes/no questions), the rest perception questions."""
     import torch
 
     for p in model.model.vision_tower.parameters():
         p.requires_grad_(False)
     params = [p for name, p in model.named_parameters() if not name.startswith("model.vision_tower")]
-    opt = torch.optim.AdamW(params, lr=config.lm_lr, weight_decay=0.01)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / 200) * max(0.05, 0.5 * (1 + np.cos(np.pi * s / config.lm_steps))))
+        opt, lambda s: min(1.0, (s + 1) / 200) * max(0.05, 0.5 * (1 + np.cos(np.pi * s / steps))))
     state = _load(ckpt)
     start = 0
     if state is not None:
@@ -241,13 +247,13 @@ def train_language(model, tokenizer, specs, features, config: RecipeConfig, ckpt
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
         start = state["step"]
-        log(f"language model: resumed at step {start}")
+        log(f"stage {stage}: resumed at step {start}")
     model.train()
     t0 = time.time()
-    for step in range(start, config.lm_steps):
-        rng = np.random.default_rng([config.seed, 2, step])
+    for step in range(start, steps):
+        rng = np.random.default_rng([config.seed, stage, step])
         idx = rng.integers(len(specs), size=config.lm_batch)
-        examples = [T.random_example(specs[i], rng) for i in idx]
+        examples = [T.random_example(specs[i], rng, *mix) for i in idx]
         ids, labels, mask = _batch(tokenizer, examples)
         loss = model(inputs_embeds=embed_with_features(model, ids, features[idx]), attention_mask=mask,
                      labels=labels).loss
@@ -257,8 +263,8 @@ def train_language(model, tokenizer, specs, features, config: RecipeConfig, ckpt
         opt.step()
         sched.step()
         if (step + 1) % 50 == 0:
-            log(f"lm step {step + 1}/{config.lm_steps} loss {loss.item():.4f} ({time.time() - t0:.0f}s)")
-        if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.lm_steps:
+            log(f"stage {stage} step {step + 1}/{steps} loss {loss.item():.4f} ({time.time() - t0:.0f}s)")
+        if (step + 1) % config.checkpoint_every == 0 or step + 1 == steps:
             _save(ckpt, {"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                          "step": step + 1})
     model.eval()
@@ -291,17 +297,23 @@ def train(out_dir: str | Path, config: RecipeConfig | None = None, *, threads: i
     processor = vlm.make_processor(tokenizer)
     model = vlm.make_model(tokenizer, seed=config.seed)
     torch.manual_seed(config.seed)
-    if (out / "language.pt").is_file():
-        pass  # stage 2's checkpoint holds the whole model, trained tower included
+    stages = [("language.pt", config.lm_steps, config.lm_lr, (0.2, 0.7), 2),
+              ("focus.pt", config.focus_steps, config.lm_lr / 2, (0.1, 0.85), 3)]
+    if (out / "language.pt").is_file():  # stage 2's checkpoints hold the whole model, trained tower included
+        model.load_state_dict(_load(out / "language.pt")["model"])
     else:
         train_tower(model, data, config, out / "tower.pt", log)
     features = None
-    if not (out / "language.pt").is_file() or _load(out / "language.pt")["step"] < config.lm_steps:
-        if (out / "language.pt").is_file():
-            model.load_state_dict(_load(out / "language.pt")["model"])
-        log("caching tower features")
-        features = tower_features(model, data["images"])
-    train_language(model, tokenizer, specs, features, config, out / "language.pt", log)
+    for name, steps, lr, mix, stage in stages:
+        state = _load(out / name)
+        if state is not None and state["step"] >= steps:
+            model.load_state_dict(state["model"])
+            continue
+        if features is None:
+            log("caching tower features")
+            features = tower_features(model, data["images"])
+        train_language(model, tokenizer, specs, features, config, out / name, log, steps=steps, lr=lr, mix=mix,
+                       stage=stage)
     from .evaluate import clean_accuracy
 
     val_specs = generic_stream(config.val_images, seed=config.seed, stream="vlm-val")
