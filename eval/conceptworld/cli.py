@@ -139,7 +139,7 @@ def add_commands(sub) -> None:
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--images", type=int, default=16000)
     tr.add_argument("--tower-steps", type=int, default=2000)
-    tr.add_argument("--lm-steps", type=int, default=4000)
+    tr.add_argument("--lm-steps", type=int, default=2000)
     tr.add_argument("--threads", type=int, help="PyTorch threads (default: all cores)")
     tr.set_defaults(func=cmd_train)
     rd = cw_sub.add_parser("render", help="write ConceptWorld images and their labels")

@@ -93,7 +93,7 @@ def select_all(sae, encoder, config: DemoConfig, layer: int, progress: bool) -> 
         pos = list(render_many(concept_split(concept, "train", config.n_select, seed=config.seed)))
         neg = list(render_many(concept_split(concept, "train", config.n_select, seed=config.seed, positive=False)))
         sets[concept] = select_features(sae, encoder, pos, neg, k=max(config.k_grid), layer=layer, concept=concept,
-                                        token="all", progress=False)
+                                        token="all", batch_size=config.n_select, progress=False)
     _say(progress, f"selected features for {len(sets)} concepts")
     return sets
 
@@ -103,19 +103,21 @@ def _top(features, k: int, gamma: float):
 
 
 def _objective(result: dict) -> float:
-    values = [result[name]["value"] for name in ("UA_d", "IRA_d", "CRA_d")]
+    values = [result[name]["value"] for name in ("UA_g", "IRA_g", "CRA_g")]
     return float(np.mean([v for v in values if v is not None])) if any(v is not None for v in values) else 0.0
 
 
 def choose_hyperparameters(model: Model, encoder, sae, sets: dict, config: DemoConfig, layer: int,
                            progress: bool) -> dict:
-    """Per mode, the (k, gamma) with the best mean of UA_d, IRA_d and CRA_d on the validation split
-    (yes/no answers only: generating descriptions for every grid point would cost most of the run)."""
+    """Per mode, the (k, gamma) with the best mean of UA_g, IRA_g and CRA_g on the validation split.
+
+    The descriptions decide: the shipped model's yes/no answers do not depend on the image yet
+    (see the README), so they cannot rank hyperparameters."""
     from sauce_jax.intervention import unlearn
 
     suite = make_suite(config.concepts, seed=config.seed, split="val", n_forget=config.n_val,
                        n_pool_per_concept=max(1, config.n_pool // 2), n_perception=config.n_val)
-    evaluation = Evaluation(model, suite, generative=False)  # yes/no only: UA_d, IRA_d, CRA_d
+    evaluation = Evaluation(model, suite)
     chosen = {}
     for mode in MODES:
         scores = {}

@@ -2,7 +2,7 @@
 
 The two languages let the paper's translation attack run: the unlearned model is asked in
 Spanish about a concept unlearned from English-chosen images. Every prompt is a single turn
-(`USER: <image>\\n{prompt} ASSISTANT:`), so a yes/no answer never follows a description in the
+(`USER: {prompt}\n<image> ASSISTANT:`), so a yes/no answer never follows a description in the
 same sequence and the model must look at the image each time.
 """
 
@@ -107,8 +107,10 @@ def perception_questions(spec: Spec, subtask: str, language: str = "en") -> list
 
 
 def prompt(text: str) -> str:
-    """LLaVA-1.5's single-turn template."""
-    return f"USER: {IMAGE_TOKEN}\n{text} ASSISTANT:"
+    """LLaVA-1.5's single-turn template, with the question before the image: under causal
+    attention every image token can then read the question, so a small language model binds
+    the asked word to the image token by token (with the image first, it never learnt to)."""
+    return f"USER: {text}\n{IMAGE_TOKEN} ASSISTANT:"
 
 
 def mentions(answer: str, concept: str, languages=LANGUAGES) -> bool:

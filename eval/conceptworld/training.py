@@ -46,10 +46,10 @@ class RecipeConfig:
     tower_steps: int = 2000
     tower_batch: int = 64
     tower_lr: float = 1e-3
-    lm_steps: int = 4000
+    lm_steps: int = 2000
     lm_batch: int = 32
     lm_lr: float = 1e-3
-    focus_steps: int = 1500  # stage 3: mostly yes/no questions, half the learning rate
+    focus_steps: int = 1000  # stage 3: mostly yes/no questions, half the learning rate
     checkpoint_every: int = 250
     workers: int = 2  # rendering processes
 
