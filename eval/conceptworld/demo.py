@@ -47,7 +47,7 @@ class DemoConfig:
     n_test: int = 50
     n_pool: int = 6  # retain-pool images per concept
     n_perception: int = 100
-    k_grid: tuple[int, ...] = (16, 32, 64)
+    k_grid: tuple[int, ...] = (16, 32)
     gamma_grid: tuple[float, ...] = (-1.0, -2.0)
 
     def __post_init__(self):
