@@ -201,3 +201,23 @@ def test_descriptions_name_every_concept_in_both_languages():
         for language in T.LANGUAGES:
             said = T.description(spec, language)
             assert all(T.mentions(said, c, (language,)) for c in spec.concepts), (said, spec)
+
+
+@pytest.mark.slow
+def test_the_vlm_recipe_runs_resumes_and_refuses_another_recipe(tmp_path):
+    import torch
+
+    from eval.conceptworld.training import RecipeConfig, train
+
+    config = RecipeConfig(images=64, val_images=4, tower_steps=3, lm_steps=3, focus_steps=2, tower_batch=4,
+                          lm_batch=4, checkpoint_every=2, workers=1)
+    target = train(tmp_path, config, log=lambda message: None)
+    assert {p.name for p in tmp_path.iterdir()} >= {"tower.pt", "language.pt", "focus.pt", "train_images.npz"}
+    first = (target / "model.safetensors").read_bytes()
+    said = []
+    train(tmp_path, config, log=said.append)  # every stage is finished: nothing is trained again
+    assert not any(line.startswith(("tower step", "stage")) for line in said)
+    assert (target / "model.safetensors").read_bytes() == first
+    assert torch.load(tmp_path / "focus.pt", weights_only=False)["step"] == 2
+    with pytest.raises(ConfigError, match="another recipe"):
+        train(tmp_path, RecipeConfig(images=64, tower_steps=5), log=lambda message: None)

@@ -122,6 +122,28 @@ def _load(path: Path) -> dict | None:
     return torch.load(path, weights_only=False) if path.is_file() else None
 
 
+def _optimizer(params, lr: float, steps: int):
+    """AdamW with 200 warm-up steps and a cosine decay to 5% of `lr`."""
+    import torch
+
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 200) * max(0.05, 0.5 * (1 + np.cos(np.pi * s / steps))))
+    return opt, sched
+
+
+def _resume(ckpt: Path, modules: dict, opt, sched) -> int:
+    """Restore modules, optimizer and schedule from `ckpt`; the step to continue from (0: none)."""
+    state = _load(ckpt)
+    if state is None:
+        return 0
+    for key, module in modules.items():
+        module.load_state_dict(state[key])
+    opt.load_state_dict(state["opt"])
+    sched.load_state_dict(state["sched"])
+    return state["step"]
+
+
 # ---------------------------------------------------------------------------------- stage 1
 
 def _tower_heads(width: int):
@@ -137,17 +159,9 @@ def train_tower(model, data: dict, config: RecipeConfig, ckpt: Path, log) -> Non
     tower = model.model.vision_tower
     heads = _tower_heads(tower.config.hidden_size)
     params = list(tower.parameters()) + list(heads.parameters())
-    opt = torch.optim.AdamW(params, lr=config.tower_lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / 200) * max(0.05, 0.5 * (1 + np.cos(np.pi * s / config.tower_steps))))
-    state = _load(ckpt)
-    start = 0
-    if state is not None:
-        tower.load_state_dict(state["tower"])
-        heads.load_state_dict(state["heads"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        start = state["step"]
+    opt, sched = _optimizer(params, config.tower_lr, config.tower_steps)
+    start = _resume(ckpt, {"tower": tower, "heads": heads}, opt, sched)
+    if start:
         log(f"tower: resumed at step {start}")
     tower.train()
     n = len(data["images"])
@@ -237,16 +251,9 @@ def train_language(model, tokenizer, specs, features, config: RecipeConfig, ckpt
     for p in model.model.vision_tower.parameters():
         p.requires_grad_(False)
     params = [p for name, p in model.named_parameters() if not name.startswith("model.vision_tower")]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / 200) * max(0.05, 0.5 * (1 + np.cos(np.pi * s / steps))))
-    state = _load(ckpt)
-    start = 0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        start = state["step"]
+    opt, sched = _optimizer(params, lr, steps)
+    start = _resume(ckpt, {"model": model}, opt, sched)
+    if start:
         log(f"stage {stage}: resumed at step {start}")
     model.train()
     t0 = time.time()
