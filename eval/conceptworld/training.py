@@ -132,6 +132,17 @@ def _optimizer(params, lr: float, steps: int):
     return opt, sched
 
 
+def _update(loss, params, opt, sched) -> None:
+    """One optimizer step on `loss`, gradients clipped to norm 1."""
+    import torch
+
+    opt.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    sched.step()
+
+
 def _resume(ckpt: Path, modules: dict, opt, sched) -> int:
     """Restore modules, optimizer and schedule from `ckpt`; the step to continue from (0: none)."""
     state = _load(ckpt)
@@ -180,11 +191,7 @@ def train_tower(model, data: dict, config: RecipeConfig, ckpt: Path, log) -> Non
         hidden = heads["norm"](out.hidden_states[-1])  # [B, 1 + T, D]
         loss = bce(heads["tokens"](hidden[:, 1:]), torch.from_numpy(tokens).float()) + \
             bce(heads["image"](hidden[:, 0]), torch.from_numpy(data["labels"][idx]).float())
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
+        _update(loss, params, opt, sched)
         if (step + 1) % 50 == 0:
             log(f"tower step {step + 1}/{config.tower_steps} loss {loss.item():.4f} ({time.time() - t0:.0f}s)")
         if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.tower_steps:
@@ -246,7 +253,6 @@ def train_language(model, tokenizer, specs, features, config: RecipeConfig, ckpt
                    lr: float, mix: tuple[float, float], stage: int = 2) -> None:
     """Projector + language model on cached tower features; `mix` = (share of descriptions,
     share of yes/no questions), the rest perception questions."""
-    import torch
 
     for p in model.model.vision_tower.parameters():
         p.requires_grad_(False)
@@ -264,11 +270,7 @@ def train_language(model, tokenizer, specs, features, config: RecipeConfig, ckpt
         ids, labels, mask = _batch(tokenizer, examples)
         loss = model(inputs_embeds=embed_with_features(model, ids, features[idx]), attention_mask=mask,
                      labels=labels).loss
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
+        _update(loss, params, opt, sched)
         if (step + 1) % 50 == 0:
             log(f"stage {stage} step {step + 1}/{steps} loss {loss.item():.4f} ({time.time() - t0:.0f}s)")
         if (step + 1) % config.checkpoint_every == 0 or step + 1 == steps:
