@@ -106,16 +106,14 @@ def test_both_judges_are_judges(tmp_path):
     ("yes", True), ("No", False), ("Yes.", True), ("**No**", False), (" YES\n", True), ('"no"', False),
     ("no - the description does not mention it", False), ("Yes, it mentions a cat; no doubt.", True),
     ("Answer: yes", True), ("Verdict: No.", False), ("<think>yes? or no?</think>\nyes", True),
+    ("<think>yes", True),  # an unclosed reasoning block is plain text: one "yes" in it
 ])
 def test_parse_verdict(text, verdict):
     assert parse_verdict(text) is verdict
 
 
-@pytest.mark.parametrize("text", ["", "maybe", "yesterday nothing", "It could be yes or no.", "<think>yes"])
+@pytest.mark.parametrize("text", ["", "maybe", "yesterday nothing", "It could be yes or no."])
 def test_parse_verdict_refuses_non_verdicts(text):
-    if text == "<think>yes":  # an unclosed reasoning block is read as text: one "yes" in it
-        assert parse_verdict(text) is True
-        return
     with pytest.raises(JudgeError, match="not a yes/no verdict"):
         parse_verdict(text)
 
