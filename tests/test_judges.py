@@ -124,9 +124,10 @@ def test_parse_verdict_refuses_non_verdicts(text):
 
 class FakeChat:
     """An OpenAI-compatible /v1/chat/completions on 127.0.0.1. Each request takes the next
-    scripted action, else the default: "Yes." when the user message contains "purr", else "No"."""
+    scripted action, else `rule(user message)`, by default "Yes." when it contains "purr", else "No"."""
 
-    def __init__(self):
+    def __init__(self, rule=None):
+        self.rule = rule or (lambda text: "Yes." if "purr" in text else "No")
         self.script: deque = deque()
         self.requests: list[dict] = []
         self.lock = threading.Lock()
@@ -144,8 +145,7 @@ class FakeChat:
                     action = fake.script.popleft() if fake.script else ("auto",)
                 kind = action[0]
                 if kind == "auto":
-                    text = json.loads(body)["messages"][0]["content"]
-                    return self.reply("Yes." if "purr" in text else "No")
+                    return self.reply(fake.rule(json.loads(body)["messages"][0]["content"]))
                 if kind == "reply":
                     return self.reply(action[1])
                 if kind == "raw":

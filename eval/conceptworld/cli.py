@@ -33,6 +33,23 @@ def cmd_demo(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    if args.model != "conceptworld":
+        if not Path(args.model, "config.json").is_file():
+            raise ConfigError(f"--model must be 'conceptworld' or a checkpoint directory with config.json, "
+                              f"got {args.model!r}")
+        # A real checkpoint with a concept folder; a ConceptWorld LLaVA (it has training.json) without one.
+        if args.concepts_dir or not Path(args.model, "training.json").is_file():
+            from eval.llava_eval_cli import cmd_eval_checkpoint
+
+            return cmd_eval_checkpoint(args)
+    if args.concepts_dir:
+        raise ConfigError("--concepts-dir needs --model DIR, a LLaVA checkpoint directory")
+    if not args.concepts:
+        raise ConfigError("ConceptWorld evaluation needs --concepts, e.g. --concepts star,red,happy")
+    return _eval_conceptworld(args)
+
+
+def _eval_conceptworld(args) -> int:
     from sauce_jax.encoder import load_encoder
     from sauce_jax.intervention import unlearn
 
@@ -40,14 +57,12 @@ def cmd_eval(args) -> int:
     from .benchmark import Evaluation, Model, headline, make_suite, task_table
     from .demo import DemoConfig, _top, select_all, train_concept_sae
 
-    if args.model != "conceptworld" and not Path(args.model, "config.json").is_file():
-        raise ConfigError(f"--model must be 'conceptworld' or a ConceptWorld LLaVA directory, got {args.model!r}")
     model_dir = None if args.model == "conceptworld" else args.model
     config = DemoConfig(concepts=_concepts(args.concepts), seed=args.sae_seed, n_test=args.n_images)
     llava, processor = vlm.load(model_dir)
     encoder = load_encoder(llava)
     layer = encoder.layer_index(llava.config.vision_feature_layer)
-    work = Path(args.work) / f"sae-seed{args.sae_seed}"
+    work = Path(args.work or DEFAULT_WORK) / f"sae-seed{args.sae_seed}"
     sae = train_concept_sae(encoder, work, config, layer, progress=not args.no_progress)
     sets = select_all(sae, encoder, dataclasses.replace(config, k_grid=(args.k,)), layer, progress=not args.no_progress)
     suite = make_suite(config.concepts, seed=args.seed, split="test", n_forget=args.n_images,
@@ -117,9 +132,16 @@ def add_commands(sub) -> None:
     demo.add_argument("--no-progress", action="store_true")
     demo.set_defaults(func=cmd_demo)
 
-    ev = sub.add_parser("eval", help="the paper's metrics for unlearned concepts on a fresh ConceptWorld seed")
-    ev.add_argument("--model", default="conceptworld", help="'conceptworld' (shipped) or a ConceptWorld LLaVA dir")
-    ev.add_argument("--concepts", required=True, help="comma-separated, e.g. star,red,happy")
+    ev = sub.add_parser("eval", help="the paper's metrics for unlearned concepts: on a fresh ConceptWorld seed, "
+                                     "or a LLaVA checkpoint directory with a folder of concept images",
+                        description="UA_d, UA_g, IRA, CRA (and utility) of SAUCE. --model conceptworld (default): "
+                                    "the shipped ConceptWorld LLaVA on fresh images; --model DIR --concepts-dir DIR: "
+                                    "a local LLaVA-1.5-style checkpoint on DOMAIN/CONCEPT/{train,val,test} images.")
+    ev.add_argument("--model", default="conceptworld",
+                    help="'conceptworld' (shipped), a ConceptWorld LLaVA dir, or a LLaVA checkpoint dir (with "
+                         "--concepts-dir)")
+    ev.add_argument("--concepts", help="comma-separated concepts to unlearn, e.g. star,red,happy (required for "
+                                       "ConceptWorld; default with --concepts-dir: every concept)")
     ev.add_argument("--seed", type=int, default=1, help="seed of the test images")
     ev.add_argument("--sae-seed", type=int, default=0, help="seed of the SAE's training images and selection split")
     ev.add_argument("--n-images", type=int, default=50, help="test images per concept")
@@ -127,9 +149,13 @@ def add_commands(sub) -> None:
     ev.add_argument("--k", type=int, default=32)
     ev.add_argument("--gamma", type=float, default=-1.0)
     ev.add_argument("--language", default="en", choices=["en", "es"], help="language of the prompts")
-    ev.add_argument("--work", default=str(DEFAULT_WORK), help="where the SAE is trained once and reused")
+    ev.add_argument("--work", help="where the SAE is trained once and reused (default ~/.cache/sauce-jax/"
+                                   "conceptworld, or .../checkpoint-eval for a checkpoint dir)")
     ev.add_argument("--json", help="write the metrics to this file")
     ev.add_argument("--no-progress", action="store_true")
+    from eval.llava_eval_cli import add_arguments
+
+    add_arguments(ev)
     ev.set_defaults(func=cmd_eval)
 
     cw = sub.add_parser("conceptworld", help="ConceptWorld's generator and VLM training")

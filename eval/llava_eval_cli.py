@@ -1,0 +1,137 @@
+"""`sauce-jax eval --model DIR --concepts-dir DIR ...`: SAUCE's metrics on a local LLaVA checkpoint.
+
+The SAE is `--sae PATH` (SAELens format, e.g. from `sauce-jax train-sae`), or trained here on
+every token of the layer LLaVA reads over the concepts' train images (or `--sae-images DIR`),
+once: the run folder under `--work` is keyed by checkpoint, images and SAE settings, and a
+rerun reuses (or resumes) it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from sauce_jax.errors import ConfigError
+
+DEFAULT_WORK = Path.home() / ".cache" / "sauce-jax" / "checkpoint-eval"
+
+
+def add_arguments(ev) -> None:
+    """The options of `eval` for a checkpoint directory (the shared ones live in conceptworld/cli.py)."""
+    g = ev.add_argument_group("a LLaVA checkpoint directory (--model DIR --concepts-dir DIR)")
+    g.add_argument("--concepts-dir", help="concept images as DOMAIN/CONCEPT/{train,val,test}/*.jpg|png")
+    g.add_argument("--sae", help="a trained SAE directory (SAELens format); default: train one on the train images")
+    g.add_argument("--judge", default="words", choices=["words", "chat"],
+                   help="UA_g judge: concept-word matching, or an LLM at $SAUCE_JUDGE_BASE_URL (OpenAI-compatible)")
+    g.add_argument("--synonyms", help='JSON file {"concept": ["synonym", ...]} for the judge')
+    g.add_argument("--judge-model", help="chat judge model (default $SAUCE_JUDGE_MODEL)")
+    g.add_argument("--judge-base-url", help="chat judge API root, e.g. http://localhost:8000/v1 "
+                                            "(default $SAUCE_JUDGE_BASE_URL; the key is read from $SAUCE_JUDGE_API_KEY)")
+    g.add_argument("--judge-cache", help="verdict cache file (default $SAUCE_JUDGE_CACHE or ~/.cache/sauce-jax/judge/)")
+    g.add_argument("--n-retain", type=int, help="test images per other concept for IRA/CRA (default --n-images)")
+    g.add_argument("--n-select", type=int, default=100, help="train images per concept for feature selection")
+    g.add_argument("--generative-prompt", action="append", metavar="TEXT",
+                   help="a describe prompt (repeat for several; default: the paper's and two more)")
+    g.add_argument("--discriminative-prompt", action="append", metavar="TEXT",
+                   help="a yes/no prompt with {concept} (repeat for several; default: the paper's and two more)")
+    g.add_argument("--max-new-tokens", type=int, default=64, help="tokens per description")
+    g.add_argument("--batch-size", type=int, default=8)
+    g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="the PyTorch language model's dtype")
+    g.add_argument("--device", default="cpu", help="the PyTorch language model's device (cpu, cuda, ...)")
+    g.add_argument("--mme", help="MME_Benchmark_release_version folder: score MME clean and per unlearned concept")
+    g.add_argument("--mme-subtasks", help="comma-separated MME subtasks (default all 14)")
+    g.add_argument("--answers", help="write every answer and verdict to this JSON-lines file")
+    s = ev.add_argument_group("SAE training when no --sae is given")
+    s.add_argument("--sae-images", help="image folder to train on (default: the concepts' train images)")
+    s.add_argument("--sae-architecture", default="topk", choices=["standard", "topk", "batchtopk"])
+    s.add_argument("--sae-k", type=int, default=32, help="active latents per token (topk, batchtopk)")
+    s.add_argument("--sae-expansion", type=int, default=16)
+    s.add_argument("--sae-epochs", type=float, default=2.0)
+    s.add_argument("--sae-batch-size", type=int, default=1024)
+
+
+def _judge(args):
+    from eval.judges import make_judge
+
+    if args.judge == "words":
+        if args.judge_model or args.judge_base_url or args.judge_cache:
+            raise ConfigError("--judge-model, --judge-base-url and --judge-cache need --judge chat")
+        return make_judge("words", args.synonyms)
+    options = {"model": args.judge_model, "base_url": args.judge_base_url}
+    if args.judge_cache:
+        options["cache"] = args.judge_cache
+    return make_judge("chat", args.synonyms, **options)
+
+
+def obtain_sae(args, answerer, dirs, progress: bool):
+    """`--sae`, or an SAE trained once per (checkpoint, images, settings) under `--work`."""
+    from sauce_jax.sae import SAEConfig
+    from sauce_jax.sae_io import load_sae
+
+    if args.sae:
+        return load_sae(args.sae)
+    from train import TrainConfig, train_sae
+
+    images = args.sae_images or [p for c in dirs.concepts.values() for p in c.images("train")]
+    d = answerer.encoder.config.hidden_size
+    sae_config = SAEConfig(d_in=d, d_sae=args.sae_expansion * d, architecture=args.sae_architecture,
+                           k=args.sae_k if args.sae_architecture != "standard" else None)
+    train_config = TrainConfig(batch_size=args.sae_batch_size, epochs=args.sae_epochs, lr=1e-3,
+                               lr_warmup_steps=50, seed=args.sae_seed, log_every=50, checkpoint_every=500)
+    key = json.dumps([str(Path(args.model).resolve()), str(images if isinstance(images, str) else
+                                                           [str(p) for p in images]),
+                      answerer.layer, repr(sae_config), repr(train_config)])
+    out = Path(args.work or DEFAULT_WORK) / f"sae-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    if (out / "sae" / "cfg.json").is_file():
+        print(f"reusing the SAE in {out}")
+        return load_sae(out / "sae")
+    print(f"training an SAE on hidden state {answerer.layer} -> {out}")
+    return train_sae(out, sae_config=sae_config, train_config=train_config, encoder=answerer.encoder, images=images,
+                     layer=answerer.layer, token="all", resume=(out / "checkpoints").is_dir(), progress=progress)
+
+
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def _concepts(text: str | None):
+    return None if not text else [c.strip() for c in text.split(",") if c.strip()]
+
+
+def cmd_eval_checkpoint(args) -> int:
+    """The `eval` command for `--model DIR`."""
+    from eval.concept_dirs import load_concept_dirs
+    from eval.llava_answerer import LlavaAnswerer
+    from eval.llava_eval import DISCRIMINATIVE_PROMPTS, GENERATIVE_PROMPTS, EvalConfig, evaluate
+    from eval.mme import check_subtasks, find_root
+
+    if not args.concepts_dir:
+        raise ConfigError(f"--model {args.model!r} is a directory: give --concepts-dir DIR "
+                          "(DOMAIN/CONCEPT/{train,val,test}/ images); a ConceptWorld LLaVA directory is recognised "
+                          "by its training.json")
+    if args.language != "en":
+        raise ConfigError("--language applies to ConceptWorld; give your own prompts with --generative-prompt "
+                          "and --discriminative-prompt")
+    config = EvalConfig(k=args.k, gamma=args.gamma, mode=args.mode, n_test=args.n_images, n_retain=args.n_retain,
+                        n_select=args.n_select, max_new_tokens=args.max_new_tokens, seed=args.sae_seed,
+                        generative=tuple(args.generative_prompt or GENERATIVE_PROMPTS),
+                        discriminative=tuple(args.discriminative_prompt or DISCRIMINATIVE_PROMPTS))
+    mme_subtasks = check_subtasks(_concepts(args.mme_subtasks)) if args.mme_subtasks else None
+    mme_root = find_root(args.mme) if args.mme else None
+    dirs = load_concept_dirs(args.concepts_dir)
+    targets = dirs.check_names(_concepts(args.concepts)) if args.concepts else None
+    judge = _judge(args)
+    answerer = LlavaAnswerer(args.model, batch_size=args.batch_size, dtype=args.dtype, device=args.device)
+    sae = obtain_sae(args, answerer, dirs, progress=not args.no_progress)
+    summary = evaluate(answerer, sae, dirs, judge, config, targets=targets, mme_root=mme_root,
+                       mme_subtasks=mme_subtasks, answers_path=args.answers, progress=not args.no_progress)
+    summary.update(model=str(args.model), concepts_dir=str(args.concepts_dir), judge=args.judge,
+                   sae=str(args.sae) if args.sae else "trained")
+    mean = summary["mean"]
+    print(f"{'mean':20s} UA_d {_pct(mean['UA_d']['value'])}  UA_g {_pct(mean['UA_g']['value'])}  "
+          f"IRA {_pct(mean['IRA'])}  CRA {_pct(mean['CRA'])}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=1, default=str))
+    return 0
