@@ -213,15 +213,14 @@ def select_all(sae, answerer, dirs: ConceptDirs, targets: Sequence[str], config:
 
 
 def evaluate(answerer, sae, dirs: ConceptDirs, judge, config: EvalConfig, *, targets: Sequence[str] | None = None,
-             layer: int | None = None, mme_root=None, mme_subtasks=None, answers_path=None,
-             progress: bool = False, log=print) -> dict:
+             layer: int | None = None, mme_root=None, mme_subtasks=None, answers_path=None, log=print) -> dict:
     """The metrics of unlearning each target concept in turn (default: every concept).
 
     `answerer` is an `eval.llava_answerer.LlavaAnswerer`; `sae` an SAE trained on `layer` of
     its tower (default: the SAE's metadata, else the layer LLaVA reads); `judge` an
     `eval.judges.Judge`. With `mme_root`, MME (perception + cognition) is scored for the clean
     model and for each unlearned one. With `answers_path`, every answer is written there
-    (JSON lines) with its verdict.
+    (JSON lines) with its verdict. `log` receives one line per concept.
     """
     from sauce_jax.intervention import unlearn
 

@@ -105,7 +105,7 @@ def cmd_eval_checkpoint(args) -> int:
     from eval.concept_dirs import load_concept_dirs
     from eval.llava_answerer import LlavaAnswerer
     from eval.llava_eval import DISCRIMINATIVE_PROMPTS, GENERATIVE_PROMPTS, EvalConfig, evaluate
-    from eval.mme import check_subtasks, find_root
+    from eval.mme import check_subtasks, find_root, load_mme
 
     if not args.concepts_dir:
         raise ConfigError(f"--model {args.model!r} is a directory: give --concepts-dir DIR "
@@ -120,13 +120,15 @@ def cmd_eval_checkpoint(args) -> int:
                         discriminative=tuple(args.discriminative_prompt or DISCRIMINATIVE_PROMPTS))
     mme_subtasks = check_subtasks(_concepts(args.mme_subtasks)) if args.mme_subtasks else None
     mme_root = find_root(args.mme) if args.mme else None
+    if mme_root is not None:
+        load_mme(mme_root, mme_subtasks)  # a broken MME folder fails now, not after the clean answers
     dirs = load_concept_dirs(args.concepts_dir)
     targets = dirs.check_names(_concepts(args.concepts)) if args.concepts else None
     judge = _judge(args)
     answerer = LlavaAnswerer(args.model, batch_size=args.batch_size, dtype=args.dtype, device=args.device)
     sae = obtain_sae(args, answerer, dirs, progress=not args.no_progress)
     summary = evaluate(answerer, sae, dirs, judge, config, targets=targets, mme_root=mme_root,
-                       mme_subtasks=mme_subtasks, answers_path=args.answers, progress=not args.no_progress)
+                       mme_subtasks=mme_subtasks, answers_path=args.answers)
     summary.update(model=str(args.model), concepts_dir=str(args.concepts_dir), judge=args.judge,
                    sae=str(args.sae) if args.sae else "trained")
     mean = summary["mean"]

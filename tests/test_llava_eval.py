@@ -254,6 +254,10 @@ def test_errors_name_the_culprit(world, tmp_path, small_clip_dir, capsys, monkey
     fails(eval_args(world, "--judge", "chat"), "SAUCE_JUDGE_BASE_URL")
     fails(eval_args(world, "--synonyms", str(tmp_path / "nope.json")), r"nope\.json' does not exist")
     fails(eval_args(world, "--mme-subtasks", "existence,smell"), "'smell'")
+    fails(eval_args(world, "--mme", str(tmp_path / "no-mme")), r"no-mme' does not exist")
+    (tmp_path / "mme" / "existence").mkdir(parents=True)
+    fails(eval_args(world, "--mme", str(tmp_path / "mme"), "--mme-subtasks", "existence"),
+          "'existence' has no question files")
     fails(eval_args(world, "--language", "es"), "--language applies to ConceptWorld")
     broken = tmp_path / "broken"
     for domain, names in CONCEPTS.items():

@@ -37,7 +37,7 @@ def plural_forms(word: str) -> tuple[str, ...]:
 @functools.lru_cache(maxsize=4096)
 def term_pattern(term: str) -> re.Pattern:
     """A regex matching `term` as whole words, its last word in singular or plural."""
-    words = term.lower().replace("-", " ").split()
+    words = term.lower().replace("-", " ").split() or [term.lower()]  # a bare "-" stays itself
     *head, last = words
     tail = "(?:" + "|".join(re.escape(f) for f in sorted(plural_forms(last), key=len, reverse=True)) + ")"
     body = _SEPARATOR.join([re.escape(w) for w in head] + [tail])
