@@ -163,11 +163,10 @@ def image_activations(sae, answerer, paths: Sequence[Path], layer: int, token: s
     import jax
     import jax.numpy as jnp
 
+    from eval.llava_answerer import open_rgb
     from sauce_jax import sae as sae_lib
     from sauce_jax.image_processor import preprocess
     from sauce_jax.tokens import check_token_choice, select_tokens, tokens_per_image
-
-    from eval.llava_answerer import open_rgb
 
     check_token_choice(token)
     encoder, batch = answerer.encoder, answerer.batch_size

@@ -17,13 +17,13 @@ from PIL import Image
 
 torch = pytest.importorskip("torch")
 
-from conftest import SMALL, make_llava  # noqa: E402
+from conftest import SMALL, make_llava
 
-from eval.judges import WordMatchJudge  # noqa: E402
-from eval.llava_eval import DISCRIMINATIVE_PROMPTS, EvalConfig, fill_prompt  # noqa: E402
-from eval.mme import parse_answer  # noqa: E402
-from sauce_jax import cli  # noqa: E402
-from sauce_jax.errors import ConfigError  # noqa: E402
+from eval.judges import WordMatchJudge
+from eval.llava_eval import DISCRIMINATIVE_PROMPTS, EvalConfig, fill_prompt
+from eval.mme import parse_answer
+from sauce_jax import cli
+from sauce_jax.errors import ConfigError
 
 CONCEPTS = {"animal": {"cat": (220, 60, 40), "dog": (40, 200, 60)},
             "color": {"red": (30, 30, 230), "blue_sky": (200, 200, 30)}}
@@ -94,7 +94,8 @@ def world(tmp_path_factory):
     import sauce_jax
     from sauce_jax.sae import SAE, SAEConfig, init_params
 
-    torch.set_num_threads(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model: one thread is fastest on a shared 2-core machine
     root = tmp_path_factory.mktemp("llava_eval")
     concepts = make_concepts(root / "concepts")
     tests = [Image.open(p) for p in sorted(concepts.rglob("test/*.png"))]
@@ -102,7 +103,8 @@ def world(tmp_path_factory):
     (root / "synonyms.json").write_text(json.dumps(SYNONYMS))
     config = SAEConfig(d_in=32, d_sae=64)
     sauce_jax.save_sae(SAE(init_params(jax.random.key(0), config), config), root / "sae")
-    return {"root": root, "concepts": concepts, "llava": root / "llava", "model": model, "processor": processor}
+    yield {"root": root, "concepts": concepts, "llava": root / "llava", "model": model, "processor": processor}
+    torch.set_num_threads(threads)
 
 
 def eval_args(world, *extra) -> list[str]:
@@ -173,7 +175,7 @@ def test_trained_sae_chat_judge_and_mme(world, tmp_path, monkeypatch):
     """No --sae: one is trained on the train images; the chat judge (a local fake endpoint that
     matches words) and MME on a miniature run too."""
     from test_judges import FakeChat
-    from test_mme import ScriptedAnswerer, make_mini  # noqa: F401
+    from test_mme import make_mini
 
     judge = WordMatchJudge(SYNONYMS)
 

@@ -171,7 +171,7 @@ class ChatJudge:
         except urllib.error.HTTPError as exc:
             try:
                 detail = exc.read()[:300].decode("utf-8", "replace")
-            except Exception:  # the error body itself may be cut off
+            except (OSError, http.client.HTTPException):  # the error body itself may be cut off
                 detail = ""
             message = f"HTTP {exc.code} {exc.reason}: {detail}".strip()
             if exc.code in _RETRY_STATUS:

@@ -57,7 +57,7 @@ class WordMatchJudge:
         self.synonyms = load_synonyms(synonyms)
 
     @classmethod
-    def from_json(cls, path: str | os.PathLike) -> "WordMatchJudge":
+    def from_json(cls, path: str | os.PathLike) -> WordMatchJudge:
         return cls(path)
 
     def terms(self, concept: str, synonyms: Sequence[str] | None = None) -> tuple[str, ...]:
