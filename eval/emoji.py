@@ -13,10 +13,14 @@ fixed seed. One run:
 4. concept by concept, the test images go through the unlearned encoder (eq. 6) and the same
    probe reads them.
 
-Per concept c: `forget` = share of c's test images the probe no longer labels c (the UA
-analogue), `retain` = the probe's accuracy on the other categories' test images under the
-same intervention (the IRA analogue), beside the untouched encoder's recall of c and accuracy
-on the rest.
+Per concept c, with the paper's definitions (each rate counts only what the untouched encoder
+got right, so nothing is rewarded for forgetting what the probe never knew):
+- `ua`: among c's test images the probe labelled c before, the share it no longer does;
+- `ira`: among the other categories' test images the probe labelled right before, the share
+  it still does under c's intervention;
+- `ua_random`: `ua` for the same number of SAE features drawn at random (seeded) with the same
+  gamma, the control that shows the selected features, not any edit, carry the concept.
+The SAE's quality on the training tokens (explained variance, L0, dead features) is reported.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import numpy as np
 import optax
 from PIL import Image
 
+from eval.metrics import retain_accuracy, unlearning_accuracy
 from sauce_jax.errors import ConfigError
 
 SKIPPED_CATEGORIES = ("Component",)  # skin-tone swatches and hair components, not concepts
@@ -44,6 +49,8 @@ class EmojiConfig:
     categories: tuple[str, ...] | None = None  # None: every category but SKIPPED_CATEGORIES
     layer: int = -2  # the hooked hidden state (LLaVA's layer)
     expansion: int = 8  # SAE features per input dimension
+    architecture: str = "topk"
+    sae_k: int = 32  # active features per token (topk / batchtopk)
     epochs: float = 10.0  # passes over the training tokens
     lr: float = 4e-4
     batch_size: int = 1024
@@ -155,6 +162,7 @@ def run(out_dir: str | Path, encoder, config: EmojiConfig = EmojiConfig(), *, pr
     train_cfg = TrainConfig(lr=config.lr, batch_size=min(config.batch_size, len(acts)), epochs=config.epochs,
                             seed=config.seed, log_every=50, checkpoint_every=10**9)
     sae = train_sae(out_dir / "sae_run", activations=acts, expansion=config.expansion, train_config=train_cfg,
+                    architecture=config.architecture, k=config.sae_k if config.architecture != "standard" else None,
                     progress=progress, metadata={"layer": layer, "token": "all", "benchmark": "emoji"})
 
     z = image_activations(sae, encoder, train_x, layer=layer, token="all", progress=progress)  # [N, d_sae]
@@ -162,38 +170,66 @@ def run(out_dir: str | Path, encoder, config: EmojiConfig = EmojiConfig(), *, pr
     before = probe(class_tokens(encoder, test_x))
     results = {"config": dataclasses.asdict(config), "encoder": encoder.config.source, "layer": layer,
                "categories": names, "train_images": len(train_x), "test_images": len(test_x),
-               "sae": {"d_sae": sae.config.d_sae, "tokens": len(acts),
+               "sae": {"d_sae": sae.config.d_sae, "tokens": len(acts), **sae_quality(sae, acts),
                        "dead_features": sae.metadata.get("dead_features")},
                "probe_test_accuracy": float((before == test_y).mean()), "concepts": {}}
     # One hook function for every concept: only its traced arguments change, so the encoder
     # compiles once (what `sauce_jax.unlearn` builds, minus a new closure per call).
     hook = make_hook("reconstruct", sae.config)
+    rng = np.random.default_rng(config.seed)
+
+    def probe_after(concept: str, ids) -> np.ndarray:
+        features = FeatureSet(concept=concept, feature_ids=tuple(int(i) for i in ids), scores=(0.0,) * len(ids),
+                              layer=layer, sae_fingerprint=sae.fingerprint(), gamma=config.gamma, token="all")
+        args = intervention_args(sae, features, gamma=config.gamma, num_tokens=encoder.config.num_tokens)
+        return probe(class_tokens(encoder.with_hooks({layer: (hook, args)}), test_x))
+
     for label, concept in enumerate(names):
         scores = score_features(z[train_y == label], z[train_y != label])
-        best = np.argsort(-scores, kind="stable")[: config.k]
-        features = FeatureSet(concept=concept, feature_ids=tuple(int(i) for i in best),
-                              scores=tuple(float(scores[i]) for i in best), layer=layer,
-                              sae_fingerprint=sae.fingerprint(), gamma=config.gamma, token="all")
-        args = intervention_args(sae, features, gamma=config.gamma, num_tokens=encoder.config.num_tokens)
-        after = probe(class_tokens(encoder.with_hooks({layer: (hook, args)}), test_x))
-        own, rest = test_y == label, test_y != label
+        after = probe_after(concept, np.argsort(-scores, kind="stable")[: config.k])
+        control = probe_after(concept, rng.choice(sae.config.d_sae, config.k, replace=False))
+        known = (test_y == label) & (before == label)  # [N] c's images the probe knew
+        kept = (test_y != label) & (before == test_y)  # [N] other images the probe knew
         results["concepts"][concept] = {
-            "recall_before": float((before[own] == label).mean()),
-            "forget": float((after[own] != label).mean()),
-            "retain_before": float((before[rest] == test_y[rest]).mean()),
-            "retain": float((after[rest] == test_y[rest]).mean()),
-            "test_images": int(own.sum()),
+            "test_images": int((test_y == label).sum()),
+            "recall_before": float((before[test_y == label] == label).mean()),
+            "ua": unlearning_accuracy(before[known] == label, after[known] == label).as_dict(),
+            "ira": retain_accuracy(before[kept] == test_y[kept], after[kept] == test_y[kept]).as_dict(),
+            "ua_random": unlearning_accuracy(before[known] == label, control[known] == label).as_dict(),
         }
+    results["mean"] = {key: float(np.nanmean([np.nan if r[key]["value"] is None else r[key]["value"]
+                                              for r in results["concepts"].values()]))
+                       for key in ("ua", "ira", "ua_random")}
     (out_dir / "results.json").write_text(json.dumps(results, indent=1))
     (out_dir / "results.md").write_text(table(results))
     return results
 
 
+def sae_quality(sae, acts: np.ndarray, batch: int = 4096) -> dict:
+    """Explained variance and mean L0 of `sae` on activations [N, D]."""
+    from sauce_jax.sae import forward
+
+    sse, l0 = 0.0, 0.0
+    for start in range(0, len(acts), batch):
+        x = jnp.asarray(acts[start:start + batch])
+        out = forward(sae.params, x, sae.config)
+        sse += float(jnp.sum((x - out.x_hat) ** 2))
+        l0 += float(jnp.sum(out.z > 0))
+    sst = float(((acts - acts.mean(0)) ** 2).sum())
+    return {"explained_variance": round(1.0 - sse / max(sst, 1e-30), 4), "l0": round(l0 / len(acts), 2)}
+
+
+def _cell(rate: dict) -> str:
+    return "-" if rate["value"] is None else f"{rate['value']:.2f} ({rate['n']})"
+
+
 def table(results: dict) -> str:
-    """The per-concept results as a Markdown table."""
-    lines = ["| concept | test images | recall before | forget (UA) | retain before | retain (IRA) |",
+    """The per-concept results as a Markdown table (rates with their counted images)."""
+    lines = ["| concept | test images | probe recall before | UA | UA, random features | IRA |",
              "|---|---|---|---|---|---|"]
     for concept, r in results["concepts"].items():
-        lines.append(f"| {concept} | {r['test_images']} | {r['recall_before']:.2f} | {r['forget']:.2f} | "
-                     f"{r['retain_before']:.2f} | {r['retain']:.2f} |")
+        lines.append(f"| {concept} | {r['test_images']} | {r['recall_before']:.2f} | {_cell(r['ua'])} | "
+                     f"{_cell(r['ua_random'])} | {_cell(r['ira'])} |")
+    m = results["mean"]
+    lines.append(f"| mean | | | {m['ua']:.2f} | {m['ua_random']:.2f} | {m['ira']:.2f} |")
     return "\n".join(lines) + "\n"

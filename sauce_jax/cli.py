@@ -208,8 +208,12 @@ def cmd_experiment_real(args) -> int:
     encoder = load_encoder(args.encoder or _default_real_encoder())
     categories = tuple(c.strip() for c in args.categories.split(",")) if args.categories else None
     config = EmojiConfig(per_category=args.per_category, categories=categories, layer=args.layer,
-                         expansion=args.expansion, epochs=args.epochs, k=args.k, gamma=args.gamma, seed=args.seed)
+                         expansion=args.expansion, architecture=args.architecture, sae_k=args.sae_k,
+                         epochs=args.epochs, k=args.k, gamma=args.gamma, seed=args.seed)
     results = run(args.out, encoder, config, progress=not args.no_progress)
+    sae = results["sae"]
+    print(f"SAE {sae['d_sae']} features: explained variance {sae['explained_variance']:.3f}, L0 {sae['l0']:.1f}, "
+          f"{sae['dead_features']} dead")
     print(f"probe accuracy on the untouched encoder: {results['probe_test_accuracy']:.3f}")
     print(eval_table(results), end="")
     return 0
@@ -319,6 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     real.add_argument("--categories", help="comma-separated emoji categories (default: all but Component)")
     real.add_argument("--layer", type=int, default=-2)
     real.add_argument("--expansion", type=int, default=8)
+    real.add_argument("--architecture", choices=("standard", "topk", "batchtopk"), default="topk")
+    real.add_argument("--sae-k", type=int, default=32, help="active SAE features per token (topk, batchtopk)")
     real.add_argument("--epochs", type=float, default=10.0)
     real.add_argument("-k", type=int, default=16, help="features per concept")
     real.add_argument("--gamma", type=float, default=-0.5)

@@ -57,13 +57,19 @@ def test_experiment_real_cli(tiny_dinov2, tmp_path, capsys):
     assert code == 0
     results = json.loads((out / "results.json").read_text())
     assert results["categories"] == sorted(CATEGORIES) and results["train_images"] == results["test_images"] == 6
-    assert results["sae"]["d_sae"] == 64 and results["sae"]["tokens"] == 6 * 5  # 6 images x (CLS + 2 x 2 patches)
+    sae = results["sae"]
+    assert sae["d_sae"] == 64 and sae["tokens"] == 6 * 5  # 6 images x (CLS + 2 x 2 patches)
+    assert sae["l0"] <= 32 and sae["explained_variance"] <= 1.0  # topk, k = 32 by default
     assert set(results["concepts"]) == set(CATEGORIES)
     for r in results["concepts"].values():
-        assert r["test_images"] == 2
-        assert all(0.0 <= r[key] <= 1.0 for key in ("recall_before", "forget", "retain_before", "retain"))
+        assert r["test_images"] == 2 and 0.0 <= r["recall_before"] <= 1.0
+        # Each rate counts only what the untouched probe got right.
+        assert r["ua"]["n"] == round(r["recall_before"] * 2) and r["ua_random"]["n"] == r["ua"]["n"]
+        assert all(r[key]["value"] is None or 0.0 <= r[key]["value"] <= 1.0 for key in ("ua", "ua_random", "ira"))
     assert (out / "sae_run" / "sae" / "cfg.json").is_file()
-    assert "| concept |" in (out / "results.md").read_text() and "forget (UA)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| concept |" in (out / "results.md").read_text() and "UA, random features" in printed
+    assert "explained variance" in printed
 
 
 def test_experiment_real_without_encoder_names_the_fetch(tmp_path, monkeypatch, capsys):
