@@ -50,12 +50,12 @@ def says_yes(model, tokenizer, projected, questions: Sequence[str], batch_size: 
     out = []
     for start in range(0, len(questions), batch_size):
         chunk = list(questions[start:start + batch_size])
-        ids, mask = prompt_batch(tokenizer, chunk)
+        ids, mask = (t.to(projected.device) for t in prompt_batch(tokenizer, chunk))
         with torch.no_grad():
             logits = model(inputs_embeds=_embeds(model, ids, projected[start:start + len(chunk)]),
                            attention_mask=mask).logits[:, -1]  # [B, V]
-        yes = torch.tensor([yes_ids["es" if q.startswith("¿") else "en"] for q in chunk])
-        out.append((logits.gather(1, yes[:, None])[:, 0] > logits[:, no_id]).numpy())
+        yes = torch.tensor([yes_ids["es" if q.startswith("¿") else "en"] for q in chunk], device=logits.device)
+        out.append((logits.gather(1, yes[:, None])[:, 0] > logits[:, no_id]).cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0, bool)
 
 
@@ -67,11 +67,11 @@ def describe(model, tokenizer, projected, language: str = "en", max_new_tokens: 
     texts = []
     for start in range(0, len(projected), batch_size):
         feats = projected[start:start + batch_size]
-        ids, mask = prompt_batch(tokenizer, [T.DESCRIBE[language]] * len(feats))
+        ids, mask = (t.to(feats.device) for t in prompt_batch(tokenizer, [T.DESCRIBE[language]] * len(feats)))
         with torch.no_grad():
             out = model.generate(input_ids=ids, inputs_embeds=_embeds(model, ids, feats), attention_mask=mask,
                                  max_new_tokens=max_new_tokens, do_sample=False)
-        texts += tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
+        texts += tokenizer.batch_decode(out[:, ids.shape[1]:].cpu(), skip_special_tokens=True)
     return [t.strip() for t in texts]
 
 

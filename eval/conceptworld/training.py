@@ -116,10 +116,10 @@ def _save(path: Path, payload: dict) -> None:
     os.replace(tmp, path)  # a crash mid-write leaves the previous checkpoint intact
 
 
-def _load(path: Path) -> dict | None:
+def _load(path: Path, device: str | None = None) -> dict | None:
     import torch
 
-    return torch.load(path, weights_only=False) if path.is_file() else None
+    return torch.load(path, weights_only=False, map_location=device) if path.is_file() else None
 
 
 def _optimizer(params, lr: float, steps: int):
@@ -168,7 +168,8 @@ def train_tower(model, data: dict, config: RecipeConfig, ckpt: Path, log) -> Non
     import torch
 
     tower = model.model.vision_tower
-    heads = _tower_heads(tower.config.hidden_size)
+    device = next(tower.parameters()).device
+    heads = _tower_heads(tower.config.hidden_size).to(device)
     params = list(tower.parameters()) + list(heads.parameters())
     opt, sched = _optimizer(params, config.tower_lr, config.tower_steps)
     start = _resume(ckpt, {"tower": tower, "heads": heads}, opt, sched)
@@ -187,10 +188,10 @@ def train_tower(model, data: dict, config: RecipeConfig, ckpt: Path, log) -> Non
             images = images[:, :, ::-1]
             g = int(np.sqrt(tokens.shape[1]))
             tokens = tokens.reshape(len(idx), g, g, -1)[:, :, ::-1].reshape(tokens.shape)
-        out = tower(pixel_values=pixels_nchw(images), output_hidden_states=True)
+        out = tower(pixel_values=pixels_nchw(images).to(device), output_hidden_states=True)
         hidden = heads["norm"](out.hidden_states[-1])  # [B, 1 + T, D]
-        loss = bce(heads["tokens"](hidden[:, 1:]), torch.from_numpy(tokens).float()) + \
-            bce(heads["image"](hidden[:, 0]), torch.from_numpy(data["labels"][idx]).float())
+        loss = bce(heads["tokens"](hidden[:, 1:]), torch.from_numpy(tokens).float().to(device)) + \
+            bce(heads["image"](hidden[:, 0]), torch.from_numpy(data["labels"][idx]).float().to(device))
         _update(loss, params, opt, sched)
         if (step + 1) % 50 == 0:
             log(f"tower step {step + 1}/{config.tower_steps} loss {loss.item():.4f} ({time.time() - t0:.0f}s)")
@@ -208,10 +209,11 @@ def tower_features(model, images: np.ndarray, batch: int = 256):
 
     tower = model.model.vision_tower
     layer = model.config.vision_feature_layer
+    device = next(tower.parameters()).device
     chunks = []
     with torch.no_grad():
         for start in range(0, len(images), batch):
-            out = tower(pixel_values=pixels_nchw(images[start:start + batch]), output_hidden_states=True)
+            out = tower(pixel_values=pixels_nchw(images[start:start + batch]).to(device), output_hidden_states=True)
             chunks.append(out.hidden_states[layer][:, 1:].to(torch.float16))
     return torch.cat(chunks)
 
@@ -253,6 +255,7 @@ def train_language(model, tokenizer, specs, features, config: RecipeConfig, ckpt
                    lr: float, mix: tuple[float, float], stage: int = 2) -> None:
     """Projector + language model on cached tower features; `mix` = (share of descriptions,
     share of yes/no questions), the rest perception questions."""
+    import torch
 
     for p in model.model.vision_tower.parameters():
         p.requires_grad_(False)
@@ -262,14 +265,15 @@ def train_language(model, tokenizer, specs, features, config: RecipeConfig, ckpt
     if start:
         log(f"stage {stage}: resumed at step {start}")
     model.train()
+    device = features.device
     t0 = time.time()
     for step in range(start, steps):
         rng = np.random.default_rng([config.seed, stage, step])
         idx = rng.integers(len(specs), size=config.lm_batch)
         examples = [T.random_example(specs[i], rng, *mix) for i in idx]
-        ids, labels, mask = _batch(tokenizer, examples)
-        loss = model(inputs_embeds=embed_with_features(model, ids, features[idx]), attention_mask=mask,
-                     labels=labels).loss
+        ids, labels, mask = (t.to(device) for t in _batch(tokenizer, examples))
+        loss = model(inputs_embeds=embed_with_features(model, ids, features[torch.from_numpy(idx).to(device)]),
+                     attention_mask=mask, labels=labels).loss
         _update(loss, params, opt, sched)
         if (step + 1) % 50 == 0:
             log(f"stage {stage} step {step + 1}/{steps} loss {loss.item():.4f} ({time.time() - t0:.0f}s)")
@@ -281,11 +285,13 @@ def train_language(model, tokenizer, specs, features, config: RecipeConfig, ckpt
 
 # ------------------------------------------------------------------------------------ driver
 
-def train(out_dir: str | Path, config: RecipeConfig | None = None, *, threads: int | None = None, log=print) -> Path:
+def train(out_dir: str | Path, config: RecipeConfig | None = None, *, threads: int | None = None,
+          device: str = "cpu", log=print) -> Path:
     """Run (or resume) the whole recipe; the trained checkpoint is written to `out_dir/model`.
 
     `threads`: PyTorch's intra-op threads. On a machine shared with other jobs, 1 is often
     faster than oversubscribed cores (threads waiting at barriers for a descheduled peer).
+    `device`: where PyTorch trains ("cuda" on a GPU); checkpoints are written for any device.
     """
     import torch
 
@@ -304,17 +310,17 @@ def train(out_dir: str | Path, config: RecipeConfig | None = None, *, threads: i
     data = _cached_dataset(out / "train_images.npz", specs, config.workers)
     tokenizer = vlm.make_tokenizer()
     processor = vlm.make_processor(tokenizer)
-    model = vlm.make_model(tokenizer, seed=config.seed)
+    model = vlm.make_model(tokenizer, seed=config.seed).to(device)
     torch.manual_seed(config.seed)
     stages = [("language.pt", config.lm_steps, config.lm_lr, (0.2, 0.7), 2),
               ("focus.pt", config.focus_steps, config.lm_lr / 2, (0.1, 0.85), 3)]
     if (out / "language.pt").is_file():  # stage 2's checkpoints hold the whole model, trained tower included
-        model.load_state_dict(_load(out / "language.pt")["model"])
+        model.load_state_dict(_load(out / "language.pt", device)["model"])
     else:
         train_tower(model, data, config, out / "tower.pt", log)
     features = None
     for name, steps, lr, mix, stage in stages:
-        state = _load(out / name)
+        state = _load(out / name, device)
         if state is not None and state["step"] >= steps:
             model.load_state_dict(state["model"])
             continue
@@ -330,7 +336,7 @@ def train(out_dir: str | Path, config: RecipeConfig | None = None, *, threads: i
     summary["train_seconds"] = round(time.time() - t0, 1)
     summary["recipe"] = dataclasses.asdict(config)
     log(json.dumps(summary, indent=1))
-    target = vlm.save(model, processor, out / "model")
+    target = vlm.save(model.cpu(), processor, out / "model")
     (target / "training.json").write_text(json.dumps(summary, indent=1))
     return target
 
