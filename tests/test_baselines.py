@@ -10,10 +10,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from eval.baselines import METHODS, BaselineConfig, UnlearnData, Unlearner, unlearn  # noqa: E402
-from eval.baselines.data import encode_llava, make_set, tower_features  # noqa: E402
-from eval.baselines.trainer import set_losses  # noqa: E402
-from sauce_jax.errors import ConfigError  # noqa: E402
+from eval.baselines import METHODS, BaselineConfig, UnlearnData, Unlearner, unlearn
+from eval.baselines.data import encode_llava, make_set, tower_features
+from eval.baselines.trainer import set_losses
+from sauce_jax.errors import ConfigError
 
 STEPS, LR = 12, 3e-4
 
@@ -126,7 +126,12 @@ def test_an_edited_language_model_is_scored_behind_the_clean_jax_tower(shipped):
 
 
 def _tiny_llava(tokenizer):
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+    )
 
     torch.manual_seed(0)
     vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,

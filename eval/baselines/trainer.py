@@ -65,7 +65,7 @@ class Unlearner:
             out[name] = data.batch(index.tolist(), self.data.pad_id)
         return out
 
-    def train_to(self, steps: int) -> "Unlearner":
+    def train_to(self, steps: int) -> Unlearner:
         """Advance the run to `steps` optimizer steps in all (never backwards)."""
         import torch
 

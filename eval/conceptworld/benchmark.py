@@ -61,7 +61,7 @@ class Model:
         self.batch_size = batch_size
         self._pixels: dict[int, Any] = {}
 
-    def with_language_model(self, llava) -> "Model":
+    def with_language_model(self, llava) -> Model:
         """The same JAX tower (clean, and its pixel cache) in front of another PyTorch LLaVA's
         projector and language model: how a weight-editing baseline's unlearned model is scored."""
         other = copy.copy(self)

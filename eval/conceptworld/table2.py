@@ -22,7 +22,15 @@ from tqdm import tqdm
 from sauce_jax.errors import ConfigError
 
 from .benchmark import Evaluation, Model, headline, make_suite, task_table
-from .demo import MODES, DemoConfig, _objective, _top, choose_hyperparameters, select_all, train_concept_sae
+from .demo import (
+    MODES,
+    DemoConfig,
+    _objective,
+    _top,
+    choose_hyperparameters,
+    select_all,
+    train_concept_sae,
+)
 from .world import DOMAIN_OF
 
 
@@ -31,7 +39,7 @@ class Table2Config:
     """The experiment. `demo` sets the concepts, the seed, SAUCE's SAE / selection / grid and the
     validation and test sizes every row shares; the rest configures the baselines."""
 
-    demo: DemoConfig = DemoConfig()
+    demo: DemoConfig = dataclasses.field(default_factory=DemoConfig)
     methods: tuple[str, ...] = ("GA", "GD", "KL", "PO")
     n_forget: int = 40  # train-split images of the concept in a baseline's forget set (x 2 prompts)
     n_retain_per_concept: int = 8  # train-split images of each other concept of the domain

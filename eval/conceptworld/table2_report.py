@@ -28,11 +28,11 @@ def markdown(results: dict) -> str:
     demo = results["config"]["demo"]
     rows = results["rows"]
     lines = ["# Table 2 on ConceptWorld: SAUCE against weight-update unlearning", "",
-             f"Concepts: {', '.join(demo['concepts'])}; seed {demo['seed']}; {demo['n_test']} test images per "
-             f"concept, {demo['n_pool']} per concept in the retain pool, {demo['n_perception']} perception images.",
-             "Percent. UA and retain rates count only the cases the clean model had right; IRA and CRA average the "
+             (f"Concepts: {', '.join(demo['concepts'])}; seed {demo['seed']}; {demo['n_test']} test images per "
+             f"concept, {demo['n_pool']} per concept in the retain pool, {demo['n_perception']} perception images."),
+             ("Percent. UA and retain rates count only the cases the clean model had right; IRA and CRA average the "
              "yes/no and the description rate; utility is the perception questions' MME (acc + acc+)/2. "
-             "Hyperparameters were chosen on the validation split (mean of UA_g, IRA_g, CRA_g).", "",
+             "Hyperparameters were chosen on the validation split (mean of UA_g, IRA_g, CRA_g)."), "",
              "## Table 2", "", "| method | chosen on val | task | " + " | ".join(COLUMNS) + " |",
              "|---|---|---|" + "---|" * len(COLUMNS)]
     for name, table in results["table2"].items():
@@ -55,8 +55,8 @@ def markdown(results: dict) -> str:
                 f"{b[k]:.2f} -> {a[k]:.2f}" if k in b and k in a else "-" for k in ("forget", "retain", "refusal"))
                 + " |")
     lines += ["", "## Table 3: descriptions before and after unlearning", "",
-              "For each concept, an image showing it (forget) and one showing another concept of its domain "
-              "(retain): the truth, the clean model's description, and each method's."]
+              ("For each concept, an image showing it (forget) and one showing another concept of its domain "
+              "(retain): the truth, the clean model's description, and each method's.")]
     names = list(rows)
     for i, concept in enumerate(demo["concepts"]):
         for kind, key in (("forget", "examples"), ("retain", "retain_examples")):
