@@ -168,6 +168,21 @@ def test_generic_encoding_and_tower_features(tiny):
     assert tokenizer.decode(ids[at:]) == "yes </s>"
 
 
+def test_llava_set_reads_images_through_the_checkpoints_processor(tiny):
+    from transformers import CLIPImageProcessor
+
+    from eval.baselines.data import llava_set
+
+    model, tokenizer, _ = tiny
+    processor = type("Processor", (), {})()  # what a LlavaProcessor offers: its image processor and tokenizer
+    processor.image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    processor.tokenizer, processor.image_token = tokenizer, "<image>"
+    images = np.random.default_rng(1).integers(0, 255, (3, 40, 48, 3), dtype=np.uint8)
+    data = llava_set(model, processor, images, [(0, "describe .", "a red star ."), (2, "describe .", "no")])
+    assert data.features.shape == (3, 16, 32) and data.image == [0, 2]
+    assert tokenizer.decode(data.ids[0][data.answer_at[0]:]) == "a red star . </s>"
+
+
 @pytest.mark.parametrize("lora", [False, True])
 def test_ga_on_a_tiny_llava_full_and_lora(tiny, lora):
     if lora:

@@ -130,6 +130,19 @@ def tower_features(model, pixel_values, batch_size: int = 32):
     return torch.cat(chunks)
 
 
+def llava_set(model, processor, images, examples: Sequence[tuple[int, str, str]], *,
+              template: str = LLAVA_15_TEMPLATE, batch_size: int = 32) -> UnlearnSet:
+    """An `UnlearnSet` for any transformers LLaVA: `images` (PIL or uint8 HWC arrays) through the
+    checkpoint's own image processor and frozen tower once, and `examples` as (image index,
+    prompt, answer) encoded with `template` (LLaVA-1.5's by default; pass the checkpoint's own)."""
+    pixel_values = processor.image_processor(list(images), return_tensors="pt")["pixel_values"]
+    features = tower_features(model, pixel_values, batch_size)
+    image_token = getattr(processor, "image_token", "<image>")
+    rows = [(i, *encode_llava(processor.tokenizer, prompt, answer, features.shape[1], template=template,
+                              image_token=image_token)) for i, prompt, answer in examples]
+    return make_set(features, rows)
+
+
 def check_vocabulary(tokenizer, text: str, what: str = "answer") -> None:
     """A `ConfigError` when `text` holds words the tokenizer maps to its unknown token (a word-level
     vocabulary such as ConceptWorld's cannot say "I don't know.")."""
