@@ -332,8 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     real.add_argument("--no-progress", action="store_true")
     real.set_defaults(func=cmd_experiment_real)
 
-    from eval.conceptworld.cli import add_commands
+    from eval.conceptworld.cli import add_commands, add_experiments
 
+    add_experiments(exp_sub)
     add_commands(sub)
     return parser
 

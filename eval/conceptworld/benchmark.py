@@ -10,6 +10,7 @@ right) and the MME-style utility.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from typing import Any
 
@@ -59,6 +60,13 @@ class Model:
         self.model, self.tokenizer, self.encoder = model, processor.tokenizer, encoder
         self.batch_size = batch_size
         self._pixels: dict[int, Any] = {}
+
+    def with_language_model(self, llava) -> Model:
+        """The same JAX tower (clean, and its pixel cache) in front of another PyTorch LLaVA's
+        projector and language model: how a weight-editing baseline's unlearned model is scored."""
+        other = copy.copy(self)
+        other.model = llava
+        return other
 
     def pixels(self, specs: list[Spec]):
         import sauce_jax
@@ -128,15 +136,15 @@ class Evaluation:
         self._clean_pool: dict[str, dict] = {}
         self.clean_perception = model.perception(suite.perception, language)
 
-    def _forget(self, concept: str, unlearned=None) -> dict:
-        return self.model.answers(self.suite.forget[concept], lambda s: [concept], self.language, unlearned,
-                                  self.generative)
+    def _forget(self, concept: str, unlearned=None, model: Model | None = None) -> dict:
+        return (model or self.model).answers(self.suite.forget[concept], lambda s: [concept], self.language,
+                                             unlearned, self.generative)
 
-    def _pool(self, concept: str, unlearned=None) -> dict:
+    def _pool(self, concept: str, unlearned=None, model: Model | None = None) -> dict:
         if concept not in self._pool_without:
             self._pool_without[concept] = [s for s in self.suite.pool if not s.has(concept)]
-        return self.model.answers(self._pool_without[concept], lambda s: sorted(s.concepts), self.language, unlearned,
-                                  self.generative)
+        return (model or self.model).answers(self._pool_without[concept], lambda s: sorted(s.concepts),
+                                             self.language, unlearned, self.generative)
 
     def clean(self, concept: str) -> tuple[dict, dict]:
         if concept not in self._clean_forget:
@@ -144,15 +152,17 @@ class Evaluation:
             self._clean_pool[concept] = self._pool(concept)
         return self._clean_forget[concept], self._clean_pool[concept]
 
-    def run(self, concept: str, unlearned=None) -> dict:
-        """Metrics of one variant (the clean model itself when `unlearned` is None)."""
+    def run(self, concept: str, unlearned=None, model: Model | None = None) -> dict:
+        """Metrics of one variant: an unlearned JAX tower (`unlearned`), an edited PyTorch side
+        (`model`, e.g. `Model.with_language_model(edited)`), both, or neither (the clean model)."""
         clean_forget, clean_pool = self.clean(concept)
-        forget = self._forget(concept, unlearned) if unlearned is not None else clean_forget
-        pool = self._pool(concept, unlearned) if unlearned is not None else clean_pool
+        edited = unlearned is not None or model is not None
+        forget = self._forget(concept, unlearned, model) if edited else clean_forget
+        pool = self._pool(concept, unlearned, model) if edited else clean_pool
         ira_d, ira_g = _retain(pool, clean_pool, concept, same_domain=True)
         cra_d, cra_g = _retain(pool, clean_pool, concept, same_domain=False)
-        perception = self.model.perception(self.suite.perception, self.language, unlearned) \
-            if unlearned is not None else self.clean_perception
+        perception = (model or self.model).perception(self.suite.perception, self.language, unlearned) \
+            if edited else self.clean_perception
         return {
             "concept": concept, "domain": DOMAIN_OF[concept],
             "UA_d": unlearning_accuracy(clean_forget["yes"], forget["yes"]).as_dict(),

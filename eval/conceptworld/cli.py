@@ -1,4 +1,5 @@
-"""ConceptWorld's commands: `sauce-jax demo`, `sauce-jax eval` and `sauce-jax conceptworld ...`."""
+"""ConceptWorld's commands: `sauce-jax demo`, `sauce-jax eval`, `sauce-jax conceptworld ...` and
+`sauce-jax experiment table2`."""
 
 from __future__ import annotations
 
@@ -30,6 +31,50 @@ def cmd_demo(args) -> int:
     print((Path(args.out) / "report.md").read_text())
     print(f"report, results.json and table2.png in {args.out}")
     return 0 if results else 1
+
+
+def cmd_table2(args) -> int:
+    from .demo import DemoConfig
+    from .table2 import Table2Config, quick_config, run
+
+    if args.threads:  # on a shared machine one thread is often faster than oversubscribed cores
+        import torch
+
+        torch.set_num_threads(args.threads)
+    concepts = _concepts(args.concepts) if args.concepts else None
+    if args.quick:
+        config = quick_config(concepts, seed=args.seed)
+    else:
+        demo = DemoConfig(seed=args.seed, **({"concepts": concepts} if concepts else {}))
+        config = Table2Config(demo=demo)
+    if args.methods:
+        config = dataclasses.replace(config, methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()))
+    if args.lora:
+        config = dataclasses.replace(config, lora=True)
+    run(args.out, config, model_dir=args.model, progress=not args.no_progress)
+    print((Path(args.out) / "table2.md").read_text())
+    print(f"table2.md, results.json, table2.png and rows/ in {args.out}")
+    return 0
+
+
+def add_experiments(exp_sub) -> None:
+    """`sauce-jax experiment table2` (registered next to `experiment real`)."""
+    t2 = exp_sub.add_parser("table2", help="the paper's Table 2 on ConceptWorld: SAUCE against GA, GD, KL, PO",
+                            description="Unlearn each concept with the weight-update baselines (GA, GD, KL, PO; "
+                                        "learning rate and steps chosen on the validation split) and with SAUCE "
+                                        "(reconstruct, delta), score all on the same test images, and write "
+                                        "table2.md (Table 2, Table 3), results.json and table2.png. Finished rows "
+                                        "are kept in OUT/rows/; rerunning the command resumes.")
+    t2.add_argument("--out", required=True, help="run folder; rerun the same command to resume")
+    t2.add_argument("--model", help="a ConceptWorld LLaVA directory (default: the shipped one)")
+    t2.add_argument("--concepts", help="comma-separated concepts (default: two per domain)")
+    t2.add_argument("--seed", type=int, default=0)
+    t2.add_argument("--methods", help="comma-separated baselines among GA,GD,KL,PO (default: all)")
+    t2.add_argument("--lora", action="store_true", help="train LoRA adapters instead of every weight (needs peft)")
+    t2.add_argument("--quick", action="store_true", help="a reduced run (fewer images, one grid point)")
+    t2.add_argument("--threads", type=int, help="PyTorch threads (default: PyTorch's choice)")
+    t2.add_argument("--no-progress", action="store_true")
+    t2.set_defaults(func=cmd_table2)
 
 
 def cmd_eval(args) -> int:

@@ -1,0 +1,297 @@
+"""`sauce-jax experiment table2`: the paper's Table 2 on ConceptWorld, SAUCE against GA, GD, KL and PO.
+
+Rows: the clean model, the four weight-update baselines (`eval.baselines`) and SAUCE in both
+modes (the demo's path: SAE, selection, k and gamma on the validation split). Every row is
+scored by the same `Evaluation` on the same test images; hyperparameters (learning rate and
+steps for the baselines, k and gamma for SAUCE) are chosen on the validation split with the
+demo's objective (mean of UA_g, IRA_g and CRA_g), never on test. Each finished row is written to
+`rows/<name>.json` at once and a rerun skips it; at the end `results.json`, `table2.md` (Table 2,
+per-concept rates, losses, Table 3 descriptions) and `table2.png` are written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from sauce_jax.errors import ConfigError
+
+from .benchmark import Evaluation, Model, headline, make_suite, task_table
+from .demo import (
+    MODES,
+    DemoConfig,
+    _objective,
+    _top,
+    choose_hyperparameters,
+    select_all,
+    train_concept_sae,
+)
+from .world import DOMAIN_OF
+
+
+@dataclasses.dataclass(frozen=True)
+class Table2Config:
+    """The experiment. `demo` sets the concepts, the seed, SAUCE's SAE / selection / grid and the
+    validation and test sizes every row shares; the rest configures the baselines."""
+
+    demo: DemoConfig = dataclasses.field(default_factory=DemoConfig)
+    methods: tuple[str, ...] = ("GA", "GD", "KL", "PO")
+    n_forget: int = 40  # train-split images of the concept in a baseline's forget set (x 2 prompts)
+    n_retain_per_concept: int = 8  # train-split images of each other concept of the domain
+    lr_grid: tuple[float, ...] = (1e-4, 3e-4)
+    steps_grid: tuple[int, ...] = (10, 30)
+    batch_size: int = 8
+    retain_weight: float = 1.0
+    kl_weight: float = 1.0
+    lora: bool = False
+    n_examples: int = 2  # Table 3: forget and retain images described per concept
+
+    def __post_init__(self):
+        from eval.baselines import METHODS
+
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown or not self.methods:
+            raise ConfigError(f"table2 methods {list(self.methods)} must be a non-empty subset of {METHODS}")
+        if not self.lr_grid or any(not lr > 0 for lr in self.lr_grid):
+            raise ConfigError(f"table2 lr_grid={self.lr_grid} must be non-empty, every value > 0")
+        if not self.steps_grid or any(not isinstance(s, int) or s < 1 for s in self.steps_grid):
+            raise ConfigError(f"table2 steps_grid={self.steps_grid} must be non-empty integers >= 1")
+        for name in ("n_forget", "n_retain_per_concept", "batch_size", "n_examples"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"table2 {name}={getattr(self, name)} must be >= 1")
+
+    def baseline(self, method: str, lr: float, steps: int):
+        from eval.baselines import BaselineConfig
+        from eval.baselines.conceptworld import REFUSAL
+
+        return BaselineConfig(method=method, lr=lr, steps=steps, batch_size=self.batch_size,
+                              retain_weight=self.retain_weight, kl_weight=self.kl_weight, lora=self.lora,
+                              seed=self.demo.seed, refusal=REFUSAL)
+
+
+def quick_config(concepts=None, seed: int = 0) -> Table2Config:
+    """The CI-sized run: few images everywhere, one point in each grid."""
+    demo = DemoConfig(seed=seed, sae_images=1500, n_select=40, n_val=8, n_test=16, n_pool=2, n_perception=30,
+                      k_grid=(32,), gamma_grid=(-1.0,))
+    if concepts:
+        demo = dataclasses.replace(demo, concepts=tuple(concepts))
+    return Table2Config(demo=demo, n_forget=16, n_retain_per_concept=4, lr_grid=(3e-4,), steps_grid=(10,))
+
+
+def _slug(row: str) -> str:
+    return row.replace(" ", "-")
+
+
+class _Context:
+    """What the rows share, built on first use: the model, the encoder, both evaluations."""
+
+    def __init__(self, config: Table2Config, model_dir, progress: bool):
+        from sauce_jax.encoder import load_encoder
+
+        from . import vlm
+
+        self.config, self.progress = config, progress
+        self.llava, self.processor = vlm.load(model_dir)
+        self.encoder = load_encoder(self.llava)
+        self.layer = self.encoder.layer_index(self.llava.config.vision_feature_layer)
+        self.model = Model(self.llava, self.processor, self.encoder)
+        self._test = self._val = None
+        self._data: dict = {}
+        self._retain_specs: dict = {}
+
+    @property
+    def test(self) -> Evaluation:
+        if self._test is None:
+            d = self.config.demo
+            self._test = Evaluation(self.model, make_suite(d.concepts, seed=d.seed, split="test", n_forget=d.n_test,
+                                                           n_pool_per_concept=d.n_pool, n_perception=d.n_perception))
+        return self._test
+
+    @property
+    def val(self) -> Evaluation:
+        # The same validation suite the demo's SAUCE grid uses.
+        if self._val is None:
+            d = self.config.demo
+            self._val = Evaluation(self.model, make_suite(d.concepts, seed=d.seed, split="val", n_forget=d.n_val,
+                                                          n_pool_per_concept=max(1, d.n_pool // 2),
+                                                          n_perception=d.n_val))
+        return self._val
+
+    def data(self, concept: str):
+        from eval.baselines.conceptworld import build_data
+
+        if concept not in self._data:
+            c = self.config
+            self._data[concept] = build_data(self.llava, self.processor.tokenizer, concept, seed=c.demo.seed,
+                                             n_forget=c.n_forget, n_retain_per_concept=c.n_retain_per_concept)
+        return self._data[concept]
+
+    def retain_specs(self, concept: str) -> list:
+        """Test-pool images of the concept's domain without it (Table 3's retain examples)."""
+        if concept not in self._retain_specs:
+            pool = [s for s in self.test.suite.pool if not s.has(concept)
+                    and any(DOMAIN_OF[c] == DOMAIN_OF[concept] for c in s.concepts)]
+            self._retain_specs[concept] = pool[:self.config.n_examples]
+        return self._retain_specs[concept]
+
+    def retain_examples(self, concept: str, variant: Model | None = None, unlearned=None) -> list[dict]:
+        from . import text as T
+        from .answers import describe
+
+        specs = self.retain_specs(concept)
+        clean = describe(self.llava, self.processor.tokenizer, self.model.features(specs))
+        model = variant or self.model
+        edited = describe(model.model, model.tokenizer, model.features(specs, unlearned))
+        return [{"truth": T.description(s), "clean": c, "edited": e} for s, c, e in zip(specs, clean, edited)]
+
+
+def _say(progress: bool, message: str) -> None:
+    if progress:
+        print(message, flush=True)
+
+
+def _original_row(ctx: _Context) -> dict:
+    results = []
+    for concept in tqdm(ctx.config.demo.concepts, desc="original", disable=not ctx.progress, leave=False):
+        result = ctx.test.run(concept)
+        result["retain_examples"] = ctx.retain_examples(concept, ctx.model)
+        results.append(result)
+    return {"hyperparameters": {}, "per_concept": results}
+
+
+def _baseline_row(ctx: _Context, method: str) -> dict:
+    """Grid on val (one run per learning rate, scored at each step count), then the test split once."""
+    from eval.baselines import Unlearner
+    from eval.baselines.trainer import set_losses
+
+    config, concepts = ctx.config, ctx.config.demo.concepts
+    steps_grid = sorted(config.steps_grid)
+    scores: dict[tuple[float, int], list[float]] = {(lr, s): [] for lr in config.lr_grid for s in steps_grid}
+    for concept in tqdm(concepts, desc=f"{method} val grid", disable=not ctx.progress, leave=False):
+        for lr in config.lr_grid:
+            run = Unlearner(ctx.llava, ctx.data(concept), config.baseline(method, lr, steps_grid[-1]))
+            for steps in steps_grid:
+                variant = ctx.model.with_language_model(run.train_to(steps).model_now())
+                scores[(lr, steps)].append(_objective(ctx.val.run(concept, model=variant)))
+    grid = {key: float(np.mean(values)) for key, values in scores.items()}
+    for (lr, steps), value in grid.items():
+        _say(ctx.progress, f"  val {method} lr={lr:g} steps={steps}: {value:.3f}")
+    lr, steps = max(grid, key=grid.get)  # ties go to the smaller lr, then the fewer steps
+    results = []
+    for concept in tqdm(concepts, desc=f"{method} test", disable=not ctx.progress, leave=False):
+        data = ctx.data(concept)
+        run = Unlearner(ctx.llava, data, config.baseline(method, lr, steps)).train_to(steps)
+        edited = run.model_now()
+        variant = ctx.model.with_language_model(edited)
+        result = ctx.test.run(concept, model=variant)
+        result["losses"] = {"before": set_losses(ctx.llava, data), "after": set_losses(edited, data)}
+        result["retain_examples"] = ctx.retain_examples(concept, variant)
+        results.append(result)
+        _say(ctx.progress, f"  test {method} {concept}: " + _brief(result))
+    return {"hyperparameters": {"lr": lr, "steps": steps, "val_objective": round(grid[(lr, steps)], 4),
+                                "batch_size": config.batch_size, "lora": config.lora},
+            "val_grid": {f"lr={a:g},steps={b}": round(v, 4) for (a, b), v in grid.items()},
+            "per_concept": results}
+
+
+def _sauce_rows(ctx: _Context, out: Path, todo: list[str]) -> dict[str, dict]:
+    from sauce_jax.intervention import unlearn
+
+    demo = ctx.config.demo
+    t0 = time.time()
+    sae = train_concept_sae(ctx.encoder, out / "sae_run", demo, ctx.layer, ctx.progress)
+    sets = select_all(sae, ctx.encoder, demo, ctx.layer, ctx.progress)
+    chosen_path = out / "sauce_chosen.json"
+    if chosen_path.is_file():
+        chosen = json.loads(chosen_path.read_text())
+    else:
+        chosen = choose_hyperparameters(ctx.model, ctx.encoder, sae, sets, demo, ctx.layer, ctx.progress)
+        chosen_path.write_text(json.dumps(chosen, indent=1))
+    setup = time.time() - t0  # SAE (or its reuse), selection and the validation grid, shared by both modes
+    rows = {}
+    for mode in MODES:
+        name = f"SAUCE {mode}"
+        if name not in todo:
+            continue
+        start = time.time()
+        k, gamma = chosen[mode]["k"], chosen[mode]["gamma"]
+        results = []
+        for concept in tqdm(demo.concepts, desc=name, disable=not ctx.progress, leave=False):
+            edited = unlearn(ctx.encoder, sae, _top(sets[concept], k, gamma), layer=ctx.layer, gamma=gamma, mode=mode)
+            result = ctx.test.run(concept, edited)
+            result["retain_examples"] = ctx.retain_examples(concept, unlearned=edited)
+            results.append(result)
+        rows[name] = {"hyperparameters": {"k": k, "gamma": gamma, "val_objective": chosen[mode]["val_objective"]},
+                      "val_grid": chosen[mode]["grid"], "per_concept": results,
+                      "seconds": time.time() - start, "setup_seconds": round(setup, 1)}
+        _write_row(out, name, rows[name])
+    return rows
+
+
+def _brief(result: dict) -> str:
+    return ", ".join(f"{k} {v:.2f}" for k, v in headline(result).items())
+
+
+def _write_row(out: Path, name: str, row: dict) -> None:
+    row = {"method": name, **row, "table2": task_table(row["per_concept"])}
+    path = out / "rows" / f"{_slug(name)}.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(row, indent=1, default=str))
+    tmp.replace(path)  # a row file is complete or absent: a rerun trusts what it finds
+
+
+def _check_same_run(out: Path, config: Table2Config) -> None:
+    path = out / "config.json"
+    mine = json.loads(json.dumps(dataclasses.asdict(config), default=str))
+    if path.is_file() and json.loads(path.read_text()) != mine:
+        raise ConfigError(f"{out} holds a table2 run with another config ({path}); use a new folder")
+    path.write_text(json.dumps(mine, indent=1))
+
+
+def run(out_dir: str | Path, config: Table2Config | None = None, *, model_dir=None, progress: bool = True) -> dict:
+    """Run (or resume) the experiment; returns what `results.json` holds."""
+    config = config or Table2Config()
+    out = Path(out_dir)
+    (out / "rows").mkdir(parents=True, exist_ok=True)
+    _check_same_run(out, config)
+    t0 = time.time()
+    wanted = ["original", *config.methods, *(f"SAUCE {m}" for m in MODES)]
+    rows = {}
+    for name in wanted:
+        path = out / "rows" / f"{_slug(name)}.json"
+        if path.is_file():
+            rows[name] = json.loads(path.read_text())
+            _say(progress, f"{name}: done in an earlier run, skipped")
+    todo = [name for name in wanted if name not in rows]
+    ctx = _Context(config, model_dir, progress) if todo else None
+    for name in todo:
+        if name.startswith("SAUCE"):
+            continue
+        _say(progress, f"[{name}]")
+        start = time.time()
+        row = _original_row(ctx) if name == "original" else _baseline_row(ctx, name)
+        row["seconds"] = time.time() - start
+        _write_row(out, name, row)
+        rows[name] = json.loads((out / "rows" / f"{_slug(name)}.json").read_text())
+    sauce_todo = [name for name in todo if name.startswith("SAUCE")]
+    if sauce_todo:
+        _say(progress, "[SAUCE]")
+        _sauce_rows(ctx, out, sauce_todo)
+        for name in sauce_todo:
+            rows[name] = json.loads((out / "rows" / f"{_slug(name)}.json").read_text())
+    rows = {name: rows[name] for name in wanted}
+    tables = {name: row["table2"] for name, row in rows.items()}
+    results = {"config": json.loads((out / "config.json").read_text()), "table2": tables, "rows": rows,
+               "meta": {"seconds_this_run": round(time.time() - t0, 1),
+                        "seconds_per_row": {n: round(r.get("seconds", 0.0), 1) for n, r in rows.items()}}}
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    from .table2_report import markdown, plot
+
+    (out / "table2.md").write_text(markdown(results))
+    plot(tables, out / "table2.png")
+    return results
