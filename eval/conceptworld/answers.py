@@ -16,7 +16,7 @@ from . import vlm
 
 
 def prompt_batch(tokenizer, texts: Sequence[str]):
-    """Left-padded ids [B, S] and attention mask for `USER: <image>... {text} ASSISTANT:` prompts."""
+    """Left-padded ids [B, S] and attention mask for `USER: <image>...\n{text} ASSISTANT:` prompts."""
     import torch
 
     expand = T.IMAGE_TOKEN * vlm.num_image_tokens()

@@ -136,8 +136,9 @@ def _eval_conceptworld(args) -> int:
 def cmd_train(args) -> int:
     from .training import RecipeConfig, train
 
-    config = RecipeConfig(seed=args.seed, images=args.images, tower_steps=args.tower_steps, lm_steps=args.lm_steps)
-    target = train(args.out, config, threads=args.threads)
+    config = RecipeConfig(seed=args.seed, images=args.images, tower_steps=args.tower_steps, lm_steps=args.lm_steps,
+                          focus_steps=args.focus_steps, workers=args.workers)
+    target = train(args.out, config, threads=args.threads, device=args.device)
     print(f"ConceptWorld LLaVA written to {target}")
     return 0
 
@@ -210,7 +211,10 @@ def add_commands(sub) -> None:
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--images", type=int, default=16000)
     tr.add_argument("--tower-steps", type=int, default=2000)
-    tr.add_argument("--lm-steps", type=int, default=2000)
+    tr.add_argument("--lm-steps", type=int, default=10000)
+    tr.add_argument("--focus-steps", type=int, default=4000, help="stage 3: mostly yes/no questions")
+    tr.add_argument("--workers", type=int, default=2, help="rendering processes")
+    tr.add_argument("--device", default="cpu", help="PyTorch device, e.g. cuda")
     tr.add_argument("--threads", type=int, help="PyTorch threads (default: all cores)")
     tr.set_defaults(func=cmd_train)
     rd = cw_sub.add_parser("render", help="write ConceptWorld images and their labels")

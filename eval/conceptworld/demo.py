@@ -102,17 +102,18 @@ def _top(features, k: int, gamma: float):
     return dataclasses.replace(features, feature_ids=features.feature_ids[:k], scores=features.scores[:k], gamma=gamma)
 
 
+OBJECTIVE = ("UA_d", "UA_g", "IRA_d", "IRA_g", "CRA_d", "CRA_g")
+
+
 def _objective(result: dict) -> float:
-    values = [result[name]["value"] for name in ("UA_g", "IRA_g", "CRA_g")]
+    values = [result[name]["value"] for name in OBJECTIVE]
     return float(np.mean([v for v in values if v is not None])) if any(v is not None for v in values) else 0.0
 
 
 def choose_hyperparameters(model: Model, encoder, sae, sets: dict, config: DemoConfig, layer: int,
                            progress: bool) -> dict:
-    """Per mode, the (k, gamma) with the best mean of UA_g, IRA_g and CRA_g on the validation split.
-
-    The descriptions decide: the shipped model's yes/no answers do not depend on the image yet
-    (see the README), so they cannot rank hyperparameters."""
+    """Per mode, the (k, gamma) with the best mean of the paper's four metrics on the validation
+    split, each over both prompt kinds (UA_d, UA_g, IRA_d, IRA_g, CRA_d, CRA_g)."""
     from sauce_jax.intervention import unlearn
 
     suite = make_suite(config.concepts, seed=config.seed, split="val", n_forget=config.n_val,

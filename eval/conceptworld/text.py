@@ -1,9 +1,9 @@
 """ConceptWorld's language: prompts and answers in English and Spanish, and the words of each concept.
 
 The two languages let the paper's translation attack run: the unlearned model is asked in
-Spanish about a concept unlearned from English-chosen images. Every prompt is a single turn
-(`USER: {prompt}\n<image> ASSISTANT:`), so a yes/no answer never follows a description in the
-same sequence and the model must look at the image each time.
+Spanish about a concept unlearned from English-chosen images. Every prompt is a single turn of
+LLaVA-1.5's template (`USER: <image>\n{prompt} ASSISTANT:`), so a yes/no answer never follows a
+description in the same sequence and the model must look at the image each time.
 """
 
 from __future__ import annotations
@@ -107,10 +107,10 @@ def perception_questions(spec: Spec, subtask: str, language: str = "en") -> list
 
 
 def prompt(text: str) -> str:
-    """LLaVA-1.5's single-turn template, with the question before the image: under causal
-    attention every image token can then read the question, so a small language model binds
-    the asked word to the image token by token (with the image first, it never learnt to)."""
-    return f"USER: {text}\n{IMAGE_TOKEN} ASSISTANT:"
+    """LLaVA-1.5's single-turn template, image first. With the image first the asked word can
+    attend to the image tokens directly; measured on the same recipe, that learnt yes/no
+    questions faster than the question-first order (both need about 14k language steps)."""
+    return f"USER: {IMAGE_TOKEN}\n{text} ASSISTANT:"
 
 
 def mentions(answer: str, concept: str, languages=LANGUAGES) -> bool:

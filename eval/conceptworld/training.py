@@ -9,8 +9,10 @@ Stage 2 freezes the tower, caches its features once, and trains the projector an
 language model on single-turn examples (descriptions, balanced yes/no questions in both
 languages, perception questions); it learns to describe first. Stage 3 continues on mostly
 yes/no questions at half the learning rate, because binding a question's word to the image
-is what a small language model learns last. Every stage checkpoints atomically and resumes where it
-stopped; a finished stage is never rerun.
+is what a small language model learns last: yes/no accuracy stays at chance for the first few
+thousand language steps and climbs only after that (3,000 steps in all left it at 50-57%;
+14,000 reach 96-100%). Every stage checkpoints atomically and resumes where it stopped; a
+finished stage is never rerun. About 70 minutes on 2 CPU cores, 8 on one GPU.
 """
 
 from __future__ import annotations
@@ -46,10 +48,10 @@ class RecipeConfig:
     tower_steps: int = 2000
     tower_batch: int = 64
     tower_lr: float = 1e-3
-    lm_steps: int = 2000
+    lm_steps: int = 10000
     lm_batch: int = 32
     lm_lr: float = 1e-3
-    focus_steps: int = 1000  # stage 3: mostly yes/no questions, half the learning rate
+    focus_steps: int = 4000  # stage 3: mostly yes/no questions, half the learning rate
     checkpoint_every: int = 250
     workers: int = 2  # rendering processes
 
@@ -301,7 +303,10 @@ def train(out_dir: str | Path, config: RecipeConfig | None = None, *, threads: i
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     recipe = out / "recipe.json"
-    if recipe.is_file() and json.loads(recipe.read_text()) != dataclasses.asdict(config):
+    def results_of(fields: dict) -> dict:  # how many rendering processes never changes the result
+        return {k: v for k, v in fields.items() if k != "workers"}
+
+    if recipe.is_file() and results_of(json.loads(recipe.read_text())) != results_of(dataclasses.asdict(config)):
         raise ConfigError(f"{out} holds a run with another recipe ({recipe}); use a new folder")
     recipe.write_text(json.dumps(dataclasses.asdict(config), indent=1))
     t0 = time.time()
