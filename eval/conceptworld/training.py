@@ -303,6 +303,7 @@ def train(out_dir: str | Path, config: RecipeConfig | None = None, *, threads: i
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     recipe = out / "recipe.json"
+
     def results_of(fields: dict) -> dict:  # how many rendering processes never changes the result
         return {k: v for k, v in fields.items() if k != "workers"}
 
