@@ -4,7 +4,7 @@ Rows: the clean model, the four weight-update baselines (`eval.baselines`) and S
 modes (the demo's path: SAE, selection, k and gamma on the validation split). Every row is
 scored by the same `Evaluation` on the same test images; hyperparameters (learning rate and
 steps for the baselines, k and gamma for SAUCE) are chosen on the validation split with the
-demo's objective (mean of UA_g, IRA_g and CRA_g), never on test. Each finished row is written to
+demo's objective (mean of UA_d, UA_g, IRA_d, IRA_g, CRA_d, CRA_g), never on test. Each finished row is written to
 `rows/<name>.json` at once and a rerun skips it; at the end `results.json`, `table2.md` (Table 2,
 per-concept rates, losses, Table 3 descriptions) and `table2.png` are written.
 """

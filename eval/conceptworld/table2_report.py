@@ -32,7 +32,7 @@ def markdown(results: dict) -> str:
              f"concept, {demo['n_pool']} per concept in the retain pool, {demo['n_perception']} perception images."),
              ("Percent. UA and retain rates count only the cases the clean model had right; IRA and CRA average the "
              "yes/no and the description rate; utility is the perception questions' MME (acc + acc+)/2. "
-             "Hyperparameters were chosen on the validation split (mean of UA_g, IRA_g, CRA_g)."), "",
+             "Hyperparameters were chosen on the validation split (mean of UA_d, UA_g, IRA_d, IRA_g, CRA_d, CRA_g)."), "",
              "## Table 2", "", "| method | chosen on val | task | " + " | ".join(COLUMNS) + " |",
              "|---|---|---|" + "---|" * len(COLUMNS)]
     for name, table in results["table2"].items():
