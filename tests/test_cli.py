@@ -91,22 +91,10 @@ def test_train_select_unlearn_from_the_command_line(small_clip_dir, tmp_path, ca
 
 def tiny_llava_with_processor(directory):
     """A tiny random LLaVA saved with a word-level tokenizer and a CLIP image processor."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import CLIPImageProcessorPil, LlavaProcessor, PreTrainedTokenizerFast
-
-    from conftest import SMALL, make_llava
+    from conftest import SMALL, make_llava, make_llava_processor
 
     words = ["<unk>", "<pad>", "<s>", "</s>", "USER", "ASSISTANT", ":", "what", "is", "this"]
-    vocab = {w: i for i, w in enumerate(words + [f"w{i}" for i in range(100)])}
-    vocab["<image>"] = 127  # make_llava's image_token_index
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>",
-                                        bos_token="<s>", eos_token="</s>", extra_special_tokens=["<image>"])
-    image_processor = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    # CLIP's class token counts as an additional image token, as in llava-1.5-hf's processor.
-    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=8,
-                               vision_feature_select_strategy="default", num_additional_image_tokens=1)
+    processor = make_llava_processor(words + [f"w{i}" for i in range(100)])
     model = make_llava(SMALL, seed=3)
     model.save_pretrained(directory)
     processor.save_pretrained(directory)

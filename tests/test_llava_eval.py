@@ -17,7 +17,7 @@ from PIL import Image
 
 torch = pytest.importorskip("torch")
 
-from conftest import SMALL, make_llava
+from conftest import SMALL, make_llava, make_llava_processor
 
 from eval.judges import WordMatchJudge
 from eval.llava_eval import DISCRIMINATIVE_PROMPTS, EvalConfig, fill_prompt
@@ -55,18 +55,8 @@ def tiny_llava(directory: Path, images: list):
     output scaled up) and to answer "yes" first to about half of the images (its "yes" row of
     the output layer shifted along the mean final hidden state), so that yes/no answers and
     descriptions vary from image to image."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import CLIPImageProcessorPil, LlavaProcessor, PreTrainedTokenizerFast
-
-    vocab = {w: i for i, w in enumerate(WORDS + FILLERS)}
-    vocab["<image>"] = 127  # make_llava's image_token_index
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>",
-                                        bos_token="<s>", eos_token="</s>", extra_special_tokens=["<image>"])
-    image_processor = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=8,
-                               vision_feature_select_strategy="default", num_additional_image_tokens=1)
+    processor = make_llava_processor(WORDS + FILLERS)
+    vocab = processor.tokenizer.get_vocab()
     model = make_llava(SMALL, seed=3)
     yes = vocab["yes"]
     with torch.no_grad():
