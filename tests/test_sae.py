@@ -156,21 +156,17 @@ def test_sparse_decoding_equals_dense(architecture, decoder_norm):
     np.testing.assert_array_equal(np.asarray(a.fired), np.asarray(b.fired))
 
 
-@pytest.mark.slow
-def test_sparse_decoding_is_faster_at_large_d_sae():
-    import time
-
+def test_sparse_decoding_does_half_the_work_at_large_d_sae():
+    """XLA's own cost model of the compiled gradient step: decoding from the k active latents
+    removes the dense [N, d_sae] @ [d_sae, d_in] products (forward and backward). Counted, not
+    timed, so a busy CI machine cannot flip it; wall-clock speed lives in benchmarks/."""
     cfg = S.SAEConfig(d_in=64, d_sae=65536, architecture="topk", k=8)
     p = S.init_params(jax.random.key(0), cfg)
     x = jnp.asarray(np.random.default_rng(0).standard_normal((256, 64)), jnp.float32)
-    steps = {sparse: jax.jit(jax.grad(lambda q, sparse=sparse: S.loss(q, x, cfg, sparse=sparse).loss))
-             for sparse in (False, True)}
-    times = {False: [], True: []}
-    for fn in steps.values():
-        jax.block_until_ready(fn(p))
-    for _ in range(7):  # interleaved, so machine noise hits both alike
-        for sparse, fn in steps.items():
-            start = time.perf_counter()
-            jax.block_until_ready(fn(p))
-            times[sparse].append(time.perf_counter() - start)
-    assert np.median(times[True]) < 0.8 * np.median(times[False]), times
+    cost = {}
+    for sparse in (False, True):
+        step = jax.jit(jax.grad(lambda q, sparse=sparse: S.loss(q, x, cfg, sparse=sparse).loss))
+        analysis = step.lower(p).compile().cost_analysis()
+        cost[sparse] = (analysis[0] if isinstance(analysis, list) else analysis)
+    assert cost[True]["flops"] < 0.6 * cost[False]["flops"], cost
+    assert cost[True]["bytes accessed"] < 0.8 * cost[False]["bytes accessed"], cost
