@@ -69,8 +69,9 @@ def make_processor(tokenizer=None):
                           num_additional_image_tokens=1, image_token=IMAGE_TOKEN)
 
 
-def make_model(tokenizer, seed: int = 0):
-    """A freshly initialised ConceptWorld LLaVA (float32)."""
+def make_model(tokenizer, seed: int = 0, text: dict | None = None):
+    """A freshly initialised ConceptWorld LLaVA (float32); `text` overrides fields of the
+    language model's shape (`TEXT`)."""
     import torch
     from transformers import (
         CLIPVisionConfig,
@@ -82,7 +83,7 @@ def make_model(tokenizer, seed: int = 0):
     ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in
            (("pad", "<pad>"), ("bos", "<s>"), ("eos", EOS), ("image", IMAGE_TOKEN))}
     text = LlamaConfig(vocab_size=len(tokenizer), pad_token_id=ids["pad"], bos_token_id=ids["bos"],
-                       eos_token_id=ids["eos"], **TEXT)
+                       eos_token_id=ids["eos"], **{**TEXT, **(text or {})})
     config = LlavaConfig(vision_config=CLIPVisionConfig(**VISION), text_config=text, image_token_index=ids["image"],
                          vision_feature_layer=-1, vision_feature_select_strategy="default",
                          projector_hidden_act="gelu", image_seq_length=num_image_tokens(),
