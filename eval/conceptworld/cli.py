@@ -58,7 +58,8 @@ def cmd_table2(args) -> int:
 
 
 def add_experiments(exp_sub) -> None:
-    """`sauce-jax experiment table2` (registered next to `experiment real`)."""
+    """`sauce-jax experiment table2` and the experiments of `eval/conceptworld/experiments/`
+(registered next to `experiment real`)."""
     t2 = exp_sub.add_parser("table2", help="the paper's Table 2 on ConceptWorld: SAUCE against GA, GD, KL, PO",
                             description="Unlearn each concept with the weight-update baselines (GA, GD, KL, PO; "
                                         "learning rate and steps chosen on the validation split) and with SAUCE "
@@ -75,6 +76,12 @@ def add_experiments(exp_sub) -> None:
     t2.add_argument("--threads", type=int, help="PyTorch threads (default: PyTorch's choice)")
     t2.add_argument("--no-progress", action="store_true")
     t2.set_defaults(func=cmd_table2)
+    import importlib
+
+    from .experiments import NAMES
+
+    for name in NAMES:  # each experiment module registers its own `sauce-jax experiment NAME`
+        importlib.import_module(f".experiments.{name}", __package__).register(exp_sub)
 
 
 def cmd_eval(args) -> int:

@@ -1,0 +1,182 @@
+"""What the ConceptWorld experiments share: the SAUCE setup (model, SAE, feature sets, the
+validation-chosen k and gamma), resumable parts, run-folder checks and their common options.
+
+Every experiment writes into one run folder: `config.json` (a rerun with another config is
+refused), `parts/*.json` (each finished unit of work, written atomically; a rerun skips it),
+`results.json`, `report.md` and its figures.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sauce_jax.errors import ConfigError
+
+from ..benchmark import Model
+from ..demo import (
+    DemoConfig,
+    _top,
+    choose_hyperparameters,
+    select_all,
+    train_concept_sae,
+)
+
+
+def quick_demo(concepts=None, seed: int = 0) -> DemoConfig:
+    """The CI-sized SAUCE setup: few images everywhere, one point in the k / gamma grid."""
+    demo = DemoConfig(seed=seed, sae_images=1500, n_select=40, n_val=8, n_test=16, n_pool=2, n_perception=30,
+                      k_grid=(32,), gamma_grid=(-1.0,))
+    return dataclasses.replace(demo, concepts=tuple(concepts)) if concepts else demo
+
+
+@dataclasses.dataclass
+class Prepared:
+    """A ConceptWorld LLaVA with its JAX tower, and SAUCE ready to apply to it."""
+
+    llava: Any  # LlavaForConditionalGeneration (PyTorch)
+    processor: Any
+    encoder: Any  # sauce_jax VisionEncoder of the LLaVA's tower
+    layer: int  # hidden-state index the LLaVA reads and the SAE was trained on
+    model: Model
+    sae: Any
+    sets: dict  # concept -> FeatureSet, max(k_grid) features, best first
+    chosen: dict  # mode -> {"k", "gamma", ...} chosen on the validation split
+
+    def features(self, concept: str, mode: str = "reconstruct", k: int | None = None, gamma: float | None = None):
+        """The concept's FeatureSet cut to k with gamma (default: the validation-chosen ones)."""
+        k = self.chosen[mode]["k"] if k is None else k
+        gamma = self.chosen[mode]["gamma"] if gamma is None else gamma
+        return _top(self.sets[concept], k, gamma)
+
+    def unlearned(self, concepts, mode: str = "reconstruct", k: int | None = None, gamma: float | None = None,
+                  encoder=None):
+        """The tower with every concept in `concepts` unlearned at once (the union of their sets)."""
+        from sauce_jax.intervention import unlearn
+
+        concepts = [concepts] if isinstance(concepts, str) else list(concepts)
+        sets = [self.features(c, mode, k, gamma) for c in concepts]
+        gamma = self.chosen[mode]["gamma"] if gamma is None else gamma
+        return unlearn(encoder or self.encoder, self.sae, sets, layer=self.layer, gamma=gamma, mode=mode)
+
+
+def load_model(model_dir=None):
+    """(llava, processor, encoder, layer, Model) of a ConceptWorld LLaVA (default: the shipped one)."""
+    from sauce_jax.encoder import load_encoder
+
+    from .. import vlm
+
+    llava, processor = vlm.load(model_dir)
+    encoder = load_encoder(llava)
+    layer = encoder.layer_index(llava.config.vision_feature_layer)
+    return llava, processor, encoder, layer, Model(llava, processor, encoder)
+
+
+def prepare(out: str | Path, demo: DemoConfig, *, model_dir=None, sae_dir=None, progress: bool = True,
+            choose: bool = True) -> Prepared:
+    """The demo's SAUCE path, resumable: the SAE (`out/sae_run`, resumes an interrupted run;
+    or the trained one at `sae_dir`, e.g. a demo run's `sae_run/sae`), each concept's features
+    (eq. 4 on its train split) and, with `choose`, k and gamma per mode on the validation split
+    (`out/sauce_chosen.json`). A rerun reuses all three."""
+    from sauce_jax.errors import InputError
+    from sauce_jax.sae_io import load_sae
+
+    out = Path(out)
+    llava, processor, encoder, layer, model = load_model(model_dir)
+    if sae_dir is not None:
+        sae = load_sae(sae_dir)
+        if sae.config.d_in != encoder.config.hidden_size:
+            raise InputError(f"SAE at {sae_dir} reads d_in={sae.config.d_in} activations; this model's tower "
+                             f"has width {encoder.config.hidden_size}")
+    else:
+        sae = train_concept_sae(encoder, out / "sae_run", demo, layer, progress)
+    sets = select_all(sae, encoder, demo, layer, progress)
+    chosen = {}
+    if choose:
+        chosen = cached(out / "sauce_chosen.json",
+                        lambda: choose_hyperparameters(model, encoder, sae, sets, demo, layer, progress))
+    return Prepared(llava, processor, encoder, layer, model, sae, sets, chosen)
+
+
+def cached(path: str | Path, compute: Callable[[], Any]) -> Any:
+    """`compute()`'s JSON-able result, stored at `path` the first time (atomically: the file is
+    complete or absent) and read back on every later call: how a long run resumes."""
+    path = Path(path)
+    if path.is_file():
+        return json.loads(path.read_text())
+    value = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value, indent=1, default=_jsonable))
+    os.replace(tmp, path)
+    return json.loads(path.read_text())
+
+
+def _jsonable(value):
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+def check_same_run(out: str | Path, name: str, config) -> None:
+    """Refuse a run folder that holds this experiment under another config (or another experiment)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "config.json"
+    mine = {"experiment": name, "config": json.loads(json.dumps(dataclasses.asdict(config), default=str))}
+    if path.is_file() and json.loads(path.read_text()) != mine:
+        raise ConfigError(f"{out} holds another run ({path}: not `{name}` with this config); use a new folder")
+    path.write_text(json.dumps(mine, indent=1))
+
+
+def write_outputs(out: str | Path, results: dict, report: str) -> None:
+    """results.json and report.md of a finished experiment."""
+    out = Path(out)
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=_jsonable))
+    (out / "report.md").write_text(report)
+
+
+def say(progress: bool, message: str) -> None:
+    if progress:
+        print(message, flush=True)
+
+
+# ------------------------------------------------------------------------------------ CLI
+
+def add_common_arguments(parser) -> None:
+    parser.add_argument("--out", required=True, help="run folder; rerun the same command to resume")
+    parser.add_argument("--model", help="a ConceptWorld LLaVA directory (default: the shipped one)")
+    parser.add_argument("--concepts", help="comma-separated concepts (default: the experiment's own)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sae", help="a trained SAE folder to use instead of training one (e.g. a demo run's "
+                                      "sae_run/sae)")
+    parser.add_argument("--quick", action="store_true", help="a reduced run (fewer images, one grid point)")
+    parser.add_argument("--threads", type=int, help="PyTorch threads (default: PyTorch's choice)")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def apply_threads(args) -> None:
+    if getattr(args, "threads", None):  # on a shared machine one thread is often faster than oversubscribed cores
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
+def concepts_arg(args) -> tuple[str, ...] | None:
+    from ..cli import _concepts
+
+    return _concepts(args.concepts) if getattr(args, "concepts", None) else None
+
+
+def print_report(out: str | Path) -> None:
+    out = Path(out)
+    print((out / "report.md").read_text())
+    print(f"report.md, results.json and figures in {out}")
