@@ -142,8 +142,8 @@ class _Context:
         self.english = Evaluation(model, suite, "en", config.generative)
         self.translated = Evaluation(model, suite, config.language, config.generative)
         self.q_encoder, tower = quantize_encoder(self.prep.encoder, config.bits)
-        q_llava, language_model = quantize_llava(self.prep.llava, config.bits)
-        self.q_model = self.quantized_model(q_llava)
+        self.q_llava, language_model = quantize_llava(self.prep.llava, config.bits)
+        self.q_model = self.quantized_model(self.q_llava)
         self.quantization = {"bits": config.bits, "tower": tower, "projector_and_language_model": language_model}
 
     def quantized_model(self, q_llava):
@@ -174,11 +174,13 @@ class _Context:
                           n_forget=c.table2.n_forget, n_retain_per_concept=c.table2.n_retain_per_concept)
         edited = Unlearner(self.prep.llava, data, c.table2.baseline(method, lr, steps)).train_to(steps).model_now()
         variant = self.prep.model.with_language_model(edited)
-        q_variant = self.quantized_model(quantize_llava(edited, c.bits)[0])
+        q_edited = quantize_llava(edited, c.bits)[0]
+        q_variant = self.quantized_model(q_edited)
         return {"english": self.english.run(concept, model=variant),
                 "translation": self.translated.run(concept, model=variant),
                 "quantization": self.english.run(concept, model=q_variant),
-                "hyperparameters": {"lr": lr, "steps": steps}}
+                "hyperparameters": {"lr": lr, "steps": steps},
+                "weights": weight_changes(self.prep.llava, edited, self.q_llava, c.bits)}
 
     def unit(self, method: str, concept: str) -> dict:
         start = time.time()
@@ -190,6 +192,29 @@ class _Context:
             unit = self.baseline(concept, method)
         unit["seconds"] = round(time.time() - start, 1)
         return unit
+
+
+def weight_changes(clean, edited, q_clean, bits: int) -> dict:
+    """How much of a baseline's update survives quantization, over the quantized weight matrices
+    (those `q_clean`, the quantized clean model, changed): the share of entries the update
+    changed, and the share whose integer code differs from the clean weight's code. When the
+    second is small, quantizing the unlearned model largely gives back the quantized clean
+    model (the mechanism of Zhang et al.'s attack)."""
+    import torch
+
+    from eval.quantize import quantize_per_channel
+
+    def codes(weight):
+        q, scale = quantize_per_channel(weight.detach().float().numpy(), bits)
+        return np.rint(q / np.where(scale > 0, scale, 1.0)[:, None])
+
+    before, after = dict(clean.named_parameters()), dict(edited.named_parameters())
+    names = [n for n, p in q_clean.named_parameters() if not torch.equal(p, before[n])]  # the quantized tensors
+    total = sum(before[n].numel() for n in names)
+    changed = sum(int((before[n] != after[n]).sum()) for n in names)
+    moved = sum(int((codes(before[n]) != codes(after[n])).sum()) for n in names)
+    return {"quantized_entries": total, "changed_by_update": round(changed / total, 4),
+            "codes_changed": round(moved / total, 4)}
 
 
 def _part(out: Path, method: str, concept: str) -> Path:
@@ -218,6 +243,9 @@ def summarize(units: dict[str, dict[str, dict]]) -> dict[str, dict]:
         for attack in ATTACKS[1:]:
             a, b = row["english"]["UA_d"], row[attack]["UA_d"]
             row[f"drop_{attack}"] = None if a is None or b is None else round(a - b, 4)
+        weights = [u["weights"] for u in per_concept.values() if "weights" in u]
+        if weights:
+            row["weights"] = {k: _mean([w[k] for w in weights]) for k in ("changed_by_update", "codes_changed")}
         table[method] = row
     return table
 
@@ -270,6 +298,15 @@ def markdown(results: dict) -> str:
                   f"{q['tower']['mean_relative_error']}), projector + language model "
                   f"{q['projector_and_language_model']['tensors']} tensors (mean relative error "
                   f"{q['projector_and_language_model']['mean_relative_error']}).")]
+    moved = {m: r["weights"] for m, r in table.items() if "weights" in r}
+    if moved:
+        lines += ["", "## What of the baselines' updates survives quantization", "",
+                  ("Over the quantized weight matrices (projector, language model): the share of entries the "
+                  "unlearning update changed, and the share whose 4-bit code differs from the clean weight's code "
+                  "(small: quantizing the unlearned model gives back much of the quantized clean model)."), "",
+                  "| method | changed by the update | codes changed |", "|---|---|---|"]
+        lines += [f"| {m} | {_pct(w['changed_by_update'])} | {_pct(w['codes_changed'])} |"
+                  for m, w in moved.items()]
     lines += ["", "## Hyperparameters", ""]
     for method, h in results["hyperparameters"].items():
         lines.append(f"- {method}: " + ", ".join(f"{k}={v}" for k, v in h.items()))
