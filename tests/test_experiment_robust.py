@@ -156,6 +156,9 @@ def test_reduced_robust_runs_end_to_end_and_resumes(tmp_path):
     for method in ("GA", "GD"):
         for attack in ("english", "translation", "quantization"):
             assert 0 <= summary[method][attack]["UA_d"] <= 1 and summary[method][attack]["UA_d_n"] >= 6
+        # Full fine-tuning moves (nearly) every weight; only some of the moves cross a 4-bit step.
+        weights = results["per_concept"][method]["star"]["weights"]
+        assert weights["changed_by_update"] > 0.9 and 0 < weights["codes_changed"] < weights["changed_by_update"]
     report = (out / "report.md").read_text()
     assert "| SAUCE reconstruct |" in report and "Quantization alone" in report
 

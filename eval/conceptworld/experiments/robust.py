@@ -339,14 +339,16 @@ def plot(results: dict, path: Path) -> None:
     for ax, col, scale, title in ((axes[0], "UA_d", 100, "UA_d (%)"), (axes[1], "utility", 1, "utility")):
         for i, attack in enumerate(ATTACKS):
             values = [scale * (table[m][attack][col] or 0.0) for m in names]
-            ax.bar(x + (i - 1) * width, values, width, label=labels[attack])
+            bars = ax.bar(x + (i - 1) * width, values, width, label=labels[attack])
+            ax.bar_label(bars, fmt="%.0f", fontsize=6)
         ax.set_xticks(x, names, rotation=20)
-        ax.set_ylim(0, 105)
+        ax.set_ylim(0, 112)
         ax.set_title(title)
-    axes[0].legend(loc="lower left", fontsize=8)
+    handles, names_ = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names_, loc="upper center", ncol=3, fontsize=8, bbox_to_anchor=(0.5, 0.95))
     fig.suptitle("Robustness to translation and quantization attacks (ConceptWorld, " +
                  ", ".join(results["concepts"]) + ")", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.9))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
