@@ -143,3 +143,16 @@ def make_llava_processor(words):
     # CLIP's class token counts as an additional image token, as in llava-1.5-hf's processor.
     return LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=8,
                           vision_feature_select_strategy="default", num_additional_image_tokens=1)
+
+
+@pytest.fixture(scope="session")
+def conceptworld_sae(tmp_path_factory):
+    """The CI-sized SAUCE SAE of the shipped ConceptWorld LLaVA (`quick_demo`'s), trained once
+    per test process; experiment tests pass its folder as `sae_dir` instead of training their own."""
+    from eval.conceptworld.demo import train_concept_sae
+    from eval.conceptworld.experiments.common import load_model, quick_demo
+
+    _, _, encoder, layer, _ = load_model()
+    out = tmp_path_factory.mktemp("conceptworld_sae")
+    train_concept_sae(encoder, out, quick_demo(), layer, progress=False)
+    return out / "sae"

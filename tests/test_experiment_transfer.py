@@ -11,9 +11,9 @@ from sauce_jax.errors import ConfigError
 
 
 @pytest.mark.slow
-def test_transfer_runs_resumes_and_measures_the_towers(tmp_path):
+def test_transfer_runs_resumes_and_measures_the_towers(tmp_path, conceptworld_sae):
     config = quick_config(["heart"])
-    results = run(tmp_path, config, progress=False)
+    results = run(tmp_path, config, sae_dir=conceptworld_sae, progress=False)
     targets = results["targets"]
     assert list(targets) == ["source", "language", "tower"]
     for name in ("report.md", "results.json", "table4.png"):
@@ -23,7 +23,7 @@ def test_transfer_runs_resumes_and_measures_the_towers(tmp_path):
     assert language["relative_l2"] == 0.0 and language["mean_cosine"] == pytest.approx(1.0, abs=1e-4)
     assert language["sae_explained_variance_target"] == language["sae_explained_variance_source"]
     # The tower sibling's tower was trained further: its activations moved, the SAE fits them less.
-    assert tower["relative_l2"] > 0.01 and tower["mean_cosine"] < 1.0
+    assert tower["relative_l2"] > 1e-3 and tower["mean_cosine"] < 1.0
     assert tower["sae_explained_variance_target"] < tower["sae_explained_variance_source"]
     # On the source, SAUCE forgets what the clean model shows (the clean model is its own reference).
     source = targets["source"]["per_concept"]
@@ -39,14 +39,14 @@ def test_transfer_runs_resumes_and_measures_the_towers(tmp_path):
     # A rerun trains nothing and scores nothing again.
     parts = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "parts").iterdir()}
     models = {p: p.stat().st_mtime_ns for p in (tmp_path / "models").rglob("model.safetensors")}
-    again = run(tmp_path, config, progress=False)
+    again = run(tmp_path, config, sae_dir=conceptworld_sae, progress=False)
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "parts").iterdir()} == parts
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "models").rglob("model.safetensors")} == models
     assert again["targets"]["tower"]["table"] == targets["tower"]["table"]
 
     # The folder is refused to another config, and a sibling folder to another recipe.
     with pytest.raises(ConfigError, match="another run"):
-        run(tmp_path, dataclasses.replace(config, n_drift=17), progress=False)
+        run(tmp_path, dataclasses.replace(config, n_drift=17), sae_dir=conceptworld_sae, progress=False)
 
 
 def test_bad_transfer_configs(tmp_path):

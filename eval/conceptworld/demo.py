@@ -113,8 +113,13 @@ def _objective(result: dict) -> float:
 def choose_hyperparameters(model: Model, encoder, sae, sets: dict, config: DemoConfig, layer: int,
                            progress: bool) -> dict:
     """Per mode, the (k, gamma) with the best mean of the paper's four metrics on the validation
-    split, each over both prompt kinds (UA_d, UA_g, IRA_d, IRA_g, CRA_d, CRA_g)."""
+    split, each over both prompt kinds (UA_d, UA_g, IRA_d, IRA_g, CRA_d, CRA_g). A grid of one
+    point has nothing to choose: it is taken without scoring (val_objective None)."""
     from sauce_jax.intervention import unlearn
+
+    if len(config.k_grid) == len(config.gamma_grid) == 1:
+        return {mode: {"k": config.k_grid[0], "gamma": config.gamma_grid[0], "val_objective": None, "grid": {}}
+                for mode in MODES}
 
     suite = make_suite(config.concepts, seed=config.seed, split="val", n_forget=config.n_val,
                        n_pool_per_concept=max(1, config.n_pool // 2), n_perception=config.n_val)
