@@ -193,7 +193,10 @@ def run(out_dir: str | Path, config: FeaturesConfig | None = None, *, model_dir=
                "median_log10_fmav_tokens": _median_log10(np.asarray(stats["fmav_tokens"])),
                "mean_precision": _mean([c["precision"] for c in cards.values()]),
                "mean_base_rate": _mean([c["base_rate"] for c in cards.values()]),
-               "mean_max_jaccard": _mean([c["max_jaccard"] for c in cards.values()])}
+               "mean_max_jaccard": _mean([c["max_jaccard"] for c in cards.values()]),
+               # Does eq. 4's order find the monosemantic features first? Mean precision at each rank.
+               "precision_by_rank": [_mean([c["features"][r]["precision"] for c in cards.values()
+                                            if r < len(c["features"])]) for r in range(config.k)]}
     write_figures(out, config, stats, sets, cards, specs)
     results = {"config": dataclasses.asdict(config), "summary": summary, "cards": cards,
                "meta": {"seconds_this_call": round(time.time() - t0, 1)}}
@@ -280,6 +283,8 @@ def markdown_report(results: dict, config: FeaturesConfig) -> str:
              "", (f"k = {config.k} features per concept; top {config.n_top} images per feature. Mean top-image "
                   f"precision {_num(s['mean_precision'])} against a mean base rate {_num(s['mean_base_rate'])}; mean "
                   f"largest Jaccard overlap with another concept's set {_num(s['mean_max_jaccard'])}."), "",
+             "Mean top-image precision by eq. 4 rank (1 = best feature): " + ", ".join(
+                 f"{r + 1}: {_num(v, 2)}" for r, v in enumerate(s["precision_by_rank"])) + ".", "",
              ("| concept | precision | base rate | mean FS (images) | features that never fire | most overlapping "
              "concept (Jaccard) | card |"), "|---|---|---|---|---|---|---|"]
     for c, card in results["cards"].items():
