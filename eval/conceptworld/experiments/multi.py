@@ -364,6 +364,9 @@ def plot_figure6(results: dict, path: Path) -> None:
         ax.axhline(results["clean"]["utility_score"], color="#2e86c1", linestyle=":", linewidth=1,
                    label="utility (clean)")
         ax.set_xscale("log", base=2)
+        ticks = sorted({int(c) for by_count in by_setting.values() for c in by_count})
+        ax.set_xticks(ticks, [str(c) for c in ticks])
+        ax.minorticks_off()
         ax.set_xlabel("concepts unlearned at once")
         ax.set_ylim(0, 1.05)
         ax.set_title(task)
