@@ -38,6 +38,7 @@ import optax
 from PIL import Image
 
 from eval.metrics import retain_accuracy, unlearning_accuracy
+from eval.top_images import plot_image_rows, precision, top_activating
 from sauce_jax.errors import ConfigError
 
 SKIPPED_CATEGORIES = ("Component",)  # skin-tone swatches and hair components, not concepts
@@ -215,32 +216,17 @@ def top_images(z: np.ndarray, labels: np.ndarray, label: int, feature_ids, n_fea
                n_images: int = 5) -> dict:
     """The training images each of the concept's best `n_features` features fires on most
     (z [N, d_sae], per image), and the share of them that belong to the concept."""
-    tops = {int(f): np.argsort(-z[:, f], kind="stable")[:n_images] for f in feature_ids[:n_features]}
-    own = [labels[i] == label for rows in tops.values() for i in rows]
-    return {"top_images": {f: [int(i) for i in rows] for f, rows in tops.items()},
-            "top_image_precision": float(np.mean(own))}
+    tops = top_activating(z, feature_ids[:n_features], n_images)
+    return {"top_images": tops, "top_image_precision": precision(tops, labels == label)}
 
 
 def plot_top_images(z: np.ndarray, images: list, selected: dict, path: Path, n_features: int = 3,
                     n_images: int = 5) -> None:
     """The paper's Figure 5: per concept, the top-activating images of its best features."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [(concept, int(f)) for concept, ids in selected.items() for f in ids[:n_features]]
-    fig, axes = plt.subplots(len(rows), n_images, figsize=(1.3 * n_images, 1.3 * len(rows)), squeeze=False)
-    for r, (concept, f) in enumerate(rows):
-        for c, i in enumerate(np.argsort(-z[:, f], kind="stable")[:n_images]):
-            ax = axes[r, c]
-            ax.imshow(images[i])
-            ax.set_xticks([])
-            ax.set_yticks([])
-        axes[r, 0].set_ylabel(f"{concept[:14]}\n#{f}", fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    rows = [(f"{concept[:14]}\n#{f}", [images[i] for i in top])
+            for concept, ids in selected.items()
+            for f, top in top_activating(z, ids[:n_features], n_images).items()]
+    plot_image_rows(rows, path)
 
 
 def sae_quality(sae, acts: np.ndarray, batch: int = 4096) -> dict:

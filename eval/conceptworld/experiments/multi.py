@@ -1,0 +1,421 @@
+"""`sauce-jax experiment multi`: unlearning several concepts at once (the paper's Figure 6).
+
+For each task (concrete: object + scene; abstract: color + emotion + material) and each count
+1, 2, 4, 8, ... concepts are drawn (seeded, `draws` times per count) either *within* one domain
+(several colors) or *across* the task's domains (one from each domain in turn), and SAUCE
+unlearns them all at once with the union of their feature sets (`Prepared.unlearned`). One
+`GroupEvaluation` scores every draw on the same test images:
+
+- unlearning score = mean of UA_d and UA_g, each the macro mean over the unlearned concepts
+  (on each concept's own forget images, counting only what the clean model got right);
+- utility score = mean of IRA, CRA and utility / 100, where IRA / CRA are asked on the retain
+  pool's images that hold none of the unlearned concepts, about every concept they show:
+  IRA for concepts of a domain some unlearned concept belongs to, CRA for the other domains
+  (IRA and CRA each the mean of the yes/no and the description rate). A rate without support
+  (e.g. CRA when the draw covers every domain) is left out of the mean and reported as such.
+
+The clean model is the reference: unlearning score 0 by definition, utility score
+(1 + 1 + its utility / 100) / 3. The clean answers (`parts/clean/`) and each draw's scores
+(`parts/draws/`) are resumable parts; `results.json`, `report.md` and `figure6.png` are written
+at the end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from pathlib import Path
+
+import numpy as np
+
+from eval.metrics import Rate, mean_rate, retain_accuracy, unlearning_accuracy, utility
+from sauce_jax.errors import ConfigError
+
+from ..benchmark import Model, make_suite
+from ..demo import MODES, DemoConfig
+from ..world import CONCEPTS, DOMAIN_OF, DOMAINS, TASKS, rng_for
+from .common import (
+    add_common_arguments,
+    apply_threads,
+    cached,
+    check_same_run,
+    concepts_arg,
+    prepare,
+    print_report,
+    quick_demo,
+    say,
+    write_outputs,
+)
+
+NAME = "multi"
+SETTINGS = ("within", "across")
+
+
+def _full_demo() -> DemoConfig:
+    # Every concept can be drawn; k and gamma are fixed (the validation-chosen reconstruct values of
+    # the full demo on the shipped model), so only max(k_grid) = k features are selected per concept.
+    return DemoConfig(concepts=CONCEPTS, k_grid=(16,), gamma_grid=(-1.0,))
+
+
+@dataclasses.dataclass(frozen=True)
+class MultiConfig:
+    """The experiment. `demo` sets the concepts that may be drawn, the seed, the SAE, the selection
+    sizes and the test sizes (n_test forget images per concept, n_pool retain-pool images per
+    concept, n_perception utility images)."""
+
+    demo: DemoConfig = dataclasses.field(default_factory=_full_demo)
+    counts: tuple[int, ...] = (1, 2, 4, 8)
+    draws: int = 3  # seeded concept draws per (task, setting, count)
+    tasks: tuple[str, ...] = ("concrete", "abstract")
+    settings: tuple[str, ...] = SETTINGS
+    mode: str = "reconstruct"
+    k: int = 16  # features per concept (the union of the concepts' sets is unlearned)
+    gamma: float = -1.0
+
+    def __post_init__(self):
+        if not self.counts or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in self.counts) \
+                or list(self.counts) != sorted(set(self.counts)):
+            raise ConfigError(f"multi counts={self.counts} must be increasing integers >= 1")
+        if isinstance(self.draws, bool) or not isinstance(self.draws, int) or self.draws < 1:
+            raise ConfigError(f"multi draws={self.draws} must be an integer >= 1")
+        if not self.tasks or any(t not in TASKS for t in self.tasks):
+            raise ConfigError(f"multi tasks={self.tasks} must be a non-empty subset of {tuple(TASKS)}")
+        if not self.settings or any(s not in SETTINGS for s in self.settings):
+            raise ConfigError(f"multi settings={self.settings} must be a non-empty subset of {SETTINGS}")
+        if self.mode not in MODES:
+            raise ConfigError(f"multi mode={self.mode!r} must be one of {MODES}")
+        if not 1 <= self.k <= max(self.demo.k_grid):
+            raise ConfigError(f"multi k={self.k} must be in [1, max(demo.k_grid)={max(self.demo.k_grid)}] "
+                              "(only that many features are selected per concept)")
+        if not any(DOMAIN_OF[c] in TASKS[t] for c in self.demo.concepts for t in self.tasks):
+            raise ConfigError(f"none of the concepts {self.demo.concepts} belongs to the tasks {self.tasks}")
+
+
+def quick_config(concepts=None, seed: int = 0) -> MultiConfig:
+    """The CI-sized run: a few concepts, counts 1 and 2, one draw, few images."""
+    demo = dataclasses.replace(quick_demo(concepts or ("star", "heart", "pool", "red", "blue", "happy", "wood"),
+                                          seed), k_grid=(16,), n_test=12, n_pool=2, n_perception=20)
+    return MultiConfig(demo=demo, counts=(1, 2), draws=1)
+
+
+# ------------------------------------------------------------------------------------ draws
+
+def draw_concepts(concepts, task: str, setting: str, count: int, index: int, seed: int) -> tuple[str, ...] | None:
+    """Draw `index` of `count` concepts of `task` among `concepts` (seeded), or None when the
+    concepts do not allow it. `within`: all from one domain (drawn among the domains with enough
+    concepts); `across`: the task's domains in a drawn order, one concept from each in turn. A
+    single concept is the same draw in both settings."""
+    available = {d: [c for c in DOMAINS[d] if c in concepts] for d in TASKS[task]}
+    available = {d: names for d, names in available.items() if names}
+    rng = rng_for(seed, "multi", task, "single" if count == 1 else setting, count, index)
+    if count == 1:
+        pool = [c for names in available.values() for c in names]
+        return (pool[int(rng.integers(len(pool)))],) if pool else None
+    if setting == "within":
+        domains = [d for d, names in available.items() if len(names) >= count]
+        if not domains:
+            return None
+        names = available[domains[int(rng.integers(len(domains)))]]
+        return tuple(sorted(str(c) for c in rng.choice(names, count, replace=False)))
+    if len(available) < 2 or sum(map(len, available.values())) < count:
+        return None
+    queues = [list(rng.permutation(available[d])) for d in rng.permutation(sorted(available))]
+    drawn: list[str] = []
+    while len(drawn) < count:  # round robin over the domains, skipping exhausted ones
+        for queue in queues:
+            if queue and len(drawn) < count:
+                drawn.append(str(queue.pop()))
+    return tuple(sorted(drawn))
+
+
+def plan(config: MultiConfig) -> list[dict]:
+    """Every (task, setting, count, draw) with its concepts; impossible combinations left out."""
+    rows = []
+    for task in config.tasks:
+        for setting in config.settings:
+            for count in config.counts:
+                for index in range(config.draws):
+                    concepts = draw_concepts(config.demo.concepts, task, setting, count, index, config.demo.seed)
+                    if concepts is not None:
+                        rows.append({"task": task, "setting": setting, "count": count, "draw": index,
+                                     "concepts": list(concepts)})
+    return rows
+
+
+def _slug(concepts) -> str:
+    return "+".join(sorted(concepts))
+
+
+# ------------------------------------------------------------------------------------ scoring
+
+def _compact(answers: dict) -> dict:
+    """What scoring needs of `Model.answers`' output, JSON-able."""
+    return {"asked": [[int(i), c] for i, c in answers["asked"]], "yes": [bool(v) for v in answers["yes"]],
+            "named": [bool(v) for v in answers["named"]]}
+
+
+def _arrays(answers: dict) -> tuple[np.ndarray, np.ndarray]:
+    return np.asarray(answers["yes"], bool), np.asarray(answers["named"], bool)
+
+
+def _mean_of(*rates: Rate) -> float | None:
+    values = [r.value for r in rates if r.n > 0 and not np.isnan(r.value)]
+    return float(np.mean(values)) if values else None
+
+
+def score_group(concepts, clean_forget: dict, forget: dict, pool, clean_pool: dict, edited_pool: dict,
+                perception: dict) -> dict:
+    """The scores of one multi-concept variant from the clean and the edited answers: per
+    concept UA, retained IRA / CRA over the pool images without any unlearned concept, utility,
+    and the unlearning and utility scores."""
+    per_concept = {}
+    for c in concepts:
+        clean_yes, clean_named = _arrays(clean_forget[c])
+        yes, named = _arrays(forget[c])
+        per_concept[c] = {"UA_d": unlearning_accuracy(clean_yes, yes), "UA_g": unlearning_accuracy(clean_named, named)}
+    ua_d = mean_rate([r["UA_d"] for r in per_concept.values()])
+    ua_g = mean_rate([r["UA_g"] for r in per_concept.values()])
+
+    domains = {DOMAIN_OF[c] for c in concepts}
+    kept_images = [not any(spec.has(c) for c in concepts) for spec in pool]  # [N_pool]
+    asked = clean_pool["asked"]
+    keep = np.array([kept_images[i] for i, _ in asked], bool)
+    same = np.array([DOMAIN_OF[c] in domains for _, c in asked], bool)
+    (clean_yes, clean_named), (yes, named) = _arrays(clean_pool), _arrays(edited_pool)
+    rates = {}
+    for name, mask in (("IRA", keep & same), ("CRA", keep & ~same)):
+        rates[f"{name}_d"] = retain_accuracy(clean_yes[mask], yes[mask])
+        rates[f"{name}_g"] = retain_accuracy(clean_named[mask], named[mask])
+    ira, cra = _mean_of(rates["IRA_d"], rates["IRA_g"]), _mean_of(rates["CRA_d"], rates["CRA_g"])
+    util = utility(perception)
+    unlearning = _mean_of(ua_d, ua_g)
+    utility_parts = [v for v in (ira, cra, util / 100) if v is not None]
+    return {
+        "concepts": list(concepts),
+        "per_concept": {c: {k: v.as_dict() for k, v in r.items()} for c, r in per_concept.items()},
+        "UA_d": ua_d.as_dict(), "UA_g": ua_g.as_dict(), **{k: v.as_dict() for k, v in rates.items()},
+        "IRA": ira, "CRA": cra, "utility": util, "perception": perception,
+        "pool_images_kept": int(sum(kept_images)),
+        "unlearning_score": unlearning, "utility_score": float(np.mean(utility_parts)),
+    }
+
+
+class GroupEvaluation:
+    """Clean answers once (resumable parts under `parts_dir`); `run(concepts, unlearned)` scores
+    one multi-concept variant on the same images through `Model.answers` / `Model.perception`."""
+
+    def __init__(self, model: Model, suite, parts_dir: Path, language: str = "en"):
+        self.model, self.suite, self.language, self.parts = model, suite, language, Path(parts_dir)
+
+    def _forget(self, concept: str, unlearned=None) -> dict:
+        return _compact(self.model.answers(self.suite.forget[concept], lambda s: [concept], self.language, unlearned))
+
+    def _pool(self, unlearned=None) -> dict:
+        return _compact(self.model.answers(self.suite.pool, lambda s: sorted(s.concepts), self.language, unlearned))
+
+    def clean_forget(self, concept: str) -> dict:
+        return cached(self.parts / "clean" / f"forget-{concept}.json", lambda: self._forget(concept))
+
+    def clean_pool(self) -> dict:
+        return cached(self.parts / "clean" / "pool.json", self._pool)
+
+    def clean_perception(self) -> dict:
+        return cached(self.parts / "clean" / "perception.json",
+                      lambda: self.model.perception(self.suite.perception, self.language))
+
+    def run(self, concepts, unlearned) -> dict:
+        return score_group(concepts, {c: self.clean_forget(c) for c in concepts},
+                           {c: self._forget(c, unlearned) for c in concepts}, self.suite.pool, self.clean_pool(),
+                           self._pool(unlearned), self.model.perception(self.suite.perception, self.language,
+                                                                        unlearned))
+
+
+# ------------------------------------------------------------------------------------ run
+
+def _summary(values) -> dict:
+    kept = [v for v in values if v is not None]
+    return {"mean": round(float(np.mean(kept)), 4) if kept else None,
+            "std": round(float(np.std(kept)), 4) if kept else None, "n": len(kept)}
+
+
+def aggregate(rows: list[dict]) -> dict:
+    """task -> setting -> count -> mean / std over the draws of each score and column."""
+    table: dict = {}
+    for row in rows:
+        table.setdefault(row["task"], {}).setdefault(row["setting"], {}).setdefault(str(row["count"]), []).append(row)
+    columns = ("unlearning_score", "utility_score", "UA_d", "UA_g", "IRA", "CRA", "utility")
+
+    def value(result, name):
+        v = result[name]
+        return v["value"] if isinstance(v, dict) else v
+
+    return {task: {setting: {count: {name: _summary([value(r["result"], name) for r in group]) for name in columns}
+                             for count, group in by_count.items()}
+                   for setting, by_count in by_setting.items()}
+            for task, by_setting in table.items()}
+
+
+def run(out_dir: str | Path, config: MultiConfig | None = None, *, model_dir=None, sae_dir=None,
+        progress: bool = True) -> dict:
+    """The whole experiment; returns what `out_dir/results.json` holds."""
+    config = config or MultiConfig()
+    out = Path(out_dir)
+    check_same_run(out, NAME, config)
+    t0 = time.time()
+    rows = plan(config)
+    drawn = tuple(c for c in CONCEPTS if any(c in r["concepts"] for r in rows))
+    demo = dataclasses.replace(config.demo, concepts=drawn)  # select features only for what is drawn
+
+    @functools.cache
+    def context():  # the model, the SAE and the selection: loaded only if some part is missing
+        prepared = prepare(out, demo, model_dir=model_dir, sae_dir=sae_dir, progress=progress, choose=False)
+        suite = make_suite(drawn, seed=demo.seed, split="test", n_forget=demo.n_test, n_pool_per_concept=demo.n_pool,
+                           n_perception=demo.n_perception)
+        return prepared, GroupEvaluation(prepared.model, suite, out / "parts")
+
+    def variant(concepts):
+        prepared, evaluation = context()
+        start = time.time()
+        edited = prepared.unlearned(concepts, config.mode, config.k, config.gamma)
+        result = evaluation.run(concepts, edited)
+        say(progress, f"  {_slug(concepts)}: unlearning {result['unlearning_score']:.3f}, "
+                      f"utility {result['utility_score']:.3f} ({time.time() - start:.0f} s)")
+        return {**result, "seconds": round(time.time() - start, 1)}
+
+    say(progress, f"[multi] {len(rows)} draws, {len({_slug(r['concepts']) for r in rows})} distinct concept sets")
+    for row in rows:
+        row["result"] = cached(out / "parts" / "draws" / f"{_slug(row['concepts'])}.json",
+                               functools.partial(variant, row["concepts"]))
+    clean_perception = cached(out / "parts" / "clean" / "perception.json",
+                              lambda: context()[1].clean_perception())
+    clean_utility = utility(clean_perception)
+    clean = {"unlearning_score": 0.0, "utility_score": round((2 + clean_utility / 100) / 3, 4),
+             "utility": clean_utility, "IRA": 1.0, "CRA": 1.0}
+    results = {"config": dataclasses.asdict(config), "clean": clean, "summary": aggregate(rows), "draws": rows,
+               "meta": {"seconds_this_call": round(time.time() - t0, 1),
+                        "seconds_in_draws": round(sum(r["result"]["seconds"] for r in rows), 1)}}
+    write_outputs(out, results, markdown_report(results, config))
+    plot_figure6(results, out / "figure6.png")
+    return results
+
+
+def _fmt(summary: dict, percent: bool = False) -> str:
+    if summary["mean"] is None:
+        return "-"
+    scale = 100 if percent else 1
+    text = f"{scale * summary['mean']:.1f}" if percent else f"{summary['mean']:.3f}"
+    return text + (f" ± {scale * summary['std']:.1f}" if percent else f" ± {summary['std']:.3f}") \
+        if summary["n"] > 1 else text
+
+
+def markdown_report(results: dict, config: MultiConfig) -> str:
+    clean = results["clean"]
+    lines = ["# Unlearning several concepts at once (Figure 6)", "",
+             (f"SAUCE {config.mode}, k={config.k} features per concept (their union unlearned), gamma={config.gamma}; "
+             f"seed {config.demo.seed}; {config.draws} seeded draw(s) per count; {config.demo.n_test} test images per "
+             f"unlearned concept, {config.demo.n_pool} retain-pool images per concept, {config.demo.n_perception} "
+             "perception images."),
+             ("Unlearning score = mean(UA_d, UA_g) over the unlearned concepts; utility score = mean(IRA, CRA, "
+             "utility/100) on the retain-pool images without any unlearned concept (a rate without support is "
+             "left out: `-`). Mean ± std over the draws."), "",
+             (f"Clean model (reference): unlearning score {clean['unlearning_score']:.3f}, utility score "
+             f"{clean['utility_score']:.3f} (IRA = CRA = 1 by definition, utility {clean['utility']:.1f})."), "",
+             "| task | setting | count | unlearning score | utility score | UA_d % | UA_g % | IRA % | CRA % | utility |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for task, by_setting in results["summary"].items():
+        for setting, by_count in by_setting.items():
+            for count, s in by_count.items():
+                util = "-" if s["utility"]["mean"] is None else f"{s['utility']['mean']:.1f}"
+                lines.append(f"| {task} | {setting} | {count} | {_fmt(s['unlearning_score'])} | "
+                             f"{_fmt(s['utility_score'])} | {_fmt(s['UA_d'], True)} | {_fmt(s['UA_g'], True)} | "
+                             f"{_fmt(s['IRA'], True)} | {_fmt(s['CRA'], True)} | {util} |")
+    lines += ["", "## Draws", "", "| task | setting | count | concepts | unlearning | utility | pool images kept |",
+              "|---|---|---|---|---|---|---|"]
+    for row in results["draws"]:
+        r = row["result"]
+        lines.append(f"| {row['task']} | {row['setting']} | {row['count']} | {', '.join(row['concepts'])} | "
+                     f"{r['unlearning_score'] if r['unlearning_score'] is None else round(r['unlearning_score'], 3)} | "
+                     f"{r['utility_score']:.3f} | {r['pool_images_kept']} |")
+    lines += ["", (f"Time in draws: {results['meta']['seconds_in_draws']:.0f} s (this call: "
+                  f"{results['meta']['seconds_this_call']:.0f} s).")]
+    return "\n".join(lines) + "\n"
+
+
+def plot_figure6(results: dict, path: Path) -> None:
+    """Unlearning and utility score against the number of unlearned concepts, per task."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = results["summary"]
+    fig, axes = plt.subplots(1, len(summary), figsize=(5 * len(summary), 3.6), squeeze=False)
+    for ax, (task, by_setting) in zip(axes[0], summary.items()):
+        for setting, by_count in by_setting.items():
+            counts = [int(c) for c in by_count]
+            for name, color in (("unlearning_score", "#c0392b"), ("utility_score", "#2e86c1")):
+                means = [np.nan if by_count[str(c)][name]["mean"] is None else by_count[str(c)][name]["mean"]
+                         for c in counts]
+                stds = [by_count[str(c)][name]["std"] or 0.0 for c in counts]
+                ax.errorbar(counts, means, yerr=stds, color=color, marker="o", capsize=3,
+                            linestyle="-" if setting == "within" else "--",
+                            label=f"{name.split('_')[0]} ({setting})")
+        ax.axhline(results["clean"]["utility_score"], color="#2e86c1", linestyle=":", linewidth=1,
+                   label="utility (clean)")
+        ax.set_xscale("log", base=2)
+        ticks = sorted({int(c) for by_count in by_setting.values() for c in by_count})
+        ax.set_xticks(ticks, [str(c) for c in ticks])
+        ax.minorticks_off()
+        ax.set_xlabel("concepts unlearned at once")
+        ax.set_ylim(0, 1.05)
+        ax.set_title(task)
+    axes[0][0].set_ylabel("score")
+    axes[0][-1].legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ------------------------------------------------------------------------------------ CLI
+
+def _counts(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(c) for c in text.split(",") if c.strip())
+    except ValueError as exc:
+        raise ConfigError(f"--counts {text!r} must be comma-separated integers") from exc
+
+
+def cmd_multi(args) -> int:
+    apply_threads(args)
+    concepts = concepts_arg(args)
+    if args.quick:
+        config = quick_config(concepts, seed=args.seed)
+    else:
+        demo = dataclasses.replace(_full_demo(), seed=args.seed, **({"concepts": concepts} if concepts else {}))
+        config = MultiConfig(demo=demo)
+    changes = {}
+    if args.counts:
+        changes["counts"] = _counts(args.counts)
+    if args.draws is not None:
+        changes["draws"] = args.draws
+    if args.mode:
+        changes["mode"] = args.mode
+    config = dataclasses.replace(config, **changes)
+    run(args.out, config, model_dir=args.model, sae_dir=args.sae, progress=not args.no_progress)
+    print_report(args.out)
+    return 0
+
+
+def register(exp_sub) -> None:
+    parser = exp_sub.add_parser(NAME, help="the paper's Figure 6: SAUCE unlearning 1, 2, 4, 8 concepts at once",
+                                description="Unlearn seeded draws of 1, 2, 4, 8 concepts at once (within one domain "
+                                            "and across the task's domains, per task) with the union of their "
+                                            "SAUCE feature sets, and plot the unlearning score (mean UA_d, UA_g) and "
+                                            "the utility score (mean IRA, CRA, utility) against the count. Writes "
+                                            "report.md, results.json, figure6.png; parts/ makes a rerun resume.")
+    add_common_arguments(parser)
+    parser.add_argument("--counts", help="comma-separated numbers of concepts (default: 1,2,4,8)")
+    parser.add_argument("--draws", type=int, help="seeded draws per count (default: 3; --quick: 1)")
+    parser.add_argument("--mode", choices=MODES, help="SAUCE mode (default: reconstruct)")
+    parser.set_defaults(func=cmd_multi)
