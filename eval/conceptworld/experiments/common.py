@@ -94,12 +94,34 @@ def prepare(out: str | Path, demo: DemoConfig, *, model_dir=None, sae_dir=None, 
                              f"has width {encoder.config.hidden_size}")
     else:
         sae = train_concept_sae(encoder, out / "sae_run", demo, layer, progress)
-    sets = select_all(sae, encoder, demo, layer, progress)
+    sets = _feature_sets(out / "feature_sets", sae, encoder, demo, layer, progress)
     chosen = {}
     if choose:
         chosen = cached(out / "sauce_chosen.json",
                         lambda: choose_hyperparameters(model, encoder, sae, sets, demo, layer, progress))
     return Prepared(llava, processor, encoder, layer, model, sae, sets, chosen)
+
+
+def _feature_sets(folder: Path, sae, encoder, demo: DemoConfig, layer: int, progress: bool) -> dict:
+    """Each concept's FeatureSet, selected once and kept as `folder/<concept>.json` (a set made
+    for another SAE is refused by its fingerprint)."""
+    from sauce_jax.scoring import FeatureSet
+
+    sets = {}
+    for concept in demo.concepts:
+        path = folder / f"{concept}.json"
+        if path.is_file():
+            sets[concept] = FeatureSet.load(path)
+            sets[concept].check_sae(sae)
+    missing = tuple(c for c in demo.concepts if c not in sets)
+    if missing:
+        folder.mkdir(parents=True, exist_ok=True)
+        for concept, features in select_all(sae, encoder, dataclasses.replace(demo, concepts=missing), layer,
+                                            progress).items():
+            tmp = features.save(folder / f"{concept}.tmp")
+            os.replace(tmp, folder / f"{concept}.json")  # complete or absent
+            sets[concept] = features
+    return {c: sets[c] for c in demo.concepts}
 
 
 def cached(path: str | Path, compute: Callable[[], Any]) -> Any:
