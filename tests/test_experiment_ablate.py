@@ -87,5 +87,5 @@ def test_ablate_end_to_end_and_resume(tmp_path):
     assert list(again["ablations"]) == ["layer"]
     assert {p: p.stat().st_mtime_ns for p in parts} == stamps
     assert json.loads((tmp_path / "results.json").read_text())["ablations"]["layer"] == again["ablations"]["layer"]
-    with pytest.raises(ConfigError, match="another run"):
-        run(tmp_path, dataclasses.replace(config, k=8), progress=False)
+    with pytest.raises(ConfigError, match="another run"):  # other images: the points would not compare
+        run(tmp_path, dataclasses.replace(config, demo=dataclasses.replace(config.demo, n_test=12)), progress=False)

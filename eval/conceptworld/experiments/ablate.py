@@ -117,6 +117,14 @@ class AblateConfig:
             raise ConfigError(f"ablate layers={self.layers} must be hidden-state indices >= 0 (0: embeddings)")
 
 
+@dataclasses.dataclass(frozen=True)
+class RunIdentity:
+    """What every point of a run folder shares (checked by `check_same_run`)."""
+
+    demo: DemoConfig
+    sae: str | None
+
+
 def quick_config(concepts=None, seed: int = 0) -> AblateConfig:
     """The CI-sized run: two concepts, small SAEs, two values per ablation."""
     demo = DemoConfig(seed=seed, concepts=tuple(concepts) if concepts else ("star", "red"), sae_images=300,
@@ -289,9 +297,10 @@ def run(out_dir: str | Path, config: AblateConfig | None = None, *, model_dir=No
     """Run (or resume) every ablation; returns what `results.json` holds."""
     config = config or AblateConfig()
     out = Path(out_dir)
-    # The ablations run are not part of the run's identity: every point is keyed by its full
-    # setting, so `--ablations layer` first and all of them later share one folder.
-    check_same_run(out, NAME, dataclasses.replace(config, ablations=ABLATIONS))
+    # A folder's identity is what its points share (concepts, seed, sizes, SAE recipe, the given
+    # SAE); each point is keyed by its own setting, so `--ablations layer` first, all of them
+    # later, or a grid grown afterwards reuse every point already in the folder.
+    check_same_run(out, NAME, RunIdentity(config.demo, config.sae))
     t0 = time.time()
     ctx = _Context(out, config, model_dir, progress)
     for layer in config.layers:
@@ -421,6 +430,9 @@ def cmd_ablate(args) -> int:
         changes["ablations"] = tuple(a.strip() for a in args.ablations.split(",") if a.strip())
     if args.n_test:
         changes["demo"] = dataclasses.replace(config.demo, n_test=args.n_test)
+    for name, kind in (("layers", int), ("k_values", int), ("gamma_values", float)):
+        if getattr(args, name):
+            changes[name] = tuple(kind(v) for v in getattr(args, name).split(",") if v.strip())
     if args.sae:
         changes["sae"] = str(Path(args.sae).resolve())
     config = dataclasses.replace(config, **changes)
@@ -440,4 +452,7 @@ def register(exp_sub) -> None:
     add_common_arguments(p)
     p.add_argument("--ablations", help=f"comma-separated among {','.join(ABLATIONS)} (default: all)")
     p.add_argument("--n-test", type=int, help="test images per concept (default 24; quick 10)")
+    p.add_argument("--layers", help="comma-separated hidden states of the layer ablation (default 1,2,3,4)")
+    p.add_argument("--k-values", help="comma-separated k of the k x gamma grid (default 4,16,64)")
+    p.add_argument("--gamma-values", help="comma-separated gamma of the k x gamma grid (default 0.5,0,-1,-2)")
     p.set_defaults(func=cmd_ablate)
