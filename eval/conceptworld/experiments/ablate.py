@@ -164,7 +164,7 @@ def plan(config: AblateConfig, llava_layer: int) -> dict[str, list[tuple[str, st
                  config.generative)
     at = dataclasses.replace
     table = {
-        "layer": [("layer", f"layer {x}", at(base, layer=x)) for x in config.layers],
+        "layer": [("SAE layer", f"layer {x}", at(base, layer=x)) for x in config.layers],
         "k_gamma": [(f"k={k}", f"k={k} gamma={g:g}", at(base, k=k, gamma=g, generative=config.grid_generative))
                     for k in config.k_values for g in config.gamma_values],
         "token": [("selection tokens (edit all)", f"select {t}", at(base, token=t)) for t in config.select_tokens]
@@ -381,9 +381,13 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     names = list(results["ablations"])
-    fig, axes = plt.subplots(1, len(names), figsize=(4.6 * len(names), 4.2), squeeze=False)
+    cols = min(3, len(names))
+    nrows = -(-len(names) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(5.2 * cols, 4.4 * nrows), squeeze=False)
+    for ax in axes.flat[len(names):]:
+        ax.set_visible(False)
     markers = {"concrete": "o", "abstract": "^"}
-    for ax, name in zip(axes[0], names):
+    for ax, name in zip(axes.flat, names):
         rows = results["ablations"][name]
         series = list(dict.fromkeys(r["series"] for r in rows))
         colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
