@@ -84,8 +84,9 @@ def train_concept_sae(encoder, out: Path, config: DemoConfig, layer: int, progre
                      layer=layer, token="all", resume=resume, progress=progress)
 
 
-def select_all(sae, encoder, config: DemoConfig, layer: int, progress: bool) -> dict:
-    """Each concept's features ranked by eq. 4 on its train split, max(k_grid) of them."""
+def select_all(sae, encoder, config: DemoConfig, layer: int, progress: bool, token: str = "all") -> dict:
+    """Each concept's features ranked by eq. 4 on its train split, max(k_grid) of them, scored
+    on `token` (see `select_features`)."""
     from sauce_jax.scoring import select_features
 
     sets = {}
@@ -93,7 +94,7 @@ def select_all(sae, encoder, config: DemoConfig, layer: int, progress: bool) -> 
         pos = list(render_many(concept_split(concept, "train", config.n_select, seed=config.seed)))
         neg = list(render_many(concept_split(concept, "train", config.n_select, seed=config.seed, positive=False)))
         sets[concept] = select_features(sae, encoder, pos, neg, k=max(config.k_grid), layer=layer, concept=concept,
-                                        token="all", batch_size=config.n_select, progress=False)
+                                        token=token, batch_size=config.n_select, progress=False)
     _say(progress, f"selected features for {len(sets)} concepts")
     return sets
 

@@ -243,20 +243,10 @@ class _Context:
         return self._sets[key]
 
     def _select(self, sae, layer: int, token: str) -> dict:
-        from sauce_jax.scoring import select_features
+        from ..demo import select_all
 
-        from ..render import render_many
-        from ..world import concept_split
-
-        d, k = self.config.demo, max(self.config.k, *self.config.k_values)
-        out = {}
-        for concept in d.concepts:
-            pos = list(render_many(concept_split(concept, "train", d.n_select, seed=d.seed)))
-            neg = list(render_many(concept_split(concept, "train", d.n_select, seed=d.seed, positive=False)))
-            out[concept] = dataclasses.asdict(select_features(
-                sae, self.encoder, pos, neg, k=k, layer=layer, concept=concept, token=token,
-                batch_size=d.n_select, progress=False))
-        return out
+        demo = dataclasses.replace(self.config.demo, k_grid=(max(self.config.k, *self.config.k_values),))
+        return {c: dataclasses.asdict(s) for c, s in select_all(sae, self.encoder, demo, layer, False, token).items()}
 
     def evaluation(self, generative: bool) -> Evaluation:
         if generative not in self._evaluations:
