@@ -285,6 +285,25 @@ def train_language(model, tokenizer, specs, features, config: RecipeConfig, ckpt
     model.eval()
 
 
+def train_language_stages(model, tokenizer, specs, images: np.ndarray, config: RecipeConfig, out: Path, log,
+                          device: str) -> None:
+    """Stages 2 and 3 on the frozen tower's cached features (`out/language.pt`, `out/focus.pt`);
+    a finished stage is loaded, not rerun, and features are cached only if a stage must run."""
+    stages = [("language.pt", config.lm_steps, config.lm_lr, (0.2, 0.7), 2),
+              ("focus.pt", config.focus_steps, config.lm_lr / 2, (0.1, 0.85), 3)]
+    features = None
+    for name, steps, lr, mix, stage in stages:
+        state = _load(out / name, device)
+        if state is not None and state["step"] >= steps:
+            model.load_state_dict(state["model"])
+            continue
+        if features is None:
+            log("caching tower features")
+            features = tower_features(model, images)
+        train_language(model, tokenizer, specs, features, config, out / name, log, steps=steps, lr=lr, mix=mix,
+                       stage=stage)
+
+
 # ------------------------------------------------------------------------------------ driver
 
 def train(out_dir: str | Path, config: RecipeConfig | None = None, *, threads: int | None = None,
@@ -318,23 +337,11 @@ def train(out_dir: str | Path, config: RecipeConfig | None = None, *, threads: i
     processor = vlm.make_processor(tokenizer)
     model = vlm.make_model(tokenizer, seed=config.seed).to(device)
     torch.manual_seed(config.seed)
-    stages = [("language.pt", config.lm_steps, config.lm_lr, (0.2, 0.7), 2),
-              ("focus.pt", config.focus_steps, config.lm_lr / 2, (0.1, 0.85), 3)]
     if (out / "language.pt").is_file():  # stage 2's checkpoints hold the whole model, trained tower included
         model.load_state_dict(_load(out / "language.pt", device)["model"])
     else:
         train_tower(model, data, config, out / "tower.pt", log)
-    features = None
-    for name, steps, lr, mix, stage in stages:
-        state = _load(out / name, device)
-        if state is not None and state["step"] >= steps:
-            model.load_state_dict(state["model"])
-            continue
-        if features is None:
-            log("caching tower features")
-            features = tower_features(model, data["images"])
-        train_language(model, tokenizer, specs, features, config, out / name, log, steps=steps, lr=lr, mix=mix,
-                       stage=stage)
+    train_language_stages(model, tokenizer, specs, data["images"], config, out, log, device)
     from .evaluate import clean_accuracy
 
     val_specs = generic_stream(config.val_images, seed=config.seed, stream="vlm-val")

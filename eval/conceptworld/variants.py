@@ -32,15 +32,13 @@ from .training import (
     RecipeConfig,
     _batch,
     _cached_dataset,
-    _load,
     _optimizer,
     _resume,
     _save,
     _update,
     embed_with_features,
     pixels_nchw,
-    tower_features,
-    train_language,
+    train_language_stages,
 )
 from .world import generic_stream
 
@@ -112,18 +110,7 @@ def language_sibling(out_dir: str | Path, config: SiblingConfig | None = None, *
     model.model.vision_tower.load_state_dict(base.model.vision_tower.state_dict())
     model = model.to(device)
     torch.manual_seed(recipe.seed)
-    features = None
-    for name, steps, lr, mix, stage in (("language.pt", recipe.lm_steps, recipe.lm_lr, (0.2, 0.7), 2),
-                                        ("focus.pt", recipe.focus_steps, recipe.lm_lr / 2, (0.1, 0.85), 3)):
-        state = _load(out / name, device)
-        if state is not None and state["step"] >= steps:
-            model.load_state_dict(state["model"])
-            continue
-        if features is None:
-            log("caching tower features")
-            features = tower_features(model, data["images"])
-        train_language(model, processor.tokenizer, specs, features, recipe, out / name, log, steps=steps, lr=lr,
-                       mix=mix, stage=stage)
+    train_language_stages(model, processor.tokenizer, specs, data["images"], recipe, out, log, device)
     return _finish(model, processor, out, _summary(model, processor, recipe.seed, config.val_images, t0, fields))
 
 
