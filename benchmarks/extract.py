@@ -53,7 +53,7 @@ def main(argv=None) -> dict:
 
     import sauce_jax
     from benchmarks.encoder import PRESETS
-    from train.activations import CachedSource, EncoderSource
+    from sauce_jax.train.activations import CachedSource, EncoderSource
 
     torch.manual_seed(0)
     encoder = sauce_jax.load_encoder(CLIPVisionModel(CLIPVisionConfig(**PRESETS[args.preset])), dtype=args.dtype)

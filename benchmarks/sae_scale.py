@@ -29,9 +29,9 @@ def main(argv=None) -> list[dict]:
 
     from benchmarks.encoder import median_seconds
     from sauce_jax import sae as sae_lib
-    from train.config import TrainConfig
-    from train.sharding import make_mesh, memory_plan, shard_state
-    from train.step import global_batch, init_state, jit_train_step, make_optimizer
+    from sauce_jax.train.config import TrainConfig
+    from sauce_jax.train.sharding import make_mesh, memory_plan, shard_state
+    from sauce_jax.train.step import global_batch, init_state, jit_train_step, make_optimizer
 
     mesh = make_mesh(args.model_parallel)
     x = global_batch(np.random.default_rng(0).standard_normal((args.batch, args.d_in)).astype(np.float32), mesh)

@@ -56,9 +56,9 @@ def main(argv=None) -> dict:
 
     from benchmarks.encoder import median_seconds
     from sauce_jax import sae as sae_lib
-    from train.config import TrainConfig
-    from train.sharding import make_mesh, shard_state
-    from train.step import global_batch, init_state, jit_train_step, make_optimizer
+    from sauce_jax.train.config import TrainConfig
+    from sauce_jax.train.sharding import make_mesh, shard_state
+    from sauce_jax.train.step import global_batch, init_state, jit_train_step, make_optimizer
 
     alpha, lr = 8e-5, 4e-4
     config = sae_lib.SAEConfig(d_in=args.d_in, d_sae=args.d_sae, l1_coefficient=alpha)

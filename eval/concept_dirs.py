@@ -16,7 +16,7 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from eval.judges.base import concept_word
+from sauce_jax.eval.judges.base import concept_word
 from sauce_jax.errors import ConfigError, InputError
 from sauce_jax.images import IMAGE_SUFFIXES
 

@@ -37,8 +37,8 @@ import numpy as np
 import optax
 from PIL import Image
 
-from eval.metrics import retain_accuracy, unlearning_accuracy
-from eval.top_images import plot_image_rows, precision, top_activating
+from sauce_jax.eval.metrics import retain_accuracy, unlearning_accuracy
+from sauce_jax.eval.top_images import plot_image_rows, precision, top_activating
 from sauce_jax.errors import ConfigError
 
 SKIPPED_CATEGORIES = ("Component",)  # skin-tone swatches and hair components, not concepts
@@ -150,7 +150,7 @@ def run(out_dir: str | Path, encoder, config: EmojiConfig = EmojiConfig(), *, pr
     """Run the benchmark, write `results.json` and `results.md` to `out_dir`, return the results."""
     from sauce_jax.intervention import intervention_args, make_hook
     from sauce_jax.scoring import FeatureSet, image_activations, score_features
-    from train import TrainConfig, train_sae
+    from sauce_jax.train import TrainConfig, train_sae
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

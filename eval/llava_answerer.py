@@ -41,7 +41,7 @@ class LlavaAnswerer:
             from transformers import AutoProcessor, LlavaForConditionalGeneration
         except ImportError as exc:
             raise ConfigError("a LLaVA checkpoint needs transformers and torch: pip install 'sauce-jax[torch]'") from exc
-        from ports.weights import read_json
+        from sauce_jax.ports.weights import read_json
         from sauce_jax.encoder import load_encoder
 
         directory = Path(checkpoint)
@@ -92,7 +92,7 @@ class LlavaAnswerer:
         The batch is zero-padded to `batch_size` so the JAX tower compiles once."""
         import jax.numpy as jnp
 
-        from eval.llava_bridge import llava_image_features
+        from sauce_jax.eval.llava_bridge import llava_image_features
         from sauce_jax.image_processor import preprocess
 
         px = preprocess([open_rgb(i) for i in images], self.encoder)  # [B, H, W, C]
@@ -103,7 +103,7 @@ class LlavaAnswerer:
 
     def generate(self, features, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
         """One greedy answer per row: features [B, N, D_text], prompts [B] user messages."""
-        from eval.llava_bridge import generate_with_features
+        from sauce_jax.eval.llava_bridge import generate_with_features
 
         n_tokens = features.shape[1]
         texts = [self.prompt_text(p).replace(self.image_token, self.image_token * n_tokens) for p in prompts]

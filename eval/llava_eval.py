@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from eval.concept_dirs import ConceptDirs
-from eval.metrics import Rate, clean_accuracy, mean_rate, retain_accuracy, unlearning_accuracy
+from sauce_jax.eval.concept_dirs import ConceptDirs
+from sauce_jax.eval.metrics import Rate, clean_accuracy, mean_rate, retain_accuracy, unlearning_accuracy
 from sauce_jax.errors import ConfigError
 
 # The paper's generative and discriminative prompts, first, then two more phrasings of each.
@@ -95,7 +95,7 @@ class Answers:
 def ask_all(answerer, judge, images: Sequence[Path], concepts: Sequence[str], words: dict[str, str],
             config: EvalConfig, unlearned=None) -> Answers:
     """Every prompt about every image (image i about concept `concepts[i]`), judged."""
-    from eval.mme import parse_answer
+    from sauce_jax.eval.mme import parse_answer
 
     prompts = [[fill_prompt(t, words[c]) for t in config.discriminative] for c in concepts]
     texts_d = answerer.ask(images, prompts, unlearned=unlearned, max_new_tokens=config.yes_no_tokens) \
@@ -163,7 +163,7 @@ def image_activations(sae, answerer, paths: Sequence[Path], layer: int, token: s
     import jax
     import jax.numpy as jnp
 
-    from eval.llava_answerer import open_rgb
+    from sauce_jax.eval.llava_answerer import open_rgb
     from sauce_jax import sae as sae_lib
     from sauce_jax.image_processor import preprocess
     from sauce_jax.tokens import check_token_choice, select_tokens, tokens_per_image
@@ -285,7 +285,7 @@ def _means(results: list[dict]) -> dict:
 
 
 def _mme(answerer, unlearned, root, subtasks) -> dict:
-    from eval.mme import run_mme
+    from sauce_jax.eval.mme import run_mme
 
     summary = run_mme(root, answerer.mme_answerer(unlearned), subtasks=subtasks, batch_size=answerer.batch_size)
     return {"perception": summary["perception"]["score"], "cognition": summary["cognition"]["score"],

@@ -53,7 +53,7 @@ def add_arguments(ev) -> None:
 
 
 def _judge(args):
-    from eval.judges import make_judge
+    from sauce_jax.eval.judges import make_judge
 
     if args.judge == "words":
         if args.judge_model or args.judge_base_url or args.judge_cache:
@@ -72,7 +72,7 @@ def obtain_sae(args, answerer, dirs, progress: bool):
 
     if args.sae:
         return load_sae(args.sae)
-    from train import TrainConfig, train_sae
+    from sauce_jax.train import TrainConfig, train_sae
 
     images = args.sae_images or [p for c in dirs.concepts.values() for p in c.images("train")]
     d = answerer.encoder.config.hidden_size
@@ -102,10 +102,10 @@ def _concepts(text: str | None):
 
 def cmd_eval_checkpoint(args) -> int:
     """The `eval` command for `--model DIR`."""
-    from eval.concept_dirs import load_concept_dirs
-    from eval.llava_answerer import LlavaAnswerer
-    from eval.llava_eval import DISCRIMINATIVE_PROMPTS, GENERATIVE_PROMPTS, EvalConfig, evaluate
-    from eval.mme import check_subtasks, find_root, load_mme
+    from sauce_jax.eval.concept_dirs import load_concept_dirs
+    from sauce_jax.eval.llava_answerer import LlavaAnswerer
+    from sauce_jax.eval.llava_eval import DISCRIMINATIVE_PROMPTS, GENERATIVE_PROMPTS, EvalConfig, evaluate
+    from sauce_jax.eval.mme import check_subtasks, find_root, load_mme
 
     if not args.concepts_dir:
         raise ConfigError(f"--model {args.model!r} is a directory: give --concepts-dir DIR "

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from eval.metrics import mme_score
+from sauce_jax.eval.metrics import mme_score
 from sauce_jax.errors import ConfigError, InputError
 
 PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark", "artwork",
@@ -283,12 +283,12 @@ def format_summary(summary: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m eval.mme RESULTS_DIR`: score MME result files."""
+    """`python -m sauce_jax.eval.mme RESULTS_DIR`: score MME result files."""
     import argparse
 
     from sauce_jax.errors import SauceError
 
-    parser = argparse.ArgumentParser(prog="python -m eval.mme", description="Score MME result files (SUBTASK.txt).")
+    parser = argparse.ArgumentParser(prog="python -m sauce_jax.eval.mme", description="Score MME result files (SUBTASK.txt).")
     parser.add_argument("results_dir")
     args = parser.parse_args(argv)
     try:

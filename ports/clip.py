@@ -15,9 +15,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ports.attention import check_implementation
-from ports.conversion import CONV2D, LINEAR, Rule, build_module, with_prefix
-from ports.vit import Encoder, PatchEmbedding, check_config, dense, layer_norm
+from sauce_jax.ports.attention import check_implementation
+from sauce_jax.ports.conversion import CONV2D, LINEAR, Rule, build_module, with_prefix
+from sauce_jax.ports.vit import Encoder, PatchEmbedding, check_config, dense, layer_norm
 from sauce_jax.errors import CheckpointError, ConfigError
 
 MODEL_TYPE = "clip_vision_model"

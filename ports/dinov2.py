@@ -27,9 +27,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ports.attention import attention, check_implementation
-from ports.conversion import CONV2D, LINEAR, Rule, build_module, with_prefix
-from ports.vit import ACTIVATIONS, PatchEmbedding, check_config, dense, layer_norm
+from sauce_jax.ports.attention import attention, check_implementation
+from sauce_jax.ports.conversion import CONV2D, LINEAR, Rule, build_module, with_prefix
+from sauce_jax.ports.vit import ACTIVATIONS, PatchEmbedding, check_config, dense, layer_norm
 from sauce_jax.errors import CheckpointError, ConfigError
 
 MODEL_TYPE = "dinov2"

@@ -35,7 +35,7 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
-from ports import dinov2
+from sauce_jax.ports import dinov2
 from sauce_jax.errors import CheckpointError
 
 # Nodes that move a tensor (data input first) or shift/scale it by a constant without mixing

@@ -22,11 +22,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ports.attention import attention, check_implementation
-from ports.clip import IGNORED_BUFFERS, VISION_PREFIXES
-from ports.clip import IGNORED as CLIP_IGNORED
-from ports.conversion import CONV2D, LINEAR, Rule, build_module, with_prefix
-from ports.vit import MLP, Encoder, PatchEmbedding, check_config, dense, layer_norm
+from sauce_jax.ports.attention import attention, check_implementation
+from sauce_jax.ports.clip import IGNORED_BUFFERS, VISION_PREFIXES
+from sauce_jax.ports.clip import IGNORED as CLIP_IGNORED
+from sauce_jax.ports.conversion import CONV2D, LINEAR, Rule, build_module, with_prefix
+from sauce_jax.ports.vit import MLP, Encoder, PatchEmbedding, check_config, dense, layer_norm
 from sauce_jax.errors import CheckpointError, ConfigError
 
 MODEL_TYPE = "siglip_vision_model"

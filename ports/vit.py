@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ports.attention import attention
+from sauce_jax.ports.attention import attention
 from sauce_jax.errors import ConfigError
 
 ACTIVATIONS = {

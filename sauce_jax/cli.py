@@ -29,7 +29,7 @@ def cmd_info(args) -> int:
     print(f"{'devices':18s} {', '.join(str(d) for d in jax.devices())} (backend {jax.default_backend()})")
     if args.checkpoint is None:
         return 0
-    from ports.weights import read_checkpoint_tensors, read_json, resolve_checkpoint_dir
+    from sauce_jax.ports.weights import read_checkpoint_tensors, read_json, resolve_checkpoint_dir
     from sauce_jax.encoder import load_encoder
 
     directory = resolve_checkpoint_dir(args.checkpoint)
@@ -60,7 +60,7 @@ def cmd_train_sae(args) -> int:
     import numpy as np
 
     from sauce_jax.sae import SAEConfig
-    from train import TrainConfig, train_sae
+    from sauce_jax.train import TrainConfig, train_sae
 
     if args.distributed:
         import jax
@@ -162,7 +162,7 @@ def _llava_answerer(checkpoint: str, encoder, edited, prompt: str, max_new_token
         from transformers import AutoProcessor, LlavaForConditionalGeneration
     except ImportError as exc:
         raise ConfigError("answers need transformers' LLaVA and torch: pip install 'sauce-jax[torch]'") from exc
-    from eval.llava_bridge import generate_with_features, llava_image_features
+    from sauce_jax.eval.llava_bridge import generate_with_features, llava_image_features
     from sauce_jax.image_processor import preprocess
 
     if encoder.config.checkpoint_type != "llava":
@@ -201,8 +201,8 @@ def _default_real_encoder() -> str:
 
 
 def cmd_experiment_real(args) -> int:
-    from eval.emoji import EmojiConfig, run
-    from eval.emoji import table as eval_table
+    from sauce_jax.eval.emoji import EmojiConfig, run
+    from sauce_jax.eval.emoji import table as eval_table
     from sauce_jax.encoder import load_encoder
 
     encoder = load_encoder(args.encoder or _default_real_encoder())
@@ -332,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     real.add_argument("--no-progress", action="store_true")
     real.set_defaults(func=cmd_experiment_real)
 
-    from eval.conceptworld.cli import add_commands, add_experiments
+    from sauce_jax.eval.conceptworld.cli import add_commands, add_experiments
 
     add_experiments(exp_sub)
     add_commands(sub)

@@ -22,8 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ports import clip, dinov2, mllama, siglip
-from ports.weights import read_checkpoint_tensors, read_json, resolve_checkpoint_dir, torch_to_numpy
+from sauce_jax.ports import clip, dinov2, mllama, siglip
+from sauce_jax.ports.weights import read_checkpoint_tensors, read_json, resolve_checkpoint_dir, torch_to_numpy
 from sauce_jax.errors import ConfigError, InputError
 from sauce_jax.image_processor import PreprocessConfig
 
@@ -237,7 +237,7 @@ def _is_onnx_source(source: Any) -> bool:
 
 def _load_onnx_encoder(source: str | os.PathLike, dtype: str, attention: str) -> VisionEncoder:
     """A DINOv2 encoder from an ONNX export: weights recovered by `ports.onnx_import`."""
-    from ports.onnx_import import load_onnx_dinov2
+    from sauce_jax.ports.onnx_import import load_onnx_dinov2
 
     path = Path(str(source).removeprefix("onnx:")).expanduser()
     model, found = load_onnx_dinov2(path, dtype=DTYPES[dtype], attention_impl=attention)

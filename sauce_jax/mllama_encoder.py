@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ports import mllama
+from sauce_jax.ports import mllama
 from sauce_jax.encoder import EncoderConfig, EncoderOutput, VisionEncoder
 from sauce_jax.errors import ConfigError, InputError
 from sauce_jax.mllama_processor import FIELDS, MllamaPreprocessConfig

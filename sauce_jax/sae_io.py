@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
-from ports.weights import read_json, read_safetensors
+from sauce_jax.ports.weights import read_json, read_safetensors
 from sauce_jax.errors import CheckpointError, ConfigError, InputError, SauceError
 from sauce_jax.sae import SAE, SAEConfig, check_params
 

@@ -3,7 +3,7 @@
 `train_sae` is the entry point; `make_source` builds its activation stream.
 """
 
-from train.config import TrainConfig
-from train.loop import TrainingDiverged, make_source, train_sae
+from sauce_jax.train.config import TrainConfig
+from sauce_jax.train.loop import TrainingDiverged, make_source, train_sae
 
 __all__ = ["TrainConfig", "TrainingDiverged", "make_source", "train_sae"]

@@ -11,8 +11,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from sauce_jax import sae as sae_lib
 from sauce_jax.sae import SAEConfig
-from train.config import TrainConfig
-from train.sharding import BATCH, state_shardings
+from sauce_jax.train.config import TrainConfig
+from sauce_jax.train.sharding import BATCH, state_shardings
 
 TRAINABLE = ("W_enc", "b_enc", "W_dec", "b_dec")
 

@@ -17,7 +17,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from eval.metrics import (
+from sauce_jax.eval.metrics import (
     Rate,
     clean_accuracy,
     mean_rate,
@@ -80,7 +80,7 @@ class Model:
         """Projected image features [N, T, D_text] (torch)."""
         import torch
 
-        from eval.llava_bridge import llava_image_features
+        from sauce_jax.eval.llava_bridge import llava_image_features
 
         px = self.pixels(specs)
         parts = []

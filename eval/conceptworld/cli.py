@@ -91,7 +91,7 @@ def cmd_eval(args) -> int:
                               f"got {args.model!r}")
         # A real checkpoint with a concept folder; a ConceptWorld LLaVA (it has training.json) without one.
         if args.concepts_dir or not Path(args.model, "training.json").is_file():
-            from eval.llava_eval_cli import cmd_eval_checkpoint
+            from sauce_jax.eval.llava_eval_cli import cmd_eval_checkpoint
 
             return cmd_eval_checkpoint(args)
     if args.concepts_dir:
@@ -206,7 +206,7 @@ def add_commands(sub) -> None:
                                    "conceptworld, or .../checkpoint-eval for a checkpoint dir)")
     ev.add_argument("--json", help="write the metrics to this file")
     ev.add_argument("--no-progress", action="store_true")
-    from eval.llava_eval_cli import add_arguments
+    from sauce_jax.eval.llava_eval_cli import add_arguments
 
     add_arguments(ev)
     ev.set_defaults(func=cmd_eval)

@@ -68,7 +68,7 @@ def train_concept_sae(encoder, out: Path, config: DemoConfig, layer: int, progre
     """The SAE on every token of `layer` over the generic stream (resumes an interrupted run)."""
     from sauce_jax.sae import SAEConfig
     from sauce_jax.sae_io import load_sae
-    from train import TrainConfig, train_sae
+    from sauce_jax.train import TrainConfig, train_sae
 
     if (out / "sae" / "cfg.json").is_file():
         return load_sae(out / "sae")

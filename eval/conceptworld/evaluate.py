@@ -14,7 +14,7 @@ def clean_accuracy(model, tokenizer, specs, *, projected=None, languages=T.LANGU
     """Balanced yes/no accuracy per domain (mean of the accuracy on images with and without each
     concept, every concept asked about every image), concept recall of the descriptions, and the
     perception questions' MME scores, for each language."""
-    from eval.metrics import mme_score, utility
+    from sauce_jax.eval.metrics import mme_score, utility
 
     if projected is None:
         projected = torch_features(model, render_many(specs))

@@ -52,7 +52,7 @@ class Table2Config:
     n_examples: int = 2  # Table 3: forget and retain images described per concept
 
     def __post_init__(self):
-        from eval.baselines import METHODS
+        from sauce_jax.eval.baselines import METHODS
 
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods:
@@ -66,8 +66,8 @@ class Table2Config:
                 raise ConfigError(f"table2 {name}={getattr(self, name)} must be >= 1")
 
     def baseline(self, method: str, lr: float, steps: int):
-        from eval.baselines import BaselineConfig
-        from eval.baselines.conceptworld import REFUSAL
+        from sauce_jax.eval.baselines import BaselineConfig
+        from sauce_jax.eval.baselines.conceptworld import REFUSAL
 
         return BaselineConfig(method=method, lr=lr, steps=steps, batch_size=self.batch_size,
                               retain_weight=self.retain_weight, kl_weight=self.kl_weight, lora=self.lora,
@@ -123,7 +123,7 @@ class _Context:
         return self._val
 
     def data(self, concept: str):
-        from eval.baselines.conceptworld import build_data
+        from sauce_jax.eval.baselines.conceptworld import build_data
 
         if concept not in self._data:
             c = self.config
@@ -166,8 +166,8 @@ def _original_row(ctx: _Context) -> dict:
 
 def _baseline_row(ctx: _Context, method: str) -> dict:
     """Grid on val (one run per learning rate, scored at each step count), then the test split once."""
-    from eval.baselines import Unlearner
-    from eval.baselines.trainer import set_losses
+    from sauce_jax.eval.baselines import Unlearner
+    from sauce_jax.eval.baselines.trainer import set_losses
 
     config, concepts = ctx.config, ctx.config.demo.concepts
     steps_grid = sorted(config.steps_grid)

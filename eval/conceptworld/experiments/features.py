@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from eval.top_images import plot_image_rows, precision, top_activating
+from sauce_jax.eval.top_images import plot_image_rows, precision, top_activating
 from sauce_jax.errors import ConfigError
 
 from ..demo import DemoConfig
@@ -106,7 +106,7 @@ def feature_statistics(prepared, specs, n_top: int, progress: bool) -> dict:
     """FS and FMAV per image and per token, and the top images of every feature (JSON-able)."""
     from sauce_jax.image_processor import preprocess
     from sauce_jax.scoring import image_activations
-    from train.metrics import feature_statistics as token_statistics
+    from sauce_jax.train.metrics import feature_statistics as token_statistics
 
     images = list(render_many(specs))
     encoder, sae, layer = prepared.encoder, prepared.sae, prepared.layer
@@ -216,7 +216,7 @@ def _mean(values) -> float | None:
 
 def write_figures(out: Path, config: FeaturesConfig, stats: dict, sets: dict, cards: dict, specs) -> None:
     """figure4.png, figure4_tokens.png, figure5.png and each card's PNG."""
-    from train.metrics import plot_feature_statistics
+    from sauce_jax.train.metrics import plot_feature_statistics
 
     plot_feature_statistics(np.asarray(stats["fs"]), np.asarray(stats["fmav"]), out / "figure4.png")
     plot_feature_statistics(np.asarray(stats["fs_tokens"]), np.asarray(stats["fmav_tokens"]),

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from eval.metrics import Rate, mean_rate, retain_accuracy, unlearning_accuracy, utility
+from sauce_jax.eval.metrics import Rate, mean_rate, retain_accuracy, unlearning_accuracy, utility
 from sauce_jax.errors import ConfigError
 
 from ..benchmark import Model, make_suite

@@ -130,7 +130,7 @@ class _Context:
     """The model, SAUCE, both evaluations and the quantized clean model, built on first use."""
 
     def __init__(self, out: Path, config: RobustConfig, model_dir, sae_dir, progress: bool):
-        from eval.quantize import quantize_encoder, quantize_llava
+        from sauce_jax.eval.quantize import quantize_encoder, quantize_llava
 
         d = config.table2.demo
         self.config, self.progress = config, progress
@@ -164,9 +164,9 @@ class _Context:
                 "hyperparameters": {k: self.prep.chosen[mode][k] for k in ("k", "gamma")}}
 
     def baseline(self, concept: str, method: str) -> dict:
-        from eval.baselines import Unlearner
-        from eval.baselines.conceptworld import build_data
-        from eval.quantize import quantize_llava
+        from sauce_jax.eval.baselines import Unlearner
+        from sauce_jax.eval.baselines.conceptworld import build_data
+        from sauce_jax.eval.quantize import quantize_llava
 
         c = self.config
         lr, steps = c.lr_steps(method)
@@ -202,7 +202,7 @@ def weight_changes(clean, edited, q_clean, bits: int) -> dict:
     model (the mechanism of Zhang et al.'s attack)."""
     import torch
 
-    from eval.quantize import quantize_per_channel
+    from sauce_jax.eval.quantize import quantize_per_channel
 
     def codes(weight):
         q, scale = quantize_per_channel(weight.detach().float().numpy(), bits)

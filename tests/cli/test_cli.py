@@ -1,0 +1,165 @@
+"""The `sauce-jax` command line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from sauce_jax import cli
+
+
+def test_help_lists_subcommands():
+    result = subprocess.run([sys.executable, "-m", "sauce_jax.cli", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0
+    assert "info" in result.stdout and "selfcheck" in result.stdout
+
+
+@pytest.mark.parametrize("command", ["info", "selfcheck"])
+def test_subcommand_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: sauce-jax " + command in capsys.readouterr().out
+
+
+def test_info_describes_a_checkpoint(small_clip_dir, capsys):
+    assert cli.main(["info", str(small_clip_dir[0])]) == 0
+    out = capsys.readouterr().out
+    assert "jax" in out and "devices" in out
+    assert "clip_vision_model" in out and "2 blocks, width 32" in out
+    assert "safetensors:" in out
+
+
+def test_info_on_a_bad_directory_is_a_clean_error(tmp_path, capsys):
+    assert cli.main(["info", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_selfcheck_passes(capsys):
+    assert cli.main(["selfcheck"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("ok") == 3 and "FAIL" not in out
+
+
+def test_selfcheck_fails_at_an_impossible_tolerance(capsys):
+    assert cli.main(["selfcheck", "--tolerance", "1e-30"]) == 1
+    assert "FAIL" in capsys.readouterr().out
+
+
+def test_train_select_unlearn_from_the_command_line(small_clip_dir, tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    import sauce_jax
+
+    rng = np.random.default_rng(0)
+    for name, n in (("train", 12), ("pos", 4), ("neg", 4)):
+        (tmp_path / name).mkdir()
+        for i in range(n):
+            image = rng.integers(0, 256, (36, 36, 3), dtype=np.uint8)
+            if name == "pos":
+                image[8:28, 8:28] = (255, 0, 0)
+            Image.fromarray(image).save(tmp_path / name / f"{i}.png")
+    ckpt = str(small_clip_dir[0])
+    assert cli.main(["train-sae", "--encoder", ckpt, "--images", str(tmp_path / "train"), "--out",
+                     str(tmp_path / "run"), "--expansion", "2", "--token", "all", "--batch-size", "32",
+                     "--epochs", "1", "--lr", "1e-3", "--no-progress"]) == 0
+    assert cli.main(["select", "--sae", str(tmp_path / "run/sae"), "--encoder", ckpt, "--positives",
+                     str(tmp_path / "pos"), "--negatives", str(tmp_path / "neg"), "--concept", "red", "-k", "3",
+                     "--out", str(tmp_path / "red.json"), "--no-progress"]) == 0
+    features = sauce_jax.FeatureSet.load(tmp_path / "red.json")
+    assert features.k == 3 and features.layer == 1 and features.token == "all"
+    assert cli.main(["unlearn", "--encoder", ckpt, "--sae", str(tmp_path / "run/sae"), "--features",
+                     str(tmp_path / "red.json"), "--images", str(tmp_path / "pos"), "--mode", "delta",
+                     "--out", str(tmp_path / "out.npz")]) == 0
+    out = np.load(tmp_path / "out.npz")
+    assert out["features"].shape == (4, 17, 32) and len(out["files"]) == 4
+    # The written features are the unlearned encoder's.
+    encoder = sauce_jax.load_encoder(ckpt)
+    sae = sauce_jax.load_sae(tmp_path / "run/sae")
+    images = [Image.open(f) for f in out["files"]]
+    expected = sauce_jax.unlearn(encoder, sae, features, mode="delta").hidden_state(
+        sauce_jax.preprocess(images, encoder), 1)
+    np.testing.assert_allclose(out["features"], np.asarray(expected), rtol=1e-5, atol=1e-5)
+    assert cli.main(["select", "--sae", str(tmp_path / "run/sae"), "--encoder", ckpt, "--positives",
+                     str(tmp_path / "nothing"), "--negatives", str(tmp_path / "neg"), "--concept", "red", "-k",
+                     "3", "--out", str(tmp_path / "x.json"), "--no-progress"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def tiny_llava_with_processor(directory):
+    """A tiny random LLaVA saved with a word-level tokenizer and a CLIP image processor."""
+    from tiny_models import SMALL, make_llava, make_llava_processor
+
+    words = ["<unk>", "<pad>", "<s>", "</s>", "USER", "ASSISTANT", ":", "what", "is", "this"]
+    processor = make_llava_processor(words + [f"w{i}" for i in range(100)])
+    model = make_llava(SMALL, seed=3)
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return model, processor
+
+
+def test_unlearn_answers_with_a_llava_checkpoint(tmp_path):
+    import json
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    import sauce_jax
+    from sauce_jax.sae import SAE, SAEConfig, init_params
+
+    model, processor = tiny_llava_with_processor(tmp_path / "llava")
+    rng = np.random.default_rng(0)
+    (tmp_path / "imgs").mkdir()
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(tmp_path / "imgs" / f"{i}.png")
+    config = SAEConfig(d_in=32, d_sae=64)
+    params = init_params(jax_key(0), config)
+    sae = SAE(params, config)
+    sauce_jax.save_sae(sae, tmp_path / "sae")
+    sae = sauce_jax.load_sae(tmp_path / "sae")
+    identity = sauce_jax.FeatureSet("nothing", (1, 2), (0.0, 0.0), layer=1, sae_fingerprint=sae.fingerprint(),
+                                    gamma=1.0)
+    identity.save(tmp_path / "identity.json")
+    assert cli.main(["unlearn", "--encoder", str(tmp_path / "llava"), "--sae", str(tmp_path / "sae"), "--features",
+                     str(tmp_path / "identity.json"), "--images", str(tmp_path / "imgs"), "--mode", "delta",
+                     "--prompt", "what is this", "--max-new-tokens", "4", "--out", str(tmp_path / "a.jsonl")]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and all(r["prompt"] == "what is this" for r in rows)
+    # gamma = 1 in delta mode is the identity: the answers are the native transformers model's.
+    images = [Image.open(r["file"]) for r in rows]
+    text = "USER: <image>\nwhat is this ASSISTANT:"
+    inputs = processor(images=images, text=[text] * 3, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        native = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    expected = processor.batch_decode(native[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert [r["answer"] for r in rows] == expected
+    assert any(answer.strip() for answer in expected)
+
+
+def jax_key(seed):
+    import jax
+
+    return jax.random.key(seed)
+
+
+def test_answers_need_a_llava_checkpoint(small_clip_dir, tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    import sauce_jax
+    from sauce_jax.sae import SAE, SAEConfig, init_params
+
+    sae = SAE(init_params(jax_key(0), SAEConfig(d_in=32, d_sae=64)), SAEConfig(d_in=32, d_sae=64))
+    sauce_jax.save_sae(sae, tmp_path / "sae")
+    sauce_jax.FeatureSet("x", (1,), (0.0,), layer=1, sae_fingerprint=sauce_jax.load_sae(tmp_path / "sae").fingerprint()
+                         ).save(tmp_path / "x.json")
+    (tmp_path / "imgs").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "imgs" / "0.png")
+    assert cli.main(["unlearn", "--encoder", str(small_clip_dir[0]), "--sae", str(tmp_path / "sae"), "--features",
+                     str(tmp_path / "x.json"), "--images", str(tmp_path / "imgs"), "--prompt", "what is this",
+                     "--out", str(tmp_path / "a.jsonl")]) == 2
+    assert "needs a LLaVA checkpoint" in capsys.readouterr().err

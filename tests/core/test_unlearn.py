@@ -1,0 +1,210 @@
+"""Feature selection (eq. 4), FeatureSets, and the intervention composed into the encoder."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import sauce_jax
+from tiny_models import SMALL, random_pixels
+from sauce_jax import ConfigError, FeatureSet, InputError
+from sauce_jax import encoder as encoder_module
+from sauce_jax.intervention import make_hook
+from sauce_jax.sae import SAE, SAEConfig, init_params
+
+
+def numpy_eq4(z_pos, z_neg, delta):
+    scores = []
+    for i in range(z_pos.shape[1]):  # a direct transcription, one feature at a time
+        mu_c = sum(row[i] for row in z_pos) / len(z_pos)
+        mu_nc = sum(row[i] for row in z_neg) / len(z_neg)
+        total_c = sum(sum(row[j] for row in z_pos) / len(z_pos) for j in range(z_pos.shape[1]))
+        total_nc = sum(sum(row[j] for row in z_neg) / len(z_neg) for j in range(z_neg.shape[1]))
+        scores.append(mu_c / (total_c + delta) - mu_nc / (total_nc + delta))
+    return np.array(scores)
+
+
+def test_score_features_is_eq4():
+    rng = np.random.default_rng(0)
+    z_pos = np.maximum(rng.standard_normal((7, 20)), 0)
+    z_neg = np.maximum(rng.standard_normal((5, 20)), 0)
+    np.testing.assert_allclose(sauce_jax.score_features(z_pos, z_neg, delta=0.3), numpy_eq4(z_pos, z_neg, 0.3),
+                               rtol=1e-10)
+
+
+def test_top_k_finds_planted_concept_features():
+    rng = np.random.default_rng(1)
+    z_neg = rng.exponential(1.0, (40, 100)) * (rng.random((40, 100)) < 0.1)
+    z_pos = rng.exponential(1.0, (30, 100)) * (rng.random((30, 100)) < 0.1)
+    planted = [3, 17, 42, 88]
+    z_pos[:, planted] += rng.exponential(3.0, (30, 4))
+    best = np.argsort(-sauce_jax.score_features(z_pos, z_neg))[:4]
+    assert sorted(best) == planted
+
+
+@pytest.fixture(scope="module")
+def toy(small_encoder):
+    cfg = SAEConfig(d_in=SMALL["hidden_size"], d_sae=128)
+    params = init_params(jax.random.key(0), cfg)
+    params["b_enc"] = params["b_enc"] + 0.05
+    return SAE(params, cfg)
+
+
+def images(seed, n, color=None):
+    rng = np.random.default_rng(seed)
+    out = rng.integers(0, 256, (n, 40, 40, 3), dtype=np.uint8)
+    if color is not None:
+        out[:, 10:30, 10:30] = color  # the "concept": a colored square
+    return out
+
+
+def test_select_features_and_featureset_io(toy, small_encoder, tmp_path):
+    fs = sauce_jax.select_features(toy, small_encoder, images(0, 6, (255, 0, 0)), images(1, 6), k=5,
+                                   layer=-2, concept="red square", progress=False)
+    assert fs.k == 5 and len(set(fs.feature_ids)) == 5
+    assert list(fs.scores) == sorted(fs.scores, reverse=True)
+    assert fs.layer == small_encoder.layer_index(-2) and fs.sae_fingerprint == toy.fingerprint()
+    # The chosen ids are exactly the top of eq. 4 on the per-image activations.
+    from sauce_jax.scoring import image_activations
+
+    z_pos = image_activations(toy, small_encoder, images(0, 6, (255, 0, 0)), layer=-2, progress=False)
+    z_neg = image_activations(toy, small_encoder, images(1, 6), layer=-2, progress=False)
+    assert list(fs.feature_ids) == list(np.argsort(-sauce_jax.score_features(z_pos, z_neg), kind="stable")[:5])
+    loaded = FeatureSet.load(fs.save(tmp_path / "red.json"))
+    assert loaded == fs
+    other = sauce_jax.select_features(toy, small_encoder, images(2, 4, (0, 0, 255)), images(1, 6), k=3,
+                                      layer=-2, concept="blue", progress=False)
+    union = FeatureSet.union(fs, other)
+    assert union.concept == "red square+blue"
+    assert set(union.feature_ids) == set(fs.feature_ids) | set(other.feature_ids)
+
+
+def test_featureset_refuses_another_sae(toy, small_encoder):
+    fs = sauce_jax.select_features(toy, small_encoder, images(0, 3, (255, 0, 0)), images(1, 3), k=2,
+                                   progress=False)
+    other = SAE(init_params(jax.random.key(9), toy.config), toy.config)
+    with pytest.raises(ConfigError, match="belongs to SAE"):
+        sauce_jax.unlearn(small_encoder, other, fs)
+
+
+def base_and(encoder, sae, ids, **kw):
+    pixels = random_pixels(SMALL)
+    return encoder.hidden_states(pixels), sauce_jax.unlearn(encoder, sae, ids, **kw).hidden_states(pixels)
+
+
+def test_delta_with_gamma_one_is_bit_identical(toy, small_encoder):
+    base, edited = base_and(small_encoder, toy, np.array([1, 2, 3]), gamma=1.0, mode="delta")
+    for a, b in zip(base, edited):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_delta_equals_reconstruct_for_an_exact_sae(small_encoder):
+    """An SAE with W_dec = W_enc^-1 and no ReLU losses reconstructs exactly: both modes agree."""
+    d = SMALL["hidden_size"]
+    q, _ = np.linalg.qr(np.random.default_rng(0).standard_normal((d, d)))
+    w_enc = np.concatenate([q, -q], axis=1).astype(np.float32)  # relu(v) - relu(-v) = v
+    w_dec = np.concatenate([q.T, -q.T], axis=0).astype(np.float32)
+    cfg = SAEConfig(d_in=d, d_sae=2 * d)
+    sae = SAE({"W_enc": jnp.asarray(w_enc), "b_enc": jnp.zeros(2 * d), "W_dec": jnp.asarray(w_dec),
+               "b_dec": jnp.asarray(np.random.default_rng(1).standard_normal(d).astype(np.float32))}, cfg)
+    ids = np.array([0, 5, d + 3])
+    pixels = random_pixels(SMALL)
+    a = sauce_jax.unlearn(small_encoder, sae, ids, gamma=-0.5, mode="delta").hidden_states(pixels)
+    b = sauce_jax.unlearn(small_encoder, sae, ids, gamma=-0.5, mode="reconstruct").hidden_states(pixels)
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["reconstruct", "delta"])
+@pytest.mark.parametrize("layer", [0, 1, -1])
+def test_intervention_changes_nothing_before_its_layer(toy, small_encoder, mode, layer):
+    base, edited = base_and(small_encoder, toy, np.array([4, 9, 30]), layer=layer, mode=mode)
+    i = small_encoder.layer_index(layer)
+    for j in range(i):
+        assert np.array_equal(np.asarray(base[j]), np.asarray(edited[j]))
+    assert not np.allclose(np.asarray(base[i]), np.asarray(edited[i]))
+
+
+@pytest.mark.parametrize("where", ["patch", "cls"])
+def test_token_mask(toy, small_encoder, where):
+    layer = small_encoder.layer_index(-2)
+    base, edited = base_and(small_encoder, toy, np.array([4, 9, 30]), layer=layer, where=where)
+    changed = np.abs(np.asarray(base[layer]) - np.asarray(edited[layer])).max(axis=(0, 2)) > 0  # [T]
+    assert changed[0] == (where == "cls") and changed[1:].all() == (where == "patch")
+    assert not changed[1:].any() if where == "cls" else not changed[0]
+
+
+def test_reconstruct_matches_a_numpy_transcription(toy, small_encoder):
+    pixels = random_pixels(SMALL)
+    layer = small_encoder.layer_index(-2)
+    x = np.asarray(small_encoder.hidden_state(pixels, layer), np.float64)
+    p = {k: np.asarray(v, np.float64) for k, v in toy.params.items()}
+    z = np.maximum((x - p["b_dec"]) @ p["W_enc"] + p["b_enc"], 0)
+    z[..., [4, 9]] *= -0.5
+    expected = z @ p["W_dec"] + p["b_dec"]
+    got = sauce_jax.unlearn(small_encoder, toy, np.array([4, 9]), layer=layer).hidden_state(pixels, layer)
+    np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_switching_concept_sets_does_not_recompile(toy, small_encoder):
+    pixels = random_pixels(SMALL, batch=4)
+    sauce_jax.unlearn(small_encoder, toy, np.array([1, 2, 3]), mode="delta").hidden_states(pixels)
+    before = encoder_module._run._cache_size()
+    for ids in ([7, 8, 9], [0, 50, 127], [5, -1, -1]):
+        for gamma in (-0.5, 0.0):
+            sauce_jax.unlearn(small_encoder, toy, np.array(ids), gamma=gamma, mode="delta").hidden_states(pixels)
+    assert encoder_module._run._cache_size() == before
+    assert make_hook("delta", toy.config) is make_hook("delta", toy.config)
+
+
+def test_one_concept_set_per_image(toy, small_encoder):
+    pixels = random_pixels(SMALL, batch=3)
+    sets = [np.array([4, 9]), np.array([30]), np.array([1, 2, 3])]
+    batched = sauce_jax.unlearn(small_encoder, toy, sauce_jax.per_image_ids(sets, toy)).hidden_state(pixels, -1)
+    for i, ids in enumerate(sets):
+        single = sauce_jax.unlearn(small_encoder, toy, ids).hidden_state(pixels[i : i + 1], -1)
+        np.testing.assert_allclose(np.asarray(batched[i]), np.asarray(single[0]), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda e, s: sauce_jax.unlearn(e, s, np.array([128])), InputError, "outside"),
+    (lambda e, s: sauce_jax.unlearn(e, s, np.array([], np.int32)), InputError, "non-empty"),
+    (lambda e, s: sauce_jax.unlearn(e, s, np.array([3, 5, 3])), InputError, "repeat"),
+    (lambda e, s: sauce_jax.unlearn(e, s, np.array([1]), layer=9), ConfigError, "out of range"),
+    (lambda e, s: sauce_jax.unlearn(e, s, np.array([1]), mode="erase"), ConfigError, "erase"),
+    (lambda e, s: sauce_jax.unlearn(e, s, np.array([1]), where="middle"), ConfigError, "middle"),
+    (lambda e, s: sauce_jax.unlearn(e, SAE(init_params(jax.random.key(0), SAEConfig(d_in=8, d_sae=16)),
+                                           SAEConfig(d_in=8, d_sae=16)), np.array([1])), InputError, "d_in=8"),
+    (lambda e, s: sauce_jax.select_features(s, e, images(0, 2), images(1, 2), k=0, progress=False),
+     ConfigError, "k must be"),
+    (lambda e, s: sauce_jax.select_features(s, e, images(0, 2), images(1, 2), k=129, progress=False),
+     ConfigError, "k must be"),
+    (lambda e, s: sauce_jax.select_features(s, e, [], images(1, 2), k=2, progress=False), InputError, "no images"),
+    (lambda e, s: sauce_jax.score_features(np.zeros((0, 4)), np.zeros((2, 4))), InputError, "z_pos"),
+    (lambda e, s: sauce_jax.score_features(np.zeros((2, 4)), np.zeros((2, 5))), InputError, "features"),
+])
+def test_bad_input(toy, small_encoder, call, error, match):
+    with pytest.raises(error, match=match):
+        call(small_encoder, toy)
+
+
+def test_featureset_file_errors(tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        FeatureSet.load(tmp_path / "none.json")
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(InputError, match="not valid JSON"):
+        FeatureSet.load(tmp_path / "bad.json")
+    (tmp_path / "partial.json").write_text('{"concept": "x"}')
+    with pytest.raises(InputError, match="lacks"):
+        FeatureSet.load(tmp_path / "partial.json")
+
+
+def test_per_image_arguments_must_fit_the_batch(toy, small_encoder):
+    pixels = random_pixels(SMALL, batch=2)
+    three = sauce_jax.per_image_ids([np.array([1]), np.array([2]), np.array([3])], toy)
+    with pytest.raises(InputError, match="3 sets for a batch of 2"):
+        sauce_jax.unlearn(small_encoder, toy, three).hidden_states(pixels)
+    with pytest.raises(InputError, match="gamma of shape"):
+        sauce_jax.unlearn(small_encoder, toy, np.array([1]), gamma=np.array([0.5, 0.1, 0.2])).hidden_states(pixels)

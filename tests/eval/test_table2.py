@@ -1,0 +1,85 @@
+"""`sauce-jax experiment table2` at CI size: every row end to end, written as it finishes, resumed."""
+
+import dataclasses
+import json
+import time
+
+import pytest
+
+from sauce_jax.eval.conceptworld.demo import DemoConfig
+from sauce_jax.eval.conceptworld.table2 import Table2Config, run
+from sauce_jax import cli
+from sauce_jax.errors import ConfigError
+
+ROWS = ["original", "GA", "GD", "KL", "PO", "SAUCE reconstruct", "SAUCE delta"]
+
+
+def _tiny_config(**changes) -> Table2Config:
+    demo = DemoConfig(concepts=("star", "red"), sae_images=600, sae_epochs=1.0, n_select=20, n_val=4, n_test=6,
+                      n_pool=1, n_perception=6, k_grid=(32,), gamma_grid=(-1.0,))
+    config = Table2Config(demo=demo, n_forget=6, n_retain_per_concept=2, lr_grid=(3e-4,), steps_grid=(4,),
+                          n_examples=1)
+    return dataclasses.replace(config, **changes)
+
+
+@pytest.mark.slow
+def test_reduced_table2_runs_end_to_end_and_resumes(tmp_path):
+    import torch
+
+    torch.set_num_threads(1)
+    config = _tiny_config()
+    results = run(tmp_path, config, progress=False)
+    for name in ("table2.md", "results.json", "table2.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert list(results["table2"]) == ROWS
+    for name in ROWS:
+        assert set(results["table2"][name]) == {"concrete", "abstract"}  # star is concrete, red abstract
+        assert [r["concept"] for r in results["rows"][name]["per_concept"]] == ["star", "red"]
+        assert (tmp_path / "rows" / f"{name.replace(' ', '-')}.json").is_file()
+    for row in results["rows"]["original"]["per_concept"]:
+        assert row["UA_g"]["value"] == 0.0 and row["IRA_g"]["value"] == 1.0  # the clean model is its reference
+    for method in ("GA", "GD", "KL", "PO"):
+        row = results["rows"][method]
+        assert row["hyperparameters"]["lr"] == 3e-4 and row["hyperparameters"]["steps"] == 4
+        for result in row["per_concept"]:
+            losses = result["losses"]
+            key = "refusal" if method == "PO" else "forget"
+            moved = losses["after"][key] - losses["before"][key]
+            assert (moved < 0) if method == "PO" else (moved > 0), (method, losses)
+            assert result["retain_examples"] and result["examples"]
+    report = (tmp_path / "table2.md").read_text()
+    assert all(f"| {name} |" in report for name in ROWS) and "Table 3" in report
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["table2"] == json.loads(json.dumps(results["table2"]))
+
+    # A rerun finds every row and computes nothing (no model is even loaded).
+    stamps = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "rows").iterdir()}
+    start = time.time()
+    again = run(tmp_path, config, progress=False)
+    assert time.time() - start < 10
+    assert again["table2"] == results["table2"]
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "rows").iterdir()} == stamps
+    # A lost row is recomputed alone (the cheapest here: the clean model's); another config in the
+    # same folder is refused.
+    (tmp_path / "rows" / "original.json").unlink()
+    assert run(tmp_path, config, progress=False)["table2"] == results["table2"]
+    now = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "rows").iterdir()}
+    assert set(now) == set(stamps) and all(now[n] == stamps[n] for n in now if n != "original.json")
+    with pytest.raises(ConfigError, match="another config"):
+        run(tmp_path, _tiny_config(steps_grid=(5,)), progress=False)
+
+
+def test_table2_config_and_command_line_errors(tmp_path, capsys):
+    with pytest.raises(ConfigError, match="methods"):
+        Table2Config(methods=("GA", "NPO"))
+    with pytest.raises(ConfigError, match="lr_grid"):
+        Table2Config(lr_grid=())
+    with pytest.raises(ConfigError, match="steps_grid"):
+        Table2Config(steps_grid=(0,))
+    assert cli.main(["experiment", "table2", "--out", str(tmp_path), "--methods", "GA,XX"]) == 2
+    assert "XX" in capsys.readouterr().err
+    assert cli.main(["experiment", "table2", "--out", str(tmp_path), "--concepts", "unicorn"]) == 2
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["experiment", "table2", "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: sauce-jax experiment table2" in capsys.readouterr().out
