@@ -193,7 +193,9 @@ def train_sae(out_dir: str | Path, *, source=None, sae_config: SAEConfig | None 
     origin = {key: described[key] for key in ("encoder", "layer", "token") if key in described}
     sae = SAE(params=params, config=sae_config,
               metadata={**origin, **(metadata or {}), "source": described, "steps": total_steps,
-                        "skipped_images": skipped, "mesh": dict(mesh.shape), "param_shard_shapes": shards})
+                        "skipped_images": skipped, "mesh": dict(mesh.shape), "param_shard_shapes": shards,
+                        # 0 for a fresh run; a resumed one ran only total_steps - resumed_from_step
+                        "resumed_from_step": start_step})
     if jax.process_index() == 0:
         _write_outputs(out_dir, sae, source)
     return sae

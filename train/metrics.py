@@ -57,6 +57,14 @@ def plot_feature_statistics(fs: np.ndarray, fmav: np.ndarray, path: str | Path) 
     return path
 
 
+def _step_of(line: str) -> int | None:
+    """The step of one log line; None for a blank line or one torn by a killed process."""
+    try:
+        return json.loads(line).get("step", 0)
+    except json.JSONDecodeError:
+        return None
+
+
 class JsonlLog:
     """Appends one JSON object per line; on resume, lines past the restored step are dropped."""
 
@@ -66,7 +74,7 @@ class JsonlLog:
             self.path.write_text("")
         elif self.path.exists():
             keep = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+                    if _step_of(line) is not None and _step_of(line) <= resume_step]
             self.path.write_text("".join(line + "\n" for line in keep))
 
     def write(self, record: dict) -> None:

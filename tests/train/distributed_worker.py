@@ -55,4 +55,5 @@ sae = train_sae(Path(args.out) / "run", activations=x, resume=args.resume,
 np.savez(Path(args.out) / f"params_{args.process_id}.npz", **{k: np.asarray(v) for k, v in sae.params.items()})
 (Path(args.out) / f"info_{args.process_id}.json").write_text(json.dumps(
     {"devices": jax.device_count(), "local_devices": jax.local_device_count(), "processes": jax.process_count(),
-     "mesh": sae.metadata["mesh"], "shards": sae.metadata["param_shard_shapes"]}))
+     "mesh": sae.metadata["mesh"], "shards": sae.metadata["param_shard_shapes"],
+     "resumed_from_step": sae.metadata["resumed_from_step"]}))

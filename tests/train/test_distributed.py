@@ -87,8 +87,13 @@ def test_checkpoint_restores_onto_other_meshes(tmp_path):
     for name, source, devices, model in (("four", "cut", 4, "2"), ("single", "cut", 1, "1"),
                                          ("back", "cut_on_one", 8, "4")):
         shutil.copytree(tmp_path / source, tmp_path / name)
-        run_workers(tmp_path / name, devices, 1, "topk", 30, "--model-parallel", model, "--resume")
+        before = logged(tmp_path / name / "run")
+        _, (info,) = run_workers(tmp_path / name, devices, 1, "topk", 30, "--model-parallel", model, "--resume")
         whole, resumed = logged(tmp_path / "whole" / "run"), logged(tmp_path / name / "run")
+        # a resume, not a restart: it starts at the checkpoint of step 20 and keeps the log
+        # (wall-clock seconds included) that the interrupted run wrote up to there
+        assert info["resumed_from_step"] == 20
+        assert resumed[:4] == [r for r in before if r["step"] <= 20] and len(resumed[:4]) == 4
         assert [r["step"] for r in resumed] == [r["step"] for r in whole]
         np.testing.assert_allclose([r["loss"] for r in resumed], [r["loss"] for r in whole], rtol=1e-4)
 

@@ -148,6 +148,25 @@ def small_run(tmp, x, steps=60, **overrides):
                      train_config=cfg, progress=False)
 
 
+def checkpoint_steps(run_dir: Path) -> list[int]:
+    folder = run_dir / "checkpoints"
+    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.is_dir() else []
+
+
+def check_resumed(run_dir: Path, whole_dir: Path, log_before: list[dict], resumed_from: int, total: int):
+    """What tells a resume from a silent restart: the log up to the checkpoint is the one the
+    interrupted process wrote (its wall-clock `seconds` included), the resumed process says it
+    started at the checkpoint, and the log goes on exactly as an uninterrupted run's."""
+    log = logged(run_dir)
+    kept = [r for r in log_before if r["step"] <= resumed_from]
+    assert kept and log[: len(kept)] == kept, "the log before the checkpoint was rewritten: the run restarted"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["resumed_from_step"] == resumed_from and summary["steps"] == total
+    whole = logged(whole_dir)
+    assert [r["step"] for r in log] == [r["step"] for r in whole]
+    assert [r["loss"] for r in log] == [r["loss"] for r in whole]
+
+
 def test_resume_after_interruption_is_bit_identical(tmp_path, monkeypatch):
     x, _ = planted(n=3000)
     whole = small_run(tmp_path / "whole", x)
@@ -156,23 +175,28 @@ def test_resume_after_interruption_is_bit_identical(tmp_path, monkeypatch):
     original = loop.global_batch
     seen = []
 
-    def interrupt(local, mesh):
+    def counting(local, mesh):
         seen.append(1)
-        if len(seen) == 47:
+        if stop_at and len(seen) == stop_at:
             raise KeyboardInterrupt  # dies after the checkpoint at step 40
         return original(local, mesh)
 
-    monkeypatch.setattr(loop, "global_batch", interrupt)
+    stop_at = 47
+    monkeypatch.setattr(loop, "global_batch", counting)
     with pytest.raises(KeyboardInterrupt):
         small_run(tmp_path / "cut", x)
-    monkeypatch.setattr(loop, "global_batch", original)
+    assert checkpoint_steps(tmp_path / "cut") == [20, 40]
+    log_before = logged(tmp_path / "cut")
+    seen.clear()
+    stop_at = None
     resumed = train_sae(tmp_path / "cut", activations=x,
                         sae_config=SAEConfig(d_in=32, d_sae=96, architecture="topk", k=3),
                         train_config=TrainConfig(lr=3e-3, batch_size=128, steps=60, log_every=10, checkpoint_every=20),
                         resume=True, progress=False)
+    assert len(seen) == 60 - 40, "the resumed process ran more steps than were left"
     for name in whole.params:
         np.testing.assert_array_equal(np.asarray(resumed.params[name]), np.asarray(whole.params[name]))
-    assert [r["loss"] for r in logged(tmp_path / "cut")] == [r["loss"] for r in logged(tmp_path / "whole")]
+    check_resumed(tmp_path / "cut", tmp_path / "whole", log_before, 40, 60)
 
 
 def test_kill_9_then_resume_is_bit_identical(tmp_path):
@@ -184,19 +208,28 @@ def test_kill_9_then_resume_is_bit_identical(tmp_path):
     subprocess.run(args + ["--out", str(tmp_path / "whole")], check=True, capture_output=True)
     proc = subprocess.Popen(args + ["--out", str(tmp_path / "killed")], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    ckpts = tmp_path / "killed" / "checkpoints"
-    while time.time() < deadline and not (ckpts.is_dir() and any(p.name.isdigit() and int(p.name) >= 150
-                                                                  for p in ckpts.iterdir())):
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not any(
+            s >= 150 for s in checkpoint_steps(tmp_path / "killed")):
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    written = checkpoint_steps(tmp_path / "killed")
+    assert written and written[-1] >= 150, f"no checkpoint at step >= 150 before the kill: {written}"
     assert not (tmp_path / "killed" / "sae").exists(), "the run finished before it was killed"
+    # the killed process may have torn its last log line
+    lines = (tmp_path / "killed" / "log.jsonl").read_text().splitlines()
+    log_before = [json.loads(line) for line in lines[:-1]]
     subprocess.run(args + ["--out", str(tmp_path / "killed"), "--resume"], check=True, capture_output=True)
     a = sauce_jax.load_sae(tmp_path / "whole" / "sae")
     b = sauce_jax.load_sae(tmp_path / "killed" / "sae")
     for name in a.params:
         np.testing.assert_array_equal(np.asarray(a.params[name]), np.asarray(b.params[name]))
+    # Orbax may still have been finishing the newest checkpoint when the process died: the
+    # resume starts from the newest complete one, which is one of those seen before the kill.
+    resumed_from = json.loads((tmp_path / "killed" / "summary.json").read_text())["resumed_from_step"]
+    assert resumed_from in written and resumed_from >= 150
+    check_resumed(tmp_path / "killed", tmp_path / "whole", log_before, resumed_from, 600)
 
 
 def test_existing_checkpoints_need_resume_and_the_same_config(tmp_path):
