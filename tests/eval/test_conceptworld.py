@@ -1,6 +1,9 @@
 """ConceptWorld's generator: determinism per seed, splits, and labels checked on the rendered pixels."""
 
 import hashlib
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -47,6 +50,37 @@ def test_specs_do_not_depend_on_the_python_process():
     assert [T.description(s) for s in specs] == [T.description(s) for s in generic_stream(3, seed=0)]
     assert rng_for(0, "generic", 0).integers(1 << 30) == rng_for(0, "generic", 0).integers(1 << 30)
     assert generic_stream(2, seed=0, start=1)[0] == specs[1]
+
+
+_FINGERPRINT = """
+import hashlib, numpy as np
+from sauce_jax.eval.conceptworld.render import render
+from sauce_jax.eval.conceptworld.world import concept_split, generic_stream
+specs = generic_stream(4, seed=11) + concept_split("red", "test", 2, seed=11)
+digest = hashlib.sha256(repr(specs).encode())
+for spec in specs:
+    digest.update(np.ascontiguousarray(render(spec)).tobytes())
+print(digest.hexdigest())
+"""
+
+
+def test_the_same_seed_renders_the_same_bytes_in_another_process():
+    """Python salts `hash()` of strings per process: a key derived from it would give other
+    specs and pixels in a process started with another PYTHONHASHSEED."""
+    runs = []
+    for hash_seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        run = subprocess.run([sys.executable, "-c", _FINGERPRINT], env=env, capture_output=True, text=True,
+                             timeout=300)
+        assert run.returncode == 0, run.stderr[-3000:]
+        runs.append(run.stdout.strip())
+    namespace = {}
+    from contextlib import redirect_stdout
+    from io import StringIO
+
+    with redirect_stdout(StringIO()) as printed:
+        exec(_FINGERPRINT, namespace)
+    assert runs[0] == runs[1] == printed.getvalue().strip()
 
 
 def test_splits_hold_the_concept_or_not_and_differ_between_splits():
