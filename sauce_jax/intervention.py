@@ -127,6 +127,8 @@ def _ids_of(features: Any, sae: SAE) -> tuple[np.ndarray, float | None, int | No
     bad = ids[(ids < -1) | (ids >= sae.config.d_sae)]
     if bad.size:
         raise InputError(f"feature ids {bad[:5].tolist()} are outside [0, d_sae={sae.config.d_sae}) (-1 pads)")
+    if not (ids >= 0).any():  # padding alone would edit nothing, or silently just reconstruct
+        raise InputError(f"feature ids {ids.tolist()[:5]} select no feature: -1 only pads a set")
     for row in ids.reshape(-1, ids.shape[-1]):
         real = row[row >= 0]
         if len(np.unique(real)) != len(real):  # an edit applied twice would scale by gamma twice

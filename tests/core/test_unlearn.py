@@ -11,7 +11,7 @@ import sauce_jax
 from tiny_models import SMALL, random_pixels
 from sauce_jax import ConfigError, FeatureSet, InputError
 from sauce_jax import encoder as encoder_module
-from sauce_jax.intervention import make_hook
+from sauce_jax.intervention import MODES, WHERE, make_hook
 from sauce_jax.sae import SAE, SAEConfig, init_params
 
 
@@ -148,15 +148,26 @@ def test_reconstruct_matches_a_numpy_transcription(toy, small_encoder):
     np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-4, atol=1e-4)
 
 
-def test_switching_concept_sets_does_not_recompile(toy, small_encoder):
+@pytest.mark.parametrize("mode", MODES)
+def test_switching_concept_sets_does_not_recompile(toy, small_encoder, mode):
+    """New ids, gammas, token masks and per-image sets of the shapes already compiled reuse the
+    compiled forward, in both modes."""
     pixels = random_pixels(SMALL, batch=4)
-    sauce_jax.unlearn(small_encoder, toy, np.array([1, 2, 3]), mode="delta").hidden_states(pixels)
+
+    def run(ids, gamma=-0.5, where="all"):
+        sauce_jax.unlearn(small_encoder, toy, np.array(ids), gamma=gamma, mode=mode, where=where).hidden_states(pixels)
+
+    run([1, 2, 3])
+    run([[1, 2, 3]] * 4)  # the per-image shape [B, k] compiles once too
     before = encoder_module._run._cache_size()
     for ids in ([7, 8, 9], [0, 50, 127], [5, -1, -1]):
         for gamma in (-0.5, 0.0):
-            sauce_jax.unlearn(small_encoder, toy, np.array(ids), gamma=gamma, mode="delta").hidden_states(pixels)
+            for where in WHERE:
+                run(ids, gamma, where)
+    run([[7, 8, 9], [0, 50, 127], [5, -1, -1], [-1, -1, -1]])
+    run([[1, -1, -1], [2, 3, -1], [9, 8, 7], [4, 5, 6]], gamma=1.5, where="patch")
     assert encoder_module._run._cache_size() == before
-    assert make_hook("delta", toy.config) is make_hook("delta", toy.config)
+    assert make_hook(mode, toy.config) is make_hook(mode, toy.config)
 
 
 def test_one_concept_set_per_image(toy, small_encoder):
@@ -172,6 +183,8 @@ def test_one_concept_set_per_image(toy, small_encoder):
     (lambda e, s: sauce_jax.unlearn(e, s, np.array([128])), InputError, "outside"),
     (lambda e, s: sauce_jax.unlearn(e, s, np.array([], np.int32)), InputError, "non-empty"),
     (lambda e, s: sauce_jax.unlearn(e, s, np.array([3, 5, 3])), InputError, "repeat"),
+    (lambda e, s: sauce_jax.unlearn(e, s, [-1]), InputError, "select no feature"),
+    (lambda e, s: sauce_jax.unlearn(e, s, np.full((2, 3), -1), mode="delta"), InputError, "select no feature"),
     (lambda e, s: sauce_jax.unlearn(e, s, np.array([1]), layer=9), ConfigError, "out of range"),
     (lambda e, s: sauce_jax.unlearn(e, s, np.array([1]), mode="erase"), ConfigError, "erase"),
     (lambda e, s: sauce_jax.unlearn(e, s, np.array([1]), where="middle"), ConfigError, "middle"),
