@@ -219,3 +219,31 @@ def test_answers_need_a_llava_checkpoint(small_clip_dir, tmp_path, capsys):
                      str(tmp_path / "x.json"), "--images", str(tmp_path / "imgs"), "--prompt", "what is this",
                      "--out", str(tmp_path / "a.jsonl")]) == 2
     assert "needs a LLaVA checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, module, check", [
+    (["experiment", "multi", "--quick", "--counts", "1,2", "--draws", "2", "--mode", "delta"], "multi",
+     lambda c: c.counts == (1, 2) and c.draws == 2 and c.mode == "delta"),
+    (["experiment", "multi", "--seed", "3", "--concepts", "star,red"], "multi",
+     lambda c: c.demo.seed == 3 and c.demo.concepts == ("star", "red") and c.counts == (1, 2, 4, 8)),
+    (["experiment", "robust", "--quick", "--methods", "GA", "--modes", "delta", "--no-descriptions"], "robust",
+     lambda c: c.table2.methods == ("GA",) and c.sauce_modes == ("delta",) and not c.generative),
+    (["experiment", "transfer", "--quick", "--concepts", "star"], "transfer", lambda c: c.demo.concepts == ("star",)),
+    (["experiment", "features", "--images", "50", "--all-concepts"], "features",
+     lambda c: c.n_images == 50 and c.demo.k_grid == (16,) and len(c.demo.concepts) > 10),
+    (["experiment", "ablate", "--quick", "--ablations", "mode", "--layers", "1,3", "--gamma-values", "0,-1",
+      "--n-test", "5"], "ablate",
+     lambda c: c.ablations == ("mode",) and c.layers == (1, 3) and c.gamma_values == (0.0, -1.0)
+     and c.demo.n_test == 5),
+])
+def test_experiment_options_become_their_config(argv, module, check, monkeypatch, tmp_path):
+    """Each experiment command turns its options into the experiment's config (its run is not started)."""
+    import importlib
+
+    seen = []
+    experiment = importlib.import_module(f"sauce_jax.eval.conceptworld.experiments.{module}")
+    monkeypatch.setattr(experiment, "run", lambda out, config, **kwargs: seen.append(config))
+    monkeypatch.setattr("sauce_jax.cli.experiments.print_report", lambda out: None)
+    assert cli.main([*argv, "--out", str(tmp_path)]) == 0
+    assert len(seen) == 1 and check(seen[0])
+    assert cli.main([*argv, "--out", str(tmp_path), "--concepts", "unicorn"]) == 2
