@@ -72,7 +72,10 @@ class LlavaAnswerer:
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
         self.tokenizer = tokenizer
+        # The JAX tower comes from the model in memory (the weights are read once), and prepares
+        # images as the checkpoint's own image processor does.
         self.encoder = load_encoder(self.model)
+        self.encoder.preprocess_config = _processor_preprocessing(self.processor, self.encoder.preprocess_config)
         read = self.model.config.vision_feature_layer
         # The hidden state the language model reads (the earliest, when it reads several): the
         # default SAE layer, so an edit there reaches everything the projector sees.
@@ -101,8 +104,9 @@ class LlavaAnswerer:
             px = jnp.concatenate([px, jnp.zeros((pad, *px.shape[1:]), px.dtype)])
         return llava_image_features(self.model, self.encoder, px, unlearned=unlearned)[:len(images)]
 
-    def generate(self, features, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
-        """One greedy answer per row: features [B, N, D_text], prompts [B] user messages."""
+    def generate(self, features, prompts: Sequence[str], max_new_tokens: int, strip: bool = True) -> list[str]:
+        """One greedy answer per row: features [B, N, D_text], prompts [B] user messages;
+        `strip=False` keeps the decoded text's surrounding whitespace."""
         from sauce_jax.eval.llava_bridge import generate_with_features
 
         n_tokens = features.shape[1]
@@ -110,11 +114,11 @@ class LlavaAnswerer:
         inputs = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=True).to(self.model.device)
         ids = generate_with_features(self.model, inputs, features, max_new_tokens=max_new_tokens, do_sample=False,
                                      pad_token_id=self.tokenizer.pad_token_id)
-        return [t.strip() for t in self.tokenizer.batch_decode(ids[:, inputs["input_ids"].shape[1]:],
-                                                               skip_special_tokens=True)]
+        texts = self.tokenizer.batch_decode(ids[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        return [t.strip() for t in texts] if strip else texts
 
     def ask(self, images: Sequence[Any], prompts: Sequence[Sequence[str]], *, unlearned=None,
-            max_new_tokens: int = 32) -> list[list[str]]:
+            max_new_tokens: int = 32, strip: bool = True) -> list[list[str]]:
         """Answers [image][prompt]: every prompt of `prompts[i]` about image i (paths, PIL
         images or arrays). Features are computed once per image and reused for its prompts."""
         if len(images) != len(prompts):
@@ -129,7 +133,8 @@ class LlavaAnswerer:
             flat: list[str] = []
             for s in range(0, len(pairs), self.batch_size):
                 rows = pairs[s:s + self.batch_size]
-                flat += self.generate(feats[torch.tensor([i for i, _ in rows])], [p for _, p in rows], max_new_tokens)
+                flat += self.generate(feats[torch.tensor([i for i, _ in rows])], [p for _, p in rows], max_new_tokens,
+                                      strip)
             it = iter(flat)
             answers += [[next(it) for _ in ps] for ps in prompts[start:start + len(chunk)]]
         return answers
@@ -140,3 +145,18 @@ class LlavaAnswerer:
             return [a[0] for a in self.ask(images, [[q] for q in questions], unlearned=unlearned,
                                            max_new_tokens=max_new_tokens)]
         return answer
+
+
+def _processor_preprocessing(processor, fallback):
+    """The `PreprocessConfig` of the processor's image processor (what `load_encoder` reads from
+    a checkpoint directory's preprocessor config), or `fallback` (the tower's defaults) for an
+    image processor sauce-jax cannot mirror."""
+    from sauce_jax.image_processor import PreprocessConfig
+
+    image_processor = getattr(processor, "image_processor", None)
+    if image_processor is None:
+        return fallback
+    try:
+        return PreprocessConfig.from_hf(image_processor.to_dict(), origin=f"{type(image_processor).__name__}")
+    except ConfigError:
+        return fallback

@@ -101,7 +101,7 @@ def tiny_llava_with_processor(directory):
     return model, processor
 
 
-def test_unlearn_answers_with_a_llava_checkpoint(tmp_path):
+def test_unlearn_answers_with_a_llava_checkpoint(tmp_path, monkeypatch):
     import json
 
     import numpy as np
@@ -124,9 +124,14 @@ def test_unlearn_answers_with_a_llava_checkpoint(tmp_path):
     identity = sauce_jax.FeatureSet("nothing", (1, 2), (0.0, 0.0), layer=1, sae_fingerprint=sae.fingerprint(),
                                     gamma=1.0)
     identity.save(tmp_path / "identity.json")
-    assert cli.main(["unlearn", "--encoder", str(tmp_path / "llava"), "--sae", str(tmp_path / "sae"), "--features",
-                     str(tmp_path / "identity.json"), "--images", str(tmp_path / "imgs"), "--mode", "delta",
-                     "--prompt", "what is this", "--max-new-tokens", "4", "--out", str(tmp_path / "a.jsonl")]) == 0
+    with monkeypatch.context() as patch:
+        loads, towers = count_llava_loads(patch)
+        assert cli.main(["unlearn", "--encoder", str(tmp_path / "llava"), "--sae", str(tmp_path / "sae"),
+                         "--features", str(tmp_path / "identity.json"), "--images", str(tmp_path / "imgs"),
+                         "--mode", "delta", "--prompt", "what is this", "--max-new-tokens", "4",
+                         "--out", str(tmp_path / "a.jsonl")]) == 0
+    # The checkpoint is read once: the JAX tower is built from the loaded model, not from the files.
+    assert len(loads) == 1 and towers == ["LlavaForConditionalGeneration"]
     rows = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
     assert len(rows) == 3 and all(r["prompt"] == "what is this" for r in rows)
     # gamma = 1 in delta mode is the identity: the answers are the native transformers model's.
@@ -138,6 +143,57 @@ def test_unlearn_answers_with_a_llava_checkpoint(tmp_path):
     expected = processor.batch_decode(native[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
     assert [r["answer"] for r in rows] == expected
     assert any(answer.strip() for answer in expected)
+
+
+def count_llava_loads(patch):
+    """Record every LLaVA read from disk and the source of every JAX tower built, and fail if the
+    processor prepares pixels (the JAX tower preprocesses the images itself)."""
+    import transformers
+
+    import sauce_jax.encoder
+
+    loads, towers = [], []
+    from_pretrained = transformers.LlavaForConditionalGeneration.from_pretrained.__func__
+    load_encoder = sauce_jax.encoder.load_encoder
+
+    def counted_from_pretrained(cls, *args, **kwargs):
+        loads.append(args[0])
+        return from_pretrained(cls, *args, **kwargs)
+
+    def counted_load_encoder(source, *args, **kwargs):
+        towers.append(type(source).__name__)
+        return load_encoder(source, *args, **kwargs)
+
+    def no_pixels(*args, **kwargs):
+        raise AssertionError("the processor prepared pixels that are not used")
+
+    patch.setattr(transformers.LlavaForConditionalGeneration, "from_pretrained", classmethod(counted_from_pretrained))
+    patch.setattr(sauce_jax.encoder, "load_encoder", counted_load_encoder)
+    patch.setattr(transformers.LlavaProcessor, "__call__", no_pixels)
+    return loads, towers
+
+
+def test_every_experiment_module_has_a_command():
+    from sauce_jax.eval.conceptworld.experiments import NAMES
+
+    parser = cli.build_parser()
+    experiments = next(a for a in parser._subparsers._group_actions if a.dest == "command").choices["experiment"]
+    names = next(a for a in experiments._subparsers._group_actions if a.dest == "experiment").choices
+    assert set(NAMES) <= set(names) and {"real", "table2"} <= set(names)
+
+
+def test_defaults_come_from_the_configs():
+    from sauce_jax.cli.common import field_default
+    from sauce_jax.eval.emoji import EmojiConfig
+    from sauce_jax.train import TrainConfig
+
+    args = cli.build_parser().parse_args(["train-sae", "--out", "x"])
+    for name in ("lr", "batch_size", "epochs", "lr_warmup_steps", "lr_decay", "l1_warmup_steps", "compute_dtype",
+                 "seed", "log_every", "checkpoint_every"):
+        assert getattr(args, name) == field_default(TrainConfig, name)
+    args = cli.build_parser().parse_args(["experiment", "real", "--out", "x"])
+    for name in ("per_category", "layer", "expansion", "architecture", "sae_k", "epochs", "k", "gamma", "seed"):
+        assert getattr(args, name) == field_default(EmojiConfig, name)
 
 
 def jax_key(seed):
@@ -163,3 +219,31 @@ def test_answers_need_a_llava_checkpoint(small_clip_dir, tmp_path, capsys):
                      str(tmp_path / "x.json"), "--images", str(tmp_path / "imgs"), "--prompt", "what is this",
                      "--out", str(tmp_path / "a.jsonl")]) == 2
     assert "needs a LLaVA checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, module, check", [
+    (["experiment", "multi", "--quick", "--counts", "1,2", "--draws", "2", "--mode", "delta"], "multi",
+     lambda c: c.counts == (1, 2) and c.draws == 2 and c.mode == "delta"),
+    (["experiment", "multi", "--seed", "3", "--concepts", "star,red"], "multi",
+     lambda c: c.demo.seed == 3 and c.demo.concepts == ("star", "red") and c.counts == (1, 2, 4, 8)),
+    (["experiment", "robust", "--quick", "--methods", "GA", "--modes", "delta", "--no-descriptions"], "robust",
+     lambda c: c.table2.methods == ("GA",) and c.sauce_modes == ("delta",) and not c.generative),
+    (["experiment", "transfer", "--quick", "--concepts", "star"], "transfer", lambda c: c.demo.concepts == ("star",)),
+    (["experiment", "features", "--images", "50", "--all-concepts"], "features",
+     lambda c: c.n_images == 50 and c.demo.k_grid == (16,) and len(c.demo.concepts) > 10),
+    (["experiment", "ablate", "--quick", "--ablations", "mode", "--layers", "1,3", "--gamma-values", "0,-1",
+      "--n-test", "5"], "ablate",
+     lambda c: c.ablations == ("mode",) and c.layers == (1, 3) and c.gamma_values == (0.0, -1.0)
+     and c.demo.n_test == 5),
+])
+def test_experiment_options_become_their_config(argv, module, check, monkeypatch, tmp_path):
+    """Each experiment command turns its options into the experiment's config (its run is not started)."""
+    import importlib
+
+    seen = []
+    experiment = importlib.import_module(f"sauce_jax.eval.conceptworld.experiments.{module}")
+    monkeypatch.setattr(experiment, "run", lambda out, config, **kwargs: seen.append(config))
+    monkeypatch.setattr("sauce_jax.cli.experiments.print_report", lambda out: None)
+    assert cli.main([*argv, "--out", str(tmp_path)]) == 0
+    assert len(seen) == 1 and check(seen[0])
+    assert cli.main([*argv, "--out", str(tmp_path), "--concepts", "unicorn"]) == 2

@@ -17,6 +17,7 @@ from sauce_jax.eval.conceptworld.experiments.multi import (
 )
 from sauce_jax.eval.conceptworld.world import CONCEPTS, DOMAIN_OF, DOMAINS, TASKS, Item, Spec
 from sauce_jax import cli
+from sauce_jax.cli.experiments import parse_counts
 from sauce_jax.errors import ConfigError
 
 
@@ -135,4 +136,4 @@ def test_command_line_registers_multi_and_rejects_bad_options(tmp_path, capsys):
     assert "counts" in capsys.readouterr().err
     assert cli.main(["experiment", "multi", "--out", str(tmp_path), "--quick", "--counts", "1,two"]) == 2
     assert cli.main(["experiment", "multi", "--out", str(tmp_path), "--concepts", "unicorn"]) == 2
-    assert multi._counts("1, 2,4") == (1, 2, 4)
+    assert parse_counts("1, 2,4") == (1, 2, 4)

@@ -1,4 +1,5 @@
-"""The paper's further experiments on ConceptWorld, one module and one command each
-(`sauce-jax experiment NAME`): multi, robust, transfer, features, ablate."""
+"""The paper's further experiments on ConceptWorld, one module each: multi, robust, transfer,
+features, ablate. A module holds its config and `run`; its command, `sauce-jax experiment
+NAME`, is in `sauce_jax.cli.experiments`."""
 
-NAMES: tuple[str, ...] = ("multi", "robust", "transfer", "features", "ablate")  # each module registers itself
+NAMES: tuple[str, ...] = ("multi", "robust", "transfer", "features", "ablate")

@@ -39,13 +39,9 @@ from sauce_jax.errors import ConfigError
 from ..benchmark import Evaluation, headline, make_suite, task_table
 from ..demo import MODES, DemoConfig
 from .common import (
-    add_common_arguments,
-    apply_threads,
     cached,
     check_same_run,
-    concepts_arg,
     load_model,
-    print_report,
     say,
     write_outputs,
 )
@@ -407,46 +403,3 @@ def plot(results: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-# ------------------------------------------------------------------------------------ CLI
-
-def cmd_ablate(args) -> int:
-    apply_threads(args)
-    concepts = concepts_arg(args)
-    if args.quick:
-        config = quick_config(concepts, seed=args.seed)
-    else:
-        demo = dataclasses.replace(_default_demo(), seed=args.seed, **({"concepts": concepts} if concepts else {}))
-        config = AblateConfig(demo=demo)
-    changes = {}
-    if args.ablations:
-        changes["ablations"] = tuple(a.strip() for a in args.ablations.split(",") if a.strip())
-    if args.n_test:
-        changes["demo"] = dataclasses.replace(config.demo, n_test=args.n_test)
-    for name, kind in (("layers", int), ("k_values", int), ("gamma_values", float)):
-        if getattr(args, name):
-            changes[name] = tuple(kind(v) for v in getattr(args, name).split(",") if v.strip())
-    if args.sae:
-        changes["sae"] = str(Path(args.sae).resolve())
-    config = dataclasses.replace(config, **changes)
-    run(args.out, config, model_dir=args.model, progress=not args.no_progress)
-    print_report(args.out)
-    return 0
-
-
-def register(exp_sub) -> None:
-    p = exp_sub.add_parser(NAME, help="ablations of SAUCE: layer, k x gamma, token choice, mode, SAE architecture",
-                           description="Vary one of SAUCE's choices at a time (the tower layer the SAE is trained "
-                                       "and applied at, k and gamma, selection and intervention tokens, "
-                                       "reconstruct/delta, the SAE architecture), unlearn each concept and plot "
-                                       "the unlearning score against the utility score per task (ablate.png, "
-                                       "report.md, results.json). SAEs are kept in OUT/saes/, points in OUT/parts/; "
-                                       "rerunning the command resumes.")
-    add_common_arguments(p)
-    p.add_argument("--ablations", help=f"comma-separated among {','.join(ABLATIONS)} (default: all)")
-    p.add_argument("--n-test", type=int, help="test images per concept (default 24; quick 10)")
-    p.add_argument("--layers", help="comma-separated hidden states of the layer ablation (default 1,2,3,4)")
-    p.add_argument("--k-values", help="comma-separated k of the k x gamma grid (default 4,16,64)")
-    p.add_argument("--gamma-values", help="comma-separated gamma of the k x gamma grid (default 0.5,0,-1,-2)")
-    p.set_defaults(func=cmd_ablate)

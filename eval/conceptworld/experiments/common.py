@@ -1,5 +1,6 @@
 """What the ConceptWorld experiments share: the SAUCE setup (model, SAE, feature sets, the
-validation-chosen k and gamma), resumable parts, run-folder checks and their common options.
+validation-chosen k and gamma), resumable parts and run-folder checks (their common options are
+in `sauce_jax.cli.common`).
 
 Every experiment writes into one run folder: `config.json` (a rerun with another config is
 refused), `parts/*.json` (each finished unit of work, written atomically; a rerun skips it),
@@ -169,36 +170,3 @@ def write_outputs(out: str | Path, results: dict, report: str) -> None:
 def say(progress: bool, message: str) -> None:
     if progress:
         print(message, flush=True)
-
-
-# ------------------------------------------------------------------------------------ CLI
-
-def add_common_arguments(parser) -> None:
-    parser.add_argument("--out", required=True, help="run folder; rerun the same command to resume")
-    parser.add_argument("--model", help="a ConceptWorld LLaVA directory (default: the shipped one)")
-    parser.add_argument("--concepts", help="comma-separated concepts (default: the experiment's own)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--sae", help="a trained SAE folder to use instead of training one (e.g. a demo run's "
-                                      "sae_run/sae)")
-    parser.add_argument("--quick", action="store_true", help="a reduced run (fewer images, one grid point)")
-    parser.add_argument("--threads", type=int, help="PyTorch threads (default: PyTorch's choice)")
-    parser.add_argument("--no-progress", action="store_true")
-
-
-def apply_threads(args) -> None:
-    if getattr(args, "threads", None):  # on a shared machine one thread is often faster than oversubscribed cores
-        import torch
-
-        torch.set_num_threads(args.threads)
-
-
-def concepts_arg(args) -> tuple[str, ...] | None:
-    from ..cli import _concepts
-
-    return _concepts(args.concepts) if getattr(args, "concepts", None) else None
-
-
-def print_report(out: str | Path) -> None:
-    out = Path(out)
-    print((out / "report.md").read_text())
-    print(f"report.md, results.json and figures in {out}")

@@ -35,15 +35,11 @@ from sauce_jax.errors import ConfigError
 
 from ..demo import DemoConfig
 from ..render import render_many
-from ..world import CONCEPTS, generic_stream
+from ..world import generic_stream
 from .common import (
-    add_common_arguments,
-    apply_threads,
     cached,
     check_same_run,
-    concepts_arg,
     prepare,
-    print_report,
     quick_demo,
     say,
     write_outputs,
@@ -296,36 +292,3 @@ def markdown_report(results: dict, config: FeaturesConfig) -> str:
                      f"{most} | [cards/{c}.md](cards/{c}.md) |")
     lines += ["", f"This call: {results['meta']['seconds_this_call']:.0f} s."]
     return "\n".join(lines) + "\n"
-
-
-# ------------------------------------------------------------------------------------ CLI
-
-def cmd_features(args) -> int:
-    apply_threads(args)
-    concepts = concepts_arg(args)
-    if args.quick:
-        config = quick_config(concepts, seed=args.seed)
-    else:
-        demo = DemoConfig(seed=args.seed, k_grid=(16,), **({"concepts": concepts} if concepts else {}))
-        config = FeaturesConfig(demo=demo)
-    if args.all_concepts:
-        config = dataclasses.replace(config, demo=dataclasses.replace(config.demo, concepts=CONCEPTS))
-    if args.images:
-        config = dataclasses.replace(config, n_images=args.images)
-    run(args.out, config, model_dir=args.model, sae_dir=args.sae, progress=not args.no_progress)
-    print_report(args.out)
-    return 0
-
-
-def register(exp_sub) -> None:
-    parser = exp_sub.add_parser(NAME, help="the paper's Figure 4 and 5: FS / FMAV histograms, top images, audit cards",
-                                description="On held-out generic-stream images: FS and FMAV (eq. 7, 8) of every SAE "
-                                            "feature (figure4.png), the top-activating images of each concept's best "
-                                            "features (figure5.png), and an audit card per concept (cards/): its "
-                                            "selected features' scores, FS, FMAV, top images with their ground truth, "
-                                            "top-image precision and the overlap with other concepts' sets. parts/ "
-                                            "makes a rerun resume.")
-    add_common_arguments(parser)
-    parser.add_argument("--images", type=int, help="held-out generic images (default: 3000; --quick: 300)")
-    parser.add_argument("--all-concepts", action="store_true", help="a card for every ConceptWorld concept")
-    parser.set_defaults(func=cmd_features)

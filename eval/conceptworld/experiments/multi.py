@@ -36,13 +36,9 @@ from ..benchmark import Model, make_suite
 from ..demo import MODES, DemoConfig
 from ..world import CONCEPTS, DOMAIN_OF, DOMAINS, TASKS, rng_for
 from .common import (
-    add_common_arguments,
-    apply_threads,
     cached,
     check_same_run,
-    concepts_arg,
     prepare,
-    print_report,
     quick_demo,
     say,
     write_outputs,
@@ -375,47 +371,3 @@ def plot_figure6(results: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-# ------------------------------------------------------------------------------------ CLI
-
-def _counts(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(c) for c in text.split(",") if c.strip())
-    except ValueError as exc:
-        raise ConfigError(f"--counts {text!r} must be comma-separated integers") from exc
-
-
-def cmd_multi(args) -> int:
-    apply_threads(args)
-    concepts = concepts_arg(args)
-    if args.quick:
-        config = quick_config(concepts, seed=args.seed)
-    else:
-        demo = dataclasses.replace(_full_demo(), seed=args.seed, **({"concepts": concepts} if concepts else {}))
-        config = MultiConfig(demo=demo)
-    changes = {}
-    if args.counts:
-        changes["counts"] = _counts(args.counts)
-    if args.draws is not None:
-        changes["draws"] = args.draws
-    if args.mode:
-        changes["mode"] = args.mode
-    config = dataclasses.replace(config, **changes)
-    run(args.out, config, model_dir=args.model, sae_dir=args.sae, progress=not args.no_progress)
-    print_report(args.out)
-    return 0
-
-
-def register(exp_sub) -> None:
-    parser = exp_sub.add_parser(NAME, help="the paper's Figure 6: SAUCE unlearning 1, 2, 4, 8 concepts at once",
-                                description="Unlearn seeded draws of 1, 2, 4, 8 concepts at once (within one domain "
-                                            "and across the task's domains, per task) with the union of their "
-                                            "SAUCE feature sets, and plot the unlearning score (mean UA_d, UA_g) and "
-                                            "the utility score (mean IRA, CRA, utility) against the count. Writes "
-                                            "report.md, results.json, figure6.png; parts/ makes a rerun resume.")
-    add_common_arguments(parser)
-    parser.add_argument("--counts", help="comma-separated numbers of concepts (default: 1,2,4,8)")
-    parser.add_argument("--draws", type=int, help="seeded draws per count (default: 3; --quick: 1)")
-    parser.add_argument("--mode", choices=MODES, help="SAUCE mode (default: reconstruct)")
-    parser.set_defaults(func=cmd_multi)

@@ -44,13 +44,9 @@ from ..table2 import Table2Config
 from ..table2 import quick_config as table2_quick
 from ..world import DOMAINS, TASKS
 from .common import (
-    add_common_arguments,
-    apply_threads,
     cached,
     check_same_run,
-    concepts_arg,
     prepare,
-    print_report,
     say,
     write_outputs,
 )
@@ -386,47 +382,3 @@ def run(out_dir: str | Path, config: RobustConfig | None = None, *, model_dir=No
     write_outputs(out, results, markdown(results))
     plot(results, out / "figure7.png")
     return results
-
-
-# ------------------------------------------------------------------------------------ CLI
-
-def cmd_robust(args) -> int:
-    apply_threads(args)
-    concepts = concepts_arg(args)
-    if args.quick:
-        config = quick_config(concepts, seed=args.seed)
-    else:
-        demo = DemoConfig(seed=args.seed, concepts=concepts or CONCRETE)
-        config = RobustConfig(table2=Table2Config(demo=demo))
-    changes = {}
-    if args.methods is not None:
-        methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
-        changes["table2"] = dataclasses.replace(config.table2, methods=methods)
-    if args.modes is not None:
-        changes["sauce_modes"] = tuple(m.strip() for m in args.modes.split(",") if m.strip())
-    if args.no_descriptions:
-        changes["generative"] = False
-    config = dataclasses.replace(config, **changes)
-    if args.table2:
-        config = dataclasses.replace(config, hyperparameters=hyperparameters_from_table2(args.table2,
-                                                                                         config.table2.methods))
-    run(args.out, config, model_dir=args.model, sae_dir=args.sae, table2_dir=args.table2,
-        progress=not args.no_progress)
-    print_report(args.out)
-    return 0
-
-
-def register(exp_sub) -> None:
-    p = exp_sub.add_parser(NAME, help="the paper's Figure 7: unlearning under translation and 4-bit quantization",
-                           description="Unlearn each concept with SAUCE and the GA/GD/KL/PO baselines, then score "
-                                       "UA_d, IRA, CRA and utility in English, with the questions translated, and "
-                                       "with the unlearned model's weights quantized to 4 bits; writes report.md, "
-                                       "results.json and figure7.png. Rerunning the command resumes.")
-    add_common_arguments(p)
-    p.add_argument("--table2", help="a finished `experiment table2` run folder: its baselines' lr / steps "
-                                    "(rows/<method>.json) and SAUCE's k / gamma (sauce_chosen.json)")
-    p.add_argument("--methods", help="comma-separated baselines among GA,GD,KL,PO (default: all)")
-    p.add_argument("--modes", help="comma-separated SAUCE modes among reconstruct,delta (default: both)")
-    p.add_argument("--no-descriptions", action="store_true",
-                   help="yes/no questions only (no UA_g, no generative retain rates): faster")
-    p.set_defaults(func=cmd_robust)

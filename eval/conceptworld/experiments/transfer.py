@@ -211,34 +211,3 @@ def plot(results: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-# ------------------------------------------------------------------------------------ CLI
-
-def main(args) -> int:
-    common.apply_threads(args)
-    concepts = common.concepts_arg(args)
-    if args.quick:
-        config = quick_config(concepts, seed=args.seed)
-    else:
-        demo = DemoConfig(seed=args.seed, **({"concepts": concepts} if concepts else {}))
-        config = TransferConfig(demo=demo)
-    run(args.out, config, model_dir=args.model, sae_dir=args.sae, siblings_dir=args.siblings, device=args.device,
-        progress=not args.no_progress)
-    common.print_report(args.out)
-    return 0
-
-
-def register(exp_sub) -> None:
-    parser = exp_sub.add_parser(
-        "transfer", help="an SAE and its features applied unchanged to sibling VLMs (Table 4)",
-        description="Train SAUCE on the source ConceptWorld LLaVA, build two siblings (same tower with a larger "
-                    "language model; the tower trained further end to end), apply the source's SAE and feature "
-                    "sets unchanged to each and score all on the same test images: report.md, results.json, "
-                    "table4.png. Building the siblings is the long part (about an hour and a half on 2 CPU cores, "
-                    "minutes with --device cuda); rerunning the command resumes.")
-    common.add_common_arguments(parser)
-    parser.add_argument("--siblings", help="folder holding (or to hold) the siblings, language/ and tower/ "
-                                           "(default: OUT/models)")
-    parser.add_argument("--device", default="cpu", help="where PyTorch trains the siblings (e.g. cuda)")
-    parser.set_defaults(func=main)

