@@ -221,6 +221,8 @@ def cmd_unlearn(args) -> int:
     from sauce_jax.sae_io import load_sae
     from sauce_jax.scoring import FeatureSet
 
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
     # With --prompt the checkpoint is read once, as a transformers LLaVA; its JAX tower is built
     # from that model in memory.
     answerer = _llava_answerer(args.encoder, args.batch_size) if args.prompt else None
