@@ -42,7 +42,7 @@ class LlavaAnswerer:
         except ImportError as exc:
             raise ConfigError("a LLaVA checkpoint needs transformers and torch: pip install 'sauce-jax[torch]'") from exc
         from sauce_jax.ports.weights import read_json
-        from sauce_jax.encoder import load_encoder
+        from sauce_jax.loading import load_encoder
 
         directory = Path(checkpoint)
         if not (directory / "config.json").is_file():

@@ -36,7 +36,8 @@ from flax import nnx
 from sauce_jax.ports.attention import check_implementation
 from sauce_jax.ports.conversion import CONV2D, LINEAR, Rule, build_module, with_prefix
 from sauce_jax.ports.vit import ACTIVATIONS, PatchEmbedding, check_config, dense
-from sauce_jax.errors import CheckpointError, ConfigError
+from sauce_jax.ports.family import EncoderFamily, vision_prefix
+from sauce_jax.errors import ConfigError
 
 MODEL_TYPE = "mllama_vision_model"
 # The checkpoint model_types whose vision tower this port reads.
@@ -398,21 +399,6 @@ IGNORED = {
 }
 
 
-def is_mllama_checkpoint(hf_config: dict) -> bool:
-    return hf_config.get("model_type") in CHECKPOINT_TYPES
-
-
-def vision_prefix(tensors, origin: str) -> str:
-    """The prefix under which this checkpoint stores its Mllama vision model."""
-    found = [p for p in VISION_PREFIXES if p + "patch_embedding.weight" in tensors]
-    if not found:
-        raise CheckpointError(
-            f"{origin}: no Mllama vision tower: no tensor named '[prefix]patch_embedding.weight' "
-            f"for any known prefix {list(VISION_PREFIXES)}"
-        )
-    return max(found, key=len)
-
-
 def load(model_type: str, hf_config: dict, tensors, *, dtype, attention_impl: str = "auto", origin: str):
     """Build a `MllamaVisionModel` from a checkpoint's config dict and tensors.
 
@@ -426,8 +412,25 @@ def load(model_type: str, hf_config: dict, tensors, *, dtype, attention_impl: st
     if model_type == "mllama":  # MllamaConfig's vision_config may omit model_type
         vision_hf = {"model_type": MODEL_TYPE, **vision_hf}
     cfg = MllamaVisionConfig.from_hf(vision_hf)
-    prefix = vision_prefix(tensors, origin)
+    prefix = vision_prefix(tensors, VISION_PREFIXES, "patch_embedding.weight", "Mllama vision tower", origin)
     ignore = IGNORED.get(model_type, ())
     make = lambda: MllamaVisionModel(cfg, dtype=dtype, attention_impl=attention_impl, rngs=nnx.Rngs(0))
     model, ignored = build_module(make, with_prefix(RULES, prefix), tensors, ignore=ignore, origin=origin)
     return model, prefix, ignored
+
+
+def preprocess_defaults(cfg: MllamaVisionConfig) -> dict[str, Any]:
+    """`MllamaPreprocessConfig` fields matching the tower: its tile size and tile count."""
+    return dict(tile_size=cfg.image_size, max_image_tiles=cfg.max_num_tiles)
+
+
+# Runs on the core's `MllamaEncoder` (tiled inputs, two-stage hidden-state indices) and its
+# `MllamaImageProcessor` preprocessing: the "mllama" runner.
+FAMILY = EncoderFamily(
+    model_type=MODEL_TYPE,
+    checkpoint_types=CHECKPOINT_TYPES,
+    load=load,
+    preprocess_defaults=lambda cfg, size: preprocess_defaults(cfg),
+    num_tokens=lambda cfg, size: cfg.num_tokens,
+    runner="mllama",
+)

@@ -13,7 +13,7 @@ from sauce_jax.errors import CheckpointError, ConfigError, InputError, SauceErro
 __version__ = "0.1.0"
 
 _LAZY = {
-    "load_encoder": "sauce_jax.encoder",
+    "load_encoder": "sauce_jax.loading",
     "VisionEncoder": "sauce_jax.encoder",
     "EncoderConfig": "sauce_jax.encoder",
     "EncoderOutput": "sauce_jax.encoder",
@@ -28,8 +28,8 @@ _LAZY = {
     "select_features": "sauce_jax.scoring",
     "FeatureSet": "sauce_jax.scoring",
     "unlearn": "sauce_jax.intervention",
-    "train_sae": "train.loop",
-    "TrainConfig": "train.config",
+    "train_sae": "sauce_jax.train.loop",
+    "TrainConfig": "sauce_jax.train.config",
     "per_image_ids": "sauce_jax.intervention",
     "torch_hook": "sauce_jax.torch_bridge",
     "to_torch": "sauce_jax.torch_bridge",

@@ -30,7 +30,7 @@ def cmd_info(args) -> int:
     if args.checkpoint is None:
         return 0
     from sauce_jax.ports.weights import read_checkpoint_tensors, read_json, resolve_checkpoint_dir
-    from sauce_jax.encoder import load_encoder
+    from sauce_jax.loading import load_encoder
 
     directory = resolve_checkpoint_dir(args.checkpoint)
     hf = read_json(directory / "config.json")
@@ -81,7 +81,7 @@ def cmd_train_sae(args) -> int:
     else:
         if not (args.encoder and args.images):
             raise ConfigError("train-sae needs --encoder and --images, or --activations")
-        from sauce_jax.encoder import load_encoder
+        from sauce_jax.loading import load_encoder
 
         encoder = load_encoder(args.encoder, dtype=args.encoder_dtype)
         source_kwargs = {"encoder": encoder, "images": args.images, "layer": args.layer, "token": args.token,
@@ -99,7 +99,7 @@ def cmd_train_sae(args) -> int:
 
 
 def cmd_select(args) -> int:
-    from sauce_jax.encoder import load_encoder
+    from sauce_jax.loading import load_encoder
     from sauce_jax.sae_io import load_sae
     from sauce_jax.scoring import select_features
 
@@ -117,7 +117,7 @@ def cmd_select(args) -> int:
 def cmd_unlearn(args) -> int:
     import numpy as np
 
-    from sauce_jax.encoder import load_encoder
+    from sauce_jax.loading import load_encoder
     from sauce_jax.image_processor import preprocess
     from sauce_jax.images import as_image_items, open_image
     from sauce_jax.intervention import unlearn
@@ -203,7 +203,7 @@ def _default_real_encoder() -> str:
 def cmd_experiment_real(args) -> int:
     from sauce_jax.eval.emoji import EmojiConfig, run
     from sauce_jax.eval.emoji import table as eval_table
-    from sauce_jax.encoder import load_encoder
+    from sauce_jax.loading import load_encoder
 
     encoder = load_encoder(args.encoder or _default_real_encoder())
     categories = tuple(c.strip() for c in args.categories.split(",")) if args.categories else None

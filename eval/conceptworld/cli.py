@@ -102,7 +102,7 @@ def cmd_eval(args) -> int:
 
 
 def _eval_conceptworld(args) -> int:
-    from sauce_jax.encoder import load_encoder
+    from sauce_jax.loading import load_encoder
     from sauce_jax.intervention import unlearn
 
     from . import vlm

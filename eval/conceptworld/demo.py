@@ -216,7 +216,7 @@ def plot_table(tables: dict, path: Path) -> None:
 
 def run(out_dir: str | Path, config: DemoConfig | None = None, *, model_dir=None, progress: bool = True) -> dict:
     """The whole demo; returns the results written to `out_dir/results.json`."""
-    from sauce_jax.encoder import load_encoder
+    from sauce_jax.loading import load_encoder
 
     from . import vlm
 

@@ -91,7 +91,7 @@ class _Context:
     """What the rows share, built on first use: the model, the encoder, both evaluations."""
 
     def __init__(self, config: Table2Config, model_dir, progress: bool):
-        from sauce_jax.encoder import load_encoder
+        from sauce_jax.loading import load_encoder
 
         from . import vlm
 

@@ -66,7 +66,7 @@ class Prepared:
 
 def load_model(model_dir=None):
     """(llava, processor, encoder, layer, Model) of a ConceptWorld LLaVA (default: the shipped one)."""
-    from sauce_jax.encoder import load_encoder
+    from sauce_jax.loading import load_encoder
 
     from .. import vlm
 
