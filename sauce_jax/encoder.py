@@ -84,6 +84,19 @@ def _run(graphdef, state, pixels, hook_args, *, keep, hook_fns, head, precision)
         return tuple(kept), pooled, model.project(pooled), last
 
 
+def pad_batch(pixels: Any, size: int) -> np.ndarray:
+    """Zero-pad a batch of preprocessed images [b, ...] to [size, ...], so the jitted tower sees
+    one batch shape and compiles once; the caller keeps the first b rows of what it returns.
+
+    Works on any numpy batch, Mllama's structured records included; a batch of `size` rows or
+    more is returned unchanged.
+    """
+    pixels = np.asarray(pixels)
+    if len(pixels) >= size:
+        return pixels
+    return np.concatenate([pixels, np.zeros((size - len(pixels),) + pixels.shape[1:], pixels.dtype)])
+
+
 class VisionEncoder:
     """A loaded vision tower: pure params (`state`) plus the module structure (`graphdef`)."""
 

@@ -107,7 +107,7 @@ def _eval_conceptworld(args) -> int:
 
     from . import vlm
     from .benchmark import Evaluation, Model, headline, make_suite, task_table
-    from .demo import DemoConfig, _top, select_all, train_concept_sae
+    from .demo import DemoConfig, select_all, train_concept_sae
 
     model_dir = None if args.model == "conceptworld" else args.model
     config = DemoConfig(concepts=_concepts(args.concepts), seed=args.sae_seed, n_test=args.n_images)
@@ -123,7 +123,7 @@ def _eval_conceptworld(args) -> int:
     results = []
     for concept in config.concepts:
         clean = evaluation.run(concept)
-        edited = unlearn(encoder, sae, _top(sets[concept], args.k, args.gamma), layer=layer, gamma=args.gamma,
+        edited = unlearn(encoder, sae, sets[concept].top(args.k, args.gamma), layer=layer, gamma=args.gamma,
                          mode=args.mode)
         result = evaluation.run(concept, edited)
         result["clean_utility"] = clean["utility"]

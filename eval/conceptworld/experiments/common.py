@@ -20,7 +20,6 @@ from sauce_jax.errors import ConfigError
 from ..benchmark import Model
 from ..demo import (
     DemoConfig,
-    _top,
     choose_hyperparameters,
     select_all,
     train_concept_sae,
@@ -51,7 +50,7 @@ class Prepared:
         """The concept's FeatureSet cut to k with gamma (default: the validation-chosen ones)."""
         k = self.chosen[mode]["k"] if k is None else k
         gamma = self.chosen[mode]["gamma"] if gamma is None else gamma
-        return _top(self.sets[concept], k, gamma)
+        return self.sets[concept].top(k, gamma)
 
     def unlearned(self, concepts, mode: str = "reconstruct", k: int | None = None, gamma: float | None = None,
                   encoder=None):
