@@ -57,7 +57,7 @@ class SAEConfig:
     @property
     def uses_l1(self) -> bool:
         """The standard ReLU SAE: sparsity comes from eq. 3's L1 penalty; there is no k."""
-        return self.uses_l1
+        return self.architecture == "standard"
 
     @property
     def uses_k(self) -> bool:
