@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sauce_jax.ports.attention import attention, check_implementation
+from sauce_jax.ports.attention import attention, check_implementation, merge_heads, split_heads
 from sauce_jax.ports.conversion import CONV2D, LINEAR, Rule, build_module, with_prefix
 from sauce_jax.ports.vit import ACTIVATIONS, PatchEmbedding, check_config, dense, layer_norm
 from sauce_jax.ports.family import EncoderFamily, vision_prefix
@@ -241,16 +241,16 @@ class Dinov2SelfAttention(nnx.Module):
         self.value = dense(d, d, bias=cfg.qkv_bias, dtype=dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        b, t, d = x.shape  # [B, T, D]
+        # x [B, T, D]
         projections = (self.query, self.key, self.value)
         # One [D, 3D] matmul instead of three, as in ports.vit.Attention.
         kernel = jnp.concatenate([p.kernel[...] for p in projections], axis=1).astype(x.dtype)
         qkv = x @ kernel  # [B, T, 3D]
         if self.query.bias is not None:
             qkv = qkv + jnp.concatenate([p.bias[...] for p in projections]).astype(x.dtype)
-        q, k, v = (y.reshape(b, t, self.num_heads, d // self.num_heads) for y in jnp.split(qkv, 3, axis=-1))
+        q, k, v = (split_heads(y, self.num_heads) for y in jnp.split(qkv, 3, axis=-1))  # [B, T, N, H] each
         out = attention(q, k, v, implementation=self.implementation)  # [B, T, N, H], scale 1/sqrt(H)
-        return out.reshape(b, t, d)
+        return merge_heads(out)
 
 
 class Dinov2SelfOutput(nnx.Module):

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sauce_jax.ports.attention import attention, check_implementation
+from sauce_jax.ports.attention import attention, check_implementation, merge_heads, split_heads
 from sauce_jax.ports.clip import IGNORED_BUFFERS, VISION_PREFIXES
 from sauce_jax.ports.clip import IGNORED as CLIP_IGNORED
 from sauce_jax.ports.conversion import CONV2D, LINEAR, Rule, build_module, with_prefix
@@ -123,16 +123,14 @@ class MultiheadAttention(nnx.Module):
         self.out_proj = dense(d, d, dtype=dtype, rngs=rngs)
 
     def __call__(self, query: jax.Array, key_value: jax.Array) -> jax.Array:
-        b, s, d = query.shape  # [B, S, D] queries, [B, T, D] keys = values
-        t = key_value.shape[1]
+        # query [B, S, D], key_value [B, T, D] (keys = values)
         wq, wk, wv = jnp.split(self.in_proj_weight[...].astype(query.dtype), 3, axis=1)  # [D, D] each
         bq, bk, bv = jnp.split(self.in_proj_bias[...].astype(query.dtype), 3)
-        h = d // self.num_heads
-        q = (query @ wq + bq).reshape(b, s, self.num_heads, h)
+        q = split_heads(query @ wq + bq, self.num_heads)  # [B, S, N, H]
         kv = key_value @ jnp.concatenate([wk, wv], axis=1) + jnp.concatenate([bk, bv])  # [B, T, 2D]
-        k, v = (y.reshape(b, t, self.num_heads, h) for y in jnp.split(kv, 2, axis=-1))
+        k, v = (split_heads(y, self.num_heads) for y in jnp.split(kv, 2, axis=-1))  # [B, T, N, H] each
         out = attention(q, k, v, implementation=self.implementation)  # [B, S, N, H], scale 1/sqrt(H)
-        return self.out_proj(out.reshape(b, s, d))
+        return self.out_proj(merge_heads(out))
 
 
 class SiglipMultiheadAttentionPoolingHead(nnx.Module):

@@ -23,7 +23,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-import einops
+from einops.array_api import rearrange  # array-API form: no backend lookup through sys.modules
 import numpy as np
 from PIL import Image
 
@@ -93,7 +93,7 @@ class MllamaPreprocessConfig:
             out = (out - np.asarray(self.image_mean, np.float32)) / np.asarray(self.image_std, np.float32)
         rows, cols = canvas_h // tile, canvas_w // tile
         # the canvas cut into tiles row by row: [rows * tile, cols * tile, 3] -> [rows * cols, tile, tile, 3]
-        tiles = einops.rearrange(out, "(r h) (c w) ch -> (r c) h w ch", r=rows, c=cols)
+        tiles = rearrange(out, "(r h) (c w) ch -> (r c) h w ch", r=rows, c=cols)
         record = np.zeros((), input_dtype(self.max_image_tiles, tile))
         record["pixel_values"][: rows * cols] = tiles
         record["aspect_ratio_ids"] = supported_aspect_ratios(self.max_image_tiles).index((rows, cols)) + 1
