@@ -67,12 +67,12 @@ class SAEConfig:
     @property
     def is_topk(self) -> bool:
         """TopK: exactly the k largest latents of every token survive."""
-        return self.is_topk
+        return self.architecture == "topk"
 
     @property
     def has_threshold(self) -> bool:
         """BatchTopK: a learned per-feature `threshold` parameter replaces the batch at inference."""
-        return self.has_threshold
+        return self.architecture == "batchtopk"
 
     @property
     def uses_auxk(self) -> bool:
