@@ -149,7 +149,7 @@ def layer_tokens(encoder, images: list, layer: int, batch: int = 32) -> np.ndarr
 def run(out_dir: str | Path, encoder, config: EmojiConfig = EmojiConfig(), *, progress: bool = True) -> dict:
     """Run the benchmark, write `results.json` and `results.md` to `out_dir`, return the results."""
     from sauce_jax.intervention import intervention_args, make_hook
-    from sauce_jax.scoring import FeatureSet, image_activations, score_features
+    from sauce_jax.scoring import FeatureSet, image_activations, score_features, top_features
     from sauce_jax.train import TrainConfig, train_sae
 
     out_dir = Path(out_dir)
@@ -190,7 +190,8 @@ def run(out_dir: str | Path, encoder, config: EmojiConfig = EmojiConfig(), *, pr
     selected = {}
     for label, concept in enumerate(names):
         scores = score_features(z[train_y == label], z[train_y != label])
-        selected[concept] = np.argsort(-scores, kind="stable")[: config.k]
+        selected[concept] = np.array(top_features(scores, config.k, concept=concept, layer=layer,
+                                                  sae_fingerprint=sae.fingerprint(), token="all").feature_ids)
         after = probe_after(concept, selected[concept])
         control = probe_after(concept, rng.choice(sae.config.d_sae, config.k, replace=False))
         known = (test_y == label) & (before == label)  # [N] c's images the probe knew

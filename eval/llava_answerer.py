@@ -18,19 +18,6 @@ from typing import Any
 from sauce_jax.errors import CheckpointError, ConfigError, InputError
 
 
-def open_rgb(item: Any):
-    """A path (opened, RGB) or an image passed through."""
-    from PIL import Image, UnidentifiedImageError
-
-    if not isinstance(item, (str, os.PathLike)):
-        return item
-    try:
-        with Image.open(item) as image:
-            return image.convert("RGB")
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
-        raise InputError(f"image {str(item)!r} cannot be read: {exc}") from exc
-
-
 class LlavaAnswerer:
     """Greedy answers of a LLaVA checkpoint; `unlearned` swaps in an edited JAX tower."""
 
@@ -42,7 +29,7 @@ class LlavaAnswerer:
         except ImportError as exc:
             raise ConfigError("a LLaVA checkpoint needs transformers and torch: pip install 'sauce-jax[torch]'") from exc
         from sauce_jax.ports.weights import read_json
-        from sauce_jax.encoder import load_encoder
+        from sauce_jax.loading import load_encoder
 
         directory = Path(checkpoint)
         if not (directory / "config.json").is_file():
@@ -93,15 +80,13 @@ class LlavaAnswerer:
     def features(self, images: Sequence[Any], unlearned=None):
         """Projected image features [B, N, D_text] (torch), from the clean or unlearned tower.
         The batch is zero-padded to `batch_size` so the JAX tower compiles once."""
-        import jax.numpy as jnp
-
         from sauce_jax.eval.llava_bridge import llava_image_features
+        from sauce_jax.encoder import pad_batch
         from sauce_jax.image_processor import preprocess
+        from sauce_jax.images import open_image
 
-        px = preprocess([open_rgb(i) for i in images], self.encoder)  # [B, H, W, C]
-        pad = self.batch_size - len(images)
-        if pad > 0:
-            px = jnp.concatenate([px, jnp.zeros((pad, *px.shape[1:]), px.dtype)])
+        px = preprocess([open_image(i, rgb=True, strict=True) for i in images], self.encoder)  # [B, H, W, C]
+        px = pad_batch(px, self.batch_size)
         return llava_image_features(self.model, self.encoder, px, unlearned=unlearned)[:len(images)]
 
     def generate(self, features, prompts: Sequence[str], max_new_tokens: int, strip: bool = True) -> list[str]:

@@ -161,11 +161,11 @@ def image_activations(sae, answerer, paths: Sequence[Path], layer: int, token: s
     """Per-image SAE activations [N, d_sae] (mean over the token choice's activations) at
     `layer`, in batches padded to the answerer's batch size so the tower compiles once."""
     import jax
-    import jax.numpy as jnp
 
-    from sauce_jax.eval.llava_answerer import open_rgb
     from sauce_jax import sae as sae_lib
+    from sauce_jax.encoder import pad_batch
     from sauce_jax.image_processor import preprocess
+    from sauce_jax.images import open_image
     from sauce_jax.tokens import check_token_choice, select_tokens, tokens_per_image
 
     check_token_choice(token)
@@ -179,8 +179,8 @@ def image_activations(sae, answerer, paths: Sequence[Path], layer: int, token: s
     rows = []
     for start in range(0, len(paths), batch):
         chunk = paths[start:start + batch]
-        px = preprocess([open_rgb(p) for p in chunk], encoder)  # [b, H, W, C]
-        px = jnp.concatenate([px, jnp.zeros((batch - len(chunk), *px.shape[1:]), px.dtype)])  # [batch, H, W, C]
+        px = preprocess([open_image(p, rgb=True, strict=True) for p in chunk], encoder)  # [b, H, W, C]
+        px = pad_batch(px, batch)  # [batch, H, W, C]
         hidden = encoder.hidden_states(px, upto=upto)[layer]  # [batch, T, D]
         acts = select_tokens(hidden, token, jax.random.key(start))  # [batch * per_image, D]
         z = encode(sae.params, acts).reshape(batch, per_image, -1).mean(axis=1)  # [batch, d_sae]
@@ -192,7 +192,7 @@ def select_all(sae, answerer, dirs: ConceptDirs, targets: Sequence[str], config:
                token: str | None = None) -> dict:
     """Each target's k features (eq. 4): its train images against every other concept's. The
     train images are encoded once for all targets."""
-    from sauce_jax.scoring import FeatureSet, score_features
+    from sauce_jax.scoring import score_features, top_features
 
     if config.k > sae.config.d_sae:
         raise ConfigError(f"k={config.k} exceeds the SAE's {sae.config.d_sae} features")
@@ -204,10 +204,8 @@ def select_all(sae, answerer, dirs: ConceptDirs, targets: Sequence[str], config:
     sets = {}
     for target in targets:
         scores = score_features(z[owner == target], z[owner != target])  # [d_sae]
-        best = np.argsort(-scores, kind="stable")[:config.k]
-        sets[target] = FeatureSet(concept=target, feature_ids=tuple(int(i) for i in best),
-                                  scores=tuple(float(scores[i]) for i in best), layer=layer,
-                                  sae_fingerprint=sae.fingerprint(), gamma=config.gamma, token=token)
+        sets[target] = top_features(scores, config.k, concept=target, layer=layer,
+                                    sae_fingerprint=sae.fingerprint(), gamma=config.gamma, token=token)
     return sets
 
 

@@ -9,6 +9,7 @@ normalizes after the value matmul (T x H divisions instead of T x T).
 
 from __future__ import annotations
 
+from einops.array_api import rearrange  # array-API form: no backend lookup through sys.modules
 import jax
 import jax.numpy as jnp
 
@@ -23,14 +24,34 @@ def check_implementation(name: str) -> str:
     return name
 
 
+def split_heads(x: jax.Array, num_heads: int) -> jax.Array:
+    """[B, T, D] -> [B, T, N, H], head n owning channels n*H .. (n+1)*H - 1."""
+    return rearrange(x, "b t (n h) -> b t n h", n=num_heads)
+
+
+def merge_heads(x: jax.Array) -> jax.Array:
+    """[B, T, N, H] -> [B, T, D], the inverse of `split_heads`."""
+    return rearrange(x, "b t n h -> b t (n h)")
+
+
+def heads_first(x: jax.Array) -> jax.Array:
+    """[B, T, N, H] -> [B, N, T, H]: each head's tokens contiguous, so attention is a batched GEMM."""
+    return rearrange(x, "b t n h -> b n t h")
+
+
+def tokens_first(x: jax.Array) -> jax.Array:
+    """[B, N, T, H] -> [B, T, N, H], the inverse of `heads_first`."""
+    return rearrange(x, "b n t h -> b t n h")
+
+
 def _einsum_attention(q: jax.Array, k: jax.Array, v: jax.Array, scale: float) -> jax.Array:
-    q, k, v = (x.transpose(0, 2, 1, 3) for x in (q, k, v))  # [B, N, T, H]
+    q, k, v = (heads_first(x) for x in (q, k, v))  # [B, N, T, H]
     scores = jnp.einsum("bnth,bnsh->bnts", q * jnp.asarray(scale, q.dtype), k,
                         preferred_element_type=jnp.float32)  # [B, N, T, S]
     weights = jnp.exp(scores - scores.max(axis=-1, keepdims=True))
     out = jnp.einsum("bnts,bnsh->bnth", weights.astype(v.dtype), v, preferred_element_type=jnp.float32)
     out = out / weights.sum(axis=-1, keepdims=True)  # [B, N, T, H]
-    return out.astype(v.dtype).transpose(0, 2, 1, 3)  # [B, T, N, H]
+    return tokens_first(out.astype(v.dtype))  # [B, T, N, H]
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, *, implementation: str = "auto") -> jax.Array:

@@ -18,9 +18,15 @@ from flax import nnx
 from sauce_jax.ports.attention import check_implementation
 from sauce_jax.ports.conversion import CONV2D, LINEAR, Rule, build_module, with_prefix
 from sauce_jax.ports.vit import Encoder, PatchEmbedding, check_config, dense, layer_norm
-from sauce_jax.errors import CheckpointError, ConfigError
+from sauce_jax.ports.family import EncoderFamily, vision_prefix
+from sauce_jax.errors import ConfigError
 
 MODEL_TYPE = "clip_vision_model"
+# The checkpoint model_types whose vision tower this port reads (a LLaVA's unless its tower is SigLIP's).
+CHECKPOINT_TYPES = (MODEL_TYPE, "clip", "llava")
+# CLIPImageProcessor's mean and std (OpenAI CLIP's training statistics).
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 # transformers' CLIPVisionConfig defaults: LLaVA configs often store only the fields that differ.
 _HF_DEFAULTS = dict(
@@ -169,17 +175,6 @@ IGNORED = {
 IGNORED_BUFFERS = (r".*embeddings\.position_ids",)
 
 
-def vision_prefix(tensors, origin: str) -> str:
-    """The prefix under which this checkpoint stores its CLIP vision model."""
-    found = [p for p in VISION_PREFIXES if p + "embeddings.patch_embedding.weight" in tensors]
-    if not found:
-        raise CheckpointError(
-            f"{origin}: no CLIP vision tower: no tensor named '[prefix]embeddings.patch_embedding.weight' "
-            f"for any known prefix {list(VISION_PREFIXES)}"
-        )
-    return max(found, key=len)
-
-
 def load(model_type: str, hf_config: dict, tensors, *, dtype, attention_impl: str = "auto", origin: str):
     """Build a `CLIPVisionModel` from a checkpoint's config dict and tensors.
 
@@ -190,7 +185,7 @@ def load(model_type: str, hf_config: dict, tensors, *, dtype, attention_impl: st
     vision_hf = hf_config if model_type == MODEL_TYPE else hf_config.get("vision_config") or {}
     if not isinstance(vision_hf, dict):
         raise ConfigError(f"{origin}: 'vision_config' must be an object, got {type(vision_hf).__name__}")
-    prefix = vision_prefix(tensors, origin)
+    prefix = vision_prefix(tensors, VISION_PREFIXES, "embeddings.patch_embedding.weight", "CLIP vision tower", origin)
     projection = tensors.get("visual_projection.weight")
     cfg = CLIPVisionConfig.from_hf(vision_hf, projection_dim=int(projection.shape[0]) if projection is not None else None)
     rules = with_prefix(RULES, prefix) + (PROJECTION_RULES if projection is not None else ())
@@ -199,3 +194,18 @@ def load(model_type: str, hf_config: dict, tensors, *, dtype, attention_impl: st
     model, ignored = build_module(make, rules, tensors,
                                   ignore=ignore, origin=origin)
     return model, prefix, ignored
+
+
+def preprocess_defaults(size: int) -> dict[str, Any]:
+    """`CLIPImageProcessor`'s defaults scaled to a model that takes `size` x `size` images:
+    shortest edge `size`, center crop `size`, OpenAI CLIP's mean and std."""
+    return dict(shortest_edge=size, crop_hw=(size, size), image_mean=OPENAI_CLIP_MEAN, image_std=OPENAI_CLIP_STD)
+
+
+FAMILY = EncoderFamily(
+    model_type=MODEL_TYPE,
+    checkpoint_types=CHECKPOINT_TYPES,
+    load=load,
+    preprocess_defaults=lambda cfg, size: preprocess_defaults(size),
+    num_tokens=lambda cfg, size: cfg.num_positions,
+)

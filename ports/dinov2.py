@@ -27,15 +27,19 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sauce_jax.ports.attention import attention, check_implementation
+from sauce_jax.ports.attention import attention, check_implementation, merge_heads, split_heads
 from sauce_jax.ports.conversion import CONV2D, LINEAR, Rule, build_module, with_prefix
 from sauce_jax.ports.vit import ACTIVATIONS, PatchEmbedding, check_config, dense, layer_norm
+from sauce_jax.ports.family import EncoderFamily, vision_prefix
 from sauce_jax.errors import CheckpointError, ConfigError
 
 MODEL_TYPE = "dinov2"
 REGISTERS_TYPE = "dinov2_with_registers"
 # The checkpoint model_types this port reads.
 CHECKPOINT_TYPES = (MODEL_TYPE, REGISTERS_TYPE)
+# BitImageProcessor's mean and std as DINOv2 checkpoints save them (ImageNet's statistics).
+IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
 
 # transformers' Dinov2Config / Dinov2WithRegistersConfig defaults.
 _HF_DEFAULTS = dict(
@@ -237,16 +241,16 @@ class Dinov2SelfAttention(nnx.Module):
         self.value = dense(d, d, bias=cfg.qkv_bias, dtype=dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        b, t, d = x.shape  # [B, T, D]
+        # x [B, T, D]
         projections = (self.query, self.key, self.value)
         # One [D, 3D] matmul instead of three, as in ports.vit.Attention.
         kernel = jnp.concatenate([p.kernel[...] for p in projections], axis=1).astype(x.dtype)
         qkv = x @ kernel  # [B, T, 3D]
         if self.query.bias is not None:
             qkv = qkv + jnp.concatenate([p.bias[...] for p in projections]).astype(x.dtype)
-        q, k, v = (y.reshape(b, t, self.num_heads, d // self.num_heads) for y in jnp.split(qkv, 3, axis=-1))
+        q, k, v = (split_heads(y, self.num_heads) for y in jnp.split(qkv, 3, axis=-1))  # [B, T, N, H] each
         out = attention(q, k, v, implementation=self.implementation)  # [B, T, N, H], scale 1/sqrt(H)
-        return out.reshape(b, t, d)
+        return merge_heads(out)
 
 
 class Dinov2SelfOutput(nnx.Module):
@@ -414,17 +418,6 @@ def saved_layout(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
-def checkpoint_prefix(tensors, origin: str) -> str:
-    """The prefix under which this checkpoint stores its DINOv2 model."""
-    found = [p for p in PREFIXES if p + "embeddings.patch_embeddings.projection.weight" in tensors]
-    if not found:
-        raise CheckpointError(
-            f"{origin}: no DINOv2 model: no tensor named '[prefix]embeddings.patch_embeddings.projection.weight' "
-            f"for any known prefix {list(PREFIXES)}"
-        )
-    return max(found, key=len)
-
-
 def build(cfg: Dinov2Config, tensors, *, prefix: str = "", dtype=jnp.float32, attention_impl: str = "auto",
           ignore=(), origin: str = "checkpoint"):
     """A `Dinov2Model` of shape `cfg` filled from saved-layout `tensors` under `prefix`.
@@ -443,6 +436,23 @@ def load(model_type: str, hf_config: dict, tensors, *, dtype, attention_impl: st
     """
     cfg = Dinov2Config.from_hf({**hf_config, "model_type": model_type})
     tensors = saved_layout(tensors)
-    prefix = checkpoint_prefix(tensors, origin)
+    prefix = vision_prefix(tensors, PREFIXES, "embeddings.patch_embeddings.projection.weight", "DINOv2 model", origin)
     model, ignored = build(cfg, tensors, prefix=prefix, dtype=dtype, attention_impl=attention_impl, origin=origin)
     return model, prefix, ignored
+
+
+def preprocess_defaults(size: int) -> dict[str, Any]:
+    """What DINOv2 checkpoints save (`BitImageProcessor`: shortest edge 256, crop 224, ImageNet
+    mean and std), scaled to a model that takes `size` x `size` images."""
+    return dict(shortest_edge=round(size * 256 / 224), crop_hw=(size, size),
+                image_mean=IMAGENET_DEFAULT_MEAN, image_std=IMAGENET_DEFAULT_STD)
+
+
+FAMILY = EncoderFamily(
+    model_type=MODEL_TYPE,
+    checkpoint_types=CHECKPOINT_TYPES,
+    load=load,
+    preprocess_defaults=lambda cfg, size: preprocess_defaults(size),
+    num_tokens=lambda cfg, size: cfg.num_tokens(size),
+    input_size_from_preprocessing=True,
+)

@@ -29,14 +29,16 @@ import dataclasses
 import math
 from typing import Any
 
+from einops.array_api import rearrange  # array-API form: no backend lookup through sys.modules
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sauce_jax.ports.attention import check_implementation
+from sauce_jax.ports.attention import check_implementation, heads_first, merge_heads, split_heads, tokens_first
 from sauce_jax.ports.conversion import CONV2D, LINEAR, Rule, build_module, with_prefix
 from sauce_jax.ports.vit import ACTIVATIONS, PatchEmbedding, check_config, dense
-from sauce_jax.errors import CheckpointError, ConfigError
+from sauce_jax.ports.family import EncoderFamily, vision_prefix
+from sauce_jax.errors import ConfigError
 
 MODEL_TYPE = "mllama_vision_model"
 # The checkpoint model_types whose vision tower this port reads.
@@ -182,7 +184,7 @@ def masked_attention(q: jax.Array, k: jax.Array, v: jax.Array, pad: jax.Array, *
         return jax.nn.dot_product_attention(q, k, v, mask=allowed[:, None],
                                             implementation=None if implementation == "dot_product" else implementation)
     scale = q.shape[-1] ** -0.5
-    q, k, v = (x.transpose(0, 2, 1, 3) for x in (q, k, v))  # [B, N, T, H]
+    q, k, v = (heads_first(x) for x in (q, k, v))  # [B, N, T, H]
     scores = jnp.einsum("bnth,bnsh->bnts", q * jnp.asarray(scale, q.dtype), k,
                         preferred_element_type=jnp.float32)  # [B, N, T, S]
     # transformers adds finfo.min (not -inf): a query with every key masked attends uniformly.
@@ -191,7 +193,7 @@ def masked_attention(q: jax.Array, k: jax.Array, v: jax.Array, pad: jax.Array, *
     weights = jnp.exp(scores - scores.max(axis=-1, keepdims=True))
     out = jnp.einsum("bnts,bnsh->bnth", weights.astype(v.dtype), v, preferred_element_type=jnp.float32)
     out = out / weights.sum(axis=-1, keepdims=True)
-    return out.astype(v.dtype).transpose(0, 2, 1, 3)  # [B, T, N, H]
+    return tokens_first(out.astype(v.dtype))  # [B, T, N, H]
 
 
 class MllamaVisionAttention(nnx.Module):
@@ -205,12 +207,12 @@ class MllamaVisionAttention(nnx.Module):
         self.o_proj = dense(d, d, bias=False, dtype=dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array, pad: jax.Array) -> jax.Array:
-        b, t, d = x.shape  # [B, T, D]
+        # x [B, T, D]
         kernel = jnp.concatenate([self.q_proj.kernel[...], self.k_proj.kernel[...], self.v_proj.kernel[...]], axis=1)
         qkv = x @ kernel.astype(x.dtype)  # [B, T, 3D]
-        q, k, v = (y.reshape(b, t, self.num_heads, d // self.num_heads) for y in jnp.split(qkv, 3, axis=-1))
+        q, k, v = (split_heads(y, self.num_heads) for y in jnp.split(qkv, 3, axis=-1))  # [B, T, N, H] each
         out = masked_attention(q, k, v, pad, implementation=self.implementation)  # [B, T, N, H]
-        return self.o_proj(out.reshape(b, t, d))
+        return self.o_proj(merge_heads(out))
 
 
 class MllamaVisionMLP(nnx.Module):
@@ -321,22 +323,23 @@ class MllamaVisionModel(nnx.Module):
     def embed(self, pixel_values: jax.Array, aspect_ratio_ids: jax.Array) -> jax.Array:
         """Hidden state 0. pixel_values [B, N, H, W, C], ids [B] -> [B, N * Tp, D]."""
         c = self.config
-        b, n, h, w, ch = pixel_values.shape
-        patches = self.patch_embedding(pixel_values.reshape(b * n, h, w, ch))  # [B*N, P, D]
-        x = patches.reshape(b, n, -1, c.hidden_size)  # [B, N, P, D]
+        b, n = pixel_values.shape[:2]
+        # every tile through the patch embedding as one image
+        patches = self.patch_embedding(rearrange(pixel_values, "b n h w c -> (b n) h w c"))  # [B*N, P, D]
+        x = rearrange(patches, "(b n) p d -> b n p d", b=b)  # [B, N, P, D]
         x = self.pre_tile_positional_embedding(x, aspect_ratio_ids)
         cls = jnp.broadcast_to(self.class_embedding[...].astype(x.dtype), (b, n, 1, c.hidden_size))
         x = jnp.concatenate([cls, x], axis=2)  # [B, N, P + 1, D]
         x = self.layernorm_pre(self.gated_positional_embedding(x, aspect_ratio_ids))
         x = jnp.pad(x, ((0, 0), (0, 0), (0, c.padded_patches - c.num_patches), (0, 0)))  # [B, N, Tp, D]
-        return x.reshape(b, n * c.padded_patches, c.hidden_size)
+        return rearrange(x, "b n t d -> b (n t) d")  # the tiles side by side
 
     def global_input(self, local_last: jax.Array, aspect_ratio_ids: jax.Array) -> jax.Array:
         """The global transformer's input: layernorm_post + post-tile embedding. [B, N*Tp, D] -> same."""
         c = self.config
-        b = local_last.shape[0]
-        x = self.layernorm_post(local_last).reshape(b, c.max_num_tiles, c.padded_patches, c.hidden_size)
-        return self.post_tile_positional_embedding(x, aspect_ratio_ids).reshape(b, -1, c.hidden_size)
+        x = rearrange(self.layernorm_post(local_last), "b (n t) d -> b n t d", n=c.max_num_tiles)
+        x = self.post_tile_positional_embedding(x, aspect_ratio_ids)  # [B, N, Tp, D]
+        return rearrange(x, "b n t d -> b (n t) d")
 
     def block(self, i: int, hidden: jax.Array, pad: jax.Array, aspect_ratio_ids: jax.Array) -> jax.Array:
         """Hidden state i+1 from hidden state i (local blocks first, then global ones)."""
@@ -350,7 +353,7 @@ class MllamaVisionModel(nnx.Module):
     def unpad(self, hidden: jax.Array) -> jax.Array:
         """[B, N * Tp, ...] -> [B, N, P + 1, ...]: the per-tile pad tokens dropped."""
         c = self.config
-        x = hidden.reshape(hidden.shape[0], c.max_num_tiles, c.padded_patches, *hidden.shape[2:])
+        x = rearrange(hidden, "b (n t) ... -> b n t ...", n=c.max_num_tiles)  # [B, N, Tp, ...]
         return x[:, :, : c.num_patches]
 
     def intermediate_indices(self) -> tuple[int, ...]:
@@ -398,21 +401,6 @@ IGNORED = {
 }
 
 
-def is_mllama_checkpoint(hf_config: dict) -> bool:
-    return hf_config.get("model_type") in CHECKPOINT_TYPES
-
-
-def vision_prefix(tensors, origin: str) -> str:
-    """The prefix under which this checkpoint stores its Mllama vision model."""
-    found = [p for p in VISION_PREFIXES if p + "patch_embedding.weight" in tensors]
-    if not found:
-        raise CheckpointError(
-            f"{origin}: no Mllama vision tower: no tensor named '[prefix]patch_embedding.weight' "
-            f"for any known prefix {list(VISION_PREFIXES)}"
-        )
-    return max(found, key=len)
-
-
 def load(model_type: str, hf_config: dict, tensors, *, dtype, attention_impl: str = "auto", origin: str):
     """Build a `MllamaVisionModel` from a checkpoint's config dict and tensors.
 
@@ -426,8 +414,25 @@ def load(model_type: str, hf_config: dict, tensors, *, dtype, attention_impl: st
     if model_type == "mllama":  # MllamaConfig's vision_config may omit model_type
         vision_hf = {"model_type": MODEL_TYPE, **vision_hf}
     cfg = MllamaVisionConfig.from_hf(vision_hf)
-    prefix = vision_prefix(tensors, origin)
+    prefix = vision_prefix(tensors, VISION_PREFIXES, "patch_embedding.weight", "Mllama vision tower", origin)
     ignore = IGNORED.get(model_type, ())
     make = lambda: MllamaVisionModel(cfg, dtype=dtype, attention_impl=attention_impl, rngs=nnx.Rngs(0))
     model, ignored = build_module(make, with_prefix(RULES, prefix), tensors, ignore=ignore, origin=origin)
     return model, prefix, ignored
+
+
+def preprocess_defaults(cfg: MllamaVisionConfig) -> dict[str, Any]:
+    """`MllamaPreprocessConfig` fields matching the tower: its tile size and tile count."""
+    return dict(tile_size=cfg.image_size, max_image_tiles=cfg.max_num_tiles)
+
+
+# Runs on the core's `MllamaEncoder` (tiled inputs, two-stage hidden-state indices) and its
+# `MllamaImageProcessor` preprocessing: the "mllama" runner.
+FAMILY = EncoderFamily(
+    model_type=MODEL_TYPE,
+    checkpoint_types=CHECKPOINT_TYPES,
+    load=load,
+    preprocess_defaults=lambda cfg, size: preprocess_defaults(cfg),
+    num_tokens=lambda cfg, size: cfg.num_tokens,
+    runner="mllama",
+)

@@ -22,14 +22,18 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sauce_jax.ports.attention import attention, check_implementation
+from sauce_jax.ports.attention import attention, check_implementation, merge_heads, split_heads
 from sauce_jax.ports.clip import IGNORED_BUFFERS, VISION_PREFIXES
 from sauce_jax.ports.clip import IGNORED as CLIP_IGNORED
 from sauce_jax.ports.conversion import CONV2D, LINEAR, Rule, build_module, with_prefix
 from sauce_jax.ports.vit import MLP, Encoder, PatchEmbedding, check_config, dense, layer_norm
-from sauce_jax.errors import CheckpointError, ConfigError
+from sauce_jax.ports.family import EncoderFamily, vision_prefix
+from sauce_jax.errors import ConfigError
 
 MODEL_TYPE = "siglip_vision_model"
+# SiglipImageProcessor's mean and std (transformers' IMAGENET_STANDARD_MEAN / _STD).
+IMAGENET_STANDARD_MEAN = (0.5, 0.5, 0.5)
+IMAGENET_STANDARD_STD = (0.5, 0.5, 0.5)
 
 # transformers' SiglipVisionConfig defaults: configs nested in SiglipModel / LLaVA may omit them.
 _HF_DEFAULTS = dict(
@@ -119,16 +123,14 @@ class MultiheadAttention(nnx.Module):
         self.out_proj = dense(d, d, dtype=dtype, rngs=rngs)
 
     def __call__(self, query: jax.Array, key_value: jax.Array) -> jax.Array:
-        b, s, d = query.shape  # [B, S, D] queries, [B, T, D] keys = values
-        t = key_value.shape[1]
+        # query [B, S, D], key_value [B, T, D] (keys = values)
         wq, wk, wv = jnp.split(self.in_proj_weight[...].astype(query.dtype), 3, axis=1)  # [D, D] each
         bq, bk, bv = jnp.split(self.in_proj_bias[...].astype(query.dtype), 3)
-        h = d // self.num_heads
-        q = (query @ wq + bq).reshape(b, s, self.num_heads, h)
+        q = split_heads(query @ wq + bq, self.num_heads)  # [B, S, N, H]
         kv = key_value @ jnp.concatenate([wk, wv], axis=1) + jnp.concatenate([bk, bv])  # [B, T, 2D]
-        k, v = (y.reshape(b, t, self.num_heads, h) for y in jnp.split(kv, 2, axis=-1))
+        k, v = (split_heads(y, self.num_heads) for y in jnp.split(kv, 2, axis=-1))  # [B, T, N, H] each
         out = attention(q, k, v, implementation=self.implementation)  # [B, S, N, H], scale 1/sqrt(H)
-        return self.out_proj(out.reshape(b, s, d))
+        return self.out_proj(merge_heads(out))
 
 
 class SiglipMultiheadAttentionPoolingHead(nnx.Module):
@@ -237,17 +239,6 @@ def is_siglip_checkpoint(hf_config: dict) -> bool:
     return model_type == "llava" and isinstance(vision, dict) and vision.get("model_type") == MODEL_TYPE
 
 
-def vision_prefix(tensors, origin: str) -> str:
-    """The prefix under which this checkpoint stores its SigLIP vision model."""
-    found = [p for p in VISION_PREFIXES if p + "embeddings.patch_embedding.weight" in tensors]
-    if not found:
-        raise CheckpointError(
-            f"{origin}: no SigLIP vision tower: no tensor named '[prefix]embeddings.patch_embedding.weight' "
-            f"for any known prefix {list(VISION_PREFIXES)}"
-        )
-    return max(found, key=len)
-
-
 def load(model_type: str, hf_config: dict, tensors, *, dtype, attention_impl: str = "auto", origin: str):
     """Build a `SiglipVisionModel` from a checkpoint's config dict and tensors.
 
@@ -261,9 +252,27 @@ def load(model_type: str, hf_config: dict, tensors, *, dtype, attention_impl: st
     if model_type == "siglip":  # SiglipConfig's vision_config may omit model_type
         vision_hf = {"model_type": MODEL_TYPE, **vision_hf}
     cfg = SiglipVisionConfig.from_hf(vision_hf)
-    prefix = vision_prefix(tensors, origin)
+    prefix = vision_prefix(tensors, VISION_PREFIXES, "embeddings.patch_embedding.weight", "SigLIP vision tower",
+                           origin)
     rules = with_prefix(RULES + (HEAD_RULES if cfg.vision_use_head else ()), prefix)
     ignore = IGNORED.get(model_type, ()) + IGNORED_BUFFERS
     make = lambda: SiglipVisionModel(cfg, dtype=dtype, attention_impl=attention_impl, rngs=nnx.Rngs(0))
     model, ignored = build_module(make, rules, tensors, ignore=ignore, origin=origin)
     return model, prefix, ignored
+
+
+def preprocess_defaults(size: int) -> dict[str, Any]:
+    """`SiglipImageProcessor`'s defaults for a model that takes `size` x `size` images: resize
+    to exactly `size` x `size` (bicubic), no crop, mean = std = 0.5."""
+    return dict(shortest_edge=None, resize_hw=(size, size), crop_hw=None,
+                image_mean=IMAGENET_STANDARD_MEAN, image_std=IMAGENET_STANDARD_STD)
+
+
+FAMILY = EncoderFamily(
+    model_type=MODEL_TYPE,
+    checkpoint_types=CHECKPOINT_TYPES,
+    load=load,
+    preprocess_defaults=lambda cfg, size: preprocess_defaults(size),
+    num_tokens=lambda cfg, size: cfg.num_positions,
+    matches=is_siglip_checkpoint,
+)

@@ -8,11 +8,12 @@ A config passed here needs `hidden_size`, `num_attention_heads`, `intermediate_s
 
 from __future__ import annotations
 
+from einops.array_api import rearrange  # array-API form: no backend lookup through sys.modules
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from sauce_jax.ports.attention import attention
+from sauce_jax.ports.attention import attention, merge_heads, split_heads
 from sauce_jax.errors import ConfigError
 
 ACTIVATIONS = {
@@ -67,12 +68,12 @@ class PatchEmbedding(nnx.Module):
         self.bias = nnx.Param(jnp.zeros((d,), dtype)) if bias else None
 
     def __call__(self, pixels: jax.Array) -> jax.Array:
-        b, h, w, c = pixels.shape  # [B, H, W, C]
+        _, h, w, c = pixels.shape  # [B, H, W, C]
         p = self.patch_size
         gh, gw = h // p, w // p
         # A strided conv ignores the pixels past the last whole patch; so do we.
-        x = pixels[:, : gh * p, : gw * p, :].reshape(b, gh, p, gw, p, c)
-        x = x.transpose(0, 1, 3, 2, 4, 5).reshape(b, gh * gw, p * p * c)  # [B, N, p*p*C], row-major patches
+        x = rearrange(pixels[:, : gh * p, : gw * p, :], "b (gh ph) (gw pw) c -> b (gh gw) (ph pw c)",
+                             ph=p, pw=p)  # [B, N, p*p*C], row-major patches
         out = x @ self.kernel[...].reshape(p * p * c, -1)  # [B, N, D]
         return out + self.bias[...] if self.bias is not None else out
 
@@ -88,15 +89,14 @@ class Attention(nnx.Module):
         self.out_proj = dense(d, d, dtype=dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        b, t, d = x.shape  # [B, T, D]
-        heads = lambda y: y.reshape(b, t, self.num_heads, d // self.num_heads)  # [B, T, N, H]
+        # x [B, T, D]
         # One [D, 3D] matmul instead of three: fewer, larger GEMMs run faster on every backend.
         kernel = jnp.concatenate([self.q_proj.kernel[...], self.k_proj.kernel[...], self.v_proj.kernel[...]], axis=1)
         bias = jnp.concatenate([self.q_proj.bias[...], self.k_proj.bias[...], self.v_proj.bias[...]])
         qkv = x @ kernel.astype(x.dtype) + bias.astype(x.dtype)  # [B, T, 3D]
-        q, k, v = (heads(y) for y in jnp.split(qkv, 3, axis=-1))
+        q, k, v = (split_heads(y, self.num_heads) for y in jnp.split(qkv, 3, axis=-1))  # [B, T, N, H] each
         out = attention(q, k, v, implementation=self.implementation)  # [B, T, N, H], scale 1/sqrt(H)
-        return self.out_proj(out.reshape(b, t, d))
+        return self.out_proj(merge_heads(out))
 
 
 class MLP(nnx.Module):

@@ -13,7 +13,7 @@ from sauce_jax.errors import CheckpointError, ConfigError, InputError, SauceErro
 __version__ = "0.1.0"
 
 _LAZY = {
-    "load_encoder": "sauce_jax.encoder",
+    "load_encoder": "sauce_jax.loading",
     "VisionEncoder": "sauce_jax.encoder",
     "EncoderConfig": "sauce_jax.encoder",
     "EncoderOutput": "sauce_jax.encoder",

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
@@ -22,18 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sauce_jax.ports import clip, dinov2, mllama, siglip
-from sauce_jax.ports.weights import read_checkpoint_tensors, read_json, resolve_checkpoint_dir, torch_to_numpy
 from sauce_jax.errors import ConfigError, InputError
 from sauce_jax.image_processor import PreprocessConfig
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-# checkpoint model_types each port reads; a LLaVA checkpoint goes to the port of its vision_config
-_CLIP_TYPES = ("clip_vision_model", "clip", "llava")
-_SUPPORTED_TYPES = (_CLIP_TYPES + tuple(t for t in siglip.CHECKPOINT_TYPES if t not in _CLIP_TYPES)
-                    + mllama.CHECKPOINT_TYPES
-                    + dinov2.CHECKPOINT_TYPES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +82,19 @@ def _run(graphdef, state, pixels, hook_args, *, keep, hook_fns, head, precision)
         last = model.last_hidden_state(hidden)  # SigLIP post-layernorms it, CLIP does not
         pooled = model.pool(hidden)
         return tuple(kept), pooled, model.project(pooled), last
+
+
+def pad_batch(pixels: Any, size: int) -> np.ndarray:
+    """Zero-pad a batch of preprocessed images [b, ...] to [size, ...], so the jitted tower sees
+    one batch shape and compiles once; the caller keeps the first b rows of what it returns.
+
+    Works on any numpy batch, Mllama's structured records included; a batch of `size` rows or
+    more is returned unchanged.
+    """
+    pixels = np.asarray(pixels)
+    if len(pixels) >= size:
+        return pixels
+    return np.concatenate([pixels, np.zeros((size - len(pixels),) + pixels.shape[1:], pixels.dtype)])
 
 
 class VisionEncoder:
@@ -206,134 +207,3 @@ class VisionEncoder:
         """The whole tower, as transformers' `CLIPVisionModel(WithProjection)` / `SiglipVisionModel` returns it."""
         kept, pooled, embeds, last = self._forward(pixels, range(self.config.num_layers + 1), hooks, head=True)
         return EncoderOutput(last, pooled, embeds, kept)
-
-
-def _checkpoint_preprocess_config(directory: Path, parse=PreprocessConfig.from_hf):
-    """The image processor saved beside the weights: `preprocessor_config.json`, or the
-    `image_processor` entry of a transformers 5 `processor_config.json`, read by `parse`."""
-    path = directory / "preprocessor_config.json"
-    if path.is_file():
-        return parse(read_json(path), origin=str(path))
-    path = directory / "processor_config.json"
-    if path.is_file():
-        entry = read_json(path).get("image_processor")
-        if isinstance(entry, dict):
-            return parse(entry, origin=f"{path} (image_processor)")
-    return None
-
-
-def _input_size(cfg, preprocess_config: PreprocessConfig) -> int:
-    """The square side a DINOv2 encoder takes: what its preprocessing crops to, else the config's."""
-    final = preprocess_config.crop_hw or (preprocess_config.resize_hw if preprocess_config.do_resize else None)
-    if final is not None and final[0] == final[1]:
-        return final[0]
-    return cfg.image_size
-
-
-def _is_onnx_source(source: Any) -> bool:
-    return isinstance(source, (str, os.PathLike)) and (str(source).startswith("onnx:") or
-                                                       str(source).lower().endswith(".onnx"))
-
-
-def _load_onnx_encoder(source: str | os.PathLike, dtype: str, attention: str) -> VisionEncoder:
-    """A DINOv2 encoder from an ONNX export: weights recovered by `ports.onnx_import`."""
-    from sauce_jax.ports.onnx_import import load_onnx_dinov2
-
-    path = Path(str(source).removeprefix("onnx:")).expanduser()
-    model, found = load_onnx_dinov2(path, dtype=DTYPES[dtype], attention_impl=attention)
-    cfg = model.config
-    size = found.input_size or cfg.image_size
-    config = EncoderConfig(
-        model_type=dinov2.MODEL_TYPE, checkpoint_type="onnx", hidden_size=cfg.hidden_size,
-        num_layers=cfg.num_hidden_layers, image_size=size, patch_size=cfg.patch_size,
-        num_channels=cfg.num_channels, num_tokens=cfg.num_tokens(size), dtype=dtype, projection_dim=None,
-        feature_layer=-2, source=str(path),
-    )
-    return VisionEncoder(model, config, PreprocessConfig.dinov2_defaults(size))
-
-
-def _is_torch_model(source: Any) -> bool:
-    return hasattr(source, "state_dict") and hasattr(source, "config") and hasattr(source.config, "to_dict")
-
-
-def load_encoder(source: str | os.PathLike | Any, dtype: str = "float32", attention: str = "auto") -> VisionEncoder:
-    """Load the vision tower of a CLIP, SigLIP, DINOv2, LLaVA or Mllama checkpoint into JAX.
-
-    Args:
-      source: a checkpoint directory written by `save_pretrained` (`config.json` with
-        `model.safetensors`, sharded safetensors or `pytorch_model.bin`), a Hub id already in
-        the local Hugging Face cache, or an in-memory transformers model (`CLIPVisionModel`,
-        `CLIPVisionModelWithProjection`, `CLIPModel`, `SiglipVisionModel`, `SiglipModel`,
-        `LlavaForConditionalGeneration` with a CLIP or SigLIP tower, `MllamaVisionModel`,
-        `MllamaForConditionalGeneration`; an Mllama checkpoint gives a
-        `sauce_jax.mllama_encoder.MllamaEncoder`), `Dinov2Model`,
-        `Dinov2WithRegistersModel`, `Dinov2ForImageClassification`). A DINOv2 encoder takes
-        the images its preprocessing makes (the saved processor's crop size, else the
-        config's image_size) and resamples its position embeddings to that grid. A path
-        ending in `.onnx` (or written `onnx:PATH`) is an ONNX export of a transformers DINOv2
-        model, alone or under a task head; see `ports.onnx_import` (needs the onnx extra).
-      dtype: "float32" (default) or "bfloat16", for parameters and compute.
-      attention: "auto" (cuDNN-eligible `jax.nn.dot_product_attention` on GPU, the einsum
-        path elsewhere), or force "einsum", "xla" or "cudnn".
-    """
-    if dtype not in DTYPES:
-        raise ConfigError(f"dtype {dtype!r} is not supported; choose one of {sorted(DTYPES)}")
-    preprocess_config, directory = None, None
-    if not _is_torch_model(source) and _is_onnx_source(source):
-        return _load_onnx_encoder(source, dtype, attention)
-    if _is_torch_model(source):
-        hf_config = source.config.to_dict()
-        tensors = {name: torch_to_numpy(t) for name, t in source.state_dict().items()}
-        origin = f"in-memory {type(source).__name__}"
-    else:
-        directory = resolve_checkpoint_dir(source)
-        origin = str(directory)
-        hf_config = read_json(directory / "config.json")
-        tensors, _ = read_checkpoint_tensors(directory)
-    model_type = hf_config.get("model_type")
-    if model_type not in _SUPPORTED_TYPES:
-        raise ConfigError(
-            f"{origin}: config model_type {model_type!r} is not a supported vision encoder; "
-            f"supported: {list(_SUPPORTED_TYPES)}"
-        )
-    if mllama.is_mllama_checkpoint(hf_config):
-        from sauce_jax import mllama_encoder
-        from sauce_jax.mllama_processor import MllamaPreprocessConfig
-
-        model, _, _ = mllama.load(model_type, hf_config, tensors, dtype=DTYPES[dtype], attention_impl=attention,
-                                  origin=origin)
-        if directory is not None:
-            preprocess_config = _checkpoint_preprocess_config(directory, MllamaPreprocessConfig.from_hf)
-        return mllama_encoder.build(model, checkpoint_type=model_type, dtype=dtype, source=origin,
-                                    preprocess_config=preprocess_config)
-    if directory is not None:
-        preprocess_config = _checkpoint_preprocess_config(directory)
-    if model_type in dinov2.CHECKPOINT_TYPES:
-        port = dinov2
-    else:
-        port = siglip if siglip.is_siglip_checkpoint(hf_config) else clip
-    model, _, _ = port.load(model_type, hf_config, tensors, dtype=DTYPES[dtype], attention_impl=attention,
-                            origin=origin)
-    cfg = model.config
-    if port is dinov2 and preprocess_config is None:
-        preprocess_config = PreprocessConfig.dinov2_defaults(cfg.image_size)
-    input_size = _input_size(cfg, preprocess_config) if port is dinov2 else cfg.image_size
-    feature_layer = hf_config.get("vision_feature_layer", -2)
-    config = EncoderConfig(
-        model_type=port.MODEL_TYPE,
-        checkpoint_type=model_type,
-        hidden_size=cfg.hidden_size,
-        num_layers=cfg.num_hidden_layers,
-        image_size=input_size,
-        patch_size=cfg.patch_size,
-        num_channels=cfg.num_channels,
-        num_tokens=cfg.num_tokens(input_size) if port is dinov2 else cfg.num_positions,
-        dtype=dtype,
-        projection_dim=getattr(cfg, "projection_dim", None),
-        feature_layer=tuple(feature_layer) if isinstance(feature_layer, list) else feature_layer,
-        source=origin,
-    )
-    if preprocess_config is None:
-        preprocess_config = (PreprocessConfig.siglip_defaults(cfg.image_size) if port is siglip
-                             else PreprocessConfig.for_image_size(cfg.image_size))
-    return VisionEncoder(model, config, preprocess_config)

@@ -22,13 +22,11 @@ import numpy as np
 from PIL import Image
 
 from sauce_jax.errors import ConfigError, InputError
-
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-IMAGENET_STANDARD_MEAN = (0.5, 0.5, 0.5)  # SigLIP's
-IMAGENET_STANDARD_STD = (0.5, 0.5, 0.5)
-IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)  # DINOv2's
-IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
+from sauce_jax.images import to_rgb_array
+from sauce_jax.ports import clip, dinov2, siglip
+from sauce_jax.ports.clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+from sauce_jax.ports.dinov2 import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD  # DINOv2's
+from sauce_jax.ports.siglip import IMAGENET_STANDARD_MEAN, IMAGENET_STANDARD_STD  # SigLIP's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,20 +46,18 @@ class PreprocessConfig:
     @classmethod
     def for_image_size(cls, size: int) -> "PreprocessConfig":
         """CLIP's defaults scaled to a model that takes `size` x `size` images."""
-        return cls(shortest_edge=size, crop_hw=(size, size))
+        return cls(**clip.preprocess_defaults(size))
 
     @classmethod
     def siglip_defaults(cls, size: int) -> "PreprocessConfig":
         """`SiglipImageProcessor`'s defaults for a model that takes `size` x `size` images."""
-        return cls(shortest_edge=None, resize_hw=(size, size), crop_hw=None,
-                   image_mean=IMAGENET_STANDARD_MEAN, image_std=IMAGENET_STANDARD_STD)
+        return cls(**siglip.preprocess_defaults(size))
 
     @classmethod
     def dinov2_defaults(cls, size: int) -> "PreprocessConfig":
         """What DINOv2 checkpoints save (`BitImageProcessor`: shortest edge 256, crop 224, ImageNet
         mean and std), scaled to a model that takes `size` x `size` images."""
-        return cls(shortest_edge=round(size * 256 / 224), crop_hw=(size, size),
-                   image_mean=IMAGENET_DEFAULT_MEAN, image_std=IMAGENET_DEFAULT_STD)
+        return cls(**dinov2.preprocess_defaults(size))
 
     @classmethod
     def from_hf(cls, hf: Mapping[str, Any], origin: str = "preprocessor_config.json") -> "PreprocessConfig":
@@ -102,34 +98,24 @@ class PreprocessConfig:
             do_resize=bool(hf.get("do_resize", True)),
         )
 
-
-def _to_rgb_array(image: Any, index: int) -> np.ndarray:
-    """One input image as uint8 [H, W, 3], converted the way transformers converts it."""
-    if isinstance(image, Image.Image):
-        if "A" in image.getbands() or image.info.get("transparency") is not None:
-            rgba = image.convert("RGBA")
-            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"))
-        return np.asarray(image.convert("RGB"))
-    if not isinstance(image, np.ndarray):
-        raise InputError(f"image {index}: expected a PIL image or a numpy array, got {type(image).__name__}")
-    if image.dtype != np.uint8:
-        raise InputError(f"image {index}: numpy images must be uint8 in [0, 255] (HWC), got dtype {image.dtype}")
-    if image.ndim == 2:
-        image = image[:, :, None]
-    if image.ndim != 3 or image.shape[-1] not in (1, 3, 4):
-        raise InputError(
-            f"image {index}: expected shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got {image.shape}"
-        )
-    if min(image.shape[:2]) < 1:
-        raise InputError(f"image {index}: empty image of shape {image.shape}")
-    channels = image.shape[-1]
-    if channels == 1:
-        return np.repeat(image, 3, axis=-1)
-    if channels == 4:  # blended onto white, rounding as transformers' numpy path does
-        alpha = image[..., 3:4] / 255
-        return np.round(alpha * image[..., :3] + (1 - alpha) * 255).astype(np.uint8)
-    return image
+    def apply(self, image: Any, index: int = 0) -> np.ndarray:
+        """One image -> float32 [H, W, C] exactly as the checkpoint's image processor makes it."""
+        array = to_rgb_array(image, index)  # [H, W, 3] uint8
+        if self.do_resize:
+            new_h, new_w = _resize_hw(array.shape[0], array.shape[1], self)
+            resized = Image.fromarray(array).resize((new_w, new_h), resample=Image.Resampling(self.resample))
+            array = np.asarray(resized)
+        if self.crop_hw is not None:
+            array = _center_crop(array, *self.crop_hw)
+        if self.rescale_factor is not None:
+            out = (array.astype(np.float64) * self.rescale_factor).astype(np.float32)
+        else:
+            out = array.astype(np.float32)
+        if self.image_mean is not None:
+            mean = np.asarray(self.image_mean, np.float32)
+            std = np.asarray(self.image_std, np.float32)
+            out = (out - mean) / std
+        return out
 
 
 def _resize_hw(height: int, width: int, cfg: PreprocessConfig) -> tuple[int, int]:
@@ -155,28 +141,14 @@ def _center_crop(image: np.ndarray, crop_h: int, crop_w: int) -> np.ndarray:
 
 
 def preprocess_one(image: Any, cfg: Any, index: int = 0) -> np.ndarray:
-    """One image -> float32 [H, W, C] exactly as the checkpoint's image processor makes it
-    (an Mllama config gives one tiled record instead: see `sauce_jax.mllama_processor`)."""
-    from sauce_jax import mllama_processor
+    """One image -> what the checkpoint's image processor makes of it: `cfg.apply(image, index)`
+    (float32 [H, W, C] for a `PreprocessConfig`, one tiled record for an `MllamaPreprocessConfig`)."""
+    return cfg.apply(image, index)
 
-    if isinstance(cfg, mllama_processor.MllamaPreprocessConfig):
-        return mllama_processor.preprocess_one(image, cfg, index)
-    array = _to_rgb_array(image, index)  # [H, W, 3] uint8
-    if cfg.do_resize:
-        new_h, new_w = _resize_hw(array.shape[0], array.shape[1], cfg)
-        resized = Image.fromarray(array).resize((new_w, new_h), resample=Image.Resampling(cfg.resample))
-        array = np.asarray(resized)
-    if cfg.crop_hw is not None:
-        array = _center_crop(array, *cfg.crop_hw)
-    if cfg.rescale_factor is not None:
-        out = (array.astype(np.float64) * cfg.rescale_factor).astype(np.float32)
-    else:
-        out = array.astype(np.float32)
-    if cfg.image_mean is not None:
-        mean = np.asarray(cfg.image_mean, np.float32)
-        std = np.asarray(cfg.image_std, np.float32)
-        out = (out - mean) / std
-    return out
+
+def _is_preprocess_config(value: Any) -> bool:
+    # A preprocessing config is a dataclass with `apply`; a VisionEncoder is neither.
+    return dataclasses.is_dataclass(value) and callable(getattr(value, "apply", None))
 
 
 def preprocess(images: Any, config: Any) -> np.ndarray:
@@ -187,13 +159,11 @@ def preprocess(images: Any, config: Any) -> np.ndarray:
         white) or uint8 numpy arrays of shape (H, W), (H, W, 1), (H, W, 3) or (H, W, 4).
       config: a `VisionEncoder` (uses the checkpoint's own processor settings), a
         `PreprocessConfig` or an `MllamaPreprocessConfig` (which returns a structured batch [B]
-        of tiled records: see `sauce_jax.mllama_processor`).
+        of tiled records: see `sauce_jax.mllama_processor`); any preprocessing config is an
+        object with an `apply(image, index)` method.
     """
-    from sauce_jax.mllama_processor import MllamaPreprocessConfig
-
-    kinds = (PreprocessConfig, MllamaPreprocessConfig)
-    cfg = config if isinstance(config, kinds) else getattr(config, "preprocess_config", None)
-    if not isinstance(cfg, kinds):
+    cfg = config if _is_preprocess_config(config) else getattr(config, "preprocess_config", None)
+    if not _is_preprocess_config(cfg):
         raise ConfigError(f"preprocess needs a VisionEncoder or a PreprocessConfig, got {type(config).__name__}")
     if isinstance(images, (Image.Image, np.ndarray)) and not (isinstance(images, np.ndarray) and images.ndim == 4):
         images = [images]

@@ -97,7 +97,7 @@ def make_hook(mode: str, config: SAEConfig):
         ids, valid = _selected(args.feature_ids, config.d_sae, b)  # [B, k]
         gamma = _per_image_gamma(args.gamma, b)
         p = args.params
-        if config.architecture == "topk":
+        if config.is_topk:
             # Whether a latent survives TopK depends on all pre-activations: encode fully.
             z_all = sae_lib.encode(p, x, config)  # [B, T, d_sae]
             z = jnp.take_along_axis(z_all, ids[:, None, :], axis=-1)  # [B, T, k]
@@ -105,7 +105,7 @@ def make_hook(mode: str, config: SAEConfig):
             w_enc = jnp.take(p["W_enc"], ids, axis=1).transpose(1, 0, 2)  # [B, D, k]
             pre = jnp.einsum("btd,bdk->btk", x - p["b_dec"], w_enc) + jnp.take(p["b_enc"], ids)[:, None, :]
             z = jax.nn.relu(pre)
-            if config.architecture == "batchtopk":
+            if config.has_threshold:
                 z = jnp.where(z > jnp.take(p["threshold"], ids)[:, None, :], z, 0.0)
         coeff = jnp.where(valid[:, None, :], (gamma[:, None, None] - 1.0) * z, 0.0)  # [B, T, k]
         w_dec = jnp.take(p["W_dec"], ids, axis=0)  # [B, k, D]

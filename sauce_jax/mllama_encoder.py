@@ -229,5 +229,5 @@ def build(model: mllama.MllamaVisionModel, *, checkpoint_type: str, dtype: str, 
         source=source,
     )
     if preprocess_config is None:
-        preprocess_config = MllamaPreprocessConfig(tile_size=cfg.image_size, max_image_tiles=cfg.max_num_tiles)
+        preprocess_config = MllamaPreprocessConfig(**mllama.preprocess_defaults(cfg))
     return MllamaEncoder(model, config, preprocess_config)

@@ -23,11 +23,13 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from einops.array_api import rearrange  # array-API form: no backend lookup through sys.modules
 import numpy as np
 from PIL import Image
 
 from sauce_jax.errors import ConfigError, InputError
-from sauce_jax.image_processor import IMAGENET_STANDARD_MEAN, IMAGENET_STANDARD_STD, _to_rgb_array
+from sauce_jax.image_processor import IMAGENET_STANDARD_MEAN, IMAGENET_STANDARD_STD
+from sauce_jax.images import to_rgb_array
 
 FIELDS = ("pixel_values", "aspect_ratio_ids", "aspect_ratio_mask")
 
@@ -72,6 +74,31 @@ class MllamaPreprocessConfig:
             image_std=tuple(hf.get("image_std", IMAGENET_STANDARD_STD)) if normalize else None,
             do_convert_rgb=bool(hf.get("do_convert_rgb", True)),
         )
+
+    def apply(self, image: Any, index: int = 0) -> np.ndarray:
+        """One image -> one record (a 0-d structured array) exactly as `MllamaImageProcessor` makes it."""
+        array = to_rgb_array(image, index)  # [H, W, 3] uint8
+        height, width = array.shape[:2]
+        tile = self.tile_size
+        canvas_h, canvas_w = optimal_canvas(height, width, self.max_image_tiles, tile)
+        new_h, new_w = fit_to_canvas(height, width, canvas_h, canvas_w, tile)
+        resized = np.asarray(Image.fromarray(array).resize((new_w, new_h), resample=Image.Resampling(self.resample)))
+        padded = np.zeros((canvas_h, canvas_w, 3), np.uint8)  # zero padding before rescale/normalize
+        padded[:new_h, :new_w] = resized
+        if self.rescale_factor is not None:
+            out = (padded.astype(np.float64) * self.rescale_factor).astype(np.float32)
+        else:
+            out = padded.astype(np.float32)
+        if self.image_mean is not None:
+            out = (out - np.asarray(self.image_mean, np.float32)) / np.asarray(self.image_std, np.float32)
+        rows, cols = canvas_h // tile, canvas_w // tile
+        # the canvas cut into tiles row by row: [rows * tile, cols * tile, 3] -> [rows * cols, tile, tile, 3]
+        tiles = rearrange(out, "(r h) (c w) ch -> (r c) h w ch", r=rows, c=cols)
+        record = np.zeros((), input_dtype(self.max_image_tiles, tile))
+        record["pixel_values"][: rows * cols] = tiles
+        record["aspect_ratio_ids"] = supported_aspect_ratios(self.max_image_tiles).index((rows, cols)) + 1
+        record["aspect_ratio_mask"][: rows * cols] = 1
+        return record
 
 
 @functools.lru_cache(maxsize=16)
@@ -126,28 +153,3 @@ def mllama_inputs(pixel_values: Any, aspect_ratio_ids: Any, aspect_ratio_mask: A
     out = np.zeros(b, input_dtype(n, s, c))
     out["pixel_values"], out["aspect_ratio_ids"], out["aspect_ratio_mask"] = pixel_values, ids, mask
     return out
-
-
-def preprocess_one(image: Any, cfg: MllamaPreprocessConfig, index: int = 0) -> np.ndarray:
-    """One image -> one record (a 0-d structured array) exactly as `MllamaImageProcessor` makes it."""
-    array = _to_rgb_array(image, index)  # [H, W, 3] uint8
-    height, width = array.shape[:2]
-    tile = cfg.tile_size
-    canvas_h, canvas_w = optimal_canvas(height, width, cfg.max_image_tiles, tile)
-    new_h, new_w = fit_to_canvas(height, width, canvas_h, canvas_w, tile)
-    resized = np.asarray(Image.fromarray(array).resize((new_w, new_h), resample=Image.Resampling(cfg.resample)))
-    padded = np.zeros((canvas_h, canvas_w, 3), np.uint8)  # zero padding before rescale/normalize
-    padded[:new_h, :new_w] = resized
-    if cfg.rescale_factor is not None:
-        out = (padded.astype(np.float64) * cfg.rescale_factor).astype(np.float32)
-    else:
-        out = padded.astype(np.float32)
-    if cfg.image_mean is not None:
-        out = (out - np.asarray(cfg.image_mean, np.float32)) / np.asarray(cfg.image_std, np.float32)
-    rows, cols = canvas_h // tile, canvas_w // tile
-    tiles = out.reshape(rows, tile, cols, tile, 3).transpose(0, 2, 1, 3, 4).reshape(rows * cols, tile, tile, 3)
-    record = np.zeros((), input_dtype(cfg.max_image_tiles, tile))
-    record["pixel_values"][: rows * cols] = tiles
-    record["aspect_ratio_ids"] = supported_aspect_ratios(cfg.max_image_tiles).index((rows, cols)) + 1
-    record["aspect_ratio_mask"][: rows * cols] = 1
-    return record

@@ -47,15 +47,36 @@ class SAEConfig:
                 raise ConfigError(f"SAE {name} must be a positive integer, got {value!r}")
         if self.architecture not in ARCHITECTURES:
             raise ConfigError(f"SAE architecture {self.architecture!r} is not one of {ARCHITECTURES}")
-        if self.architecture != "standard":
+        if self.uses_k:
             if self.k is None or not 1 <= self.k <= self.d_sae:
                 raise ConfigError(f"{self.architecture} SAE needs 1 <= k <= d_sae={self.d_sae}, got k={self.k!r}")
         if self.l1_coefficient < 0 or self.aux_coefficient < 0:
             raise ConfigError("SAE loss coefficients must be >= 0")
 
+    # What the architecture implies, asked here so no module compares architecture strings.
+    @property
+    def uses_l1(self) -> bool:
+        """The standard ReLU SAE: sparsity comes from eq. 3's L1 penalty; there is no k."""
+        return self.architecture == "standard"
+
+    @property
+    def uses_k(self) -> bool:
+        """TopK or BatchTopK: k active latents per token (BatchTopK: on average over a batch)."""
+        return not self.uses_l1
+
+    @property
+    def is_topk(self) -> bool:
+        """TopK: exactly the k largest latents of every token survive."""
+        return self.architecture == "topk"
+
+    @property
+    def has_threshold(self) -> bool:
+        """BatchTopK: a learned per-feature `threshold` parameter replaces the batch at inference."""
+        return self.architecture == "batchtopk"
+
     @property
     def uses_auxk(self) -> bool:
-        return self.architecture in ("topk", "batchtopk") and self.aux_coefficient > 0
+        return self.uses_k and self.aux_coefficient > 0
 
     @property
     def resolved_aux_k(self) -> int:
@@ -122,9 +143,9 @@ def activate(pre: jax.Array, config: SAEConfig, *, threshold: jax.Array | None =
              training: bool = False) -> tuple[jax.Array, jax.Array]:
     """Feature activations from pre-activations; also returns batchtopk's kth value."""
     relu = jax.nn.relu(pre)
-    if config.architecture == "standard":
+    if config.uses_l1:
         return relu, jnp.zeros((), pre.dtype)
-    if config.architecture == "topk":
+    if config.is_topk:
         return jnp.where(_topk_mask(pre, config.k), relu, 0.0), jnp.zeros((), pre.dtype)
     # batchtopk: while training, the k * N largest activations of the whole batch survive, so
     # busy tokens get more latents and quiet ones fewer; at inference a fixed threshold
@@ -166,7 +187,7 @@ def loss(params: Params, x: jax.Array, config: SAEConfig, *, l1_coefficient: jax
     """
     x = x.astype(jnp.float32)
     pre = pre_activations(params, x, compute_dtype)  # [N, d_sae]
-    if sparse and config.architecture != "standard":
+    if sparse and config.uses_k:
         values, rows, cols, kth = _active_latents(pre, config)  # [M] each
         x_hat = _sparse_decode(params["W_dec"], values, rows, cols, x.shape[0], compute_dtype) + params["b_dec"]
         weight = jnp.linalg.norm(params["W_dec"], axis=-1)[cols] if config.l1_decoder_norm else 1.0
@@ -183,7 +204,7 @@ def loss(params: Params, x: jax.Array, config: SAEConfig, *, l1_coefficient: jax
     residual = x - x_hat
     mse = jnp.mean(jnp.sum(residual**2, axis=-1))
     total = mse
-    if config.architecture == "standard":
+    if config.uses_l1:
         alpha = config.l1_coefficient if l1_coefficient is None else l1_coefficient
         total = total + alpha * l1
     auxk = jnp.zeros((), jnp.float32)
@@ -201,7 +222,7 @@ def loss(params: Params, x: jax.Array, config: SAEConfig, *, l1_coefficient: jax
 def _active_latents(pre: jax.Array, config: SAEConfig):
     """The latents TopK / BatchTopK keep, as (values, token rows, feature cols, kth value)."""
     n, d_sae = pre.shape
-    if config.architecture == "topk":
+    if config.is_topk:
         values, cols = jax.lax.top_k(pre, config.k)  # [N, k]
         rows = jnp.broadcast_to(jnp.arange(n)[:, None], cols.shape)
         return jax.nn.relu(values).reshape(-1), rows.reshape(-1), cols.reshape(-1), jnp.zeros((), pre.dtype)
@@ -281,7 +302,7 @@ def init_params(key: jax.Array, config: SAEConfig, sample: jax.Array | None = No
     else:
         b_dec = jnp.zeros((config.d_in,), jnp.float32)
     params = {"W_enc": w_dec.T, "b_enc": jnp.zeros((config.d_sae,)), "W_dec": w_dec, "b_dec": b_dec}
-    if config.architecture == "batchtopk":
+    if config.has_threshold:
         params["threshold"] = jnp.zeros((config.d_sae,))
     return {name: value.astype(dtype) for name, value in params.items()}
 
@@ -292,7 +313,7 @@ def check_params(params: Params, config: SAEConfig, origin: str = "SAE") -> None
         "W_enc": (config.d_in, config.d_sae), "b_enc": (config.d_sae,),
         "W_dec": (config.d_sae, config.d_in), "b_dec": (config.d_in,),
     }
-    if config.architecture == "batchtopk":
+    if config.has_threshold:
         expected["threshold"] = (config.d_sae,)
     for name, shape in expected.items():
         if name not in params:

@@ -131,7 +131,7 @@ def saelens_cfg(sae: SAE, *, dtype: str = "float32", weights_crc32: int | None =
         "normalize_activations": "none",
         "reshape_activations": "none",
     }
-    if config.architecture == "topk":
+    if config.is_topk:
         cfg["k"] = int(config.k)
         cfg["rescale_acts_by_decoder_norm"] = False
     cfg["sae_lens_version"] = SAELENS_FORMAT_VERSION

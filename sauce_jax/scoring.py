@@ -39,6 +39,16 @@ def score_features(z_pos: Any, z_neg: Any, delta: float = 1e-6) -> np.ndarray:
     return mu_pos / (mu_pos.sum() + delta) - mu_neg / (mu_neg.sum() + delta)
 
 
+def top_features(scores: Any, k: int, *, concept: str, layer: int, sae_fingerprint: str, gamma: float = -0.5,
+                 token: str = "last") -> "FeatureSet":
+    """F_c: the k features with the highest eq. 4 scores [d_sae], best first (ties: the lower id)."""
+    scores = np.asarray(scores)
+    best = np.argsort(-scores, kind="stable")[:k]  # [k]
+    return FeatureSet(concept=concept, feature_ids=tuple(int(i) for i in best),
+                      scores=tuple(float(scores[i]) for i in best), layer=layer,
+                      sae_fingerprint=sae_fingerprint, gamma=gamma, token=token)
+
+
 @dataclasses.dataclass(frozen=True)
 class FeatureSet:
     """The SAE features of a concept, and how to apply them."""
@@ -89,6 +99,12 @@ class FeatureSet:
         bad = [i for i in self.feature_ids if not 0 <= i < sae.config.d_sae]
         if bad:
             raise InputError(f"feature set {self.concept!r} has ids {bad[:5]} outside [0, {sae.config.d_sae})")
+
+    def top(self, k: int, gamma: float | None = None) -> "FeatureSet":
+        """The k best features of this set (its ids are best first), applied with `gamma`
+        (default: this set's own)."""
+        return dataclasses.replace(self, feature_ids=self.feature_ids[:k], scores=self.scores[:k],
+                                   gamma=self.gamma if gamma is None else gamma)
 
     @staticmethod
     def union(*sets: "FeatureSet") -> "FeatureSet":
@@ -155,8 +171,5 @@ def select_features(sae: SAE, encoder, positives: Any, negatives: Any, k: int, l
                               desc="positives", progress=progress)
     z_neg = image_activations(sae, encoder, negatives, layer=layer, token=token, batch_size=batch_size,
                               desc="negatives", progress=progress)
-    scores = score_features(z_pos, z_neg, delta)
-    best = np.argsort(-scores, kind="stable")[:k]
-    return FeatureSet(concept=concept, feature_ids=tuple(int(i) for i in best),
-                      scores=tuple(float(scores[i]) for i in best), layer=layer,
-                      sae_fingerprint=sae.fingerprint(), gamma=gamma, token=token)
+    return top_features(score_features(z_pos, z_neg, delta), k, concept=concept, layer=layer,
+                        sae_fingerprint=sae.fingerprint(), gamma=gamma, token=token)

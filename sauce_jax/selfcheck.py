@@ -38,7 +38,7 @@ def run(tolerance: float = 1e-5, seed: int = 0, log=print) -> bool:
         import transformers
     except ImportError as exc:
         raise SauceError("the self-check compares against PyTorch: pip install 'sauce-jax[torch]'") from exc
-    from sauce_jax.encoder import load_encoder
+    from sauce_jax.loading import load_encoder
 
     ok = True
     for name, (family, fields) in CONFIGS.items():

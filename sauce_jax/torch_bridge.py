@@ -149,11 +149,11 @@ class TorchHook:
     def _activate(self, pre: torch.Tensor, threshold: torch.Tensor | None) -> torch.Tensor:
         """sae.activate at inference: ReLU, then TopK per token or the BatchTopK threshold."""
         relu = torch.relu(pre)
-        if self.config.architecture == "topk":
+        if self.config.is_topk:
             top = torch.topk(pre, self.config.k, dim=-1).indices
             keep = torch.zeros_like(pre, dtype=torch.bool).scatter_(-1, top, True)
             return torch.where(keep, relu, torch.zeros_like(relu))
-        if self.config.architecture == "batchtopk":
+        if self.config.has_threshold:
             return torch.where(relu > threshold, relu, torch.zeros_like(relu))
         return relu
 
@@ -181,7 +181,7 @@ class TorchHook:
             z = self._encode(p, x) * scale[:, None, :]  # [B, T, d_sae]
             edited = z @ p["W_dec"] + p["b_dec"]
         else:
-            if self.config.architecture == "topk":
+            if self.config.is_topk:
                 # Whether a latent survives TopK depends on all pre-activations: encode fully.
                 z_all = self._encode(p, x)  # [B, T, d_sae]
                 z = torch.gather(z_all, -1, ids[:, None, :].expand(b, t, -1))  # [B, T, k]
@@ -189,7 +189,7 @@ class TorchHook:
                 w_enc = p["W_enc"][:, ids].permute(1, 0, 2)  # [B, D, k]
                 pre = torch.einsum("btd,bdk->btk", x - p["b_dec"], w_enc) + p["b_enc"][ids][:, None, :]
                 z = torch.relu(pre)
-                if self.config.architecture == "batchtopk":
+                if self.config.has_threshold:
                     z = torch.where(z > p["threshold"][ids][:, None, :], z, torch.zeros_like(z))
             coeff = torch.where(valid[:, None, :], (gamma[:, None, None] - 1.0) * z, torch.zeros_like(z))  # [B, T, k]
             w_dec = p["W_dec"][ids]  # [B, k, D]
@@ -258,6 +258,6 @@ def torch_hook(sae: SAE, features: Any, gamma: float | Any | None = None, mode: 
     gamma_array = np.asarray(gamma, np.float64)
     if gamma_array.ndim > 1 or not np.isfinite(gamma_array).all():
         raise ConfigError(f"gamma must be a finite scalar or one value per image [B], got {gamma!r}")
-    if sae.config.architecture == "batchtopk" and "threshold" not in sae.params:
+    if sae.config.has_threshold and "threshold" not in sae.params:
         raise ConfigError("a batchtopk SAE needs its inference 'threshold' to be applied per image")
     return TorchHook(sae, ids, gamma, mode, where, set_layer)

@@ -103,9 +103,10 @@ MLLAMA_CONFIGS = {
 MLLAMA_SMALL = MLLAMA_CONFIGS["w32-h4-p4-i16-l3g2-t4"]
 
 
-def _perturb(model, seed):
-    """transformers' init zeroes the tanh gates (so the tile embeddings would not count) and sets
-    layernorms to 1: randomize every parameter so that each one, and its layout, matters."""
+def perturb(model, seed):
+    """transformers' inits zero many biases and tanh gates (so tile embeddings, LayerScale or a
+    conv bias would not count) and set layernorms to 1: randomize every parameter so that each
+    one, and its layout, matters."""
     gen = torch.Generator().manual_seed(1000 + seed)
     with torch.no_grad():
         for p in model.parameters():
@@ -115,7 +116,7 @@ def _perturb(model, seed):
 
 def make_mllama(fields: dict, seed: int = 0):
     torch.manual_seed(seed)
-    return _perturb(transformers.MllamaVisionModel(transformers.MllamaVisionConfig(**fields)), seed)
+    return perturb(transformers.MllamaVisionModel(transformers.MllamaVisionConfig(**fields)), seed)
 
 
 def make_mllama_cg(vision: dict, seed: int = 0):
@@ -126,4 +127,4 @@ def make_mllama_cg(vision: dict, seed: int = 0):
                 num_key_value_heads=2, cross_attention_layers=[1], bos_token_id=1, eos_token_id=2, pad_token_id=0)
     cfg = transformers.MllamaConfig(vision_config=dict(vision, vision_output_dim=vision["hidden_size"] * (1 + k)),
                                     text_config=text, image_token_index=95)
-    return _perturb(transformers.MllamaForConditionalGeneration(cfg), seed)
+    return perturb(transformers.MllamaForConditionalGeneration(cfg), seed)

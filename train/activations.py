@@ -21,6 +21,7 @@ import grain
 import jax
 import numpy as np
 
+from sauce_jax.encoder import pad_batch
 from sauce_jax.errors import ConfigError, InputError
 from sauce_jax.image_processor import preprocess_one
 from sauce_jax.images import as_image_items, open_image
@@ -123,8 +124,7 @@ class EncoderSource:
         for start in range(0, len(pixels), self.encode_batch):
             batch = np.stack(pixels[start : start + self.encode_batch])  # [b, H, W, C]
             n = len(batch)
-            if n < self.encode_batch:  # pad the last batch: one compiled shape for the whole run
-                batch = np.concatenate([batch, np.zeros((self.encode_batch - n,) + batch.shape[1:], batch.dtype)])
+            batch = pad_batch(batch, self.encode_batch)  # the last batch too: one compiled shape for the run
             hidden = self.encoder.hidden_state(batch, self.layer)[:n]  # [b, T, D]
             sub = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, epoch), index), start)
             outputs.append(np.asarray(select_tokens(hidden, self.token, sub), np.float32))

@@ -17,10 +17,11 @@ from tqdm.auto import tqdm
 from sauce_jax import sae as sae_lib
 from sauce_jax.errors import ConfigError, InputError, SauceError
 from sauce_jax.sae import SAE, SAEConfig
+from sauce_jax.statistics import feature_statistics, plot_feature_statistics
 from sauce_jax.train.activations import ArraySource, CachedSource, EncoderSource, batches
 from sauce_jax.train.checkpoint import RunCheckpoints, check_resumable
 from sauce_jax.train.config import TrainConfig
-from sauce_jax.train.metrics import JsonlLog, TensorBoardLog, feature_statistics, plot_feature_statistics
+from sauce_jax.train.metrics import JsonlLog, TensorBoardLog
 from sauce_jax.train.sharding import check_fits, device_memory_bytes, make_mesh, memory_plan, shard_state, state_shardings
 from sauce_jax.train.step import global_batch, init_state, jit_train_step, make_optimizer
 

@@ -74,7 +74,7 @@ def train_step(state: TrainState, batch: jax.Array, *, sae_config: SAEConfig, cf
     if cfg.normalize_decoder:
         trainable = sae_lib.normalize_decoder(trainable)
     params = {**trainable, **frozen}
-    if sae_config.architecture == "batchtopk":
+    if sae_config.has_threshold:
         # The inference threshold tracks the smallest activation BatchTopK kept (first step: as is).
         decay = jnp.where(step == 0, 0.0, cfg.threshold_decay)
         params["threshold"] = decay * frozen["threshold"] + (1 - decay) * out.kth_value

@@ -99,10 +99,6 @@ def select_all(sae, encoder, config: DemoConfig, layer: int, progress: bool, tok
     return sets
 
 
-def _top(features, k: int, gamma: float):
-    return dataclasses.replace(features, feature_ids=features.feature_ids[:k], scores=features.scores[:k], gamma=gamma)
-
-
 OBJECTIVE = ("UA_d", "UA_g", "IRA_d", "IRA_g", "CRA_d", "CRA_g")
 
 
@@ -130,7 +126,7 @@ def choose_hyperparameters(model: Model, encoder, sae, sets: dict, config: DemoC
         scores = {}
         grid = list(itertools.product(config.k_grid, config.gamma_grid))
         for k, gamma in tqdm(grid, desc=f"val grid ({mode})", disable=not progress, leave=False):
-            results = [evaluation.run(c, unlearn(encoder, sae, _top(sets[c], k, gamma), layer=layer, gamma=gamma,
+            results = [evaluation.run(c, unlearn(encoder, sae, sets[c].top(k, gamma), layer=layer, gamma=gamma,
                                                  mode=mode)) for c in config.concepts]
             scores[(k, gamma)] = float(np.mean([_objective(r) for r in results]))
             _say(progress, f"  val {mode:11s} k={k:3d} gamma={gamma:+.2f}: {scores[(k, gamma)]:.3f}")
@@ -152,7 +148,7 @@ def evaluate_test(model: Model, encoder, sae, sets: dict, chosen: dict, config: 
         rows["original"].append(evaluation.run(concept))
         for mode in MODES:
             k, gamma = chosen[mode]["k"], chosen[mode]["gamma"]
-            edited = unlearn(encoder, sae, _top(sets[concept], k, gamma), layer=layer, gamma=gamma, mode=mode)
+            edited = unlearn(encoder, sae, sets[concept].top(k, gamma), layer=layer, gamma=gamma, mode=mode)
             rows[f"SAUCE {mode}"].append(evaluation.run(concept, edited))
         _say(progress, f"  test {concept}: " + ", ".join(
             f"{name} UA_d {r[-1]['UA_d']['value']} IRA_d {r[-1]['IRA_d']['value']}" for name, r in rows.items()))
@@ -216,7 +212,7 @@ def plot_table(tables: dict, path: Path) -> None:
 
 def run(out_dir: str | Path, config: DemoConfig | None = None, *, model_dir=None, progress: bool = True) -> dict:
     """The whole demo; returns the results written to `out_dir/results.json`."""
-    from sauce_jax.encoder import load_encoder
+    from sauce_jax.loading import load_encoder
 
     from . import vlm
 

@@ -26,7 +26,6 @@ from .demo import (
     MODES,
     DemoConfig,
     _objective,
-    _top,
     choose_hyperparameters,
     select_all,
     train_concept_sae,
@@ -91,7 +90,7 @@ class _Context:
     """What the rows share, built on first use: the model, the encoder, both evaluations."""
 
     def __init__(self, config: Table2Config, model_dir, progress: bool):
-        from sauce_jax.encoder import load_encoder
+        from sauce_jax.loading import load_encoder
 
         from . import vlm
 
@@ -222,7 +221,7 @@ def _sauce_rows(ctx: _Context, out: Path, todo: list[str]) -> dict[str, dict]:
         k, gamma = chosen[mode]["k"], chosen[mode]["gamma"]
         results = []
         for concept in tqdm(demo.concepts, desc=name, disable=not ctx.progress, leave=False):
-            edited = unlearn(ctx.encoder, sae, _top(sets[concept], k, gamma), layer=ctx.layer, gamma=gamma, mode=mode)
+            edited = unlearn(ctx.encoder, sae, sets[concept].top(k, gamma), layer=ctx.layer, gamma=gamma, mode=mode)
             result = ctx.test.run(concept, edited)
             result["retain_examples"] = ctx.retain_examples(concept, unlearned=edited)
             results.append(result)

@@ -35,7 +35,7 @@ def cmd_info(args) -> int:
     print(f"{'devices':18s} {', '.join(str(d) for d in jax.devices())} (backend {jax.default_backend()})")
     if args.checkpoint is None:
         return 0
-    from sauce_jax.encoder import load_encoder
+    from sauce_jax.loading import load_encoder
     from sauce_jax.ports.weights import read_checkpoint_tensors, read_json, resolve_checkpoint_dir
 
     directory = resolve_checkpoint_dir(args.checkpoint)
@@ -106,7 +106,7 @@ def cmd_train_sae(args) -> int:
     else:
         if not (args.encoder and args.images):
             raise ConfigError("train-sae needs --encoder and --images, or --activations")
-        from sauce_jax.encoder import load_encoder
+        from sauce_jax.loading import load_encoder
 
         encoder = load_encoder(args.encoder, dtype=args.encoder_dtype)
         source_kwargs = {"encoder": encoder, "images": args.images, "layer": args.layer, "token": args.token,
@@ -175,7 +175,7 @@ def add_train_sae(sub) -> None:
 
 
 def cmd_select(args) -> int:
-    from sauce_jax.encoder import load_encoder
+    from sauce_jax.loading import load_encoder
     from sauce_jax.sae_io import load_sae
     from sauce_jax.scoring import select_features
 
@@ -214,7 +214,7 @@ def add_select(sub) -> None:
 def cmd_unlearn(args) -> int:
     import numpy as np
 
-    from sauce_jax.encoder import load_encoder
+    from sauce_jax.loading import load_encoder
     from sauce_jax.image_processor import preprocess
     from sauce_jax.images import as_image_items, open_image
     from sauce_jax.intervention import unlearn

@@ -47,7 +47,7 @@ def cmd_eval(args) -> int:
 
 
 def _eval_conceptworld(args) -> int:
-    from sauce_jax.encoder import load_encoder
+    from sauce_jax.loading import load_encoder
     from sauce_jax.eval.conceptworld import vlm
     from sauce_jax.eval.conceptworld.benchmark import Evaluation, Model, headline, make_suite, task_table
     from sauce_jax.eval.conceptworld.demo import DemoConfig, _top, select_all, train_concept_sae
@@ -68,7 +68,7 @@ def _eval_conceptworld(args) -> int:
     results = []
     for concept in config.concepts:
         clean = evaluation.run(concept)
-        edited = unlearn(encoder, sae, _top(sets[concept], args.k, args.gamma), layer=layer, gamma=args.gamma,
+        edited = unlearn(encoder, sae, sets[concept].top(args.k, args.gamma), layer=layer, gamma=args.gamma,
                          mode=args.mode)
         result = evaluation.run(concept, edited)
         result["clean_utility"] = clean["utility"]

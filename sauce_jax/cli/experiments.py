@@ -42,7 +42,7 @@ def _default_real_encoder() -> str:
 
 
 def cmd_experiment_real(args) -> int:
-    from sauce_jax.encoder import load_encoder
+    from sauce_jax.loading import load_encoder
     from sauce_jax.eval.emoji import run
     from sauce_jax.eval.emoji import table as eval_table
 

@@ -107,7 +107,7 @@ def test_an_edited_language_model_is_scored_behind_the_clean_jax_tower(shipped):
     # GA's model scores through the same path and differs.
     from sauce_jax.eval.conceptworld import vlm
     from sauce_jax.eval.conceptworld.benchmark import Evaluation, Model, make_suite
-    from sauce_jax.encoder import load_encoder
+    from sauce_jax.loading import load_encoder
 
     model, tokenizer = shipped
     _, processor = vlm.load()

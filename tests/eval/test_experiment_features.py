@@ -11,10 +11,10 @@ from sauce_jax.eval.conceptworld.demo import DemoConfig
 from sauce_jax.eval.conceptworld.experiments import features
 from sauce_jax.eval.conceptworld.experiments.features import (
     FeaturesConfig,
-    image_statistics,
     overlaps,
     run,
 )
+from sauce_jax.statistics import image_statistics
 from sauce_jax.eval.top_images import precision, top_activating
 from sauce_jax import cli
 from sauce_jax.errors import ConfigError

@@ -9,23 +9,17 @@ import sys
 import numpy as np
 import pytest
 import torch
-from safetensors.numpy import load_file, save_file
 
 import sauce_jax
 from tiny_models import (CLIP_CONFIGS, SMALL, make_clip, make_clip_model, make_llava, random_pixels,
                       reference_outputs, relative_error)
+from parity import BF16_TOL, F32_TOL, assert_bfloat16, check_outputs, relayout, save_and_load
 import transformers
-
-F32_TOL, BF16_TOL = 1e-5, 2e-2
 
 
 def assert_all_hidden_states_close(encoder, reference, pixels, tol):
-    ours = encoder(pixels)
-    ref = reference_outputs(reference, pixels)
-    assert len(ours.hidden_states) == len(ref.hidden_states) == encoder.config.num_layers + 1
-    errors = [relative_error(a, b) for a, b in zip(ours.hidden_states, ref.hidden_states)]
-    assert max(errors) <= tol, errors
-    return ours, ref
+    """CLIP's parity: every hidden state (the head outputs are checked where a test needs them)."""
+    return check_outputs(encoder, reference, pixels, tol, last=False, pooler=False)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -33,8 +27,7 @@ def assert_all_hidden_states_close(encoder, reference, pixels, tol):
 def test_clip_vision_model_from_disk_float32(tmp_path, name, seed):
     fields = CLIP_CONFIGS[name]
     model = make_clip(fields, seed)
-    model.save_pretrained(tmp_path)
-    encoder = sauce_jax.load_encoder(tmp_path)
+    encoder = save_and_load(model, tmp_path)
     assert encoder.config.num_layers == fields["num_hidden_layers"]
     assert encoder.config.hidden_size == fields["hidden_size"]
     ours, ref = assert_all_hidden_states_close(encoder, model, random_pixels(fields, seed=seed), F32_TOL)
@@ -47,15 +40,10 @@ def test_clip_vision_model_from_disk_float32(tmp_path, name, seed):
 def test_clip_vision_model_bfloat16(tmp_path, name):
     fields = CLIP_CONFIGS[name]
     model = make_clip(fields, 3)
-    model.save_pretrained(tmp_path)
-    encoder = sauce_jax.load_encoder(tmp_path, dtype="bfloat16")
-    pixels = random_pixels(fields, seed=3)
-    ours = encoder(pixels)
-    assert all(h.dtype == np.dtype("bfloat16") for h in ours.hidden_states)
+    encoder = save_and_load(model, tmp_path, dtype="bfloat16")
     # Against the float32 reference: bfloat16 rounding is the only difference allowed.
-    ref = reference_outputs(model, pixels)
-    errors = [relative_error(a.astype(np.float32), b) for a, b in zip(ours.hidden_states, ref.hidden_states)]
-    assert max(errors) <= BF16_TOL, errors
+    ours, _ = assert_all_hidden_states_close(encoder, model, random_pixels(fields, seed=3), BF16_TOL)
+    assert_bfloat16(ours.hidden_states)
 
 
 def test_projection_model(tmp_path):
@@ -83,12 +71,6 @@ def test_clip_model_vision_half(tmp_path):
     assert relative_error(encoder(pixels).image_embeds, ref_embeds) <= F32_TOL
 
 
-def _relayout(directory, rename):
-    """Rewrite a saved checkpoint's tensor names, as another transformers version stores them."""
-    tensors = load_file(directory / "model.safetensors")
-    save_file({rename(k): v for k, v in tensors.items()}, directory / "model.safetensors")
-
-
 def _layout_4_52(name):
     """transformers 4.52+ (and early 5.x): everything but lm_head under `model.`."""
     if name.startswith("vision_tower."):
@@ -114,7 +96,7 @@ def test_llava_vision_tower(tmp_path, layout):
     fields = CLIP_CONFIGS["w64-h8-p14-i42-l4-quick"]
     model = make_llava(fields, seed=2)
     model.save_pretrained(tmp_path)
-    _relayout(tmp_path, LLAVA_LAYOUTS[layout])
+    relayout(tmp_path, LLAVA_LAYOUTS[layout])
     encoder = sauce_jax.load_encoder(tmp_path)
     assert encoder.config.checkpoint_type == "llava"
     assert encoder.config.feature_layer == -2

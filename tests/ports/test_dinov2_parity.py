@@ -4,23 +4,22 @@ every hidden state, last_hidden_state and pooler_output, loaded from disk throug
 
 from __future__ import annotations
 
-import json
 import shutil
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file
 
 import sauce_jax
 import transformers
-from tiny_models import random_pixels, reference_outputs, relative_error
+from tiny_models import perturb, random_pixels, reference_outputs, relative_error
+from parity import BF16_TOL, F32_TOL, assert_bfloat16, edit_config, edit_tensors, save_and_load
+from parity import check_outputs as check_vision_outputs
 from sauce_jax.ports.dinov2 import bicubic_matrix
 from sauce_jax.errors import CheckpointError, ConfigError
 from sauce_jax.image_processor import PreprocessConfig
-
-F32_TOL, BF16_TOL = 1e-5, 2e-2
 
 # Tiny configs: plain MLP, SwiGLU (without q/k/v biases), registers; widths, depths, patches vary.
 DINOV2_CONFIGS = {
@@ -37,16 +36,6 @@ OTHER_SIZES = {"mlp-w32-h4-p8-i32-l2": (48, 24), "swiglu-w48-h3-p4-i24-l3-noqkvb
                "registers-w40-h5-p7-i28-l2": (42, 21)}
 
 
-def _perturb(model, seed):
-    """DINOv2's init zeroes the biases and sets LayerScale and layernorms to 1: randomize every
-    parameter so that each one, and its layout, affects the outputs."""
-    gen = torch.Generator().manual_seed(1000 + seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=gen))
-    return model.eval()
-
-
 def make_dinov2(fields: dict, seed: int = 0, head: bool = False):
     torch.manual_seed(seed)
     if "num_register_tokens" in fields:
@@ -57,20 +46,13 @@ def make_dinov2(fields: dict, seed: int = 0, head: bool = False):
         cls = transformers.Dinov2ForImageClassification if head else transformers.Dinov2Model
     if head:
         cfg.num_labels = 5
-    return _perturb(cls(cfg), seed)
+    return perturb(cls(cfg), seed)
 
 
 def check_outputs(encoder, reference, pixels, tol):
-    """Every hidden state, last_hidden_state and pooler_output within `tol`; returns our output."""
-    ours = encoder(pixels)
-    ref = reference_outputs(reference, pixels)
-    assert len(ours.hidden_states) == len(ref.hidden_states) == encoder.config.num_layers + 1
-    as32 = lambda a: np.asarray(a, np.float32)
-    errors = [relative_error(as32(a), b) for a, b in zip(ours.hidden_states, ref.hidden_states)]
-    errors.append(relative_error(as32(ours.last_hidden_state), ref.last_hidden_state))
-    errors.append(relative_error(as32(ours.pooler_output), ref.pooler_output))
-    assert ours.image_embeds is None
-    assert max(errors) <= tol, errors
+    """Every hidden state, last_hidden_state and pooler_output within `tol`, no image_embeds;
+    returns our output."""
+    ours, _ = check_vision_outputs(encoder, reference, pixels, tol, no_embeds=True)
     return ours
 
 
@@ -79,8 +61,7 @@ def check_outputs(encoder, reference, pixels, tol):
 def test_dinov2_from_disk_float32(tmp_path, name, seed):
     fields = DINOV2_CONFIGS[name]
     model = make_dinov2(fields, seed)
-    model.save_pretrained(tmp_path)
-    encoder = sauce_jax.load_encoder(tmp_path)
+    encoder = save_and_load(model, tmp_path)
     c = encoder.config
     registers = fields.get("num_register_tokens", 0)
     assert c.model_type == "dinov2" and c.checkpoint_type == ("dinov2_with_registers" if registers else "dinov2")
@@ -139,10 +120,9 @@ def test_in_memory_model_current_names(name):
 def test_dinov2_bfloat16(tmp_path):
     fields = DINOV2_CONFIGS["swiglu-w48-h3-p4-i24-l3-noqkvbias"]
     model = make_dinov2(fields, 5)
-    model.save_pretrained(tmp_path)
-    encoder = sauce_jax.load_encoder(tmp_path, dtype="bfloat16")
+    encoder = save_and_load(model, tmp_path, dtype="bfloat16")
     ours = check_outputs(encoder, model, random_pixels(fields, seed=5), BF16_TOL)
-    assert all(h.dtype == np.dtype("bfloat16") for h in ours.hidden_states + (ours.last_hidden_state,))
+    assert_bfloat16(ours.hidden_states + (ours.last_hidden_state,))
 
 
 def test_identity_hook_and_early_stop(tmp_path):
@@ -177,28 +157,16 @@ def ckpt(saved, tmp_path):
     return tmp_path / "ckpt"
 
 
-def _edit_tensors(path, fn):
-    tensors = load_file(path / "model.safetensors")
-    fn(tensors)
-    save_file(tensors, path / "model.safetensors")
-
-
-def _edit_config(path, **changes):
-    cfg = json.loads((path / "config.json").read_text())
-    cfg.update(changes)
-    (path / "config.json").write_text(json.dumps(cfg))
-
-
 @pytest.mark.parametrize("name", ["encoder.layer.2.layer_scale2.lambda1", "embeddings.position_embeddings",
                                   "encoder.layer.0.mlp.weights_in.weight", "layernorm.bias"])
 def test_missing_tensor_is_named(ckpt, name):
-    _edit_tensors(ckpt, lambda t: t.pop(name))
+    edit_tensors(ckpt, lambda t: t.pop(name))
     with pytest.raises(CheckpointError, match=rf"missing tensor '{name}'"):
         sauce_jax.load_encoder(ckpt)
 
 
 def test_config_disagreeing_with_tensors(ckpt):
-    _edit_config(ckpt, use_swiglu_ffn=False)
+    edit_config(ckpt, use_swiglu_ffn=False)
     with pytest.raises(CheckpointError, match=r"'encoder\.layer\.0\.mlp\.weights_in\.bias'"):
         sauce_jax.load_encoder(ckpt)
 
@@ -207,7 +175,7 @@ def test_qkv_bias_in_tensors_but_not_config(ckpt):
     def add_bias(t):
         t["encoder.layer.0.attention.attention.query.bias"] = np.zeros(48, np.float32)
 
-    _edit_tensors(ckpt, add_bias)
+    edit_tensors(ckpt, add_bias)
     with pytest.raises(CheckpointError, match=r"attention\.attention\.query\.bias"):
         sauce_jax.load_encoder(ckpt)
 
@@ -219,7 +187,7 @@ def test_qkv_bias_in_tensors_but_not_config(ckpt):
     (dict(image_size=[24, 32]), "image_size"),
 ])
 def test_unimplemented_config(ckpt, changes, match):
-    _edit_config(ckpt, **changes)
+    edit_config(ckpt, **changes)
     with pytest.raises(ConfigError, match=match):
         sauce_jax.load_encoder(ckpt)
 

@@ -16,11 +16,10 @@ from safetensors.numpy import load_file, save_file
 import sauce_jax
 import transformers
 from tiny_models import MLLAMA_CONFIGS, MLLAMA_SMALL as SMALL, make_mllama, make_mllama_cg, relative_error
+from parity import BF16_TOL, F32_TOL, assert_bfloat16, assert_outputs_close, edit_config, save_and_load
 from sauce_jax.errors import CheckpointError, ConfigError, InputError
 from sauce_jax.mllama_encoder import MllamaEncoder
 from sauce_jax.mllama_processor import MllamaPreprocessConfig, mllama_inputs, supported_aspect_ratios
-
-F32_TOL, BF16_TOL = 1e-5, 2e-2
 
 def all_inputs(fields: dict, seed: int = 0) -> np.ndarray:
     """One image per aspect ratio (1 to max_num_tiles tiles), plus a padding row (id 0)."""
@@ -57,12 +56,9 @@ def reference(model, inputs):
 def check_outputs(encoder, model, inputs, tol):
     ours = encoder(inputs)
     last, states = reference(model, inputs)
-    assert len(ours.hidden_states) == len(states) == encoder.config.num_layers + 1
-    as32 = lambda a: np.asarray(a, np.float32)
-    errors = [relative_error(as32(a), b) for a, b in zip(ours.hidden_states, states)]
-    errors.append(relative_error(as32(ours.last_hidden_state), last))
+    assert len(ours.hidden_states) == encoder.config.num_layers + 1
     assert ours.pooler_output is None and ours.image_embeds is None
-    assert max(errors) <= tol, errors
+    assert_outputs_close(ours, states, tol, pairs=[(ours.last_hidden_state, last)])
     return ours
 
 
@@ -71,8 +67,7 @@ def check_outputs(encoder, model, inputs, tol):
 def test_mllama_vision_model_from_disk_float32(tmp_path, name, seed):
     fields = MLLAMA_CONFIGS[name]
     model = make_mllama(fields, seed)
-    model.save_pretrained(tmp_path)
-    encoder = sauce_jax.load_encoder(tmp_path)
+    encoder = save_and_load(model, tmp_path)
     assert isinstance(encoder, MllamaEncoder)
     c = encoder.config
     assert (c.model_type, c.checkpoint_type) == ("mllama_vision_model", "mllama_vision_model")
@@ -86,10 +81,9 @@ def test_mllama_vision_model_from_disk_float32(tmp_path, name, seed):
 
 def test_mllama_bfloat16(tmp_path):
     model = make_mllama(SMALL, 3)
-    model.save_pretrained(tmp_path)
-    encoder = sauce_jax.load_encoder(tmp_path, dtype="bfloat16")
+    encoder = save_and_load(model, tmp_path, dtype="bfloat16")
     ours = check_outputs(encoder, model, all_inputs(SMALL, 3)[::3], BF16_TOL)  # against the float32 reference
-    assert all(h.dtype == np.dtype("bfloat16") for h in ours.hidden_states)
+    assert_bfloat16(ours.hidden_states)
 
 
 # transformers 5 nests the tower as `model.vision_model.` in memory but saves the 4.x layout
@@ -245,12 +239,6 @@ def test_fewer_tiles_are_padded(small):
                                   np.asarray(encoder.hidden_state((px, ids, mask), -1)))
 
 
-def _edit_config(path, **changes):
-    cfg = json.loads((path / "config.json").read_text())
-    cfg.update(changes)
-    (path / "config.json").write_text(json.dumps(cfg))
-
-
 @pytest.mark.parametrize("changes, error, match", [
     (dict(intermediate_layers_indices=[0, 9]), ConfigError, "entry 9 is not a local block"),
     (dict(hidden_act="mish"), ConfigError, "hidden_act='mish'"),
@@ -261,7 +249,7 @@ def test_bad_configs(small, tmp_path, changes, error, match):
     import shutil
 
     shutil.copytree(small[0], tmp_path / "ckpt")
-    _edit_config(tmp_path / "ckpt", **changes)
+    edit_config(tmp_path / "ckpt", **changes)
     with pytest.raises(error, match=match):
         sauce_jax.load_encoder(tmp_path / "ckpt")
 

@@ -3,21 +3,18 @@ and pooler_output, loaded from disk through `sauce_jax.load_encoder`."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.numpy import load_file, save_file
 
 import sauce_jax
 import transformers
-from tiny_models import random_pixels, reference_outputs, relative_error
+from tiny_models import perturb, random_pixels, reference_outputs, relative_error
+from parity import BF16_TOL, F32_TOL, assert_bfloat16, edit_config, edit_tensors, relayout, save_and_load
+from parity import check_outputs as check_vision_outputs
 from sauce_jax.errors import CheckpointError, ConfigError
 from sauce_jax.image_processor import PreprocessConfig
-
-F32_TOL, BF16_TOL = 1e-5, 2e-2
 
 # Tiny SiglipVisionConfig variants: width, heads, patch and image size, depth, head vary.
 SIGLIP_CONFIGS = {
@@ -33,19 +30,9 @@ SIGLIP_CONFIGS = {
 SMALL = SIGLIP_CONFIGS["w32-h4-p8-i32-l2-head"]
 
 
-def _perturb(model, seed):
-    """SigLIP's init zeroes many biases (conv, in_proj) and sets layernorms to 1: randomize
-    every parameter so that each one, and its layout, affects the outputs."""
-    gen = torch.Generator().manual_seed(1000 + seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=gen))
-    return model.eval()
-
-
 def make_siglip(fields: dict, seed: int = 0):
     torch.manual_seed(seed)
-    return _perturb(transformers.SiglipVisionModel(transformers.SiglipVisionConfig(**fields)), seed)
+    return perturb(transformers.SiglipVisionModel(transformers.SiglipVisionConfig(**fields)), seed)
 
 
 def make_siglip_model(vision: dict, seed: int = 0):
@@ -53,7 +40,7 @@ def make_siglip_model(vision: dict, seed: int = 0):
     text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
                 vocab_size=64, max_position_embeddings=16)
     cfg = transformers.SiglipConfig(vision_config=dict(vision), text_config=text)
-    return _perturb(transformers.SiglipModel(cfg), seed)
+    return perturb(transformers.SiglipModel(cfg), seed)
 
 
 def make_llava_siglip(vision: dict, seed: int = 0):
@@ -62,23 +49,13 @@ def make_llava_siglip(vision: dict, seed: int = 0):
                 num_attention_heads=4, num_key_value_heads=4, vocab_size=128)
     cfg = transformers.LlavaConfig(vision_config=dict(vision, model_type="siglip_vision_model"),
                                    text_config=text, image_token_index=127)
-    return _perturb(transformers.LlavaForConditionalGeneration(cfg), seed)
+    return perturb(transformers.LlavaForConditionalGeneration(cfg), seed)
 
 
 def check_outputs(encoder, reference, pixels, tol, *, use_head):
-    """Every hidden state, last_hidden_state and pooler_output within `tol`; returns our output."""
-    ours = encoder(pixels)
-    ref = reference_outputs(reference, pixels)
-    assert len(ours.hidden_states) == len(ref.hidden_states) == encoder.config.num_layers + 1
-    as32 = lambda a: np.asarray(a, np.float32)
-    errors = [relative_error(as32(a), b) for a, b in zip(ours.hidden_states, ref.hidden_states)]
-    errors.append(relative_error(as32(ours.last_hidden_state), ref.last_hidden_state))
-    if use_head:
-        errors.append(relative_error(as32(ours.pooler_output), ref.pooler_output))
-    else:
-        assert ours.pooler_output is None and ref.pooler_output is None
-    assert ours.image_embeds is None
-    assert max(errors) <= tol, errors
+    """Every hidden state, last_hidden_state and pooler_output (None without a head) within
+    `tol`, no image_embeds; returns our output."""
+    ours, _ = check_vision_outputs(encoder, reference, pixels, tol, pooler=True if use_head else None, no_embeds=True)
     return ours
 
 
@@ -87,8 +64,7 @@ def check_outputs(encoder, reference, pixels, tol, *, use_head):
 def test_siglip_vision_model_from_disk_float32(tmp_path, name, seed):
     fields = SIGLIP_CONFIGS[name]
     model = make_siglip(fields, seed)
-    model.save_pretrained(tmp_path)
-    encoder = sauce_jax.load_encoder(tmp_path)
+    encoder = save_and_load(model, tmp_path)
     c = encoder.config
     assert (c.model_type, c.checkpoint_type) == ("siglip_vision_model", "siglip_vision_model")
     assert c.num_layers == fields["num_hidden_layers"] and c.hidden_size == fields["hidden_size"]
@@ -101,11 +77,10 @@ def test_siglip_vision_model_from_disk_float32(tmp_path, name, seed):
 def test_siglip_vision_model_bfloat16(tmp_path, name):
     fields = SIGLIP_CONFIGS[name]
     model = make_siglip(fields, 3)
-    model.save_pretrained(tmp_path)
-    encoder = sauce_jax.load_encoder(tmp_path, dtype="bfloat16")
+    encoder = save_and_load(model, tmp_path, dtype="bfloat16")
     # Against the float32 reference: bfloat16 rounding is the only difference allowed.
     ours = check_outputs(encoder, model, random_pixels(fields, seed=3), BF16_TOL, use_head=fields["vision_use_head"])
-    assert all(h.dtype == np.dtype("bfloat16") for h in ours.hidden_states + (ours.last_hidden_state,))
+    assert_bfloat16(ours.hidden_states + (ours.last_hidden_state,))
 
 
 def test_siglip_model_vision_half(tmp_path):
@@ -122,11 +97,6 @@ def test_siglip_model_vision_half(tmp_path):
     assert relative_error(encoder(pixels).pooler_output, image_embeds) <= F32_TOL
 
 
-def _relayout(directory, rename):
-    tensors = load_file(directory / "model.safetensors")
-    save_file({rename(k): v for k, v in tensors.items()}, directory / "model.safetensors")
-
-
 def _layout_4x(name):  # transformers 4.x: SiglipVisionModel wraps a `vision_model`
     for old in ("model.vision_tower.", "vision_tower."):
         if name.startswith(old):
@@ -140,7 +110,7 @@ def test_llava_with_siglip_tower(tmp_path, layout):
     model = make_llava_siglip(fields, seed=2)
     model.save_pretrained(tmp_path)
     if layout == "4.x":
-        _relayout(tmp_path, _layout_4x)
+        relayout(tmp_path, _layout_4x)
     encoder = sauce_jax.load_encoder(tmp_path)
     assert (encoder.config.model_type, encoder.config.checkpoint_type) == ("siglip_vision_model", "llava")
     assert encoder.config.feature_layer == -2
@@ -207,22 +177,10 @@ def ckpt(small, tmp_path):
     return tmp_path / "ckpt"
 
 
-def _edit_tensors(path, fn):
-    tensors = load_file(path / "model.safetensors")
-    fn(tensors)
-    save_file(tensors, path / "model.safetensors")
-
-
-def _edit_config(path, **changes):
-    cfg = json.loads((path / "config.json").read_text())
-    cfg.update(changes)
-    (path / "config.json").write_text(json.dumps(cfg))
-
-
 @pytest.mark.parametrize("name", ["encoder.layers.1.mlp.fc2.bias", "head.attention.in_proj_bias",
                                   "embeddings.patch_embedding.bias"])
 def test_missing_tensor_is_named(ckpt, name):
-    _edit_tensors(ckpt, lambda t: t.pop(name))
+    edit_tensors(ckpt, lambda t: t.pop(name))
     with pytest.raises(CheckpointError, match=rf"missing tensor '{name}'"):
         sauce_jax.load_encoder(ckpt)
 
@@ -231,7 +189,7 @@ def test_wrong_shape_is_named(ckpt):
     def cut(t):
         t["head.attention.in_proj_weight"] = t["head.attention.in_proj_weight"][:-1]
 
-    _edit_tensors(ckpt, cut)
+    edit_tensors(ckpt, cut)
     with pytest.raises(CheckpointError, match=r"'head\.attention\.in_proj_weight' has shape"):
         sauce_jax.load_encoder(ckpt)
 
@@ -241,13 +199,13 @@ def test_nan_tensor_is_named(ckpt):
         t["post_layernorm.weight"] = t["post_layernorm.weight"].copy()
         t["post_layernorm.weight"][0] = np.nan
 
-    _edit_tensors(ckpt, poison)
+    edit_tensors(ckpt, poison)
     with pytest.raises(CheckpointError, match=r"'post_layernorm\.weight' contains NaN"):
         sauce_jax.load_encoder(ckpt)
 
 
 def test_head_tensors_without_vision_use_head(ckpt):
-    _edit_config(ckpt, vision_use_head=False)
+    edit_config(ckpt, vision_use_head=False)
     with pytest.raises(CheckpointError, match=r"unexpected tensor 'head\."):
         sauce_jax.load_encoder(ckpt)
 
@@ -258,7 +216,7 @@ def test_head_tensors_without_vision_use_head(ckpt):
     (dict(image_size=[32, 48]), "image_size"),
 ])
 def test_unimplemented_config(ckpt, changes, match):
-    _edit_config(ckpt, **changes)
+    edit_config(ckpt, **changes)
     with pytest.raises(ConfigError, match=match):
         sauce_jax.load_encoder(ckpt)
 

@@ -255,15 +255,13 @@ class _Context:
     def evaluate(self, point: Point) -> dict:
         from sauce_jax.intervention import unlearn
 
-        from ..demo import _top
-
         sae = self.sae(point.layer, point.architecture)
         sets = self.feature_sets(point.layer, point.architecture, point.token)
         evaluation = self.evaluation(point.generative)
         t0 = time.time()
         results = []
         for concept in self.config.demo.concepts:
-            features = _top(sets[concept], point.k, point.gamma)
+            features = sets[concept].top(point.k, point.gamma)
             edited = unlearn(self.encoder, sae, features, layer=point.layer, gamma=point.gamma, mode=point.mode,
                              where=point.where)
             result = evaluation.run(concept, edited)

@@ -21,7 +21,6 @@ from sauce_jax.errors import ConfigError
 from ..benchmark import Model
 from ..demo import (
     DemoConfig,
-    _top,
     choose_hyperparameters,
     select_all,
     train_concept_sae,
@@ -52,7 +51,7 @@ class Prepared:
         """The concept's FeatureSet cut to k with gamma (default: the validation-chosen ones)."""
         k = self.chosen[mode]["k"] if k is None else k
         gamma = self.chosen[mode]["gamma"] if gamma is None else gamma
-        return _top(self.sets[concept], k, gamma)
+        return self.sets[concept].top(k, gamma)
 
     def unlearned(self, concepts, mode: str = "reconstruct", k: int | None = None, gamma: float | None = None,
                   encoder=None):
@@ -67,7 +66,7 @@ class Prepared:
 
 def load_model(model_dir=None):
     """(llava, processor, encoder, layer, Model) of a ConceptWorld LLaVA (default: the shipped one)."""
-    from sauce_jax.encoder import load_encoder
+    from sauce_jax.loading import load_encoder
 
     from .. import vlm
 

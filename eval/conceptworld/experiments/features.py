@@ -89,20 +89,11 @@ def images_of(config: FeaturesConfig):
 
 # ------------------------------------------------------------------------------------ statistics
 
-def image_statistics(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Eq. 7 and 8 over per-image activations z [N, d_sae]: FS_i = share of images with z_i != 0,
-    FMAV_i = mean of z_i over those images (0 for a feature that never fires)."""
-    active = z != 0  # [N, d_sae]
-    count = active.sum(axis=0)
-    fmav = np.divide(z.sum(axis=0), count, out=np.zeros(z.shape[1]), where=count > 0)
-    return count / max(len(z), 1), fmav
-
-
 def feature_statistics(prepared, specs, n_top: int, progress: bool) -> dict:
     """FS and FMAV per image and per token, and the top images of every feature (JSON-able)."""
     from sauce_jax.image_processor import preprocess
     from sauce_jax.scoring import image_activations
-    from sauce_jax.train.metrics import feature_statistics as token_statistics
+    from sauce_jax.statistics import feature_statistics as token_statistics, image_statistics
 
     images = list(render_many(specs))
     encoder, sae, layer = prepared.encoder, prepared.sae, prepared.layer
@@ -212,7 +203,7 @@ def _mean(values) -> float | None:
 
 def write_figures(out: Path, config: FeaturesConfig, stats: dict, sets: dict, cards: dict, specs) -> None:
     """figure4.png, figure4_tokens.png, figure5.png and each card's PNG."""
-    from sauce_jax.train.metrics import plot_feature_statistics
+    from sauce_jax.statistics import plot_feature_statistics
 
     plot_feature_statistics(np.asarray(stats["fs"]), np.asarray(stats["fmav"]), out / "figure4.png")
     plot_feature_statistics(np.asarray(stats["fs_tokens"]), np.asarray(stats["fmav_tokens"]),
