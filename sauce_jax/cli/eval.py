@@ -50,7 +50,7 @@ def _eval_conceptworld(args) -> int:
     from sauce_jax.loading import load_encoder
     from sauce_jax.eval.conceptworld import vlm
     from sauce_jax.eval.conceptworld.benchmark import Evaluation, Model, headline, make_suite, task_table
-    from sauce_jax.eval.conceptworld.demo import DemoConfig, _top, select_all, train_concept_sae
+    from sauce_jax.eval.conceptworld.demo import DemoConfig, select_all, train_concept_sae
     from sauce_jax.eval.conceptworld.world import parse_concepts
     from sauce_jax.intervention import unlearn
 

@@ -150,11 +150,11 @@ def count_llava_loads(patch):
     processor prepares pixels (the JAX tower preprocesses the images itself)."""
     import transformers
 
-    import sauce_jax.encoder
+    import sauce_jax.loading
 
     loads, towers = [], []
     from_pretrained = transformers.LlavaForConditionalGeneration.from_pretrained.__func__
-    load_encoder = sauce_jax.encoder.load_encoder
+    load_encoder = sauce_jax.loading.load_encoder
 
     def counted_from_pretrained(cls, *args, **kwargs):
         loads.append(args[0])
@@ -168,7 +168,7 @@ def count_llava_loads(patch):
         raise AssertionError("the processor prepared pixels that are not used")
 
     patch.setattr(transformers.LlavaForConditionalGeneration, "from_pretrained", classmethod(counted_from_pretrained))
-    patch.setattr(sauce_jax.encoder, "load_encoder", counted_load_encoder)
+    patch.setattr(sauce_jax.loading, "load_encoder", counted_load_encoder)
     patch.setattr(transformers.LlavaProcessor, "__call__", no_pixels)
     return loads, towers
 
