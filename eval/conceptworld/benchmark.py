@@ -69,11 +69,11 @@ class Model:
         return other
 
     def pixels(self, specs: list[Spec]):
-        import sauce_jax
+        from sauce_jax.image_processor import preprocess
 
         key = id(specs)
         if key not in self._pixels:  # the same list object is asked about many times
-            self._pixels[key] = (specs, sauce_jax.preprocess(list(render_many(specs)), self.encoder))
+            self._pixels[key] = (specs, preprocess(list(render_many(specs)), self.encoder))
         return self._pixels[key][1]
 
     def features(self, specs: list[Spec], unlearned=None):

@@ -19,7 +19,8 @@ def _concepts(text: str) -> tuple[str, ...]:
 
 
 def cmd_demo(args) -> int:
-    from .demo import DemoConfig, run
+    from .demo import run
+    from .sauce import DemoConfig
 
     config = DemoConfig(seed=args.seed)
     if args.concepts:
@@ -34,7 +35,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_table2(args) -> int:
-    from .demo import DemoConfig
+    from .sauce import DemoConfig
     from .table2 import Table2Config, quick_config, run
 
     if args.threads:  # on a shared machine one thread is often faster than oversubscribed cores
@@ -107,7 +108,7 @@ def _eval_conceptworld(args) -> int:
 
     from . import vlm
     from .benchmark import Evaluation, Model, headline, make_suite, task_table
-    from .demo import DemoConfig, _top, select_all, train_concept_sae
+    from .sauce import DemoConfig, select_all, top_features, train_concept_sae
 
     model_dir = None if args.model == "conceptworld" else args.model
     config = DemoConfig(concepts=_concepts(args.concepts), seed=args.sae_seed, n_test=args.n_images)
@@ -123,7 +124,7 @@ def _eval_conceptworld(args) -> int:
     results = []
     for concept in config.concepts:
         clean = evaluation.run(concept)
-        edited = unlearn(encoder, sae, _top(sets[concept], args.k, args.gamma), layer=layer, gamma=args.gamma,
+        edited = unlearn(encoder, sae, top_features(sets[concept], args.k, args.gamma), layer=layer, gamma=args.gamma,
                          mode=args.mode)
         result = evaluation.run(concept, edited)
         result["clean_utility"] = clean["utility"]

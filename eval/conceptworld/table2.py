@@ -21,14 +21,15 @@ from tqdm import tqdm
 
 from sauce_jax.errors import ConfigError
 
+from sauce_jax.intervention import MODES
+
 from .benchmark import Evaluation, Model, headline, make_suite, task_table
-from .demo import (
-    MODES,
+from .sauce import (
     DemoConfig,
-    _objective,
-    _top,
     choose_hyperparameters,
+    objective,
     select_all,
+    top_features,
     train_concept_sae,
 )
 from .world import DOMAIN_OF
@@ -177,7 +178,7 @@ def _baseline_row(ctx: _Context, method: str) -> dict:
             run = Unlearner(ctx.llava, ctx.data(concept), config.baseline(method, lr, steps_grid[-1]))
             for steps in steps_grid:
                 variant = ctx.model.with_language_model(run.train_to(steps).model_now())
-                scores[(lr, steps)].append(_objective(ctx.val.run(concept, model=variant)))
+                scores[(lr, steps)].append(objective(ctx.val.run(concept, model=variant)))
     grid = {key: float(np.mean(values)) for key, values in scores.items()}
     for (lr, steps), value in grid.items():
         _say(ctx.progress, f"  val {method} lr={lr:g} steps={steps}: {value:.3f}")
@@ -222,7 +223,7 @@ def _sauce_rows(ctx: _Context, out: Path, todo: list[str]) -> dict[str, dict]:
         k, gamma = chosen[mode]["k"], chosen[mode]["gamma"]
         results = []
         for concept in tqdm(demo.concepts, desc=name, disable=not ctx.progress, leave=False):
-            edited = unlearn(ctx.encoder, sae, _top(sets[concept], k, gamma), layer=ctx.layer, gamma=gamma, mode=mode)
+            edited = unlearn(ctx.encoder, sae, top_features(sets[concept], k, gamma), layer=ctx.layer, gamma=gamma, mode=mode)
             result = ctx.test.run(concept, edited)
             result["retain_examples"] = ctx.retain_examples(concept, unlearned=edited)
             results.append(result)

@@ -71,6 +71,11 @@ def check_concepts(concepts: Sequence[str]) -> list[str]:
     return list(concepts)
 
 
+def parse_concepts(text: str) -> tuple[str, ...]:
+    """A comma-separated concept list ("star, red,happy"), blanks dropped, each name checked."""
+    return tuple(check_concepts([c.strip() for c in text.split(",") if c.strip()]))
+
+
 def key(*words: int | str) -> int:
     """A stable 32-bit key from ints and names (crc32 of the names: not Python's salted hash)."""
     value = 0

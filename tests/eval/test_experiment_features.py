@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from sauce_jax.eval.conceptworld.demo import DemoConfig
+from sauce_jax.eval.conceptworld.sauce import DemoConfig
 from sauce_jax.eval.conceptworld.experiments import features
 from sauce_jax.eval.conceptworld.experiments.features import (
     FeaturesConfig,

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from sauce_jax.eval.conceptworld.demo import DemoConfig
+from sauce_jax.eval.conceptworld.sauce import DemoConfig
 from sauce_jax.eval.conceptworld.experiments import multi
 from sauce_jax.eval.conceptworld.experiments.multi import (
     MultiConfig,

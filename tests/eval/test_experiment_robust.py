@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from sauce_jax.eval.conceptworld.demo import DemoConfig
+from sauce_jax.eval.conceptworld.sauce import DemoConfig
 from sauce_jax.eval.conceptworld.experiments.robust import (
     RobustConfig,
     hyperparameters_from_table2,
@@ -74,7 +74,7 @@ def test_llava_and_tower_quantizers_touch_the_weight_matrices_only():
     import jax
     import torch
 
-    from sauce_jax.eval.conceptworld.experiments.common import load_model
+    from sauce_jax.eval.conceptworld.sauce import load_model
 
     torch.set_num_threads(1)
     llava, _, encoder, _, _ = load_model()

@@ -35,16 +35,16 @@ from pathlib import Path
 import numpy as np
 
 from sauce_jax.errors import ConfigError
+from sauce_jax.intervention import MODES
 
 from ..benchmark import Evaluation, headline, make_suite, task_table
-from ..demo import MODES, DemoConfig
+from ..sauce import DemoConfig, load_model, select_all, top_features, train_concept_sae
 from .common import (
     add_common_arguments,
     apply_threads,
     cached,
     check_same_run,
     concepts_arg,
-    load_model,
     print_report,
     say,
     write_outputs,
@@ -210,8 +210,6 @@ class _Context:
         from sauce_jax.errors import InputError
         from sauce_jax.sae_io import load_sae
 
-        from ..demo import train_concept_sae
-
         name = f"layer{layer}-{architecture}"
         if name not in self._saes:
             if self.config.sae and layer == self.layer and architecture == self.config.architecture:
@@ -243,8 +241,6 @@ class _Context:
         return self._sets[key]
 
     def _select(self, sae, layer: int, token: str) -> dict:
-        from ..demo import select_all
-
         demo = dataclasses.replace(self.config.demo, k_grid=(max(self.config.k, *self.config.k_values),))
         return {c: dataclasses.asdict(s) for c, s in select_all(sae, self.encoder, demo, layer, False, token).items()}
 
@@ -259,15 +255,13 @@ class _Context:
     def evaluate(self, point: Point) -> dict:
         from sauce_jax.intervention import unlearn
 
-        from ..demo import _top
-
         sae = self.sae(point.layer, point.architecture)
         sets = self.feature_sets(point.layer, point.architecture, point.token)
         evaluation = self.evaluation(point.generative)
         t0 = time.time()
         results = []
         for concept in self.config.demo.concepts:
-            features = _top(sets[concept], point.k, point.gamma)
+            features = top_features(sets[concept], point.k, point.gamma)
             edited = unlearn(self.encoder, sae, features, layer=point.layer, gamma=point.gamma, mode=point.mode,
                              where=point.where)
             result = evaluation.run(concept, edited)

@@ -37,9 +37,10 @@ from pathlib import Path
 import numpy as np
 
 from sauce_jax.errors import ConfigError
+from sauce_jax.intervention import MODES
 
 from ..benchmark import Evaluation, headline, make_suite
-from ..demo import MODES, DemoConfig
+from ..sauce import DemoConfig, prepare
 from ..table2 import Table2Config
 from ..table2 import quick_config as table2_quick
 from ..world import DOMAINS, TASKS
@@ -49,7 +50,6 @@ from .common import (
     cached,
     check_same_run,
     concepts_arg,
-    prepare,
     print_report,
     say,
     write_outputs,
