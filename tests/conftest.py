@@ -10,7 +10,6 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from tiny_models import SMALL, make_clip

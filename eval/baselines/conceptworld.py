@@ -6,7 +6,7 @@ answers when it is right: its own greedy description when that names the concept
 reference description otherwise), and "yes". Retain set: train-split images of the other
 concepts of the same domain (none showing the forgotten concept), with the same two prompts
 about their own concept. Refusal set (PO): the forget prompts with a refusal as the answer.
-The tower is frozen, so its features are computed once per image (`training.tower_features`).
+The tower is frozen, so its features are computed once per image (`vlm.tower_features`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from sauce_jax.errors import ConfigError
 from ..conceptworld import text as T
 from ..conceptworld.answers import describe
 from ..conceptworld.render import render_many
-from ..conceptworld.training import encode_example, tower_features
+from ..conceptworld.training import encode_example
+from ..conceptworld.vlm import tower_features
 from ..conceptworld.world import DOMAIN_OF, DOMAINS, check_concepts, concept_split
 from .data import UnlearnData, check_vocabulary, make_set
 

@@ -79,7 +79,5 @@ def torch_features(model, images: np.ndarray):
     """Projected features [B, N, D_text] from the model's own PyTorch tower (the clean reference)."""
     import torch
 
-    from .training import tower_features
-
     with torch.no_grad():
-        return model.model.multi_modal_projector(tower_features(model, images).float())
+        return model.model.multi_modal_projector(vlm.tower_features(model, images).float())

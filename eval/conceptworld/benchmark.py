@@ -20,7 +20,6 @@ import numpy as np
 from sauce_jax.eval.metrics import (
     Rate,
     clean_accuracy,
-    mean_rate,
     mme_score,
     retain_accuracy,
     unlearning_accuracy,
@@ -201,8 +200,3 @@ def task_table(results: list[dict]) -> dict[str, dict[str, float]]:
         if rows:
             table[task] = {k: _nanmean([row[k] for row in rows]) for k in rows[0]}
     return table
-
-
-def concept_rates(results: list[dict], name: str) -> Rate:
-    return mean_rate([Rate(r[name]["value"] if r[name]["value"] is not None else float("nan"), r[name]["n"])
-                      for r in results])
