@@ -103,7 +103,7 @@ def _concepts(text: str | None):
 def cmd_eval_checkpoint(args) -> int:
     """The `eval` command for `--model DIR`."""
     from sauce_jax.eval.concept_dirs import load_concept_dirs
-    from sauce_jax.eval.llava_answerer import LlavaAnswerer
+    from sauce_jax.eval.vlm.llava_answerer import LlavaAnswerer
     from sauce_jax.eval.llava_eval import DISCRIMINATIVE_PROMPTS, GENERATIVE_PROMPTS, EvalConfig, evaluate
     from sauce_jax.eval.mme import check_subtasks, find_root, load_mme
 

@@ -162,7 +162,7 @@ def _llava_answerer(checkpoint: str, encoder, edited, prompt: str, max_new_token
         from transformers import AutoProcessor, LlavaForConditionalGeneration
     except ImportError as exc:
         raise ConfigError("answers need transformers' LLaVA and torch: pip install 'sauce-jax[torch]'") from exc
-    from sauce_jax.eval.llava_bridge import generate_with_features, llava_image_features
+    from sauce_jax.eval.vlm.llava_bridge import generate_with_features, llava_image_features
     from sauce_jax.image_processor import preprocess
 
     if encoder.config.checkpoint_type != "llava":

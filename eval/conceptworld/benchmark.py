@@ -79,7 +79,7 @@ class Model:
         """Projected image features [N, T, D_text] (torch)."""
         import torch
 
-        from sauce_jax.eval.llava_bridge import llava_image_features
+        from sauce_jax.eval.vlm.llava_bridge import llava_image_features
 
         px = self.pixels(specs)
         parts = []

@@ -1,6 +1,6 @@
 """`sauce-jax experiment table2`: the paper's Table 2 on ConceptWorld, SAUCE against GA, GD, KL and PO.
 
-Rows: the clean model, the four weight-update baselines (`eval.baselines`) and SAUCE in both
+Rows: the clean model, the four weight-update baselines (`sauce_jax.eval.baselines`) and SAUCE in both
 modes (the demo's path: SAE, selection, k and gamma on the validation split). Every row is
 scored by the same `Evaluation` on the same test images; hyperparameters (learning rate and
 steps for the baselines, k and gamma for SAUCE) are chosen on the validation split with the
@@ -68,7 +68,7 @@ class Table2Config:
 
     def baseline(self, method: str, lr: float, steps: int):
         from sauce_jax.eval.baselines import BaselineConfig
-        from sauce_jax.eval.baselines.conceptworld import REFUSAL
+        from sauce_jax.eval.conceptworld.baseline_data import REFUSAL
 
         return BaselineConfig(method=method, lr=lr, steps=steps, batch_size=self.batch_size,
                               retain_weight=self.retain_weight, kl_weight=self.kl_weight, lora=self.lora,
@@ -124,7 +124,7 @@ class _Context:
         return self._val
 
     def data(self, concept: str):
-        from sauce_jax.eval.baselines.conceptworld import build_data
+        from sauce_jax.eval.conceptworld.baseline_data import build_data
 
         if concept not in self._data:
             c = self.config

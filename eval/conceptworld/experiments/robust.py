@@ -8,7 +8,7 @@ paper's figure) and is scored three ways by the same `Evaluation` on the same te
   Spanish; the paper uses Chinese). The clean reference is the clean model asked in that
   language: UA_d counts the images whose concept the clean model confirmed in Spanish and the
   unlearned model no longer does.
-- quantization: the unlearned model's weights quantized to `bits` (`eval.quantize`: symmetric
+- quantization: the unlearned model's weights quantized to `bits` (`sauce_jax.eval.quantize`: symmetric
   per-output-channel round-to-nearest of every linear / convolution weight of the JAX tower,
   the projector and the language model; embeddings, norms, biases and the tied lm_head kept).
   For SAUCE the tower is quantized and its intervention applied on it as before (the SAE stays
@@ -165,7 +165,7 @@ class _Context:
 
     def baseline(self, concept: str, method: str) -> dict:
         from sauce_jax.eval.baselines import Unlearner
-        from sauce_jax.eval.baselines.conceptworld import build_data
+        from sauce_jax.eval.conceptworld.baseline_data import build_data
         from sauce_jax.eval.quantize import quantize_llava
 
         c = self.config

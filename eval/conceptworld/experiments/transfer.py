@@ -7,7 +7,7 @@ validation split. The same SAE, feature ids, k and gamma are then applied to
 - `language`: a sibling that shares the tower but has another, larger language model (the
   paper's LLaVA-1.5-7B -> 13B), and
 - `tower`: a sibling whose tower was trained further end to end (the paper's LLaVA-1.6),
-both built by `eval.conceptworld.variants` (seeded, resumable; in `OUT/models/` unless
+both built by `..variants` (seeded, resumable; in `OUT/models/` unless
 `--siblings DIR` names a folder that holds them). Every model is scored on the same test
 images, clean and unlearned, with the paper's metrics. Beside them the report gives what
 explains the result: how far each tower's activations at the SAE's layer moved from the

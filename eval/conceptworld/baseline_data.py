@@ -1,4 +1,5 @@
-"""The forget, retain and refusal sets of one ConceptWorld concept, as the paper builds them.
+"""The forget, retain and refusal sets of one ConceptWorld concept, as the paper builds them,
+for the weight-update baselines of `sauce_jax.eval.baselines`.
 
 Forget set: the concept's train-split images, each with the generative prompt (the description)
 and the discriminative prompt (the concept's yes/no question), answered as the clean model
@@ -13,13 +14,13 @@ from __future__ import annotations
 
 from sauce_jax.errors import ConfigError
 
-from ..conceptworld import text as T
-from ..conceptworld.answers import describe
-from ..conceptworld.render import render_many
-from ..conceptworld.training import encode_example
-from ..conceptworld.vlm import tower_features
-from ..conceptworld.world import DOMAIN_OF, DOMAINS, check_concepts, concept_split
-from .data import UnlearnData, check_vocabulary, make_set
+from ..baselines.data import UnlearnData, check_vocabulary, make_set
+from . import text as T
+from .answers import describe
+from .render import render_many
+from .training import encode_example
+from .vlm import tower_features
+from .world import DOMAIN_OF, DOMAINS, check_concepts, concept_split
 
 # ConceptWorld's word-level vocabulary has no "I don't know."; this is the refusal it can say
 # (it names no concept and starts with neither "yes" nor "no").
