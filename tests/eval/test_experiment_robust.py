@@ -7,12 +7,12 @@ import json
 import numpy as np
 import pytest
 
-from sauce_jax.eval.conceptworld.sauce import DemoConfig
 from sauce_jax.eval.conceptworld.experiments.robust import (
     RobustConfig,
     hyperparameters_from_table2,
     run,
 )
+from sauce_jax.eval.conceptworld.sauce import DemoConfig
 from sauce_jax.eval.conceptworld.table2 import Table2Config
 from sauce_jax.eval.quantize import quantize_encoder, quantize_llava, quantize_per_channel
 from sauce_jax import cli
