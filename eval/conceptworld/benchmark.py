@@ -20,7 +20,6 @@ import numpy as np
 from sauce_jax.eval.metrics import (
     Rate,
     clean_accuracy,
-    mean_rate,
     mme_score,
     retain_accuracy,
     unlearning_accuracy,
@@ -69,18 +68,18 @@ class Model:
         return other
 
     def pixels(self, specs: list[Spec]):
-        import sauce_jax
+        from sauce_jax.image_processor import preprocess
 
         key = id(specs)
         if key not in self._pixels:  # the same list object is asked about many times
-            self._pixels[key] = (specs, sauce_jax.preprocess(list(render_many(specs)), self.encoder))
+            self._pixels[key] = (specs, preprocess(list(render_many(specs)), self.encoder))
         return self._pixels[key][1]
 
     def features(self, specs: list[Spec], unlearned=None):
         """Projected image features [N, T, D_text] (torch)."""
         import torch
 
-        from sauce_jax.eval.llava_bridge import llava_image_features
+        from sauce_jax.eval.vlm.llava_bridge import llava_image_features
 
         px = self.pixels(specs)
         parts = []
@@ -201,8 +200,3 @@ def task_table(results: list[dict]) -> dict[str, dict[str, float]]:
         if rows:
             table[task] = {k: _nanmean([row[k] for row in rows]) for k in rows[0]}
     return table
-
-
-def concept_rates(results: list[dict], name: str) -> Rate:
-    return mean_rate([Rate(r[name]["value"] if r[name]["value"] is not None else float("nan"), r[name]["n"])
-                      for r in results])

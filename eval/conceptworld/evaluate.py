@@ -7,7 +7,7 @@ import numpy as np
 from . import text as T
 from .answers import describe, says_yes, torch_features
 from .render import render_many
-from .world import CONCEPTS, DOMAIN_OF, DOMAINS
+from .world import CONCEPTS, DOMAINS
 
 
 def clean_accuracy(model, tokenizer, specs, *, projected=None, languages=T.LANGUAGES) -> dict:
@@ -55,7 +55,3 @@ def clean_accuracy(model, tokenizer, specs, *, projected=None, languages=T.LANGU
             "examples": [{"truth": T.description(s, language), "said": t} for s, t in zip(specs[:3], texts[:3])],
         }
     return result
-
-
-def domain_of(concept: str) -> str:
-    return DOMAIN_OF[concept]

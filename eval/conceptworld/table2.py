@@ -1,6 +1,6 @@
 """`sauce-jax experiment table2`: the paper's Table 2 on ConceptWorld, SAUCE against GA, GD, KL and PO.
 
-Rows: the clean model, the four weight-update baselines (`eval.baselines`) and SAUCE in both
+Rows: the clean model, the four weight-update baselines (`sauce_jax.eval.baselines`) and SAUCE in both
 modes (the demo's path: SAE, selection, k and gamma on the validation split). Every row is
 scored by the same `Evaluation` on the same test images; hyperparameters (learning rate and
 steps for the baselines, k and gamma for SAUCE) are chosen on the validation split with the
@@ -20,13 +20,13 @@ import numpy as np
 from tqdm import tqdm
 
 from sauce_jax.errors import ConfigError
+from sauce_jax.intervention import MODES
 
 from .benchmark import Evaluation, Model, headline, make_suite, task_table
-from .demo import (
-    MODES,
+from .sauce import (
     DemoConfig,
-    _objective,
     choose_hyperparameters,
+    objective,
     select_all,
     train_concept_sae,
 )
@@ -66,7 +66,7 @@ class Table2Config:
 
     def baseline(self, method: str, lr: float, steps: int):
         from sauce_jax.eval.baselines import BaselineConfig
-        from sauce_jax.eval.baselines.conceptworld import REFUSAL
+        from sauce_jax.eval.conceptworld.baseline_data import REFUSAL
 
         return BaselineConfig(method=method, lr=lr, steps=steps, batch_size=self.batch_size,
                               retain_weight=self.retain_weight, kl_weight=self.kl_weight, lora=self.lora,
@@ -122,7 +122,7 @@ class _Context:
         return self._val
 
     def data(self, concept: str):
-        from sauce_jax.eval.baselines.conceptworld import build_data
+        from sauce_jax.eval.conceptworld.baseline_data import build_data
 
         if concept not in self._data:
             c = self.config
@@ -176,7 +176,7 @@ def _baseline_row(ctx: _Context, method: str) -> dict:
             run = Unlearner(ctx.llava, ctx.data(concept), config.baseline(method, lr, steps_grid[-1]))
             for steps in steps_grid:
                 variant = ctx.model.with_language_model(run.train_to(steps).model_now())
-                scores[(lr, steps)].append(_objective(ctx.val.run(concept, model=variant)))
+                scores[(lr, steps)].append(objective(ctx.val.run(concept, model=variant)))
     grid = {key: float(np.mean(values)) for key, values in scores.items()}
     for (lr, steps), value in grid.items():
         _say(ctx.progress, f"  val {method} lr={lr:g} steps={steps}: {value:.3f}")

@@ -119,11 +119,6 @@ def mentions(answer: str, concept: str, languages=LANGUAGES) -> bool:
     return any(WORDS[language][concept] in words for language in languages)
 
 
-def is_yes(answer: str) -> bool:
-    words = answer.lower().strip().split()
-    return bool(words) and words[0] in set(YES.values())
-
-
 @dataclasses.dataclass(frozen=True)
 class Example:
     """One training or evaluation sequence: the prompt text and the reference answer."""

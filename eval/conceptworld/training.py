@@ -31,10 +31,9 @@ from sauce_jax.errors import ConfigError
 from . import text as T
 from . import vlm
 from .render import render_with_masks
+from .vlm import pixels_nchw, tower_features
 from .world import CONCEPTS, generic_stream
 
-CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
-CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
 INDEX = {c: i for i, c in enumerate(CONCEPTS)}
 
 
@@ -89,7 +88,8 @@ def render_dataset(specs, workers: int = 2) -> dict[str, np.ndarray]:
     return {"images": images, "tokens": tokens, "labels": whole, "n_items": np.array([len(s.items) for s in specs])}
 
 
-def _cached_dataset(path: Path, specs, workers: int) -> dict[str, np.ndarray]:
+def cached_dataset(path: Path, specs, workers: int) -> dict[str, np.ndarray]:
+    """`render_dataset(specs)`, rendered once and kept at `path` (.npz, written atomically)."""
     if path.is_file():
         with np.load(path) as data:
             return dict(data)
@@ -100,17 +100,10 @@ def _cached_dataset(path: Path, specs, workers: int) -> dict[str, np.ndarray]:
     return data
 
 
-def pixels_nchw(images: np.ndarray):
-    """uint8 [N, S, S, 3] -> CLIP-normalised float32 torch [N, 3, S, S] (what CLIPImageProcessor gives)."""
-    import torch
-
-    x = (images.astype(np.float32) / 255.0 - CLIP_MEAN) / CLIP_STD
-    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
-
-
 # ------------------------------------------------------------------------------ checkpoints
 
-def _save(path: Path, payload: dict) -> None:
+def save_checkpoint(path: Path, payload: dict) -> None:
+    """`torch.save(payload)` to `path`, atomically."""
     import torch
 
     tmp = path.with_suffix(".tmp")
@@ -124,7 +117,7 @@ def _load(path: Path, device: str | None = None) -> dict | None:
     return torch.load(path, weights_only=False, map_location=device) if path.is_file() else None
 
 
-def _optimizer(params, lr: float, steps: int):
+def make_optimizer(params, lr: float, steps: int):
     """AdamW with 200 warm-up steps and a cosine decay to 5% of `lr`."""
     import torch
 
@@ -134,7 +127,7 @@ def _optimizer(params, lr: float, steps: int):
     return opt, sched
 
 
-def _update(loss, params, opt, sched) -> None:
+def optimizer_step(loss, params, opt, sched) -> None:
     """One optimizer step on `loss`, gradients clipped to norm 1."""
     import torch
 
@@ -145,7 +138,7 @@ def _update(loss, params, opt, sched) -> None:
     sched.step()
 
 
-def _resume(ckpt: Path, modules: dict, opt, sched) -> int:
+def resume_checkpoint(ckpt: Path, modules: dict, opt, sched) -> int:
     """Restore modules, optimizer and schedule from `ckpt`; the step to continue from (0: none)."""
     state = _load(ckpt)
     if state is None:
@@ -173,8 +166,8 @@ def train_tower(model, data: dict, config: RecipeConfig, ckpt: Path, log) -> Non
     device = next(tower.parameters()).device
     heads = _tower_heads(tower.config.hidden_size).to(device)
     params = list(tower.parameters()) + list(heads.parameters())
-    opt, sched = _optimizer(params, config.tower_lr, config.tower_steps)
-    start = _resume(ckpt, {"tower": tower, "heads": heads}, opt, sched)
+    opt, sched = make_optimizer(params, config.tower_lr, config.tower_steps)
+    start = resume_checkpoint(ckpt, {"tower": tower, "heads": heads}, opt, sched)
     if start:
         log(f"tower: resumed at step {start}")
     tower.train()
@@ -194,31 +187,16 @@ def train_tower(model, data: dict, config: RecipeConfig, ckpt: Path, log) -> Non
         hidden = heads["norm"](out.hidden_states[-1])  # [B, 1 + T, D]
         loss = bce(heads["tokens"](hidden[:, 1:]), torch.from_numpy(tokens).float().to(device)) + \
             bce(heads["image"](hidden[:, 0]), torch.from_numpy(data["labels"][idx]).float().to(device))
-        _update(loss, params, opt, sched)
+        optimizer_step(loss, params, opt, sched)
         if (step + 1) % 50 == 0:
             log(f"tower step {step + 1}/{config.tower_steps} loss {loss.item():.4f} ({time.time() - t0:.0f}s)")
         if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.tower_steps:
-            _save(ckpt, {"tower": tower.state_dict(), "heads": heads.state_dict(), "opt": opt.state_dict(),
-                         "sched": sched.state_dict(), "step": step + 1})
+            save_checkpoint(ckpt, {"tower": tower.state_dict(), "heads": heads.state_dict(),
+                                   "opt": opt.state_dict(), "sched": sched.state_dict(), "step": step + 1})
     tower.eval()
 
 
 # ---------------------------------------------------------------------------------- stage 2
-
-def tower_features(model, images: np.ndarray, batch: int = 256):
-    """The language model's view of each image: [N, T, D] float16, layer `vision_feature_layer`, CLS dropped."""
-    import torch
-
-    tower = model.model.vision_tower
-    layer = model.config.vision_feature_layer
-    device = next(tower.parameters()).device
-    chunks = []
-    with torch.no_grad():
-        for start in range(0, len(images), batch):
-            out = tower(pixel_values=pixels_nchw(images[start:start + batch]).to(device), output_hidden_states=True)
-            chunks.append(out.hidden_states[layer][:, 1:].to(torch.float16))
-    return torch.cat(chunks)
-
 
 def encode_example(tokenizer, example: T.Example) -> tuple[list[int], int]:
     """Token ids of prompt + answer + EOS with the image tokens expanded, and where the answer starts."""
@@ -228,7 +206,8 @@ def encode_example(tokenizer, example: T.Example) -> tuple[list[int], int]:
     return prompt_ids + answer_ids + [tokenizer.convert_tokens_to_ids(T.EOS)], len(prompt_ids)
 
 
-def _batch(tokenizer, examples: list[T.Example]):
+def example_batch(tokenizer, examples: list[T.Example]):
+    """Right-padded ids, labels (-100 outside each answer) and attention mask [B, S] of `examples`."""
     import torch
 
     rows = [encode_example(tokenizer, e) for e in examples]
@@ -262,8 +241,8 @@ def train_language(model, tokenizer, specs, features, config: RecipeConfig, ckpt
     for p in model.model.vision_tower.parameters():
         p.requires_grad_(False)
     params = [p for name, p in model.named_parameters() if not name.startswith("model.vision_tower")]
-    opt, sched = _optimizer(params, lr, steps)
-    start = _resume(ckpt, {"model": model}, opt, sched)
+    opt, sched = make_optimizer(params, lr, steps)
+    start = resume_checkpoint(ckpt, {"model": model}, opt, sched)
     if start:
         log(f"stage {stage}: resumed at step {start}")
     model.train()
@@ -273,15 +252,15 @@ def train_language(model, tokenizer, specs, features, config: RecipeConfig, ckpt
         rng = np.random.default_rng([config.seed, stage, step])
         idx = rng.integers(len(specs), size=config.lm_batch)
         examples = [T.random_example(specs[i], rng, *mix) for i in idx]
-        ids, labels, mask = (t.to(device) for t in _batch(tokenizer, examples))
+        ids, labels, mask = (t.to(device) for t in example_batch(tokenizer, examples))
         loss = model(inputs_embeds=embed_with_features(model, ids, features[torch.from_numpy(idx).to(device)]),
                      attention_mask=mask, labels=labels).loss
-        _update(loss, params, opt, sched)
+        optimizer_step(loss, params, opt, sched)
         if (step + 1) % 50 == 0:
             log(f"stage {stage} step {step + 1}/{steps} loss {loss.item():.4f} ({time.time() - t0:.0f}s)")
         if (step + 1) % config.checkpoint_every == 0 or step + 1 == steps:
-            _save(ckpt, {"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                         "step": step + 1})
+            save_checkpoint(ckpt, {"model": model.state_dict(), "opt": opt.state_dict(),
+                                   "sched": sched.state_dict(), "step": step + 1})
     model.eval()
 
 
@@ -332,7 +311,7 @@ def train(out_dir: str | Path, config: RecipeConfig | None = None, *, threads: i
     t0 = time.time()
     specs = generic_stream(config.images, seed=config.seed, stream="vlm-train")
     log(f"rendering {config.images} training images")
-    data = _cached_dataset(out / "train_images.npz", specs, config.workers)
+    data = cached_dataset(out / "train_images.npz", specs, config.workers)
     tokenizer = vlm.make_tokenizer()
     processor = vlm.make_processor(tokenizer)
     model = vlm.make_model(tokenizer, seed=config.seed).to(device)

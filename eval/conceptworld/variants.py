@@ -30,16 +30,16 @@ from . import text as T
 from . import vlm
 from .training import (
     RecipeConfig,
-    _batch,
-    _cached_dataset,
-    _optimizer,
-    _resume,
-    _save,
-    _update,
+    cached_dataset,
     embed_with_features,
-    pixels_nchw,
+    example_batch,
+    make_optimizer,
+    optimizer_step,
+    resume_checkpoint,
+    save_checkpoint,
     train_language_stages,
 )
+from .vlm import pixels_nchw
 from .world import generic_stream
 
 SIBLING_TEXT = {"hidden_size": 192, "intermediate_size": 768, "num_hidden_layers": 4, "num_attention_heads": 6,
@@ -78,7 +78,8 @@ def _finish(model, processor, out: Path, summary: dict) -> Path:
     return target
 
 
-def _check_recipe(out: Path, fields: dict) -> None:
+def check_recipe(out: Path, fields: dict) -> None:
+    """Record `fields` as `out/recipe.json`, refusing a folder that holds a sibling of another recipe."""
     path = out / "recipe.json"
     fields = json.loads(json.dumps(fields))
     if path.is_file() and json.loads(path.read_text()) != fields:
@@ -100,12 +101,12 @@ def language_sibling(out_dir: str | Path, config: SiblingConfig | None = None, *
     recipe = config.language
     fields = {"language": dataclasses.asdict(recipe), "text": dict(config.text)}
     fields["language"].pop("workers")  # how many rendering processes never changes the result
-    _check_recipe(out, fields)
+    check_recipe(out, fields)
     t0 = time.time()
     base, processor = vlm.load(base_dir)
     specs = generic_stream(recipe.images, seed=recipe.seed, stream="vlm-train")
     log(f"rendering {recipe.images} training images")
-    data = _cached_dataset(out / "train_images.npz", specs, recipe.workers)
+    data = cached_dataset(out / "train_images.npz", specs, recipe.workers)
     model = vlm.make_model(processor.tokenizer, seed=recipe.seed, text=dict(config.text))
     model.model.vision_tower.load_state_dict(base.model.vision_tower.state_dict())
     model = model.to(device)
@@ -120,8 +121,8 @@ def train_end_to_end(model, tokenizer, specs, images: np.ndarray, ckpt: Path, lo
     features computed with gradients (LLaVA-1.6's unfrozen tower)."""
 
     params = list(model.parameters())
-    opt, sched = _optimizer(params, lr, steps)
-    start = _resume(ckpt, {"model": model}, opt, sched)
+    opt, sched = make_optimizer(params, lr, steps)
+    start = resume_checkpoint(ckpt, {"model": model}, opt, sched)
     if start:
         log(f"end to end: resumed at step {start}")
     model.train()
@@ -132,16 +133,16 @@ def train_end_to_end(model, tokenizer, specs, images: np.ndarray, ckpt: Path, lo
         rng = np.random.default_rng([seed, 4, step])
         idx = rng.integers(len(specs), size=batch)
         examples = [T.random_example(specs[i], rng, *mix) for i in idx]
-        ids, labels, mask = (t.to(device) for t in _batch(tokenizer, examples))
+        ids, labels, mask = (t.to(device) for t in example_batch(tokenizer, examples))
         hidden = model.model.vision_tower(pixel_values=pixels_nchw(images[idx]).to(device),
                                           output_hidden_states=True).hidden_states[layer][:, 1:]  # [B, T, D]
         loss = model(inputs_embeds=embed_with_features(model, ids, hidden), attention_mask=mask, labels=labels).loss
-        _update(loss, params, opt, sched)
+        optimizer_step(loss, params, opt, sched)
         if (step + 1) % 50 == 0:
             log(f"end to end step {step + 1}/{steps} loss {loss.item():.4f} ({time.time() - t0:.0f}s)")
         if (step + 1) % 250 == 0 or step + 1 == steps:
-            _save(ckpt, {"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                         "step": step + 1})
+            save_checkpoint(ckpt, {"model": model.state_dict(), "opt": opt.state_dict(),
+                                   "sched": sched.state_dict(), "step": step + 1})
     model.eval()
 
 
@@ -154,13 +155,13 @@ def tower_sibling(out_dir: str | Path, config: SiblingConfig | None = None, *, b
         return out / "model"
     out.mkdir(parents=True, exist_ok=True)
     fields = {k: v for k, v in dataclasses.asdict(config).items() if k.startswith("tower_")}
-    _check_recipe(out, fields)
+    check_recipe(out, fields)
     t0 = time.time()
     model, processor = vlm.load(base_dir)
     model = model.to(device)
     specs = generic_stream(config.tower_images, seed=config.tower_seed, stream="vlm-train")
     log(f"rendering {config.tower_images} training images")
-    data = _cached_dataset(out / "train_images.npz", specs, workers)
+    data = cached_dataset(out / "train_images.npz", specs, workers)
     train_end_to_end(model, processor.tokenizer, specs, data["images"], out / "end_to_end.pt", log,
                      seed=config.tower_seed, steps=config.tower_steps, lr=config.tower_lr, batch=config.tower_batch)
     return _finish(model, processor, out, _summary(model, processor, config.tower_seed, config.val_images, t0,

@@ -1,5 +1,7 @@
 """ConceptWorld's VLM: a real transformers `LlavaForConditionalGeneration` (CLIP tower, projector,
-small Llama), its word-level tokenizer and `LlavaProcessor`, and where the trained one ships.
+small Llama), its word-level tokenizer and `LlavaProcessor`, where the trained one ships, and
+the PyTorch tower's view of rendered images (`pixels_nchw`, `tower_features`) that training,
+answering and the baselines share.
 
 The architecture is LLaVA-1.5's at a small size, so the SAUCE code path (JAX tower, SAE hook,
 PyTorch projector and language model) is the one a real LLaVA takes. The language model reads
@@ -9,15 +11,17 @@ the tower was trained to make every concept readable at, per patch token.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
+
+import numpy as np
 
 from sauce_jax.errors import CheckpointError
 
 from .render import IMAGE_SIZE
 from .text import EOS, IMAGE_TOKEN, vocabulary
 
+CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
+CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)  # CLIPImageProcessor's normalisation
 SHIPPED = Path(__file__).parent / "model"  # the trained checkpoint inside the package
 SPECIALS = ("<pad>", "<s>", EOS, "<unk>", IMAGE_TOKEN)
 
@@ -125,7 +129,26 @@ def load(directory: str | Path | None = None):
     return model, processor
 
 
-def training_summary(directory: str | Path | None = None) -> dict[str, Any]:
-    """The clean-accuracy figures written next to the shipped model by the training script."""
-    path = (Path(directory) if directory is not None else SHIPPED) / "training.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+# ----------------------------------------------------------------------- the PyTorch tower
+
+def pixels_nchw(images: np.ndarray):
+    """uint8 [N, S, S, 3] -> CLIP-normalised float32 torch [N, 3, S, S] (what CLIPImageProcessor gives)."""
+    import torch
+
+    x = (images.astype(np.float32) / 255.0 - CLIP_MEAN) / CLIP_STD
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+
+
+def tower_features(model, images: np.ndarray, batch: int = 256):
+    """The language model's view of each image: [N, T, D] float16, layer `vision_feature_layer`, CLS dropped."""
+    import torch
+
+    tower = model.model.vision_tower
+    layer = model.config.vision_feature_layer
+    device = next(tower.parameters()).device
+    chunks = []
+    with torch.no_grad():
+        for start in range(0, len(images), batch):
+            out = tower(pixel_values=pixels_nchw(images[start:start + batch]).to(device), output_hidden_states=True)
+            chunks.append(out.hidden_states[layer][:, 1:].to(torch.float16))
+    return torch.cat(chunks)

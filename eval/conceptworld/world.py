@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -72,7 +72,7 @@ def check_concepts(concepts: Sequence[str]) -> list[str]:
 
 
 def parse_concepts(text: str) -> tuple[str, ...]:
-    """Comma-separated concept names ("star, red,,happy"), validated by `check_concepts`."""
+    """A comma-separated concept list ("star, red,happy"), blanks dropped, each name checked."""
     return tuple(check_concepts([c.strip() for c in text.split(",") if c.strip()]))
 
 
@@ -155,11 +155,3 @@ def generic_stream(n: int, *, seed: int = 0, start: int = 0, stream: str = "gene
     if n < 0 or start < 0:
         raise ConfigError(f"{stream} stream range start={start}, n={n} must be >= 0")
     return [random_spec(rng_for(seed, stream, start + i)) for i in range(n)]
-
-
-def iter_stream(seed: int = 0, start: int = 0, stream: str = "generic") -> Iterator[Spec]:
-    """A stream without end."""
-    i = start
-    while True:
-        yield random_spec(rng_for(seed, stream, i))
-        i += 1

@@ -38,7 +38,7 @@ def concepts_arg(args) -> tuple[str, ...] | None:
 
 def add_common_arguments(parser) -> None:
     """The options every ConceptWorld experiment (multi, robust, transfer, features, ablate) takes."""
-    from sauce_jax.eval.conceptworld.demo import DemoConfig
+    from sauce_jax.eval.conceptworld.sauce import DemoConfig
 
     parser.add_argument("--out", required=True, help="run folder; rerun the same command to resume")
     parser.add_argument("--model", help="a ConceptWorld LLaVA directory (default: the shipped one)")

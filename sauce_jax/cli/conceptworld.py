@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sauce_jax.eval.conceptworld.demo import DemoConfig
+from sauce_jax.eval.conceptworld.sauce import DemoConfig
 from sauce_jax.eval.conceptworld.training import RecipeConfig
 
 from .common import concepts_arg, field_default, print_report
@@ -15,7 +15,7 @@ from .common import concepts_arg, field_default, print_report
 
 def cmd_demo(args) -> int:
     from sauce_jax.eval.conceptworld.demo import run
-    from sauce_jax.eval.conceptworld.experiments.common import quick_demo
+    from sauce_jax.eval.conceptworld.sauce import quick_demo
 
     concepts = concepts_arg(args)
     if args.quick:  # the CI-sized run: fewer images everywhere, one point of the grid

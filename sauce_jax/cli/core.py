@@ -261,7 +261,7 @@ def cmd_unlearn(args) -> int:
 
 def _llava_answerer(checkpoint: str, batch_size: int):
     """The LLaVA checkpoint `--prompt` asks, refused early when `checkpoint` is not a LLaVA."""
-    from sauce_jax.eval.llava_answerer import LlavaAnswerer
+    from sauce_jax.eval.vlm.llava_answerer import LlavaAnswerer
     from sauce_jax.ports.weights import read_json, resolve_checkpoint_dir
 
     if str(checkpoint).startswith("onnx:") or str(checkpoint).lower().endswith(".onnx"):

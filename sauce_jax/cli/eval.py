@@ -50,7 +50,7 @@ def _eval_conceptworld(args) -> int:
     from sauce_jax.loading import load_encoder
     from sauce_jax.eval.conceptworld import vlm
     from sauce_jax.eval.conceptworld.benchmark import Evaluation, Model, headline, make_suite, task_table
-    from sauce_jax.eval.conceptworld.demo import DemoConfig, select_all, train_concept_sae
+    from sauce_jax.eval.conceptworld.sauce import DemoConfig, select_all, train_concept_sae
     from sauce_jax.eval.conceptworld.world import parse_concepts
     from sauce_jax.intervention import unlearn
 
@@ -131,7 +131,7 @@ def obtain_sae(args, answerer, dirs, progress: bool):
 def _eval_checkpoint(args) -> int:
     """The `eval` command for `--model DIR`."""
     from sauce_jax.eval.concept_dirs import load_concept_dirs
-    from sauce_jax.eval.llava_answerer import LlavaAnswerer
+    from sauce_jax.eval.vlm.llava_answerer import LlavaAnswerer
     from sauce_jax.eval.llava_eval import DISCRIMINATIVE_PROMPTS, GENERATIVE_PROMPTS, evaluate
     from sauce_jax.eval.mme import check_subtasks, find_root, load_mme
 

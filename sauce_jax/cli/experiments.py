@@ -8,7 +8,7 @@ import dataclasses
 from pathlib import Path
 
 from sauce_jax.errors import ConfigError
-from sauce_jax.eval.conceptworld.demo import DemoConfig
+from sauce_jax.eval.conceptworld.sauce import DemoConfig
 from sauce_jax.eval.conceptworld.experiments import ablate, features, multi, robust, transfer
 from sauce_jax.eval.emoji import EmojiConfig
 from sauce_jax.intervention import MODES

@@ -16,7 +16,7 @@ import transformers
 
 import sauce_jax
 from tiny_models import CLIP_CONFIGS, SMALL, make_clip, make_clip_model, make_llava, random_pixels, relative_error
-from sauce_jax.eval.llava_bridge import generate_with_features, llava_image_features, logits_with_features
+from sauce_jax.eval.vlm.llava_bridge import generate_with_features, llava_image_features, logits_with_features
 from sauce_jax import ConfigError, InputError
 from sauce_jax.sae import SAE, SAEConfig, encode, init_params
 from sauce_jax.scoring import FeatureSet

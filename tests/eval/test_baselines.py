@@ -29,7 +29,7 @@ def shipped():
 
 @pytest.fixture(scope="module")
 def star_data(shipped):
-    from sauce_jax.eval.baselines.conceptworld import build_data
+    from sauce_jax.eval.conceptworld.baseline_data import build_data
 
     model, tokenizer = shipped
     return build_data(model, tokenizer, "star", n_forget=6, n_retain_per_concept=2)
@@ -117,7 +117,7 @@ def test_an_edited_language_model_is_scored_behind_the_clean_jax_tower(shipped):
     same = evaluation.run("red", model=clean.with_language_model(copy.deepcopy(model)))
     assert same["UA_g"]["value"] == 0.0 and same["IRA_g"]["value"] == 1.0 and same["CRA_g"]["value"] == 1.0
     assert same["utility"] == evaluation.run("red")["utility"]
-    from sauce_jax.eval.baselines.conceptworld import build_data
+    from sauce_jax.eval.conceptworld.baseline_data import build_data
 
     data = build_data(model, tokenizer, "red", n_forget=4, n_retain_per_concept=1)
     ga = unlearn(model, data, BaselineConfig(method="GA", lr=1e-3, steps=10, batch_size=8))
@@ -217,7 +217,7 @@ def test_bad_config_values_are_config_errors(field, value):
 
 
 def test_sets_a_method_needs_and_words_a_vocabulary_lacks(shipped, star_data):
-    from sauce_jax.eval.baselines.conceptworld import build_data
+    from sauce_jax.eval.conceptworld.baseline_data import build_data
 
     model, tokenizer = shipped
     with pytest.raises(ConfigError, match="retain"):

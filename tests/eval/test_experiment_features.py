@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 
-from sauce_jax.eval.conceptworld.demo import DemoConfig
 from sauce_jax.eval.conceptworld.experiments import features
 from sauce_jax.eval.conceptworld.experiments.features import (
     FeaturesConfig,
@@ -15,6 +14,7 @@ from sauce_jax.eval.conceptworld.experiments.features import (
     run,
 )
 from sauce_jax.statistics import image_statistics
+from sauce_jax.eval.conceptworld.sauce import DemoConfig
 from sauce_jax.eval.top_images import precision, top_activating
 from sauce_jax import cli
 from sauce_jax.errors import ConfigError

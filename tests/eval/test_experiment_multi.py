@@ -6,7 +6,6 @@ import json
 
 import pytest
 
-from sauce_jax.eval.conceptworld.demo import DemoConfig
 from sauce_jax.eval.conceptworld.experiments import multi
 from sauce_jax.eval.conceptworld.experiments.multi import (
     MultiConfig,
@@ -15,6 +14,7 @@ from sauce_jax.eval.conceptworld.experiments.multi import (
     run,
     score_group,
 )
+from sauce_jax.eval.conceptworld.sauce import DemoConfig
 from sauce_jax.eval.conceptworld.world import CONCEPTS, DOMAIN_OF, DOMAINS, TASKS, Item, Spec
 from sauce_jax import cli
 from sauce_jax.cli.experiments import parse_counts

@@ -7,12 +7,12 @@ import json
 import numpy as np
 import pytest
 
-from sauce_jax.eval.conceptworld.demo import DemoConfig
 from sauce_jax.eval.conceptworld.experiments.robust import (
     RobustConfig,
     hyperparameters_from_table2,
     run,
 )
+from sauce_jax.eval.conceptworld.sauce import DemoConfig
 from sauce_jax.eval.conceptworld.table2 import Table2Config
 from sauce_jax.eval.quantize import quantize_encoder, quantize_llava, quantize_per_channel
 from sauce_jax import cli
@@ -74,7 +74,7 @@ def test_llava_and_tower_quantizers_touch_the_weight_matrices_only():
     import jax
     import torch
 
-    from sauce_jax.eval.conceptworld.experiments.common import load_model
+    from sauce_jax.eval.conceptworld.sauce import load_model
 
     torch.set_num_threads(1)
     llava, _, encoder, _, _ = load_model()

@@ -62,9 +62,9 @@ def test_bad_transfer_configs(tmp_path):
 
 
 def test_a_sibling_folder_is_refused_to_another_recipe(tmp_path):
-    from sauce_jax.eval.conceptworld.variants import _check_recipe
+    from sauce_jax.eval.conceptworld.variants import check_recipe
 
-    _check_recipe(tmp_path, {"tower_steps": 3})
-    _check_recipe(tmp_path, {"tower_steps": 3})  # the same recipe resumes
+    check_recipe(tmp_path, {"tower_steps": 3})
+    check_recipe(tmp_path, {"tower_steps": 3})  # the same recipe resumes
     with pytest.raises(ConfigError, match="another recipe"):
-        _check_recipe(tmp_path, {"tower_steps": 4})
+        check_recipe(tmp_path, {"tower_steps": 4})

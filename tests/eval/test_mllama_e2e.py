@@ -1,4 +1,4 @@
-"""Mllama end to end: our JAX tower inside `MllamaForConditionalGeneration` (eval.mllama_bridge)
+"""Mllama end to end: our JAX tower inside `MllamaForConditionalGeneration` (sauce_jax.eval.vlm.mllama_bridge)
 gives the native logits and generations; an SAE trained on a hooked Mllama layer, its
 features selected and the unlearned tower run through the same bridge."""
 
@@ -12,7 +12,7 @@ from PIL import Image
 import sauce_jax
 import transformers
 from tiny_models import MLLAMA_SMALL as SMALL, make_mllama_cg, relative_error
-from sauce_jax.eval.mllama_bridge import generate_with_states, logits_with_states, mllama_cross_attention_states
+from sauce_jax.eval.vlm.mllama_bridge import generate_with_states, logits_with_states, mllama_cross_attention_states
 from sauce_jax.sae import SAEConfig
 from sauce_jax.train import TrainConfig, train_sae
 

@@ -35,13 +35,13 @@ from pathlib import Path
 import numpy as np
 
 from sauce_jax.errors import ConfigError
+from sauce_jax.intervention import MODES
 
 from ..benchmark import Evaluation, headline, make_suite, task_table
-from ..demo import MODES, DemoConfig
+from ..sauce import DemoConfig, load_model, select_all, train_concept_sae
 from .common import (
     cached,
     check_same_run,
-    load_model,
     say,
     write_outputs,
 )
@@ -206,8 +206,6 @@ class _Context:
         from sauce_jax.errors import InputError
         from sauce_jax.sae_io import load_sae
 
-        from ..demo import train_concept_sae
-
         name = f"layer{layer}-{architecture}"
         if name not in self._saes:
             if self.config.sae and layer == self.layer and architecture == self.config.architecture:
@@ -239,8 +237,6 @@ class _Context:
         return self._sets[key]
 
     def _select(self, sae, layer: int, token: str) -> dict:
-        from ..demo import select_all
-
         demo = dataclasses.replace(self.config.demo, k_grid=(max(self.config.k, *self.config.k_values),))
         return {c: dataclasses.asdict(s) for c, s in select_all(sae, self.encoder, demo, layer, False, token).items()}
 

@@ -33,14 +33,12 @@ import numpy as np
 from sauce_jax.eval.top_images import plot_image_rows, precision, top_activating
 from sauce_jax.errors import ConfigError
 
-from ..demo import DemoConfig
+from ..sauce import DemoConfig, prepare, quick_demo
 from ..render import render_many
 from ..world import generic_stream
 from .common import (
     cached,
     check_same_run,
-    prepare,
-    quick_demo,
     say,
     write_outputs,
 )

@@ -31,15 +31,14 @@ import numpy as np
 
 from sauce_jax.eval.metrics import Rate, mean_rate, retain_accuracy, unlearning_accuracy, utility
 from sauce_jax.errors import ConfigError
+from sauce_jax.intervention import MODES
 
 from ..benchmark import Model, make_suite
-from ..demo import MODES, DemoConfig
+from ..sauce import DemoConfig, prepare, quick_demo
 from ..world import CONCEPTS, DOMAIN_OF, DOMAINS, TASKS, rng_for
 from .common import (
     cached,
     check_same_run,
-    prepare,
-    quick_demo,
     say,
     write_outputs,
 )

@@ -8,7 +8,7 @@ paper's figure) and is scored three ways by the same `Evaluation` on the same te
   Spanish; the paper uses Chinese). The clean reference is the clean model asked in that
   language: UA_d counts the images whose concept the clean model confirmed in Spanish and the
   unlearned model no longer does.
-- quantization: the unlearned model's weights quantized to `bits` (`eval.quantize`: symmetric
+- quantization: the unlearned model's weights quantized to `bits` (`sauce_jax.eval.quantize`: symmetric
   per-output-channel round-to-nearest of every linear / convolution weight of the JAX tower,
   the projector and the language model; embeddings, norms, biases and the tied lm_head kept).
   For SAUCE the tower is quantized and its intervention applied on it as before (the SAE stays
@@ -37,16 +37,16 @@ from pathlib import Path
 import numpy as np
 
 from sauce_jax.errors import ConfigError
+from sauce_jax.intervention import MODES
 
 from ..benchmark import Evaluation, headline, make_suite
-from ..demo import MODES, DemoConfig
+from ..sauce import DemoConfig, prepare
 from ..table2 import Table2Config
 from ..table2 import quick_config as table2_quick
 from ..world import DOMAINS, TASKS
 from .common import (
     cached,
     check_same_run,
-    prepare,
     say,
     write_outputs,
 )
@@ -161,7 +161,7 @@ class _Context:
 
     def baseline(self, concept: str, method: str) -> dict:
         from sauce_jax.eval.baselines import Unlearner
-        from sauce_jax.eval.baselines.conceptworld import build_data
+        from sauce_jax.eval.conceptworld.baseline_data import build_data
         from sauce_jax.eval.quantize import quantize_llava
 
         c = self.config

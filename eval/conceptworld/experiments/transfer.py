@@ -7,7 +7,7 @@ validation split. The same SAE, feature ids, k and gamma are then applied to
 - `language`: a sibling that shares the tower but has another, larger language model (the
   paper's LLaVA-1.5-7B -> 13B), and
 - `tower`: a sibling whose tower was trained further end to end (the paper's LLaVA-1.6),
-both built by `eval.conceptworld.variants` (seeded, resumable; in `OUT/models/` unless
+both built by `..variants` (seeded, resumable; in `OUT/models/` unless
 `--siblings DIR` names a folder that holds them). Every model is scored on the same test
 images, clean and unlearned, with the paper's metrics. Beside them the report gives what
 explains the result: how far each tower's activations at the SAE's layer moved from the
@@ -25,8 +25,8 @@ import numpy as np
 from sauce_jax.errors import ConfigError
 
 from ..benchmark import Evaluation, make_suite, task_table
-from ..demo import DemoConfig
 from ..render import render_many
+from ..sauce import DemoConfig, Prepared, load_model, prepare, quick_demo
 from ..training import RecipeConfig
 from ..variants import SiblingConfig, language_sibling, tower_sibling
 from ..world import generic_stream
@@ -58,7 +58,7 @@ def quick_config(concepts=None, seed: int = 0) -> TransferConfig:
     siblings = SiblingConfig(language=RecipeConfig(seed=1, images=96, lm_steps=4, focus_steps=2,
                                                    checkpoint_every=2, workers=1),
                              tower_images=64, tower_steps=3, tower_batch=8, tower_lr=1e-3, val_images=8)
-    return TransferConfig(demo=common.quick_demo(concepts or ("heart", "blue"), seed), siblings=siblings, n_drift=16)
+    return TransferConfig(demo=quick_demo(concepts or ("heart", "blue"), seed), siblings=siblings, n_drift=16)
 
 
 def build_siblings(folder: Path, config: TransferConfig, *, base_dir=None, device: str = "cpu",
@@ -76,13 +76,13 @@ def tower_agreement(source, target, sae, layer: int, specs) -> dict:
     each (the SAE was fit to the source)."""
     import jax.numpy as jnp
 
-    import sauce_jax
     from sauce_jax import sae as sae_lib
+    from sauce_jax.image_processor import preprocess
 
     images = list(render_many(specs))
     acts = {}
     for name, encoder in (("source", source), ("target", target)):
-        hidden = encoder.hidden_state(sauce_jax.preprocess(images, encoder), layer)  # [N, T, D]
+        hidden = encoder.hidden_state(preprocess(images, encoder), layer)  # [N, T, D]
         acts[name] = np.asarray(hidden, np.float64).reshape(-1, hidden.shape[-1])  # [N * T, D]
     a, b = acts["source"], acts["target"]
     cosine = np.sum(a * b, 1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
@@ -95,7 +95,7 @@ def tower_agreement(source, target, sae, layer: int, specs) -> dict:
     return {k: round(v, 4) for k, v in out.items()}
 
 
-def _score_target(out: Path, name: str, model_dir, prepared: common.Prepared, config: TransferConfig,
+def _score_target(out: Path, name: str, model_dir, prepared: Prepared, config: TransferConfig,
                   progress: bool) -> dict:
     """Clean and SAUCE metrics of one model on the test split (one cached part per concept)."""
     from sauce_jax.intervention import unlearn
@@ -104,7 +104,7 @@ def _score_target(out: Path, name: str, model_dir, prepared: common.Prepared, co
     if name == "source":
         encoder, layer, model = prepared.encoder, prepared.layer, prepared.model
     else:
-        _, _, encoder, layer, model = common.load_model(model_dir)
+        _, _, encoder, layer, model = load_model(model_dir)
     if layer != prepared.layer:
         raise ConfigError(f"{name} model reads hidden state {layer}, the SAE was trained on {prepared.layer}")
     evaluation = None
@@ -140,7 +140,7 @@ def run(out_dir: str | Path, config: TransferConfig | None = None, *, model_dir=
     common.check_same_run(out, "transfer", config)
     t0 = time.time()
     common.say(progress, "[1/3] SAUCE on the source model")
-    prepared = common.prepare(out, config.demo, model_dir=model_dir, sae_dir=sae_dir, progress=progress)
+    prepared = prepare(out, config.demo, model_dir=model_dir, sae_dir=sae_dir, progress=progress)
     common.say(progress, "[2/3] the sibling models")
     dirs = {"source": model_dir, **build_siblings(Path(siblings_dir) if siblings_dir else out / "models", config,
                                                    base_dir=model_dir, device=device, progress=progress)}

@@ -1,4 +1,5 @@
-"""The forget, retain and refusal sets of one ConceptWorld concept, as the paper builds them.
+"""The forget, retain and refusal sets of one ConceptWorld concept, as the paper builds them,
+for the weight-update baselines of `sauce_jax.eval.baselines`.
 
 Forget set: the concept's train-split images, each with the generative prompt (the description)
 and the discriminative prompt (the concept's yes/no question), answered as the clean model
@@ -6,19 +7,20 @@ answers when it is right: its own greedy description when that names the concept
 reference description otherwise), and "yes". Retain set: train-split images of the other
 concepts of the same domain (none showing the forgotten concept), with the same two prompts
 about their own concept. Refusal set (PO): the forget prompts with a refusal as the answer.
-The tower is frozen, so its features are computed once per image (`training.tower_features`).
+The tower is frozen, so its features are computed once per image (`vlm.tower_features`).
 """
 
 from __future__ import annotations
 
 from sauce_jax.errors import ConfigError
 
-from ..conceptworld import text as T
-from ..conceptworld.answers import describe
-from ..conceptworld.render import render_many
-from ..conceptworld.training import encode_example, tower_features
-from ..conceptworld.world import DOMAIN_OF, DOMAINS, check_concepts, concept_split
-from .data import UnlearnData, check_vocabulary, make_set
+from ..baselines.data import UnlearnData, check_vocabulary, make_set
+from . import text as T
+from .answers import describe
+from .render import render_many
+from .training import encode_example
+from .vlm import tower_features
+from .world import DOMAIN_OF, DOMAINS, check_concepts, concept_split
 
 # ConceptWorld's word-level vocabulary has no "I don't know."; this is the refusal it can say
 # (it names no concept and starts with neither "yes" nor "no").

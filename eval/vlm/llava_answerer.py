@@ -3,7 +3,7 @@
 `LlavaAnswerer(dir)` loads `LlavaForConditionalGeneration` and its processor with
 transformers, and the same checkpoint's vision tower with `sauce_jax.load_encoder`. Image
 features come from that JAX tower, clean or unlearned (`sauce_jax.unlearn`), through the
-checkpoint's PyTorch projector (`eval.llava_bridge`); the language model decodes greedily.
+checkpoint's PyTorch projector (`.llava_bridge`); the language model decodes greedily.
 Prompts use the processor's chat template when it has one, else LLaVA-1.5's
 `USER: <image>\\n{prompt} ASSISTANT:`.
 """
@@ -80,7 +80,7 @@ class LlavaAnswerer:
     def features(self, images: Sequence[Any], unlearned=None):
         """Projected image features [B, N, D_text] (torch), from the clean or unlearned tower.
         The batch is zero-padded to `batch_size` so the JAX tower compiles once."""
-        from sauce_jax.eval.llava_bridge import llava_image_features
+        from sauce_jax.eval.vlm.llava_bridge import llava_image_features
         from sauce_jax.encoder import pad_batch
         from sauce_jax.image_processor import preprocess
         from sauce_jax.images import open_image
@@ -92,7 +92,7 @@ class LlavaAnswerer:
     def generate(self, features, prompts: Sequence[str], max_new_tokens: int, strip: bool = True) -> list[str]:
         """One greedy answer per row: features [B, N, D_text], prompts [B] user messages;
         `strip=False` keeps the decoded text's surrounding whitespace."""
-        from sauce_jax.eval.llava_bridge import generate_with_features
+        from sauce_jax.eval.vlm.llava_bridge import generate_with_features
 
         n_tokens = features.shape[1]
         texts = [self.prompt_text(p).replace(self.image_token, self.image_token * n_tokens) for p in prompts]
@@ -125,7 +125,7 @@ class LlavaAnswerer:
         return answers
 
     def mme_answerer(self, unlearned=None, max_new_tokens: int = 8):
-        """An answerer for `eval.mme.run_mme` (one question per image)."""
+        """An answerer for `sauce_jax.eval.mme.run_mme` (one question per image)."""
         def answer(images, questions):
             return [a[0] for a in self.ask(images, [[q] for q in questions], unlearned=unlearned,
                                            max_new_tokens=max_new_tokens)]
