@@ -114,13 +114,15 @@ def make_hook(mode: str, config: SAEConfig):
     return reconstruct if mode == "reconstruct" else delta
 
 
-def _ids_of(features: Any, sae: SAE) -> tuple[np.ndarray, float | None, int | None]:
-    """Feature ids [k] (or [B, k] for a per-image list), and gamma/layer the sets carry."""
+def resolve_features(features: Any, sae: SAE) -> tuple[np.ndarray, float | None, int | None]:
+    """What `unlearn` and `torch_hook` accept as features (a FeatureSet, a list of them, ids [k]
+    or per-image ids [B, k]), checked against `sae`: int32 ids, and the gamma and layer the
+    sets carry (None for raw ids)."""
     if isinstance(features, FeatureSet):
         features.check_sae(sae)
         return np.asarray(features.feature_ids, np.int32), features.gamma, features.layer
     if isinstance(features, Sequence) and features and all(isinstance(f, FeatureSet) for f in features):
-        return _ids_of(FeatureSet.union(*features), sae)
+        return resolve_features(FeatureSet.union(*features), sae)
     ids = np.asarray(features)
     if ids.size == 0 or not np.issubdtype(ids.dtype, np.integer) or ids.ndim not in (1, 2):
         raise InputError(f"feature ids must be a non-empty int array [k] or [B, k], got {ids.dtype} {ids.shape}")
@@ -138,7 +140,7 @@ def _ids_of(features: Any, sae: SAE) -> tuple[np.ndarray, float | None, int | No
 
 def per_image_ids(sets: Sequence[Any], sae: SAE, k: int | None = None) -> np.ndarray:
     """Stack one feature set per image into [B, k] ids, padding with -1 (multi-tenant batches)."""
-    rows = [_ids_of(s, sae)[0].reshape(-1) for s in sets]
+    rows = [resolve_features(s, sae)[0].reshape(-1) for s in sets]
     if not rows:
         raise InputError("per_image_ids needs at least one feature set")
     width = k or max(len(r) for r in rows)
@@ -149,7 +151,7 @@ def per_image_ids(sets: Sequence[Any], sae: SAE, k: int | None = None) -> np.nda
 
 def intervention_args(sae: SAE, features: Any, *, gamma: Any, num_tokens: int, where: str = "all",
                       dtype=jnp.float32) -> InterventionArgs:
-    ids, _, _ = _ids_of(features, sae)
+    ids, _, _ = resolve_features(features, sae)
     params = {name: jnp.asarray(value) for name, value in sae.params.items()}
     return InterventionArgs(params, jnp.asarray(ids), jnp.asarray(gamma, jnp.float32),
                             jnp.asarray(token_mask(num_tokens, where)))
@@ -171,7 +173,7 @@ def unlearn(encoder, sae: SAE, features: Any, layer: int | None = None, gamma: f
     Returns a `VisionEncoder` with the same `hidden_states` contract; the intervention is a
     hook whose SAE arrays, ids, gamma and mask are traced arguments.
     """
-    ids, set_gamma, set_layer = _ids_of(features, sae)
+    ids, set_gamma, set_layer = resolve_features(features, sae)
     layer = encoder.layer_index(layer if layer is not None else set_layer if set_layer is not None else -2)
     gamma = (set_gamma if set_gamma is not None else -0.5) if gamma is None else gamma
     if sae.config.d_in != encoder.config.hidden_size:

@@ -25,7 +25,7 @@ import jax
 import numpy as np
 
 from sauce_jax.errors import ConfigError, InputError, SauceError
-from sauce_jax.intervention import MODES, _ids_of, token_mask
+from sauce_jax.intervention import MODES, resolve_features, token_mask
 from sauce_jax.sae import SAE
 
 try:
@@ -253,7 +253,7 @@ def torch_hook(sae: SAE, features: Any, gamma: float | Any | None = None, mode: 
     if mode not in MODES:
         raise ConfigError(f"intervention mode {mode!r} is not one of {MODES}")
     token_mask(1, where)  # raises ConfigError for an unknown token mask
-    ids, set_gamma, set_layer = _ids_of(features, sae)
+    ids, set_gamma, set_layer = resolve_features(features, sae)
     gamma = (set_gamma if set_gamma is not None else -0.5) if gamma is None else gamma
     gamma_array = np.asarray(gamma, np.float64)
     if gamma_array.ndim > 1 or not np.isfinite(gamma_array).all():

@@ -180,3 +180,18 @@ def test_a_users_train_and_eval_modules_do_not_shadow_ours(tmp_path):
     probe = "import importlib.util as u; print([n for n in ('ports', 'train', 'eval') if u.find_spec(n)])"
     run = subprocess.run([sys.executable, "-c", probe], cwd=empty, capture_output=True, text=True, env=env)
     assert run.returncode == 0 and run.stdout.strip() == "[]", run.stdout + run.stderr
+
+
+def test_no_private_name_crosses_a_module_boundary():
+    """`from module import _name` couples a module to another's internals: what two modules
+    share is public in its home."""
+    modules = _modules()
+    crossing = []
+    for name, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom):
+                private = [alias.name for alias in node.names
+                           if alias.name.startswith("_") and not alias.name.startswith("__")]
+                if private and (node.level or (node.module or "").startswith("sauce_jax")):
+                    crossing.append(f"{name}: from {'.' * node.level}{node.module or ''} import {', '.join(private)}")
+    assert not crossing, "\n".join(crossing)

@@ -23,7 +23,7 @@ import numpy as np
 from sauce_jax.intervention import MODES
 
 from .benchmark import task_table
-from .experiments.common import say
+from .runs import say
 from .sauce import DemoConfig, choose_hyperparameters, evaluate_test, load_model, select_all, train_concept_sae
 
 

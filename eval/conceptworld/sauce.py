@@ -25,7 +25,7 @@ from sauce_jax.errors import ConfigError
 from sauce_jax.intervention import MODES
 
 from .benchmark import Evaluation, Model, make_suite
-from .experiments.common import cached, say
+from .runs import cached, say
 from .render import render_many
 from .world import check_concepts, concept_split, generic_stream
 

@@ -39,7 +39,7 @@ from sauce_jax.intervention import MODES
 
 from ..benchmark import Evaluation, headline, make_suite, task_table
 from ..sauce import DemoConfig, load_model, select_all, train_concept_sae
-from .common import (
+from ..runs import (
     cached,
     check_same_run,
     say,

@@ -36,7 +36,7 @@ from sauce_jax.errors import ConfigError
 from ..sauce import DemoConfig, prepare, quick_demo
 from ..render import render_many
 from ..world import generic_stream
-from .common import (
+from ..runs import (
     cached,
     check_same_run,
     say,

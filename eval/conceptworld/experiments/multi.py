@@ -36,7 +36,7 @@ from sauce_jax.intervention import MODES
 from ..benchmark import Model, make_suite
 from ..sauce import DemoConfig, prepare, quick_demo
 from ..world import CONCEPTS, DOMAIN_OF, DOMAINS, TASKS, rng_for
-from .common import (
+from ..runs import (
     cached,
     check_same_run,
     say,

@@ -44,7 +44,7 @@ from ..sauce import DemoConfig, prepare
 from ..table2 import Table2Config
 from ..table2 import quick_config as table2_quick
 from ..world import DOMAINS, TASKS
-from .common import (
+from ..runs import (
     cached,
     check_same_run,
     say,

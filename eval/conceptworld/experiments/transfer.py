@@ -30,7 +30,7 @@ from ..sauce import DemoConfig, Prepared, load_model, prepare, quick_demo
 from ..training import RecipeConfig
 from ..variants import SiblingConfig, language_sibling, tower_sibling
 from ..world import generic_stream
-from . import common
+from .. import runs
 
 TARGETS = ("source", "language", "tower")
 COLUMNS = ("UA_g", "UA_d", "IRA", "CRA", "utility")
@@ -120,12 +120,12 @@ def _score_target(out: Path, name: str, model_dir, prepared: Prepared, config: T
             edited = unlearn(encoder, prepared.sae, features, layer=layer, gamma=features.gamma, mode=config.mode)
             return {"clean": evaluation.run(concept), "SAUCE": evaluation.run(concept, edited)}
 
-        part = common.cached(out / "parts" / f"{name}-{concept}.json", compute)
+        part = runs.cached(out / "parts" / f"{name}-{concept}.json", compute)
         for key, results in rows.items():
             results.append(part[key])
-        common.say(progress, f"  {name} {concept}: UA_d {part['SAUCE']['UA_d']['value']} "
+        runs.say(progress, f"  {name} {concept}: UA_d {part['SAUCE']['UA_d']['value']} "
                              f"UA_g {part['SAUCE']['UA_g']['value']}")
-    agreement = common.cached(out / "parts" / f"{name}-agreement.json", lambda: tower_agreement(
+    agreement = runs.cached(out / "parts" / f"{name}-agreement.json", lambda: tower_agreement(
         prepared.encoder, encoder, prepared.sae, prepared.layer,
         generic_stream(config.n_drift, seed=demo.seed, stream="transfer-drift")))
     return {"model": str(model_dir) if model_dir else "shipped", "per_concept": rows,
@@ -137,18 +137,18 @@ def run(out_dir: str | Path, config: TransferConfig | None = None, *, model_dir=
     """Run (or resume) the experiment; returns what `results.json` holds."""
     config = config or TransferConfig()
     out = Path(out_dir)
-    common.check_same_run(out, "transfer", config)
+    runs.check_same_run(out, "transfer", config)
     t0 = time.time()
-    common.say(progress, "[1/3] SAUCE on the source model")
+    runs.say(progress, "[1/3] SAUCE on the source model")
     prepared = prepare(out, config.demo, model_dir=model_dir, sae_dir=sae_dir, progress=progress)
-    common.say(progress, "[2/3] the sibling models")
+    runs.say(progress, "[2/3] the sibling models")
     dirs = {"source": model_dir, **build_siblings(Path(siblings_dir) if siblings_dir else out / "models", config,
                                                    base_dir=model_dir, device=device, progress=progress)}
-    common.say(progress, "[3/3] each model, clean and with the source's SAE and features")
+    runs.say(progress, "[3/3] each model, clean and with the source's SAE and features")
     targets = {name: _score_target(out, name, dirs[name], prepared, config, progress) for name in TARGETS}
     results = {"config": dataclasses.asdict(config), "chosen": prepared.chosen, "targets": targets,
                "meta": {"seconds_this_run": round(time.time() - t0, 1), "layer": prepared.layer}}
-    common.write_outputs(out, results, report(results))
+    runs.write_outputs(out, results, report(results))
     plot(results, out / "table4.png")
     return results
 

@@ -1,5 +1,5 @@
-"""What the ConceptWorld experiments share besides SAUCE itself (`..sauce`): resumable parts,
-run-folder checks and outputs (their common options are in `sauce_jax.cli.common`).
+"""Run folders of the demo and the ConceptWorld experiments: resumable parts, run-folder checks
+and outputs (the experiments' common options are in `sauce_jax.cli.common`).
 
 Every experiment writes into one run folder: `config.json` (a rerun with another config is
 refused), `parts/*.json` (each finished unit of work, written atomically; a rerun skips it),
