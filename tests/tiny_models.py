@@ -45,10 +45,21 @@ def reference_outputs(model, pixels: np.ndarray):
         return model(pixel_values=torch.from_numpy(pixels).permute(0, 3, 1, 2), output_hidden_states=True)
 
 
+def perturb(model, seed):
+    """transformers' inits zero many biases and tanh gates (so tile embeddings, LayerScale or a
+    conv bias would not count) and set layernorms to 1: randomize every parameter so that each
+    one, and its layout, matters."""
+    gen = torch.Generator().manual_seed(1000 + seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=gen))
+    return model.eval()
+
+
 def make_clip(fields: dict, seed: int = 0, cls=None):
     torch.manual_seed(seed)
     cls = cls or transformers.CLIPVisionModel
-    return cls(transformers.CLIPVisionConfig(**fields)).eval()
+    return perturb(cls(transformers.CLIPVisionConfig(**fields)), seed)
 
 
 def make_llava(vision: dict, seed: int = 0):
@@ -56,14 +67,14 @@ def make_llava(vision: dict, seed: int = 0):
     text = dict(model_type="llama", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                 num_attention_heads=4, num_key_value_heads=4, vocab_size=128)
     cfg = transformers.LlavaConfig(vision_config=dict(vision), text_config=text, image_token_index=127)
-    return transformers.LlavaForConditionalGeneration(cfg).eval()
+    return perturb(transformers.LlavaForConditionalGeneration(cfg), seed)
 
 
 def make_clip_model(vision: dict, seed: int = 0):
     torch.manual_seed(seed)
     text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4)
-    return transformers.CLIPModel(transformers.CLIPConfig(vision_config=dict(vision), text_config=text,
-                                                          projection_dim=24)).eval()
+    return perturb(transformers.CLIPModel(transformers.CLIPConfig(vision_config=dict(vision), text_config=text,
+                                                                  projection_dim=24)), seed)
 
 
 def make_llava_processor(words):
@@ -101,17 +112,6 @@ MLLAMA_CONFIGS = {
                                   hidden_act="gelu_new"),
 }
 MLLAMA_SMALL = MLLAMA_CONFIGS["w32-h4-p4-i16-l3g2-t4"]
-
-
-def perturb(model, seed):
-    """transformers' inits zero many biases and tanh gates (so tile embeddings, LayerScale or a
-    conv bias would not count) and set layernorms to 1: randomize every parameter so that each
-    one, and its layout, matters."""
-    gen = torch.Generator().manual_seed(1000 + seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=gen))
-    return model.eval()
 
 
 def make_mllama(fields: dict, seed: int = 0):

@@ -15,7 +15,7 @@ import torch
 import transformers
 
 import sauce_jax
-from tiny_models import CLIP_CONFIGS, SMALL, make_clip, make_clip_model, make_llava, random_pixels, relative_error
+from tiny_models import CLIP_CONFIGS, SMALL, make_clip, make_clip_model, make_llava, perturb, random_pixels, relative_error
 from sauce_jax.eval.vlm.llava_bridge import generate_with_features, llava_image_features, logits_with_features
 from sauce_jax import ConfigError, InputError
 from sauce_jax.sae import SAE, SAEConfig, encode, init_params
@@ -309,7 +309,7 @@ def test_llava_full_strategy_and_layer_list():
                 num_attention_heads=4, num_key_value_heads=4, vocab_size=128)
     config = transformers.LlavaConfig(vision_config=dict(SMALL), text_config=text, image_token_index=127,
                                       vision_feature_layer=[0, -1], vision_feature_select_strategy="full")
-    model = transformers.LlavaForConditionalGeneration(config).eval()
+    model = perturb(transformers.LlavaForConditionalGeneration(config), 0)
     encoder = sauce_jax.load_encoder(model)
     pixels = random_pixels(SMALL, seed=4)
     tokens = (SMALL["image_size"] // SMALL["patch_size"]) ** 2 + 1  # "full" keeps the CLS token
