@@ -46,6 +46,12 @@ def run(tolerance: float = 1e-5, seed: int = 0, log=print) -> bool:
         prefix = {"clip": "CLIP", "siglip": "Siglip"}[family]
         config = getattr(transformers, f"{prefix}VisionConfig")(**fields)
         reference = getattr(transformers, f"{prefix}VisionModel")(config).eval()
+        # transformers' init zeroes the biases and sets layernorms to 1, which would hide a
+        # misplaced bias or layernorm: every parameter gets noise of its own
+        generator = torch.Generator().manual_seed(1000 + seed)
+        with torch.no_grad():
+            for parameter in reference.parameters():
+                parameter.add_(0.1 * torch.randn(parameter.shape, generator=generator))
         with tempfile.TemporaryDirectory() as tmp:
             reference.save_pretrained(tmp)
             encoder = load_encoder(Path(tmp))
