@@ -35,6 +35,18 @@ UA_MARGIN = 0.3
 MIN_CASES = 16
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    # The language model decodes in many small steps; with the CPUs shared (two cores, other
+    # test workers) OpenMP threads waiting on each other made the module several times slower.
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def prepared(conceptworld_sae, tmp_path_factory):
     demo = dataclasses.replace(quick_demo(CONCEPTS), n_val=N_VAL, n_test=N_TEST)
@@ -100,7 +112,7 @@ def test_delta_with_gamma_one_answers_as_the_clean_model(prepared, test_evaluati
     clean_forget, _ = test_evaluation.clean(concept)
     answers = run.model.answers(specs, lambda s: [concept], unlearned=edited)
     assert np.array_equal(answers["yes"], clean_forget["yes"]) and answers["texts"] == clean_forget["texts"]
-    # The tower's hidden states are bit-identical at and after the hooked layer.
+    # The tower's hidden states are bit-identical at every layer, the hooked one included.
     pixels = run.model.pixels(specs)[:4]
     for a, b in zip(run.encoder.hidden_states(pixels), edited.hidden_states(pixels)):
         assert np.array_equal(np.asarray(a), np.asarray(b))
