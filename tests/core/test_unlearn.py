@@ -100,6 +100,20 @@ def test_delta_with_gamma_one_is_bit_identical(toy, small_encoder):
         assert np.array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_reconstruct_with_gamma_one_is_the_plain_reconstruction(toy, small_encoder):
+    """gamma = 1 scales nothing: the hooked layer holds decode(encode(h)), which is not h."""
+    from sauce_jax import sae as sae_lib
+
+    pixels = random_pixels(SMALL)
+    layer = small_encoder.layer_index(-2)
+    hidden = small_encoder.hidden_state(pixels, layer)
+    expected = np.asarray(sae_lib.decode(toy.params, sae_lib.encode(toy.params, hidden, toy.config)))
+    got = sauce_jax.unlearn(small_encoder, toy, np.array([4, 9, 30]), layer=layer, gamma=1.0,
+                            mode="reconstruct").hidden_state(pixels, layer)
+    assert not np.allclose(expected, np.asarray(hidden), atol=1e-3)  # the toy SAE is lossy
+    np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5, atol=1e-5)
+
+
 def test_delta_equals_reconstruct_for_an_exact_sae(small_encoder):
     """An SAE with W_dec = W_enc^-1 and no ReLU losses reconstructs exactly: both modes agree."""
     d = SMALL["hidden_size"]
