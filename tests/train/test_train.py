@@ -366,3 +366,39 @@ def test_sparse_decoding_trains_the_same_sae(tmp_path):
                                                           checkpoint_every=100), progress=False)
     for name in runs[False].params:
         np.testing.assert_allclose(runs[True].params[name], runs[False].params[name], rtol=1e-3, atol=1e-5)
+
+
+def test_run_checkpoints_keep_restore_and_refuse_a_mismatch(tmp_path):
+    import jax
+    import jax.numpy as jnp
+
+    from sauce_jax.errors import CheckpointError
+    from sauce_jax.train.checkpoint import RunCheckpoints
+
+    checkpoints = RunCheckpoints(directory=tmp_path / "ck", keep=1)
+    assert checkpoints.directory.is_dir() and checkpoints.latest_step() is None
+    state = {"w": jnp.arange(3.0)}
+    with pytest.raises(CheckpointError, match="no complete checkpoint"):
+        checkpoints.restore(jax.eval_shape(lambda: state))
+    checkpoints.save(5, state, {"step": 5})
+    checkpoints.save(7, {"w": state["w"] + 1}, {"step": 7})
+    checkpoints.wait()
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir() if p.name.isdigit()) == ["7"]  # keep=1
+    restored, record = checkpoints.restore(jax.eval_shape(lambda: state))
+    np.testing.assert_array_equal(np.asarray(restored["w"]), [1.0, 2.0, 3.0])
+    assert record == {"step": 7}
+    with pytest.raises(CheckpointError, match="cannot be restored"):
+        checkpoints.restore({"v": jax.ShapeDtypeStruct((3,), jnp.float32)})
+    checkpoints.close()
+
+
+def test_check_resumable_sees_keys_on_either_side():
+    from sauce_jax.train.checkpoint import check_resumable
+
+    saved = {"sae_config": {"d_sae": 96}, "train_config": {"lr": 0.003}, "source": {"rows": 10}}
+    check_resumable(saved, {**saved})
+    with pytest.raises(ConfigError, match=r"train_config.warmup: None -> 5"):  # a field the checkpoint lacks
+        check_resumable(saved, {**saved, "train_config": {"lr": 0.003, "warmup": 5}})
+    with pytest.raises(ConfigError, match=r"source.rows: 10 -> None"):
+        check_resumable(saved, {**saved, "source": {}})
+    check_resumable(saved, {**saved, "train_config": {"lr": 0.001}}, allowed=("lr",))
