@@ -402,3 +402,23 @@ def test_check_resumable_sees_keys_on_either_side():
     with pytest.raises(ConfigError, match=r"source.rows: 10 -> None"):
         check_resumable(saved, {**saved, "source": {}})
     check_resumable(saved, {**saved, "train_config": {"lr": 0.001}}, allowed=("lr",))
+
+
+def test_resume_in_an_empty_folder_starts_a_fresh_run(tmp_path):
+    x, _ = planted(n=2000)
+    fresh = small_run(tmp_path / "fresh", x, steps=20)
+    resumed = train_sae(tmp_path / "resumed", activations=x,
+                        sae_config=SAEConfig(d_in=32, d_sae=96, architecture="topk", k=3),
+                        train_config=TrainConfig(lr=3e-3, batch_size=128, steps=20, log_every=10, checkpoint_every=20),
+                        resume=True, progress=False)
+    assert resumed.metadata["resumed_from_step"] == 0 and checkpoint_steps(tmp_path / "resumed") == [20]
+    for name in fresh.params:
+        np.testing.assert_array_equal(np.asarray(resumed.params[name]), np.asarray(fresh.params[name]))
+
+
+def test_divergence_before_any_checkpoint_says_so(tmp_path):
+    x, _ = planted(n=2000)
+    with pytest.raises(TrainingDiverged, match="no checkpoint had been written yet"):
+        train_sae(tmp_path, source=PoisonedSource(x, clean_chunks=2), sae_config=SAEConfig(d_in=32, d_sae=64),
+                  train_config=TrainConfig(batch_size=100, epochs=1, log_every=1, checkpoint_every=100,
+                                           geometric_median_samples=200), progress=False)
