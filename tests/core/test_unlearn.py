@@ -34,6 +34,13 @@ def test_score_features_is_eq4():
     z_neg = np.maximum(rng.standard_normal((5, 20)), 0)
     np.testing.assert_allclose(sauce_jax.score_features(z_pos, z_neg, delta=0.3), numpy_eq4(z_pos, z_neg, 0.3),
                                rtol=1e-10)
+    # delta = 0 is eq. 4 without the guard
+    np.testing.assert_allclose(sauce_jax.score_features(z_pos, z_neg, delta=0.0), numpy_eq4(z_pos, z_neg, 0.0),
+                               rtol=1e-10)
+    from sauce_jax.scoring import top_features
+
+    fs = top_features([0.1, 0.7, 0.7, 0.2], 3, concept="c", layer=1, sae_fingerprint="f")
+    assert fs.feature_ids == (1, 2, 3) and fs.gamma == -0.5 and fs.token == "last"  # ties: the lower id first
 
 
 def test_top_k_finds_planted_concept_features():
@@ -284,6 +291,7 @@ def test_select_features_defaults_and_bounds(toy, small_encoder, capsys):
                                   sauce_jax.unlearn(small_encoder, sae, ids, layer=-2).hidden_state(pixels, -1))
     with pytest.raises(InputError, match="outside"):
         FeatureSet("x", (1, 128), (0.0, 0.0), layer=1, sae_fingerprint=sae.fingerprint()).check_sae(sae)
+    FeatureSet("x", (0, 127), (0.0, 0.0), layer=1, sae_fingerprint=sae.fingerprint()).check_sae(sae)  # both ends valid
     assert "positives" not in capsys.readouterr().err  # progress=False above
     image_activations(sae=sae, encoder=small_encoder, images=images(0, 2), layer=-2, desc="my-images")
     err = capsys.readouterr().err
