@@ -39,8 +39,11 @@ def test_score_features_is_eq4():
                                rtol=1e-10)
     from sauce_jax.scoring import top_features
 
-    fs = top_features([0.1, 0.7, 0.7, 0.2], 3, concept="c", layer=1, sae_fingerprint="f")
+    fs = top_features(scores=[0.1, 0.7, 0.7, 0.2], k=3, concept="c", layer=1, sae_fingerprint="f")
     assert fs.feature_ids == (1, 2, 3) and fs.gamma == -0.5 and fs.token == "last"  # ties: the lower id first
+    assert {fs: "hashable"}[fs] == "hashable"  # immutable, so usable as a key
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fs.gamma = 0.0
 
 
 def test_top_k_finds_planted_concept_features():
@@ -283,8 +286,9 @@ def test_select_features_defaults_and_bounds(toy, small_encoder, capsys):
     one = sauce_jax.select_features(sae, small_encoder, images(0, 2, (255, 0, 0)), images(1, 2), k=1, layer=-2,
                                     progress=False)
     assert one.k == 1 and one.token == "cls"
-    assert sauce_jax.select_features(sae, small_encoder, images(0, 2), images(1, 2), k=128, token="all",
-                                     layer=-2, progress=False).token == "all"
+    every = sauce_jax.select_features(sae, small_encoder, images(0, 2), images(1, 2), k=128, token="all",
+                                      progress=False)
+    assert every.token == "all" and every.layer == small_encoder.layer_index(-2)  # no layer given or in metadata
     pixels = random_pixels(SMALL)
     ids = np.array(one.feature_ids)
     np.testing.assert_array_equal(sauce_jax.unlearn(small_encoder, sae, one).hidden_state(pixels, -1),
