@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -32,6 +34,16 @@ def test_score_features_is_eq4():
     z_neg = np.maximum(rng.standard_normal((5, 20)), 0)
     np.testing.assert_allclose(sauce_jax.score_features(z_pos, z_neg, delta=0.3), numpy_eq4(z_pos, z_neg, 0.3),
                                rtol=1e-10)
+    # delta = 0 is eq. 4 without the guard
+    np.testing.assert_allclose(sauce_jax.score_features(z_pos, z_neg, delta=0.0), numpy_eq4(z_pos, z_neg, 0.0),
+                               rtol=1e-10)
+    from sauce_jax.scoring import top_features
+
+    fs = top_features(scores=[0.1, 0.7, 0.7, 0.2], k=3, concept="c", layer=1, sae_fingerprint="f")
+    assert fs.feature_ids == (1, 2, 3) and fs.gamma == -0.5 and fs.token == "last"  # ties: the lower id first
+    assert {fs: "hashable"}[fs] == "hashable"  # immutable, so usable as a key
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fs.gamma = 0.0
 
 
 def test_top_k_finds_planted_concept_features():
@@ -197,6 +209,9 @@ def test_one_concept_set_per_image(toy, small_encoder):
     (lambda e, s: sauce_jax.unlearn(e, s, np.array([128])), InputError, "outside"),
     (lambda e, s: sauce_jax.unlearn(e, s, np.array([], np.int32)), InputError, "non-empty"),
     (lambda e, s: sauce_jax.unlearn(e, s, np.array([3, 5, 3])), InputError, "repeat"),
+    (lambda e, s: sauce_jax.unlearn(e, s, np.array([0, 5, 0])), InputError, "repeat"),
+    (lambda e, s: sauce_jax.unlearn(e, s, np.array([1.0, 2.0])), InputError, "int array"),
+    (lambda e, s: sauce_jax.unlearn(e, s, np.ones((1, 1, 2), np.int32)), InputError, "int array"),
     (lambda e, s: sauce_jax.unlearn(e, s, [-1]), InputError, "select no feature"),
     (lambda e, s: sauce_jax.unlearn(e, s, np.full((2, 3), -1), mode="delta"), InputError, "select no feature"),
     (lambda e, s: sauce_jax.unlearn(e, s, np.array([1]), layer=9), ConfigError, "out of range"),
@@ -207,6 +222,10 @@ def test_one_concept_set_per_image(toy, small_encoder):
     (lambda e, s: sauce_jax.select_features(s, e, images(0, 2), images(1, 2), k=0, progress=False),
      ConfigError, "k must be"),
     (lambda e, s: sauce_jax.select_features(s, e, images(0, 2), images(1, 2), k=129, progress=False),
+     ConfigError, "k must be"),
+    (lambda e, s: sauce_jax.select_features(s, e, images(0, 2), images(1, 2), k=True, progress=False),
+     ConfigError, "k must be"),
+    (lambda e, s: sauce_jax.select_features(s, e, images(0, 2), images(1, 2), k=2.0, progress=False),
      ConfigError, "k must be"),
     (lambda e, s: sauce_jax.select_features(s, e, [], images(1, 2), k=2, progress=False), InputError, "no images"),
     (lambda e, s: sauce_jax.score_features(np.zeros((0, 4)), np.zeros((2, 4))), InputError, "z_pos"),
@@ -235,3 +254,117 @@ def test_per_image_arguments_must_fit_the_batch(toy, small_encoder):
         sauce_jax.unlearn(small_encoder, toy, three).hidden_states(pixels)
     with pytest.raises(InputError, match="gamma of shape"):
         sauce_jax.unlearn(small_encoder, toy, np.array([1]), gamma=np.array([0.5, 0.1, 0.2])).hidden_states(pixels)
+
+
+def test_featureset_top_and_union_through_an_instance():
+    fs = FeatureSet("a", (5, 2, 9), (0.9, 0.5, 0.1), layer=3, sae_fingerprint="f", gamma=-0.5)
+    assert fs.top(2) == FeatureSet("a", (5, 2), (0.9, 0.5), layer=3, sae_fingerprint="f", gamma=-0.5)
+    assert fs.top(2).gamma == -0.5 and fs.top(1, gamma=0.25).gamma == 0.25 and fs.top(1, gamma=0.0).gamma == 0.0
+    other = FeatureSet("b", (2, 7), (0.8, 0.3), layer=3, sae_fingerprint="f", gamma=-0.5)
+    # union is a static method: called through a set, it combines only the sets passed
+    assert fs.union(other) == other and fs.union(fs, other) == FeatureSet.union(fs, other)
+    assert FeatureSet.union(fs, other).feature_ids == (5, 2, 9, 7)
+    with pytest.raises(ConfigError, match="layer 3 != 4"):
+        FeatureSet.union(fs, dataclasses.replace(other, layer=4))
+
+
+def test_unreadable_images_are_skipped_batch_by_batch(toy, small_encoder, tmp_path):
+    """A batch of unreadable files only is skipped; the batches after it still count."""
+    from PIL import Image
+
+    from sauce_jax.scoring import image_activations
+
+    good = []
+    for i, array in enumerate(images(3, 2)):
+        Image.fromarray(array).save(tmp_path / f"good{i}.png")
+        good.append(tmp_path / f"good{i}.png")
+        (tmp_path / f"bad{i}.png").write_bytes(b"not a png")
+    bad = [tmp_path / "bad0.png", tmp_path / "bad1.png"]
+    z = image_activations(toy, small_encoder, bad + good, layer=-2, batch_size=2, progress=False)
+    np.testing.assert_array_equal(z, image_activations(toy, small_encoder, good, layer=-2, progress=False))
+
+
+def test_featureset_file_without_gamma_and_token_gets_the_defaults(tmp_path):
+    (tmp_path / "old.json").write_text('{"concept": "x", "feature_ids": [3], "scores": [0.5], "layer": 1, '
+                                       '"sae_fingerprint": "f"}')
+    fs = FeatureSet.load(tmp_path / "old.json")
+    assert (fs.gamma, fs.token, fs.feature_ids) == (-0.5, "last", (3,))  # the paper's gamma
+
+
+def test_select_features_defaults_and_bounds(toy, small_encoder, capsys):
+    """k may be 1 or d_sae; the token defaults to the SAE's metadata; a FeatureSet applies to
+    its SAE and refuses ids outside it; image_activations shows progress by default."""
+    from sauce_jax.scoring import image_activations
+
+    sae = SAE(toy.params, toy.config, metadata={"token": "cls"})
+    one = sauce_jax.select_features(sae, small_encoder, images(0, 2, (255, 0, 0)), images(1, 2), k=1, layer=-2,
+                                    progress=False)
+    assert one.k == 1 and one.token == "cls"
+    every = sauce_jax.select_features(sae, small_encoder, images(0, 2), images(1, 2), k=128, token="all",
+                                      progress=False)
+    assert every.token == "all" and every.layer == small_encoder.layer_index(-2)  # no layer given or in metadata
+    pixels = random_pixels(SMALL)
+    ids = np.array(one.feature_ids)
+    np.testing.assert_array_equal(sauce_jax.unlearn(small_encoder, sae, one).hidden_state(pixels, -1),
+                                  sauce_jax.unlearn(small_encoder, sae, ids, layer=-2).hidden_state(pixels, -1))
+    with pytest.raises(InputError, match="outside"):
+        FeatureSet("x", (1, 128), (0.0, 0.0), layer=1, sae_fingerprint=sae.fingerprint()).check_sae(sae)
+    FeatureSet("x", (0, 127), (0.0, 0.0), layer=1, sae_fingerprint=sae.fingerprint()).check_sae(sae)  # both ends valid
+    assert "positives" not in capsys.readouterr().err  # progress=False above
+    image_activations(sae=sae, encoder=small_encoder, images=images(0, 2), layer=-2, desc="my-images")
+    err = capsys.readouterr().err
+    assert "my-images" in err and not err.endswith("\n"), "the bar shows, then is cleared (leave=False)"
+    sauce_jax.select_features(sae, small_encoder, images(0, 2), images(1, 2), k=1, layer=-2)
+    assert "positives" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("architecture", ["standard", "topk", "batchtopk"])
+def test_delta_selected_latents_are_those_of_encode(architecture):
+    """delta computes the selected latents itself (without encoding all d_sae): they must be
+    those of sae.encode, with b_enc, and for BatchTopK with a latent at exactly its threshold off."""
+    from sauce_jax import sae as sae_lib
+    from sauce_jax.intervention import InterventionArgs
+
+    cfg = SAEConfig(d_in=4, d_sae=4, architecture=architecture, k=None if architecture == "standard" else 2)
+    params = {"W_enc": jnp.eye(4), "b_enc": jnp.array([0.0, 0.5, 0.0, -0.25]), "W_dec": 2.0 * jnp.eye(4),
+              "b_dec": jnp.zeros(4)}
+    if architecture == "batchtopk":
+        params["threshold"] = jnp.array([1.0, 1.0, 0.5, 0.5])
+    hidden = jnp.array([[[1.0, 2.0, 0.5, 3.0], [0.25, 1.5, 2.0, 0.5]]])  # [1, 2, 4]
+    ids, gamma = jnp.array([0, 1, 2]), jnp.asarray(0.5)
+    got = make_hook("delta", cfg)(hidden, InterventionArgs(params, ids, gamma, jnp.ones(2, bool)))
+    z = np.asarray(sae_lib.encode(params, hidden, cfg))
+    if architecture == "batchtopk":
+        assert z[0, 0, 0] == 0 and z[0, 0, 2] == 0 and z[0, 1, 2] == 2.0  # at the threshold: off
+    expected = np.asarray(hidden) + (0.5 - 1.0) * z[..., [0, 1, 2]] @ np.asarray(params["W_dec"])[[0, 1, 2]]
+    np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-6)
+
+
+def test_raw_ids_default_to_layer_minus_two_and_the_paper_gamma(toy, small_encoder):
+    pixels = random_pixels(SMALL)
+    ids = np.array([4, 9, 30])
+    default = sauce_jax.unlearn(small_encoder, toy, ids).hidden_states(pixels)
+    explicit = sauce_jax.unlearn(small_encoder, toy, ids, layer=-2, gamma=-0.5).hidden_states(pixels)
+    for a, b in zip(default, explicit):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    # -1 pads a set; 0 is a feature like any other
+    padded = sauce_jax.unlearn(small_encoder, toy, np.array([0, -1])).hidden_state(pixels, -1)
+    np.testing.assert_allclose(padded, sauce_jax.unlearn(small_encoder, toy, np.array([0])).hidden_state(pixels, -1),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_one_gamma_per_image(toy, small_encoder):
+    pixels = random_pixels(SMALL, batch=2)
+    ids = np.array([4, 9, 30])
+    both = sauce_jax.unlearn(small_encoder, toy, ids, gamma=np.array([0.5, -1.0])).hidden_state(pixels, -1)
+    for i, gamma in enumerate((0.5, -1.0)):
+        alone = sauce_jax.unlearn(small_encoder, toy, ids, gamma=gamma).hidden_state(pixels[i : i + 1], -1)
+        np.testing.assert_allclose(np.asarray(both[i]), np.asarray(alone[0]), rtol=1e-5, atol=1e-5)
+
+
+def test_intervention_args_by_keyword(toy):
+    from sauce_jax.intervention import intervention_args
+
+    args = intervention_args(sae=toy, features=np.array([3, -1]), gamma=0.25, num_tokens=5, where="patch")
+    assert args.feature_ids.tolist() == [3, -1] and float(args.gamma) == 0.25
+    assert args.token_mask.tolist() == [False, True, True, True, True]

@@ -366,3 +366,59 @@ def test_sparse_decoding_trains_the_same_sae(tmp_path):
                                                           checkpoint_every=100), progress=False)
     for name in runs[False].params:
         np.testing.assert_allclose(runs[True].params[name], runs[False].params[name], rtol=1e-3, atol=1e-5)
+
+
+def test_run_checkpoints_keep_restore_and_refuse_a_mismatch(tmp_path):
+    import jax
+    import jax.numpy as jnp
+
+    from sauce_jax.errors import CheckpointError
+    from sauce_jax.train.checkpoint import RunCheckpoints
+
+    checkpoints = RunCheckpoints(directory=tmp_path / "ck", keep=1)
+    assert checkpoints.directory.is_dir() and checkpoints.latest_step() is None
+    state = {"w": jnp.arange(3.0)}
+    with pytest.raises(CheckpointError, match="no complete checkpoint"):
+        checkpoints.restore(jax.eval_shape(lambda: state))
+    checkpoints.save(5, state, {"step": 5})
+    checkpoints.save(7, {"w": state["w"] + 1}, {"step": 7})
+    checkpoints.wait()
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir() if p.name.isdigit()) == ["7"]  # keep=1
+    restored, record = checkpoints.restore(jax.eval_shape(lambda: state))
+    np.testing.assert_array_equal(np.asarray(restored["w"]), [1.0, 2.0, 3.0])
+    assert record == {"step": 7}
+    with pytest.raises(CheckpointError, match="cannot be restored"):
+        checkpoints.restore({"v": jax.ShapeDtypeStruct((3,), jnp.float32)})
+    checkpoints.close()
+
+
+def test_check_resumable_sees_keys_on_either_side():
+    from sauce_jax.train.checkpoint import check_resumable
+
+    saved = {"sae_config": {"d_sae": 96}, "train_config": {"lr": 0.003}, "source": {"rows": 10}}
+    check_resumable(saved, {**saved})
+    with pytest.raises(ConfigError, match=r"train_config.warmup: None -> 5"):  # a field the checkpoint lacks
+        check_resumable(saved, {**saved, "train_config": {"lr": 0.003, "warmup": 5}})
+    with pytest.raises(ConfigError, match=r"source.rows: 10 -> None"):
+        check_resumable(saved, {**saved, "source": {}})
+    check_resumable(saved, {**saved, "train_config": {"lr": 0.001}}, allowed=("lr",))
+
+
+def test_resume_in_an_empty_folder_starts_a_fresh_run(tmp_path):
+    x, _ = planted(n=2000)
+    fresh = small_run(tmp_path / "fresh", x, steps=20)
+    resumed = train_sae(tmp_path / "resumed", activations=x,
+                        sae_config=SAEConfig(d_in=32, d_sae=96, architecture="topk", k=3),
+                        train_config=TrainConfig(lr=3e-3, batch_size=128, steps=20, log_every=10, checkpoint_every=20),
+                        resume=True, progress=False)
+    assert resumed.metadata["resumed_from_step"] == 0 and checkpoint_steps(tmp_path / "resumed") == [20]
+    for name in fresh.params:
+        np.testing.assert_array_equal(np.asarray(resumed.params[name]), np.asarray(fresh.params[name]))
+
+
+def test_divergence_before_any_checkpoint_says_so(tmp_path):
+    x, _ = planted(n=2000)
+    with pytest.raises(TrainingDiverged, match="no checkpoint had been written yet"):
+        train_sae(tmp_path, source=PoisonedSource(x, clean_chunks=2), sae_config=SAEConfig(d_in=32, d_sae=64),
+                  train_config=TrainConfig(batch_size=100, epochs=1, log_every=1, checkpoint_every=100,
+                                           geometric_median_samples=200), progress=False)
