@@ -156,17 +156,192 @@ def test_sparse_decoding_equals_dense(architecture, decoder_norm):
     np.testing.assert_array_equal(np.asarray(a.fired), np.asarray(b.fired))
 
 
-def test_sparse_decoding_does_half_the_work_at_large_d_sae():
+@pytest.mark.parametrize("with_auxk", [False, True])
+def test_sparse_decoding_does_half_the_work_at_large_d_sae(with_auxk):
     """XLA's own cost model of the compiled gradient step: decoding from the k active latents
-    removes the dense [N, d_sae] @ [d_sae, d_in] products (forward and backward). Counted, not
-    timed, so a busy CI machine cannot flip it; wall-clock speed lives in benchmarks/."""
+    removes the dense [N, d_sae] @ [d_sae, d_in] products (forward and backward), and so does
+    AuxK's sparse decoding of the aux_k dead latents. Counted, not timed, so a busy CI machine
+    cannot flip it; wall-clock speed lives in benchmarks/."""
     cfg = S.SAEConfig(d_in=64, d_sae=65536, architecture="topk", k=8)
     p = S.init_params(jax.random.key(0), cfg)
     x = jnp.asarray(np.random.default_rng(0).standard_normal((256, 64)), jnp.float32)
+    dead = jnp.arange(cfg.d_sae) % 2 == 0 if with_auxk else None
     cost = {}
     for sparse in (False, True):
-        step = jax.jit(jax.grad(lambda q, sparse=sparse: S.loss(q, x, cfg, sparse=sparse).loss))
+        step = jax.jit(jax.grad(lambda q, sparse=sparse: S.loss(q, x, cfg, dead=dead, sparse=sparse).loss))
         analysis = step.lower(p).compile().cost_analysis()
         cost[sparse] = (analysis[0] if isinstance(analysis, list) else analysis)
     assert cost[True]["flops"] < 0.6 * cost[False]["flops"], cost
     assert cost[True]["bytes accessed"] < 0.8 * cost[False]["bytes accessed"], cost
+
+
+def test_config_accepts_the_boundary_values():
+    S.SAEConfig(d_in=1, d_sae=1)
+    S.SAEConfig(d_in=4, d_sae=8, l1_coefficient=0.0, aux_coefficient=0.0)
+    for architecture in ("topk", "batchtopk"):
+        assert S.SAEConfig(d_in=4, d_sae=8, architecture=architecture, k=1).k == 1
+        assert S.SAEConfig(d_in=4, d_sae=8, architecture=architecture, k=8).k == 8
+    for kwargs in (dict(d_in=4, d_sae=0), dict(d_in=4.0, d_sae=8), dict(d_in=4, d_sae=8, architecture="topk", k=0),
+                   dict(d_in=4, d_sae=8, aux_coefficient=-0.5)):
+        with pytest.raises(ConfigError):
+            S.SAEConfig(**kwargs)
+
+
+@pytest.mark.parametrize("architecture, uses_l1, is_topk, has_threshold", [
+    ("standard", True, False, False), ("topk", False, True, False), ("batchtopk", False, False, True),
+])
+def test_config_properties_of_each_architecture(architecture, uses_l1, is_topk, has_threshold):
+    k = None if architecture == "standard" else 2
+    cfg = S.SAEConfig(d_in=8, d_sae=16, architecture=architecture, k=k)
+    assert (cfg.uses_l1, cfg.uses_k, cfg.is_topk, cfg.has_threshold) == (uses_l1, not uses_l1, is_topk, has_threshold)
+    assert cfg.uses_auxk is (not uses_l1)  # AuxK belongs to the k architectures, on by default (1/32)
+    assert cfg.aux_coefficient == 1 / 32
+    assert S.SAEConfig(d_in=8, d_sae=16, architecture=architecture, k=k, aux_coefficient=0.0).uses_auxk is False
+    # Hashable and immutable: a static argument of jitted functions.
+    assert hash(cfg) == hash(S.SAEConfig(d_in=8, d_sae=16, architecture=architecture, k=k))
+    with pytest.raises(AttributeError):
+        cfg.d_in = 4
+
+
+def test_resolved_aux_k():
+    cfg = lambda **kw: S.SAEConfig(architecture="topk", k=1, **kw)
+    assert cfg(d_in=7, d_sae=100).resolved_aux_k == 3  # d_in // 2 (Gao et al.)
+    assert cfg(d_in=7, d_sae=100, aux_k=5).resolved_aux_k == 5  # an explicit aux_k wins
+    assert cfg(d_in=1, d_sae=100).resolved_aux_k == 1  # at least one latent
+    assert cfg(d_in=64, d_sae=10).resolved_aux_k == 10  # at most d_sae
+    assert cfg(d_in=8, d_sae=10, aux_k=50).resolved_aux_k == 10
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("n_dead", [2, 8])
+def test_auxk_matches_its_definition(sparse, n_dead):
+    """AuxK (Gao et al.): the top aux_k dead latents of each token (by pre-activation), ReLU'd and
+    decoded without b_dec, against the residual, scaled by min(#dead / aux_k, 1)."""
+    cfg = S.SAEConfig(d_in=8, d_sae=32, architecture="topk", k=2, aux_k=3)
+    p = random_params(cfg, 4)
+    x = jnp.asarray(np.random.default_rng(5).standard_normal((6, 8)), jnp.float32)
+    dead = jnp.arange(32) >= 32 - n_dead
+    P = {k: np.asarray(v, np.float64) for k, v in p.items()}
+    pre = (np.asarray(x, np.float64) - P["b_dec"]) @ P["W_enc"] + P["b_enc"]
+    z_aux = np.zeros_like(pre)
+    dead_ids = np.flatnonzero(np.asarray(dead))
+    for n in range(6):
+        top = dead_ids[np.argsort(-pre[n, dead_ids])[:3]]
+        z_aux[n, top] = np.maximum(pre[n, top], 0)
+    residual = np.asarray(x, np.float64) - np.asarray(S.forward(p, x, cfg).x_hat, np.float64)
+    recon = z_aux @ P["W_dec"]
+    expected = min(n_dead / 3, 1.0) * np.mean(np.sum((recon - residual) ** 2, -1))
+    out = S.loss(p, x, cfg, dead=dead, sparse=sparse)
+    np.testing.assert_allclose(float(out.auxk), expected, rtol=1e-4)
+    # The total adds AuxK with its coefficient (default 1/32).
+    np.testing.assert_allclose(float(out.loss), float(out.mse) + float(out.auxk) / 32, rtol=1e-6)
+
+
+def test_auxk_is_off_for_standard_and_for_a_zero_coefficient():
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((6, 8)), jnp.float32)
+    dead = jnp.ones(32, bool)
+    standard = S.SAEConfig(d_in=8, d_sae=32, l1_coefficient=0.01)
+    p = random_params(standard)
+    with_dead, without = S.loss(p, x, standard, dead=dead), S.loss(p, x, standard)
+    assert float(with_dead.auxk) == 0.0 and float(with_dead.loss) == float(without.loss)
+    no_aux = S.SAEConfig(d_in=8, d_sae=32, architecture="topk", k=2, aux_coefficient=0.0)
+    out = S.loss(random_params(no_aux), x, no_aux, dead=dead)
+    assert float(out.auxk) == 0.0 and float(out.loss) == float(out.mse)
+
+
+@pytest.mark.parametrize("architecture", ["standard", "topk"])
+def test_explained_variance(architecture):
+    cfg = S.SAEConfig(d_in=6, d_sae=20, architecture=architecture, k=None if architecture == "standard" else 3)
+    p = random_params(cfg, 1)
+    x = np.random.default_rng(2).standard_normal((10, 6)).astype(np.float32) + 2
+    x_hat = np.asarray(S.forward(p, x, cfg).x_hat, np.float64)
+    sse = np.sum((x - x_hat) ** 2)
+    sst = np.sum((x - x.mean(0)) ** 2)
+    out = S.loss(p, jnp.asarray(x), cfg)
+    np.testing.assert_allclose(float(out.explained_variance), 1 - sse / sst, rtol=1e-5)
+    np.testing.assert_allclose(float(out.mse), sse / 10, rtol=1e-5)
+
+
+def test_sparse_flag_is_ignored_by_the_standard_sae():
+    cfg = S.SAEConfig(d_in=6, d_sae=20, l1_coefficient=0.01)
+    p = random_params(cfg)
+    x = jnp.asarray(np.random.default_rng(1).standard_normal((9, 6)), jnp.float32)
+    dense, sparse = S.loss(p, x, cfg), S.loss(p, x, cfg, sparse=True)
+    for field in ("loss", "mse", "l1", "l0", "explained_variance"):
+        assert float(getattr(sparse, field)) == float(getattr(dense, field)), field
+
+
+@pytest.mark.parametrize("architecture", ["topk", "batchtopk"])
+@pytest.mark.parametrize("sparse", [False, True])
+def test_negative_pre_activations_are_not_active(architecture, sparse):
+    """TopK keeps the k largest pre-activations, but a kept latent with a pre-activation <= 0 is
+    zero after the ReLU: it neither counts in l0 nor fires."""
+    cfg = S.SAEConfig(d_in=8, d_sae=32, architecture=architecture, k=4)
+    p = random_params(cfg)
+    p["b_enc"] = p["b_enc"] - 100.0
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((6, 8)), jnp.float32)
+    out = S.loss(p, x, cfg, sparse=sparse)
+    assert float(out.l0) == 0.0 and float(out.l1) == 0.0
+    assert not np.asarray(out.fired).any()
+
+
+def test_batchtopk_encode_uses_the_batch_without_a_threshold_and_the_threshold_per_token():
+    cfg = S.SAEConfig(d_in=8, d_sae=64, architecture="batchtopk", k=4)
+    p = random_params(cfg)
+    p["b_enc"] = p["b_enc"] + 10.0
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((16, 8)), jnp.float32)
+    relu = np.maximum(np.asarray(S.pre_activations(p, x)), 0)
+    # No threshold (not learned yet): the k * N largest of the batch, as while training.
+    no_threshold = {k: v for k, v in p.items() if k != "threshold"}
+    z = np.asarray(S.encode(no_threshold, x, cfg))
+    kth = np.sort(relu.reshape(-1))[-4 * 16]
+    np.testing.assert_array_equal(z, np.where(relu >= kth, relu, 0))
+    # With a threshold, each token on its own: a zero threshold keeps every positive latent.
+    p["threshold"] = jnp.zeros((64,))
+    np.testing.assert_array_equal(np.asarray(S.encode(p, x, cfg)), relu)
+    np.testing.assert_array_equal(np.asarray(S.encode(p, x[:1], cfg)), relu[:1])
+
+
+def test_geometric_median_iterations_and_tolerance():
+    points = np.random.default_rng(0).standard_normal((50, 4)).astype(np.float32) + 3
+    mean = points.mean(0)
+
+    def weiszfeld_step(guess):
+        w = 1 / np.linalg.norm(points - guess, axis=-1)
+        return (points * w[:, None]).sum(0) / w.sum()
+
+    np.testing.assert_allclose(np.asarray(S.geometric_median(points, iterations=0)), mean, rtol=1e-6)
+    one_step = weiszfeld_step(mean)
+    np.testing.assert_allclose(np.asarray(S.geometric_median(points, iterations=1)), one_step, rtol=1e-5)
+    # It stops once a step is below tolerance * (1 + |guess|): with half the first step as the
+    # tolerance (scale 1 + |guess| ~ 7 here), after that first step.
+    first = float(np.linalg.norm(one_step - mean))
+    np.testing.assert_allclose(np.asarray(S.geometric_median(points, tolerance=first / 2)), one_step, rtol=1e-5)
+    converged = np.asarray(S.geometric_median(points))
+    assert np.abs(weiszfeld_step(converged) - converged).max() < 1e-4
+    assert np.abs(converged - one_step).max() > 1e-3
+
+
+def test_fingerprint():
+    cfg = S.SAEConfig(d_in=4, d_sae=8)
+    p = random_params(cfg)
+    fp = S.SAE(p, cfg).fingerprint()
+    assert len(fp) == 16 and int(fp, 16) >= 0
+    assert S.SAE({k: jnp.array(v) for k, v in p.items()}, cfg).fingerprint() == fp  # weights, not identity
+    assert S.SAE(dict(reversed(list(p.items()))), cfg).fingerprint() == fp  # order-free
+    assert S.SAE({**p, "b_enc": p["b_enc"].at[3].add(1e-3)}, cfg).fingerprint() != fp
+    assert S.SAE({**p, "b_enc": p["b_dec"], "b_dec": p["b_enc"][:4]}, cfg).fingerprint() != fp
+    assert S.SAE(p, cfg, {"layer": 3}).metadata == {"layer": 3} and S.SAE(p, cfg).metadata == {}
+
+
+def test_options_are_keyword_only():
+    """A positional slip (an L1 coefficient where `dead` was meant, a count of iterations) fails."""
+    cfg = S.SAEConfig(d_in=4, d_sae=8)
+    p = random_params(cfg)
+    x = jnp.zeros((3, 4))
+    with pytest.raises(TypeError):
+        S.loss(p, x, cfg, 0.5)
+    with pytest.raises(TypeError):
+        S.activate(jnp.zeros((3, 8)), cfg, None)
+    with pytest.raises(TypeError):
+        S.geometric_median(np.ones((3, 4), np.float32), 10)
