@@ -53,7 +53,7 @@ class CLIPVisionConfig:
     num_channels: int = 3  # image channels
     image_size: int = 224  # square input side in pixels
     patch_size: int = 32  # square patch side; the conv has stride patch_size
-    hidden_act: str = "quick_gelu"  # a key of ports.vit.ACTIVATIONS
+    hidden_act: str = "quick_gelu"  # a key of sauce_jax.ports.vit.ACTIVATIONS
     layer_norm_eps: float = 1e-5
     projection_dim: int | None = None  # set when the checkpoint has `visual_projection`
 

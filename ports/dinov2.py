@@ -115,7 +115,7 @@ class Dinov2Config:
     num_hidden_layers: int = 12  # transformer blocks; hidden states are num_hidden_layers + 1
     num_attention_heads: int = 12
     mlp_ratio: float = 4  # MLP width = int(hidden_size * mlp_ratio)
-    hidden_act: str = "gelu"  # a key of ports.vit.ACTIVATIONS (the SwiGLU MLP always uses SiLU)
+    hidden_act: str = "gelu"  # a key of sauce_jax.ports.vit.ACTIVATIONS (the SwiGLU MLP always uses SiLU)
     layer_norm_eps: float = 1e-6
     image_size: int = 224  # the pretraining size: the position grid is image_size // patch_size
     patch_size: int = 14
@@ -243,7 +243,7 @@ class Dinov2SelfAttention(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         # x [B, T, D]
         projections = (self.query, self.key, self.value)
-        # One [D, 3D] matmul instead of three, as in ports.vit.Attention.
+        # One [D, 3D] matmul instead of three, as in sauce_jax.ports.vit.Attention.
         kernel = jnp.concatenate([p.kernel[...] for p in projections], axis=1).astype(x.dtype)
         qkv = x @ kernel  # [B, T, 3D]
         if self.query.bias is not None:

@@ -1,6 +1,6 @@
 """`EncoderFamily`: what one port tells the loader about the checkpoints it reads.
 
-Each port module (clip, siglip, dinov2, mllama) declares one `FAMILY`; `ports.registry.FAMILIES`
+Each port module (clip, siglip, dinov2, mllama) declares one `FAMILY`; `sauce_jax.ports.registry.FAMILIES`
 lists them, and `sauce_jax.loading.load_encoder` walks that tuple. Adding a plain ViT model
 is one port module with its `FAMILY` plus one registry entry; the core does not change.
 """

@@ -80,7 +80,7 @@ class MllamaVisionConfig:
     num_channels: int = 3
     image_size: int = 448  # square tile side in pixels
     patch_size: int = 14
-    hidden_act: str = "gelu"  # a key of ports.vit.ACTIVATIONS
+    hidden_act: str = "gelu"  # a key of sauce_jax.ports.vit.ACTIVATIONS
     norm_eps: float = 1e-5  # the blocks' layernorms (layernorm_pre/post use torch's 1e-5)
     max_num_tiles: int = 4  # N: tiles per image, padded tiles included
     intermediate_layers_indices: tuple[int, ...] = (3, 7, 15, 23, 30)  # local blocks whose outputs are concatenated
@@ -105,7 +105,7 @@ class MllamaVisionConfig:
                 raise ConfigError(f"Mllama config 'supported_aspect_ratios' entry {list(ratio)!r} is not a pair of "
                                   f"positive tile counts with at most max_num_tiles={self.max_num_tiles} tiles")
 
-    # the names ports.vit.check_config reads
+    # the names sauce_jax.ports.vit.check_config reads
     @property
     def num_attention_heads(self) -> int:
         return self.attention_heads
@@ -168,7 +168,7 @@ class MllamaVisionConfig:
 
 
 def _layer_norm(size: int, eps: float, dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
-    # Two-pass variance, as torch computes it (see ports.vit.layer_norm).
+    # Two-pass variance, as torch computes it (see sauce_jax.ports.vit.layer_norm).
     return nnx.LayerNorm(size, epsilon=eps, use_fast_variance=False, dtype=dtype, param_dtype=dtype, rngs=rngs)
 
 

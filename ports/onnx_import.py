@@ -17,7 +17,7 @@ checkpoint in `save_pretrained` layout from such a graph:
   one that goes through a Sigmoid); every weight's shape is checked as it is taken, and a
   bias that names its layer must name the same layer the structure says;
 - the class and patch position rows are found around the `Resize` node, whose attributes
-  must be torch's bicubic (`half_pixel`, a = -0.75), which `ports.dinov2` reproduces.
+  must be torch's bicubic (`half_pixel`, a = -0.75), which `sauce_jax.ports.dinov2` reproduces.
 
 The head count, layernorm epsilon and MLP activation are read from the graph too, so
 nothing but the .onnx file is needed. Anything the walk does not find where a DINOv2 export
@@ -495,7 +495,7 @@ def read_onnx_dinov2(path: str | os.PathLike) -> OnnxImport:
 
 
 def load_onnx_dinov2(path: str | os.PathLike, *, dtype=jnp.float32, attention_impl: str = "auto"):
-    """A `ports.dinov2.Dinov2Model` with the weights of an ONNX export. Returns (model, OnnxImport)."""
+    """A `sauce_jax.ports.dinov2.Dinov2Model` with the weights of an ONNX export. Returns (model, OnnxImport)."""
     found = read_onnx_dinov2(path)
     cfg = dinov2.Dinov2Config.from_hf(found.hf_config)
     if found.resampled:  # what the graph computes, even for a registers model (whose torch code antialiases)

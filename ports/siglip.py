@@ -61,7 +61,7 @@ class SiglipVisionConfig:
     num_channels: int = 3
     image_size: int = 224  # square input side in pixels
     patch_size: int = 16  # square patch side; the conv has stride patch_size
-    hidden_act: str = "gelu_pytorch_tanh"  # a key of ports.vit.ACTIVATIONS
+    hidden_act: str = "gelu_pytorch_tanh"  # a key of sauce_jax.ports.vit.ACTIVATIONS
     layer_norm_eps: float = 1e-6
     vision_use_head: bool = True  # the attention-pooling head that makes `pooler_output`
 

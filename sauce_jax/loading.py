@@ -1,7 +1,7 @@
 """`load_encoder`: any supported checkpoint -> a `VisionEncoder`, by the registry of encoder families.
 
 The loader reads the checkpoint (a directory, a Hub id in the local cache, an in-memory
-transformers model, or a DINOv2 ONNX export), asks `ports.registry.FAMILIES` which port reads
+transformers model, or a DINOv2 ONNX export), asks `sauce_jax.ports.registry.FAMILIES` which port reads
 its `config.json`, lets that port build the model, and wraps it in the core encoder the
 family's `runner` names. It is the only core module that knows `MllamaEncoder`.
 """
@@ -76,7 +76,7 @@ def _vit_config(family: EncoderFamily, cfg, *, checkpoint_type: str, image_size:
 
 
 def _load_onnx_encoder(source: str | os.PathLike, dtype: str, attention: str) -> VisionEncoder:
-    """A DINOv2 encoder from an ONNX export: weights recovered by `ports.onnx_import`."""
+    """A DINOv2 encoder from an ONNX export: weights recovered by `sauce_jax.ports.onnx_import`."""
     from sauce_jax.ports.onnx_import import load_onnx_dinov2
 
     path = Path(str(source).removeprefix("onnx:")).expanduser()
@@ -134,7 +134,7 @@ def load_encoder(source: str | os.PathLike | Any, dtype: str = "float32", attent
         the images its preprocessing makes (the saved processor's crop size, else the
         config's image_size) and resamples its position embeddings to that grid. A path
         ending in `.onnx` (or written `onnx:PATH`) is an ONNX export of a transformers DINOv2
-        model, alone or under a task head; see `ports.onnx_import` (needs the onnx extra).
+        model, alone or under a task head; see `sauce_jax.ports.onnx_import` (needs the onnx extra).
       dtype: "float32" (default) or "bfloat16", for parameters and compute.
       attention: "auto" (cuDNN-eligible `jax.nn.dot_product_attention` on GPU, the einsum
         path elsewhere), or force "einsum", "xla" or "cudnn".

@@ -72,7 +72,7 @@ def _run(graphdef, state, pixel_values, aspect_ratio_ids, aspect_ratio_mask, hoo
 
 
 class MllamaEncoder(VisionEncoder):
-    """A loaded Mllama vision tower; `model_config` is its `ports.mllama.MllamaVisionConfig`."""
+    """A loaded Mllama vision tower; `model_config` is its `sauce_jax.ports.mllama.MllamaVisionConfig`."""
 
     def __init__(self, model: mllama.MllamaVisionModel, config: EncoderConfig,
                  preprocess_config: MllamaPreprocessConfig, hooks: Mapping[Any, Any] | None = None):

@@ -90,7 +90,7 @@ def train_step(state: TrainState, batch: jax.Array, *, sae_config: SAEConfig, cf
 
 def jit_train_step(mesh: Mesh, state: TrainState, *, sae_config: SAEConfig, cfg: TrainConfig,
                    optimizer: optax.GradientTransformation):
-    """The step under jit: state laid out by `train.sharding`'s rules (feature axis over
+    """The step under jit: state laid out by `sauce_jax.train.sharding`'s rules (feature axis over
     `model`), batch split over `data`, state buffers donated."""
     shardings = state_shardings(state, mesh)
     fn = lambda state, batch: train_step(state, batch, sae_config=sae_config, cfg=cfg, optimizer=optimizer)

@@ -1,5 +1,5 @@
 """`sauce-jax experiment NAME`: each benchmark experiment's options and handler. The experiments'
-own modules (`eval.emoji`, `eval.conceptworld.table2`, `eval.conceptworld.experiments.*`) hold
+own modules (`sauce_jax.eval.emoji`, `sauce_jax.eval.conceptworld.table2`, `sauce_jax.eval.conceptworld.experiments.*`) hold
 their configs and `run`; this module turns options into those configs."""
 
 from __future__ import annotations
