@@ -44,6 +44,19 @@ def pytest_make_collect_report(collector):
         report.longrepr = f"{collector.nodeid} skipped under CI=true: {_skip_reason(report)}"
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module, restored after it. On the shared 2-core machine XLA's
+    CPU threads and torch's OpenMP pool fight for the cores: a tiny forward or a language
+    model's many small decoding steps become several times slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def small_clip_dir(tmp_path_factory):
     """A saved tiny CLIPVisionModel and the model itself."""

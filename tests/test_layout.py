@@ -30,8 +30,6 @@ def _modules() -> dict[str, Path]:
             rel = path.relative_to(folder).with_suffix("")
             parts = [p for p in rel.parts if p != "__init__"]
             name = ".".join([package, *parts])
-            if package == "sauce_jax" and parts and parts[0] in ("ports", "train", "eval"):
-                continue  # never shadowed, but keep the mapping one-to-one
             found[name] = path
     return found
 

@@ -28,14 +28,7 @@ PARITY = CLIP_CONFIGS["w48-h3-p4-i24-l3-gelu"]  # 3 blocks: indices 0, 1, -2 (= 
 K = 6  # features unlearned
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # XLA's CPU threads keep spinning after a JAX call; torch's own pool then fights them for
-    # the cores and a 10 ms forward takes 300 ms. One torch thread avoids the contention.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest
 
 
 def torch_forward(model, pixels):

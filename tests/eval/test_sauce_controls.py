@@ -35,16 +35,7 @@ UA_MARGIN = 0.3
 MIN_CASES = 16
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # The language model decodes in many small steps; with the CPUs shared (two cores, other
-    # test workers) OpenMP threads waiting on each other made the module several times slower.
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest
 
 
 @pytest.fixture(scope="module")
