@@ -60,41 +60,44 @@ def median_seconds(calls: dict, warmup: int, repeats: int) -> dict:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="B/16-224", choices=sorted({**PRESETS, **SIGLIP_PRESETS, **MLLAMA_PRESETS}))
-    parser.add_argument("--layer", type=int, default=-1, help="hidden-state index to compute up to")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=10)
-    args = parser.parse_args(argv)
+def torch_device() -> str:
+    import torch
 
-    if args.preset in MLLAMA_PRESETS:
-        return _main_mllama(args)
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
+
+def random_reference(model_cls, config):
+    """A randomly initialised transformers model, built on the GPU when there is one (random init of
+    a large tower is slow on the host), in float32 so both sides start from the same weights."""
+    import torch
+
+    torch.manual_seed(0)
+    with torch.device(torch_device()):
+        return model_cls(config).eval()
+
+
+def compare_vit(family: str, fields: dict, *, layer: int, dtype: str, batch: int, warmup: int, repeats: int) -> dict:
+    """A CLIP or SigLIP tower up to hidden state `layer`: our encoder against transformers (SDPA),
+    the same random weights, batch and dtype. Returns images/s of both sides and their ratio."""
     import jax
     import torch
     from transformers import CLIPVisionConfig, CLIPVisionModel, SiglipVisionConfig, SiglipVisionModel
 
     import sauce_jax
 
-    family = "SigLIP" if args.preset in SIGLIP_PRESETS else "CLIP"
-    fields = SIGLIP_PRESETS[args.preset] if family == "SigLIP" else PRESETS[args.preset]
     config_cls, model_cls = ((SiglipVisionConfig, SiglipVisionModel) if family == "SigLIP"
                              else (CLIPVisionConfig, CLIPVisionModel))
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    torch.manual_seed(0)
-    reference = model_cls(config_cls(**fields, attn_implementation="sdpa")).eval()
-    encoder = sauce_jax.load_encoder(reference, dtype=args.dtype)
-    stop = encoder.layer_index(args.layer)
+    device = torch_device()
+    reference = random_reference(model_cls, config_cls(**fields, attn_implementation="sdpa"))
+    encoder = sauce_jax.load_encoder(reference, dtype=dtype)
+    stop = encoder.layer_index(layer)
     # transformers has no early stop: drop the blocks past `stop` so both sides do the same work.
     reference.encoder.layers = reference.encoder.layers[:stop]
-    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
     reference = reference.to(device=device, dtype=torch_dtype)
 
     size = fields["image_size"]
-    pixels = np.random.default_rng(0).standard_normal((args.batch, size, size, 3)).astype(np.float32)
+    pixels = np.random.default_rng(0).standard_normal((batch, size, size, 3)).astype(np.float32)
     pixels_jax = jax.device_put(pixels)
     pixels_torch = torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous().to(device=device, dtype=torch_dtype)
 
@@ -107,16 +110,40 @@ def main(argv=None) -> dict:
         if device == "cuda":
             torch.cuda.synchronize()
 
-    seconds = median_seconds({"ours": ours, "theirs": theirs}, args.warmup, args.repeats)
-    t_ours, t_theirs = seconds["ours"], seconds["theirs"]
+    seconds = median_seconds({"ours": ours, "theirs": theirs}, warmup, repeats)
     result = {
-        "preset": args.preset, "blocks": stop, "dtype": args.dtype, "batch": args.batch,
+        "family": family, "blocks": stop, "dtype": dtype, "batch": batch,
         "jax_device": str(jax.devices()[0]), "torch_device": device, "torch_threads": torch.get_num_threads(),
-        "ours_images_per_s": args.batch / t_ours, "transformers_images_per_s": args.batch / t_theirs,
+        "ours_images_per_s": batch / seconds["ours"], "transformers_images_per_s": batch / seconds["theirs"],
     }
     result["ratio"] = result["ours_images_per_s"] / result["transformers_images_per_s"]
-    print(f"{family} {args.preset} up to hidden state {stop} ({stop} blocks), {args.dtype}, batch {args.batch}, "
-          f"jax on {result['jax_device']}, torch on {device} ({result['torch_threads']} threads)")
+    return result
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="B/16-224", choices=sorted({**PRESETS, **SIGLIP_PRESETS, **MLLAMA_PRESETS}))
+    parser.add_argument("--layer", type=int, default=-1, help="hidden-state index to compute up to")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=10)
+    args = parser.parse_args(argv)
+    timing = dict(dtype=args.dtype, batch=args.batch, warmup=args.warmup, repeats=args.repeats)
+
+    if args.preset in MLLAMA_PRESETS:
+        result = compare_mllama(MLLAMA_PRESETS[args.preset], **timing)
+        print(f"Mllama {args.preset}: whole tower ({result['blocks']} blocks), {result['tiles']} tiles per image, "
+              f"{args.dtype}, batch {args.batch}, jax on {result['jax_device']}, torch on {result['torch_device']} "
+              f"({result['torch_threads']} threads)")
+    else:
+        family = "SigLIP" if args.preset in SIGLIP_PRESETS else "CLIP"
+        fields = SIGLIP_PRESETS[args.preset] if family == "SigLIP" else PRESETS[args.preset]
+        result = compare_vit(family, fields, layer=args.layer, **timing)
+        stop = result["blocks"]
+        print(f"{family} {args.preset} up to hidden state {stop} ({stop} blocks), {args.dtype}, batch {args.batch}, "
+              f"jax on {result['jax_device']}, torch on {result['torch_device']} ({result['torch_threads']} threads)")
+    result["preset"] = args.preset
     _report(result)
     return result
 
@@ -127,8 +154,9 @@ def _report(result: dict) -> None:
     print(f"  ratio         {result['ratio']:9.2f}x")
 
 
-def _main_mllama(args) -> dict:
-    """The whole Mllama tower on images of max_num_tiles tiles each (the aspect ratio using them all)."""
+def compare_mllama(fields: dict, *, dtype: str, batch: int, warmup: int, repeats: int) -> dict:
+    """The whole Mllama tower on images of max_num_tiles tiles each (the aspect ratio using them all),
+    ours against transformers (SDPA) on the same random weights."""
     import jax
     import torch
     from transformers import MllamaVisionConfig, MllamaVisionModel
@@ -136,19 +164,17 @@ def _main_mllama(args) -> dict:
     import sauce_jax
     from sauce_jax.mllama_processor import mllama_inputs
 
-    fields = MLLAMA_PRESETS[args.preset]
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    torch.manual_seed(0)
-    reference = MllamaVisionModel(MllamaVisionConfig(**fields, attn_implementation="sdpa")).eval()
-    encoder = sauce_jax.load_encoder(reference, dtype=args.dtype)
-    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
+    device = torch_device()
+    reference = random_reference(MllamaVisionModel, MllamaVisionConfig(**fields, attn_implementation="sdpa"))
+    encoder = sauce_jax.load_encoder(reference, dtype=dtype)
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
     reference = reference.to(device=device, dtype=torch_dtype)
 
     n, size = fields["max_num_tiles"], fields["image_size"]
     ratios = encoder.model_config.supported_aspect_ratios
     ratio_id = 1 + max(range(len(ratios)), key=lambda k: ratios[k][0] * ratios[k][1])  # first arrangement of n tiles
-    pixels = np.random.default_rng(0).standard_normal((args.batch, n, size, size, 3)).astype(np.float32)
-    ids, mask = np.full(args.batch, ratio_id), np.ones((args.batch, n), np.int64)
+    pixels = np.random.default_rng(0).standard_normal((batch, n, size, size, 3)).astype(np.float32)
+    ids, mask = np.full(batch, ratio_id), np.ones((batch, n), np.int64)
     inputs = mllama_inputs(pixels, ids, mask)
     inputs_jax = tuple(jax.device_put(inputs[f]) for f in ("pixel_values", "aspect_ratio_ids", "aspect_ratio_mask"))
     pixels_torch = torch.from_numpy(pixels).permute(0, 1, 4, 2, 3)[:, None].contiguous().to(device=device,
@@ -165,18 +191,14 @@ def _main_mllama(args) -> dict:
         if device == "cuda":
             torch.cuda.synchronize()
 
-    seconds = median_seconds({"ours": ours, "theirs": theirs}, args.warmup, args.repeats)
+    seconds = median_seconds({"ours": ours, "theirs": theirs}, warmup, repeats)
     result = {
-        "preset": args.preset, "blocks": encoder.config.num_layers, "dtype": args.dtype, "batch": args.batch,
+        "family": "Mllama", "blocks": encoder.config.num_layers, "dtype": dtype, "batch": batch,
         "tiles": n, "jax_device": str(jax.devices()[0]), "torch_device": device,
         "torch_threads": torch.get_num_threads(),
-        "ours_images_per_s": args.batch / seconds["ours"], "transformers_images_per_s": args.batch / seconds["theirs"],
+        "ours_images_per_s": batch / seconds["ours"], "transformers_images_per_s": batch / seconds["theirs"],
     }
     result["ratio"] = result["ours_images_per_s"] / result["transformers_images_per_s"]
-    print(f"Mllama {args.preset}: whole tower ({encoder.config.num_layers} blocks), {n} tiles per image, "
-          f"{args.dtype}, batch {args.batch}, jax on {result['jax_device']}, torch on {device} "
-          f"({result['torch_threads']} threads)")
-    _report(result)
     return result
 
 

@@ -21,6 +21,43 @@ def encoder_flops(cfg: dict, blocks: int) -> float:
     return blocks * per_block + 2 * (t - 1) * d * 3 * cfg["patch_size"] ** 2
 
 
+def compare_unlearn(fields: dict, *, expansion: int, k: int, batch: int, dtype: str, warmup: int,
+                    repeats: int) -> dict:
+    """A random CLIP tower up to hidden state -2, plain and unlearned (`delta` and `reconstruct`,
+    the SAE hook on all tokens), same batch, interleaved rounds. Returns images/s, each mode's
+    overhead over plain and the overhead its FLOPs predict."""
+    import jax
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    import sauce_jax
+    from benchmarks.encoder import median_seconds, random_reference
+    from sauce_jax.sae import SAE, SAEConfig, init_params
+
+    encoder = sauce_jax.load_encoder(random_reference(CLIPVisionModel, CLIPVisionConfig(**fields)), dtype=dtype)
+    d = fields["hidden_size"]
+    config = SAEConfig(d_in=d, d_sae=expansion * d)
+    sae = SAE(init_params(jax.random.key(0), config, dtype=jax.numpy.dtype(dtype)), config)
+    ids = np.arange(k) * 7 % config.d_sae
+    layer = encoder.layer_index(-2)
+    pixels = jax.device_put(np.random.default_rng(0).standard_normal(
+        (batch, fields["image_size"], fields["image_size"], 3)).astype(np.float32))
+    runs = {"plain": encoder}
+    for mode in ("delta", "reconstruct"):
+        runs[mode] = sauce_jax.unlearn(encoder, sae, ids, layer=layer, mode=mode)
+    calls = {name: (lambda e=e: e.hidden_state(pixels, layer).block_until_ready()) for name, e in runs.items()}
+    seconds = median_seconds(calls, warmup, repeats)
+    base = encoder_flops(fields, layer)
+    tokens = (fields["image_size"] // fields["patch_size"]) ** 2 + 1
+    predicted = {"delta": 2 * 2 * tokens * d * k / base, "reconstruct": 2 * 2 * tokens * d * config.d_sae / base}
+    result = {"layer": layer, "d_sae": config.d_sae, "k": k, "batch": batch, "dtype": dtype,
+              "device": str(jax.devices()[0]), "plain_images_per_s": batch / seconds["plain"]}
+    for mode in ("delta", "reconstruct"):
+        result[f"{mode}_images_per_s"] = batch / seconds[mode]
+        result[f"{mode}_overhead"] = seconds[mode] / seconds["plain"] - 1
+        result[f"{mode}_predicted_overhead"] = predicted[mode]
+    return result
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="B/16-224")
@@ -32,41 +69,16 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeats", type=int, default=15)
     args = parser.parse_args(argv)
 
-    import jax
-    import torch
-    from transformers import CLIPVisionConfig, CLIPVisionModel
+    from benchmarks.encoder import PRESETS
 
-    import sauce_jax
-    from benchmarks.encoder import PRESETS, median_seconds
-    from sauce_jax.sae import SAE, SAEConfig, init_params
-
-    fields = PRESETS[args.preset]
-    torch.manual_seed(0)
-    encoder = sauce_jax.load_encoder(CLIPVisionModel(CLIPVisionConfig(**fields)), dtype=args.dtype)
-    d = fields["hidden_size"]
-    config = SAEConfig(d_in=d, d_sae=args.expansion * d)
-    sae = SAE(init_params(jax.random.key(0), config, dtype=jax.numpy.dtype(args.dtype)), config)
-    ids = np.arange(args.k) * 7 % config.d_sae
-    layer = encoder.layer_index(-2)
-    pixels = jax.device_put(np.random.default_rng(0).standard_normal(
-        (args.batch, fields["image_size"], fields["image_size"], 3)).astype(np.float32))
-    runs = {"plain": encoder}
+    result = compare_unlearn(PRESETS[args.preset], expansion=args.expansion, k=args.k, batch=args.batch,
+                             dtype=args.dtype, warmup=args.warmup, repeats=args.repeats)
+    print(f"CLIP {args.preset} to hidden state {result['layer']}, SAE {result['d_sae'] // args.expansion} x "
+          f"{result['d_sae']}, k={args.k}, {args.dtype}, batch {args.batch}, on {result['device']}")
+    print(f"  plain        {result['plain_images_per_s']:8.2f} images/s")
     for mode in ("delta", "reconstruct"):
-        runs[mode] = sauce_jax.unlearn(encoder, sae, ids, layer=layer, mode=mode)
-    calls = {name: (lambda e=e: e.hidden_state(pixels, layer).block_until_ready()) for name, e in runs.items()}
-    seconds = median_seconds(calls, args.warmup, args.repeats)
-    base = encoder_flops(fields, layer)
-    tokens = (fields["image_size"] // fields["patch_size"]) ** 2 + 1
-    predicted = {"delta": 2 * 2 * tokens * d * args.k / base, "reconstruct": 2 * 2 * tokens * d * config.d_sae / base}
-    print(f"CLIP {args.preset} to hidden state {layer}, SAE {d} x {config.d_sae}, k={args.k}, {args.dtype}, "
-          f"batch {args.batch}, on {jax.devices()[0]}")
-    print(f"  plain        {args.batch / seconds['plain']:8.2f} images/s")
-    result = {"plain_images_per_s": args.batch / seconds["plain"]}
-    for mode in ("delta", "reconstruct"):
-        overhead = seconds[mode] / seconds["plain"] - 1
-        result[f"{mode}_overhead"] = overhead
-        print(f"  {mode:12s} {args.batch / seconds[mode]:8.2f} images/s   overhead {100 * overhead:+6.1f}% "
-              f"(FLOPs predict {100 * predicted[mode]:+6.1f}%)")
+        print(f"  {mode:12s} {result[f'{mode}_images_per_s']:8.2f} images/s   overhead "
+              f"{100 * result[f'{mode}_overhead']:+6.1f}% (FLOPs predict {100 * result[f'{mode}_predicted_overhead']:+6.1f}%)")
     return result
 
 

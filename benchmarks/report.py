@@ -1,0 +1,120 @@
+"""The suite's results as Markdown: results.md, and the performance table of the README.
+
+    python -m benchmarks.report benchmarks/results/2026-11-30-cpu.json               # print the Markdown
+    python -m benchmarks.report benchmarks/results/2026-11-30-cpu.json --readme README.md
+
+With --readme, the table between the README's `<!-- suite-results:begin -->` and
+`<!-- suite-results:end -->` markers is replaced by the table of that results.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+BEGIN, END = "<!-- suite-results:begin -->", "<!-- suite-results:end -->"
+
+
+def _num(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.3g}"
+
+
+def _figure(figure) -> str:
+    if not figure or figure.get("value") is None:
+        return "-"
+    return f"{_num(figure['value'])} {figure.get('unit', '')}".strip()
+
+
+def _verdict(row: dict) -> str:
+    if row.get("status") != "ok":
+        return f"**{row.get('status', 'error')}**"
+    checks = row.get("checks") or []
+    parts = []
+    for c in checks:
+        mark = "n/a" if c["pass"] is None else ("pass" if c["pass"] else "MISS")
+        parts.append(f"{mark}: {c['target']} ({_num(c['value'])})")
+    return "; ".join(parts) or "-"
+
+
+def _cell(text) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def device_line(results: dict) -> str:
+    device = results.get("device") or {}
+    v = results.get("versions") or {}
+    parts = [f"{results.get('size', '?')} size", f"jax {v.get('jax')} on {device.get('jax_device', '?')}",
+             f"torch {v.get('torch')} on {device.get('torch_device', '?')}", f"transformers {v.get('transformers')}",
+             f"flax {v.get('flax')}", f"grain {v.get('grain')}", f"python {v.get('python')}",
+             f"{(results.get('host') or {}).get('cpus')} CPUs", f"commit {v.get('sauce-jax commit')}"]
+    return ", ".join(parts)
+
+
+def render_table(results: dict) -> str:
+    """One line per row: what ran at this size, our figure, the peer's, their ratio, the verdicts."""
+    lines = ["| row | work measured | sauce-jax | peer, same run | ratio | targets (one H200) |",
+             "|---|---|---|---|---|---|"]
+    for row in results.get("rows", []):
+        work = row.get("work") if row.get("status") == "ok" else f"{row.get('work')} ({row.get('error', '')})"
+        ratio = "-" if row.get("ratio") is None else f"{row['ratio']:.2f}x"
+        lines.append(f"| {row['id']} | {_cell(work)} | {_cell(_figure(row.get('figure')))} | "
+                     f"{_cell(_figure(row.get('peer_figure')))} | {ratio} | "
+                     f"{_cell(_verdict(row))} |")
+    return "\n".join(lines)
+
+
+def render_markdown(results: dict) -> str:
+    """results.md: where and with what it ran, the table, and a note on what the verdicts mean."""
+    size = results.get("size")
+    note = ("Targets are set for the gpu size on one H200; at this size ratio targets are shown for "
+            "reference and absolute ones (rates, times) are n/a." if size != "gpu" else
+            "Targets as in the issue's table, for one H200.")
+    unfinished = "" if results.get("finished") else " (still running, or killed: rows so far)"
+    return "\n".join([
+        f"# sauce-jax benchmark suite, {size} size{unfinished}",
+        "",
+        f"`{results.get('command', '')}`, started {results.get('started')}, finished {results.get('finished')}.",
+        "",
+        device_line(results) + ".",
+        "",
+        render_table(results),
+        "",
+        note,
+        "",
+    ])
+
+
+def update_readme(readme: Path, results: dict, source: str) -> None:
+    """Replace the README's table between the markers with this run's table."""
+    text = readme.read_text()
+    if BEGIN not in text or END not in text:
+        raise SystemExit(f"{readme}: no {BEGIN} ... {END} markers")
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    block = f"{BEGIN}\nFrom `{source}` ({device_line(results)}):\n\n{render_table(results)}\n{END}"
+    readme.write_text(head + block + tail)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("results", type=Path, help="a results.json written by benchmarks.suite")
+    parser.add_argument("--readme", type=Path, help="rewrite this README's performance table")
+    args = parser.parse_args(argv)
+    results = json.loads(args.results.read_text())
+    if args.readme:
+        update_readme(args.readme, results, args.results.as_posix())
+    else:
+        sys.stdout.write(render_markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
