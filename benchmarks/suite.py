@@ -125,8 +125,11 @@ CPU_THREADS_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 XLA_ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
 
-def _child_env(size: str) -> dict:
+def _child_env(size: str, work: Path) -> dict:
     env = dict(os.environ)
+    # Rows that compile the same function (the encoder of `extract` and of `recipe`'s train-sae)
+    # compile it once per run.
+    env.setdefault("JAX_COMPILATION_CACHE_DIR", str(work / "jax-cache"))
     # JAX and PyTorch share the GPU inside a row: no JAX preallocation of most of its memory.
     env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     if size == "cpu":
@@ -163,7 +166,7 @@ def run_row(row, size: str, *, work: Path, out: Path, earlier: dict, timeout: fl
             "budget_s": round(timeout, 1), "started": _now()}
     start = time.perf_counter()
     with open(logs / f"{row.id}.log", "w") as log:
-        proc = subprocess.Popen(command, cwd=REPO, env=_child_env(size), stdout=log, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(command, cwd=REPO, env=_child_env(size, work), stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
         try:
             code = proc.wait(timeout=timeout)

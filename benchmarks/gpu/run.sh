@@ -6,6 +6,7 @@
 #   3. prints the versions and devices,
 #   4. runs `python -m benchmarks.suite --size gpu` into $OUT (results.json, results.md, logs/),
 # all inside TOTAL_S seconds (default 470: the run's limit is 8 minutes, compilation included).
+# SUITE_ROWS=clip,unlearn runs only those rows (a rerun).
 # How to prepare the wheels and call it: benchmarks/README.md.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -80,8 +81,10 @@ git log -1 --format='commit %h %s' 2>/dev/null | tee -a "$OUT/versions.txt"
 LEFT=$(( TOTAL_S - $(elapsed) ))
 echo "== [$(elapsed) s] suite, --size gpu, ${LEFT} s left"
 # The suite budgets its rows within --time-limit; `timeout` is the backstop for a hang.
+ROWS=()
+[ -n "${SUITE_ROWS:-}" ] && ROWS=(--rows "$SUITE_ROWS")  # a rerun of some rows: SUITE_ROWS=clip,unlearn
 timeout -k 10 $(( LEFT - 5 )) "$PY" -m benchmarks.suite --size gpu --out "$OUT" --work "$WORK" \
-    --time-limit $(( LEFT - 15 ))
+    --time-limit $(( LEFT - 15 )) "${ROWS[@]}"
 CODE=$?
 rm -rf "$WORK"
 echo "== [$(elapsed) s] done (suite exit $CODE)"
