@@ -37,9 +37,10 @@ def _verdict(row: dict) -> str:
     if row.get("status") != "ok":
         return f"**{row.get('status', 'error')}**"
     checks = row.get("checks") or []
+    star = "" if row.get("target_applies") else "*"  # a verdict for reference only at this size
     parts = []
     for c in checks:
-        mark = "n/a" if c["pass"] is None else ("pass" if c["pass"] else "MISS")
+        mark = "n/a" if c["pass"] is None else ("pass" if c["pass"] else "MISS") + star
         parts.append(f"{mark}: {c['target']} ({_num(c['value'])})")
     return "; ".join(parts) or "-"
 
@@ -74,10 +75,16 @@ def render_table(results: dict) -> str:
 def render_markdown(results: dict) -> str:
     """results.md: where and with what it ran, the table, and a note on what the verdicts mean."""
     size = results.get("size")
-    note = ("Targets are set for the gpu size on one H200; at this size ratio targets are shown for "
-            "reference and absolute ones (rates, times) are n/a." if size != "gpu" else
+    note = ("Targets are set for the gpu size on one H200; at this size verdicts on ratios are for "
+            "reference only (marked *) and absolute targets (rates, times) are n/a." if size != "gpu" else
             "Targets as in the issue's table, for one H200.")
     unfinished = "" if results.get("finished") else " (still running, or killed: rows so far)"
+    rows = results.get("rows", [])
+    envs = [r.get("env") or {} for r in rows]
+    loads = [e["load_average_1m"] for e in envs if e.get("load_average_1m") is not None]
+    cost = (f"The rows took {sum(r.get('seconds') or 0 for r in rows):.0f} s wall, "
+            f"{sum(e.get('cpu_seconds') or 0 for e in envs):.0f} s of CPU"
+            + (f", host load average {min(loads):.1f} to {max(loads):.1f}" if loads else "") + ".")
     return "\n".join([
         f"# sauce-jax benchmark suite, {size} size{unfinished}",
         "",
@@ -87,7 +94,7 @@ def render_markdown(results: dict) -> str:
         "",
         render_table(results),
         "",
-        note,
+        cost + " " + note,
         "",
     ])
 
@@ -99,7 +106,8 @@ def update_readme(readme: Path, results: dict, source: str) -> None:
         raise SystemExit(f"{readme}: no {BEGIN} ... {END} markers")
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
-    block = f"{BEGIN}\nFrom `{source}` ({device_line(results)}):\n\n{render_table(results)}\n{END}"
+    star = "" if results.get("size") == "gpu" else "\n\n\\* a verdict for reference only: the targets are set for the gpu size."
+    block = f"{BEGIN}\nFrom `{source}` ({device_line(results)}):\n\n{render_table(results)}{star}\n{END}"
     readme.write_text(head + block + tail)
 
 

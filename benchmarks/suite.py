@@ -173,6 +173,9 @@ def run_row(row, size: str, *, work: Path, out: Path, earlier: dict, timeout: fl
         except subprocess.TimeoutExpired:
             _kill_group(proc)
             code = None
+        except BaseException:  # the suite itself is stopped: take the row's process group with it
+            _kill_group(proc)
+            raise
     seconds = time.perf_counter() - start
     base["seconds"] = round(seconds, 1)
     if code is None:
@@ -250,8 +253,14 @@ def run_suite(rows, size: str, out: Path, *, work: Path | None = None, time_limi
                                                         f"{max(remaining, 0):.0f} s"}
             else:
                 print(f"[suite] {row.id}: up to {timeout:.0f} s", flush=True)
-                record = run_row(row, size, work=work, out=out, earlier=earlier, timeout=timeout,
-                                 rows_module=rows_module)
+                try:
+                    record = run_row(row, size, work=work, out=out, earlier=earlier, timeout=timeout,
+                                     rows_module=rows_module)
+                except BaseException:
+                    results["rows"].append(grade({"id": row.id, "work": row.work, "peer": row.peer,
+                                                  "target": row.target, "size": size, "status": "interrupted",
+                                                  "error": "the suite was stopped during this row"}, size))
+                    raise
             record = grade(record, size)
             earlier[row.id] = record
             results["rows"].append(record)
@@ -299,6 +308,9 @@ def main(argv=None) -> int:
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
+    # A SIGTERM (from `timeout`, say) unwinds like Ctrl-C: the running row's processes are killed
+    # and results.json is written before the suite exits.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     if args.child:
         return run_child(args.child, args.size, args.work, args.earlier, args.seconds, args.result, args.rows_module)
     if args.out is None:

@@ -29,6 +29,13 @@ def hanging_row(params: dict, ctx: Context) -> dict:
     return {}
 
 
+def waiting_row(params: dict, ctx: Context) -> dict:
+    """Writes its pid to the work folder, then waits for the suite to be stopped."""
+    (ctx.work / "waiting.pid").write_text(str(os.getpid()))
+    time.sleep(600)
+    return {}
+
+
 def peeking_row(params: dict, ctx: Context) -> dict:
     """Reports which rows the suite's results.json on disk already holds while this row runs."""
     on_disk = json.loads((Path(os.environ["SUITE_TEST_OUT"]) / "results.json").read_text())
@@ -49,4 +56,5 @@ ROWS = (
     _row("cache_read", cache_read_row, dict(d_in=16, chunk_tokens=256, chunks=2)),
     _row("peek", peeking_row),
 )
-ROWS_BY_ID = {row.id: row for row in ROWS}
+# Only by name (--rows waits): the suite is stopped while it runs.
+ROWS_BY_ID = {row.id: row for row in (*ROWS, _row("waits", waiting_row))}

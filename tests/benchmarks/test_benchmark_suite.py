@@ -118,3 +118,40 @@ def test_readme_table_is_regenerated_between_the_markers(run, tmp_path):
     text = readme.read_text()
     assert "old table" not in text and text.startswith("# x\n\n## Speed\n\nbefore\n\n") and text.endswith("\n\nafter\n")
     assert report.render_table(results) in text and "benchmarks/results/x.json" in text
+
+
+def test_a_stopped_suite_kills_its_row_and_keeps_its_results(tmp_path):
+    """SIGTERM to the suite (what `timeout` sends): the running row's process dies with it and
+    results.json says which row was interrupted."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out, work = tmp_path / "out", tmp_path / "work"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p)}
+    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.suite", "--size", "cpu", "--out", str(out), "--work",
+                             str(work), "--rows-module", "suite_rows", "--rows", "waits"],
+                            cwd=suite.REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pid_file = work / "waiting.pid"
+    deadline = time.monotonic() + 60
+    while not pid_file.is_file() or not pid_file.read_text():
+        assert time.monotonic() < deadline and proc.poll() is None, "the row never started"
+        time.sleep(0.1)
+    row_pid = int(pid_file.read_text())
+    proc.send_signal(signal.SIGTERM)
+    try:
+        assert proc.wait(timeout=30) != 0
+        results = json.loads((out / "results.json").read_text())
+        assert [(r["id"], r["status"]) for r in results["rows"]] == [("waits", "interrupted")]
+        assert results["finished"]
+        time.sleep(0.2)
+        with pytest.raises(ProcessLookupError):
+            os.kill(row_pid, 0)
+    finally:  # never leave the row behind, whatever failed
+        for pid in (proc.pid, row_pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
