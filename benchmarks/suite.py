@@ -38,7 +38,7 @@ VERSIONED = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain", "tor
 
 # ------------------------------------------------------------------------------ the child
 
-def run_child(row_id: str, size: str, work: Path, earlier_path: Path, seconds: float, result_path: Path,
+def run_child(row_id: str, size: str, work: Path, earlier_path: Path, deadline: float, result_path: Path,
               rows_module: str) -> int:
     """Run one row in this process and write its record (or its error) to result_path."""
     import importlib
@@ -46,7 +46,7 @@ def run_child(row_id: str, size: str, work: Path, earlier_path: Path, seconds: f
     rows = importlib.import_module(rows_module)
     row = rows.ROWS_BY_ID[row_id]
     earlier = json.loads(earlier_path.read_text()) if earlier_path and earlier_path.is_file() else {}
-    ctx = rows.Context(size=size, work=work, earlier=earlier, seconds=seconds)
+    ctx = rows.Context(size=size, work=work, earlier=earlier, deadline=deadline)
     try:
         record = row.fn(row.params[size], ctx)
         code = 0
@@ -160,7 +160,7 @@ def run_row(row, size: str, *, work: Path, out: Path, earlier: dict, timeout: fl
     result_path.unlink(missing_ok=True)
     earlier_path.write_text(json.dumps(earlier, default=_json_default))
     command = [sys.executable, "-m", "benchmarks.suite", "--child", row.id, "--size", size, "--work", str(work),
-               "--earlier", str(earlier_path), "--seconds", str(timeout), "--result", str(result_path),
+               "--earlier", str(earlier_path), "--deadline", str(time.time() + timeout), "--result", str(result_path),
                "--rows-module", rows_module]
     base = {"id": row.id, "work": row.work, "peer": row.peer, "target": row.target, "size": size,
             "budget_s": round(timeout, 1), "started": _now()}
@@ -299,12 +299,12 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, help="folder for results.json, results.md and logs/")
     parser.add_argument("--rows", help="comma-separated row ids (default: all, in table order)")
     parser.add_argument("--work", type=Path, help="scratch folder for generated inputs (default: a temporary one)")
-    parser.add_argument("--time-limit", type=float, help="seconds for the whole suite (default: cpu 290, gpu 420)")
+    parser.add_argument("--time-limit", type=float, help="seconds for the whole suite (default: cpu 600, gpu 420)")
     parser.add_argument("--rows-module", default="benchmarks.rows", help=argparse.SUPPRESS)
     # the child side: one row in this process
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--earlier", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--seconds", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -312,7 +312,7 @@ def main(argv=None) -> int:
     # and results.json is written before the suite exits.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     if args.child:
-        return run_child(args.child, args.size, args.work, args.earlier, args.seconds, args.result, args.rows_module)
+        return run_child(args.child, args.size, args.work, args.earlier, args.deadline, args.result, args.rows_module)
     if args.out is None:
         parser.error("--out is required")
     import importlib
