@@ -170,6 +170,7 @@ def run_row(row, size: str, *, work: Path, out: Path, earlier: dict, timeout: fl
                                 start_new_session=True)
         try:
             code = proc.wait(timeout=timeout)
+            _kill_group(proc)  # what the row left behind (decode workers of a killed train-sae) goes too
         except subprocess.TimeoutExpired:
             _kill_group(proc)
             code = None
