@@ -189,17 +189,21 @@ def test_the_site_opens_in_chromium(world, tmp_path, capsys):
 # ------------------------------------------------------------------------------ bad input
 
 def test_bad_input_writes_nothing(world, tmp_path, capsys):
-    """A FeatureSet of another SAE, an empty image folder, an output folder that is not a site:
+    """A FeatureSet of another SAE, sets of two layers, an empty image folder, an output folder
+    that is not a site:
     a one-line error naming the culprit, and the folder as it was."""
     import dataclasses
 
     other = dataclasses.replace(world["sets"][0], sae_fingerprint="0123456789abcdef")
     other.save(tmp_path / "other.json")
+    dataclasses.replace(world["sets"][0], layer=2).save(tmp_path / "deeper.json")
     (tmp_path / "empty").mkdir()
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("keep me")
     cases = [(_args(world, tmp_path / "a") + ["--features", str(tmp_path / "other.json")], "belongs to SAE"),
+             (_args(world, tmp_path / "a") + ["--features", str(tmp_path / "deeper.json"), str(world["root"] / "blue.json")],
+              "disagree on layer"),
              (_args(world, tmp_path / "b") + ["--images", str(tmp_path / "empty")], "holds no images"),
              (_args(world, mine), "not a sauce-jax inspect site")]
     for args, message in cases:
