@@ -18,6 +18,8 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .pic { position: relative; width: 128px; height: 128px; }
 .pic img { position: absolute; left: 0; top: 0; width: 128px; height: 128px; image-rendering: pixelated; }
 .muted { color: #777; }
+.mini { position: relative; width: 40px; height: 40px; }
+.mini img { position: absolute; left: 0; top: 0; width: 40px; height: 40px; }
 .controls { margin: 8px 0; }
 .shared { background: #fff3cd; }
 """
@@ -69,6 +71,15 @@ def picture(cell: dict) -> str:
             f'{heat}</div><div>{escape(cell["caption"])}</div><div class="muted">{escape(cell["name"])}</div></div>')
 
 
+def mini(cells: list[dict]) -> str:
+    """A feature's best image, small, under its heatmap (nothing if it never fires)."""
+    if not cells:
+        return ""
+    c = cells[0]
+    heat = f'<img class="heat" src="{escape(c["heat"])}" alt="">' if c.get("heat") else ""
+    return f'<div class="mini"><img src="{escape(c["image"])}" alt="{escape(c["name"])}">{heat}</div>'
+
+
 def index_page(site: dict) -> str:
     meta = site["meta"]
     rows = ""
@@ -86,14 +97,15 @@ def index_page(site: dict) -> str:
 
 def concept_page(s: dict, site: dict) -> str:
     neg = site["has_negatives"]
-    head = ("<tr><th>rank</th><th>feature</th><th>eq. 4 score</th><th>FS</th><th>FMAV</th><th>mean activation</th>"
+    head = ("<tr><th>rank</th><th>feature</th><th>top image</th><th>eq. 4 score</th><th>FS</th><th>FMAV</th><th>mean activation</th>"
             + ("<th>FS on negatives</th><th>mean on negatives</th>" if neg else "") + "<th>also in</th></tr>")
     rows = ""
     for rank, f in enumerate(s["features"], 1):
         also = ", ".join(f'<a href="{escape(o["page"])}">{escape(o["concept"])}</a>' for o in f["sets"]
                          if o["concept"] != s["concept"])
         rows += (f'<tr class="{"shared" if also else ""}"><td class="num">{rank}</td>'
-                 f'<td><a href="{escape(f["page"])}">{f["id"]}</a></td><td class="num">{num(f["score"])}</td>'
+                 f'<td><a href="{escape(f["page"])}">{f["id"]}</a></td><td>{mini(f["top"][:1])}</td>'
+                 f'<td class="num">{num(f["score"])}</td>'
                  f'<td class="num">{num(f["fs"])}</td><td class="num">{num(f["fmav"])}</td>'
                  f'<td class="num">{num(f["mean"])}</td>'
                  + (f'<td class="num">{num(f["fs_neg"])}</td><td class="num">{num(f["mean_neg"])}</td>' if neg else "")
@@ -107,8 +119,8 @@ def concept_page(s: dict, site: dict) -> str:
             f'choice "{escape(s["token"])}", SAE {escape(s["sae_fingerprint"])}. FS is the share of the '
             f'{site["meta"]["images"]} images where the feature fires (eq. 7), FMAV its mean activation there '
             f'(eq. 8); an image\'s activation is its tokens\' mean, as in selection.</p>'
-            f'<h2>Features</h2><table>{head}{rows}</table><h2>Overlap with the other FeatureSets</h2>{overlap}'
-            f'<h2>Before and after unlearning</h2>{before_after_table(s)}')
+            f'<h2>Before and after unlearning</h2>{before_after_table(s)}'
+            f'<h2>Features</h2>{CONTROLS}<table>{head}{rows}</table><h2>Overlap with the other FeatureSets</h2>{overlap}')
     return page(f'Concept "{s["concept"]}"', body, site["sets"])
 
 

@@ -132,10 +132,12 @@ def build_site(out: str | os.PathLike, *, sae: Any, encoder: Any, feature_sets, 
 
     common = dict(layer=layer, token=token, ids=ids, n_top=config.n_top, batch_size=config.batch_size,
                   progress=progress)
+    t_pass = time.time()
     pos = run_pass(encoder, sae, items, pooled=labels_wanted, desc="images", **common)
     if not pos.items:
         raise InputError(f"none of the {len(items)} images could be read")
     neg = run_pass(encoder, sae, neg_items, desc="negatives", **common) if neg_items else None
+    t_pass = time.time() - t_pass
     labels = folder_labels(pos.items, images) if labels_wanted else None
     probe = fit_probe(pos.pooled, labels) if labels else None
 
@@ -188,7 +190,7 @@ def build_site(out: str | os.PathLike, *, sae: Any, encoder: Any, feature_sets, 
                        "histogram": histogram_svg(series, title=f"feature {f}")}
 
     overlap = overlaps({slug: list(s.feature_ids) for s, slug in zip(sets, slugs)})
-    site_sets = []
+    site_sets, t_before_after = [], time.time()
     for s, slug in zip(sets, slugs):
         cols = [column[f] for f in s.feature_ids]
         rows = []
@@ -225,7 +227,8 @@ def build_site(out: str | os.PathLike, *, sae: Any, encoder: Any, feature_sets, 
             "encoder": encoder.config.source, "hidden state": layer, "token choice": token,
             "images": len(pos.items), "negatives": len(neg.items) if neg is not None else "-",
             "probe labels": ", ".join(probe.classes) if probe is not None else "- (no class subfolders)",
-            "computed in": f"{time.time() - t0:.1f} s"}
+            "computed in": f"{time.time() - t0:.1f} s (the pass over the images and negatives {t_pass:.1f} s, "
+                           f"before/after {time.time() - t_before_after:.1f} s)"}
     site = {"meta": meta, "sets": site_sets, "has_negatives": neg is not None and bool(len(neg.items))}
 
     def write(folder: Path) -> None:
