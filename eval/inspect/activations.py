@@ -36,11 +36,16 @@ class Pass:
     pooled: np.ndarray | None  # [N, D] mean over tokens of the last hidden state (with `pooled=True`)
 
 
+def tiled(encoder) -> bool:
+    """Mllama's towers: tiles of patches with a class token each, padded; no single grid."""
+    return encoder.config.model_type.startswith("mllama")
+
+
 def patch_grid(encoder) -> int | None:
     """The side of the square patch grid whose tokens end the sequence, or None when the tokens
     are not one square grid (Mllama's tiles)."""
     c = encoder.config
-    if c.model_type == "mllama" or not c.patch_size:
+    if tiled(encoder) or not c.patch_size:
         return None
     side = c.image_size // c.patch_size
     return side if 0 < side * side <= c.num_tokens else None
@@ -129,7 +134,7 @@ def model_view(encoder, image: Any, size: int) -> np.ndarray:
     from PIL import Image
 
     cfg = encoder.preprocess_config
-    if encoder.config.model_type != "mllama" and encoder.config.num_channels == 3:
+    if not tiled(encoder) and encoder.config.num_channels == 3:
         px = np.asarray(preprocess([image], encoder))[0].astype(np.float64)  # [H, W, 3]
         if cfg.image_std is not None:
             px = px * np.asarray(cfg.image_std) + np.asarray(cfg.image_mean)

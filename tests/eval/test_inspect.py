@@ -273,3 +273,29 @@ def test_llava_answers_clean_and_unlearned(world, tmp_path, one_torch_thread):
     out = build_site(tmp_path / "site", sae=world["root"] / "sae", encoder=tmp_path / "llava", feature_sets=[red],
                      images=items, config=InspectConfig(n_top=1, n_before_after=1, max_new_tokens=2), progress=False)
     assert "answer clean" in (out / "concept-red-square.html").read_text()
+
+
+def test_an_mllama_tower_gets_a_site_without_heatmaps(world, tmp_path):
+    """Mllama's tiles are not one patch grid: its site has the numbers and images but no heatmap,
+    and per-image activations still equal the selection's (`scoring.image_activations`)."""
+    import jax
+
+    import sauce_jax
+    from tiny_models import MLLAMA_SMALL, make_mllama
+    from sauce_jax.sae import SAE, SAEConfig, init_params
+    from sauce_jax.scoring import image_activations, top_features
+
+    make_mllama(MLLAMA_SMALL).save_pretrained(tmp_path / "mllama")
+    encoder = sauce_jax.load_encoder(tmp_path / "mllama")
+    config = SAEConfig(d_in=MLLAMA_SMALL["hidden_size"], d_sae=32)
+    sae = SAE(init_params(jax.random.key(2), config), config)
+    scores = np.random.default_rng(1).standard_normal(config.d_sae)
+    fs = top_features(scores, 3, concept="tiles", layer=2, sae_fingerprint=sae.fingerprint(), token="all")
+    images = sorted(world["images"].rglob("*.png"))[:4]
+    out = build_site(tmp_path / "site", sae=sae, encoder=encoder, feature_sets=[fs], images=images,
+                     config=InspectConfig(n_top=2, n_before_after=1, batch_size=4), progress=False)
+    assert not list((out / "heat").iterdir())
+    z = image_activations(sae, encoder, images, layer=2, token="all", progress=False)  # [4, d_sae]
+    best = int(np.argmax(z[:, fs.feature_ids[0]]))
+    text = (out / f"feature-{fs.feature_ids[0]}.html").read_text()
+    assert f'src="img/p{best}.png"' in text and f"{z[best, fs.feature_ids[0]]:.4g}" in text
