@@ -101,6 +101,25 @@ def test_one_pass_matches_the_library(world, small_encoder):
     np.testing.assert_allclose(p.top_maps[0, :, :, j], direct.reshape(g, g), rtol=1e-5, atol=1e-6)
 
 
+def test_probe_labels_from_class_folders(world):
+    """Class subfolders give labels (a flat folder none); the ridge probe labels held-out points
+    of separable classes."""
+    from sauce_jax.eval.inspect.before_after import fit_probe, folder_labels
+    from sauce_jax.images import list_images
+
+    items = list_images(world["images"])
+    assert folder_labels(items, world["images"]) == [p.parent.name for p in items]
+    assert folder_labels(list_images(world["negatives"]), world["negatives"]) is None
+    rng = np.random.default_rng(0)
+    labels = ["cat", "dog", "red"] * 20
+    centres = {c: 3.0 * np.eye(5)[i] for i, c in enumerate(("cat", "dog", "red"))}  # one direction per class
+    x = rng.standard_normal((60, 5)) + np.array([centres[c] for c in labels])
+    probe = fit_probe(x, labels)
+    assert probe.classes == ("cat", "dog", "red") and probe.train_accuracy >= 0.9
+    held = rng.standard_normal((30, 5)) + np.array([centres[c] for c in labels[:30]])
+    assert np.mean([p == t for p, t in zip(probe.predict(held), labels[:30])]) >= 0.85
+
+
 # ------------------------------------------------------------------------------ the browser
 
 def _chromium():
