@@ -100,6 +100,45 @@ def _slugs(concepts: list[str]) -> list[str]:
     return out
 
 
+def _name(item, i: int) -> str:
+    return Path(item).name if isinstance(item, (str, os.PathLike)) else f"image {i}"
+
+
+class Assets:
+    """The PNGs a site links, each made once when written: images as the encoder sees them
+    (`img/`) and the patch heatmaps over them (`heat/`)."""
+
+    def __init__(self, encoder):
+        self.encoder = encoder
+        self.files: dict[str, Any] = {}  # relative path -> a function making its PIL image
+
+    def image(self, kind: str, p: Pass, i: int) -> str:
+        """The path of image i of pass `p` ("p": the images, "n": the negatives)."""
+        path = f"img/{kind}{i}.png"
+        self.files.setdefault(path, lambda: Image.fromarray(model_view(self.encoder, open_image(p.items[i]), THUMB)))
+        return path
+
+    def cells(self, kind: str, p: Pass, f: int, j: int) -> list[dict]:
+        """Feature f's (column j's) top images where it fires, best first, with their heatmaps
+        on one scale: the feature's largest patch value over them."""
+        scale = float(p.top_maps[..., j].max()) if p.top_maps is not None else 0.0
+        out = []
+        for r, (i, v) in enumerate(zip(p.top_rows[:, j], p.top_values[:, j])):
+            if i < 0 or v <= 0:
+                continue
+            i = int(i)
+            cell = {"image": self.image(kind, p, i), "name": _name(p.items[i], i), "caption": f"{v:.4g}"}
+            if p.top_maps is not None:
+                cell["heat"] = f"heat/f{f}-{kind}{i}.png"
+                self.files[cell["heat"]] = lambda m=p.top_maps[r, :, :, j]: heat_overlay(m, scale, THUMB)
+            out.append(cell)
+        return out
+
+    def write(self, folder: Path) -> None:
+        for path, make in self.files.items():
+            make().save(folder / path)
+
+
 def build_site(out: str | os.PathLike, *, sae: Any, encoder: Any, feature_sets, images: Any, negatives: Any = None,
                config: InspectConfig | None = None, progress: bool = True) -> Path:
     """Write the feature browser of `feature_sets` to the folder `out` and return its path.
@@ -143,36 +182,7 @@ def build_site(out: str | os.PathLike, *, sae: Any, encoder: Any, feature_sets, 
 
     slugs = _slugs([s.concept for s in sets])
     column = {f: j for j, f in enumerate(ids)}
-    view = {}  # (kind, index) -> the image as the model sees it, rendered once
-
-    def picture(kind: str, p: Pass, i: int) -> np.ndarray:
-        if (kind, i) not in view:
-            view[kind, i] = model_view(encoder, open_image(p.items[i]), THUMB)
-        return view[kind, i]
-
-    files: dict[str, Any] = {}  # relative path -> PIL image to write
-
-    def image_ref(kind: str, p: Pass, i: int) -> str:
-        path = f"img/{kind}{i}.png"
-        files.setdefault(path, lambda: Image.fromarray(picture(kind, p, i)))
-        return path
-
-    def name_of(item, i: int) -> str:
-        return Path(item).name if isinstance(item, (str, os.PathLike)) else f"image {i}"
-
-    def cells(kind: str, p: Pass, f: int) -> list[dict]:
-        j = column[f]
-        scale = float(p.top_maps[..., j].max()) if p.top_maps is not None else 0.0
-        out_cells = []
-        for r, (i, v) in enumerate(zip(p.top_rows[:, j], p.top_values[:, j])):
-            if i < 0 or v <= 0:
-                continue
-            cell = {"image": image_ref(kind, p, int(i)), "name": name_of(p.items[i], int(i)), "caption": f"{v:.4g}"}
-            if p.top_maps is not None:
-                cell["heat"] = f"heat/f{f}-{kind}{int(i)}.png"
-                files[cell["heat"]] = (lambda m=p.top_maps[r, :, :, j], s=scale: heat_overlay(m, s, THUMB))
-            out_cells.append(cell)
-        return out_cells
+    assets = Assets(encoder)
 
     fs, fmav = image_statistics(pos.values)  # [F] each
     fs_neg = image_statistics(neg.values)[0] if neg is not None and len(neg.items) else None
@@ -185,8 +195,8 @@ def build_site(out: str | os.PathLike, *, sae: Any, encoder: Any, feature_sets, 
         if neg is not None and len(neg.items):
             series.append(("negatives", neg.values[:, j], "#c0392b"))
         features[f] = {"id": f, "page": f"feature-{f}.html", "fs": float(fs[j]), "fmav": float(fmav[j]),
-                       "sets": membership[f], "top": cells("p", pos, f),
-                       "top_neg": cells("n", neg, f) if neg is not None and len(neg.items) else [],
+                       "sets": membership[f], "top": assets.cells("p", pos, f, column[f]),
+                       "top_neg": assets.cells("n", neg, f, column[f]) if neg is not None and len(neg.items) else [],
                        "histogram": histogram_svg(series, title=f"feature {f}")}
 
     overlap = overlaps({slug: list(s.feature_ids) for s, slug in zip(sets, slugs)})
@@ -208,7 +218,7 @@ def build_site(out: str | os.PathLike, *, sae: Any, encoder: Any, feature_sets, 
                                    max_new_tokens=config.max_new_tokens)
             for i, r in zip(chosen, results):
                 truth = f" (label {labels[i]})" if labels else ""
-                ba.append({**r, "cell": {"image": image_ref("p", pos, i), "name": name_of(pos.items[i], i) + truth,
+                ba.append({**r, "cell": {"image": assets.image("p", pos, i), "name": _name(pos.items[i], i) + truth,
                                          "caption": ""}})
         note = (f"The {len(chosen)} images where the set fires most, through the tower clean and with the set "
                 f"unlearned ({config.mode}, gamma {s.gamma:g}). Set activation: the sum of its features' activations.")
@@ -241,8 +251,7 @@ def build_site(out: str | os.PathLike, *, sae: Any, encoder: Any, feature_sets, 
             (folder / s["page"]).write_text(pages.concept_page(s, site))
         for f in features.values():
             (folder / f["page"]).write_text(pages.feature_page(f, site))
-        for path, make in files.items():
-            make().save(folder / path)
+        assets.write(folder)
 
     marker = {"tool": "sauce-jax inspect", "sae": sae.fingerprint(), "concepts": [s.concept for s in sets],
               "images": len(pos.items)}
