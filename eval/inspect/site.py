@@ -176,6 +176,7 @@ def build_site(out: str | os.PathLike, *, sae: Any, encoder: Any, feature_sets, 
     if not pos.items:
         raise InputError(f"none of the {len(items)} images could be read")
     neg = run_pass(encoder, sae, neg_items, desc="negatives", **common) if neg_items else None
+    neg = neg if neg is not None and neg.items else None  # unreadable negatives count as none
     t_pass = time.time() - t_pass
     labels = folder_labels(pos.items, images) if labels_wanted else None
     probe = fit_probe(pos.pooled, labels) if labels else None
@@ -185,18 +186,18 @@ def build_site(out: str | os.PathLike, *, sae: Any, encoder: Any, feature_sets, 
     assets = Assets(encoder)
 
     fs, fmav = image_statistics(pos.values)  # [F] each
-    fs_neg = image_statistics(neg.values)[0] if neg is not None and len(neg.items) else None
+    fs_neg = image_statistics(neg.values)[0] if neg is not None else None
     membership = {f: [{"concept": s.concept, "page": f"concept-{slug}.html", "rank": s.feature_ids.index(f) + 1}
                       for s, slug in zip(sets, slugs) if f in s.feature_ids] for f in ids}
     features = {}
     for f in ids:
         j = column[f]
         series = [("images", pos.values[:, j], "#3a6ea5")]
-        if neg is not None and len(neg.items):
+        if neg is not None:
             series.append(("negatives", neg.values[:, j], "#c0392b"))
         features[f] = {"id": f, "page": f"feature-{f}.html", "fs": float(fs[j]), "fmav": float(fmav[j]),
                        "sets": membership[f], "top": assets.cells("p", pos, f, column[f]),
-                       "top_neg": assets.cells("n", neg, f, column[f]) if neg is not None and len(neg.items) else [],
+                       "top_neg": assets.cells("n", neg, f, column[f]) if neg is not None else [],
                        "histogram": histogram_svg(series, title=f"feature {f}")}
 
     overlap = overlaps({slug: list(s.feature_ids) for s, slug in zip(sets, slugs)})
@@ -239,7 +240,7 @@ def build_site(out: str | os.PathLike, *, sae: Any, encoder: Any, feature_sets, 
             "probe labels": ", ".join(probe.classes) if probe is not None else "- (no class subfolders)",
             "computed in": f"{time.time() - t0:.1f} s (the pass over the images and negatives {t_pass:.1f} s, "
                            f"before/after {time.time() - t_before_after:.1f} s)"}
-    site = {"meta": meta, "sets": site_sets, "has_negatives": neg is not None and bool(len(neg.items))}
+    site = {"meta": meta, "sets": site_sets, "has_negatives": neg is not None}
 
     def write(folder: Path) -> None:
         for sub in ("assets", "img", "heat"):
