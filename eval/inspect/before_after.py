@@ -3,7 +3,8 @@
 Vision only, the evidence is (a) the activations of the set's features at the edited layer,
 clean and unlearned, and (b) when the image folder has class subfolders, the label a linear
 probe fitted on the clean encoder's output gives each image, clean and unlearned. With a LLaVA
-checkpoint the language model's answer to a prompt is shown too (`eval/vlm/llava_answerer`).
+or Mllama checkpoint the language model's answer to a prompt is shown too
+(`eval/vlm/llava_answerer`, `eval/vlm/mllama_answerer`).
 """
 
 from __future__ import annotations

@@ -44,9 +44,9 @@ class InspectConfig:
     n_before_after: int = 4  # images per FeatureSet in the before/after view
     batch_size: int = 32
     mode: str = "reconstruct"  # the intervention of the before/after view (eq. 6)
-    prompt: str = DEFAULT_PROMPT  # asked of a LLaVA checkpoint, clean and unlearned
+    prompt: str = DEFAULT_PROMPT  # asked of a LLaVA or Mllama checkpoint, clean and unlearned
     max_new_tokens: int = 24
-    answers: bool = True  # with a LLaVA checkpoint, show its answers (needs torch)
+    answers: bool = True  # with a LLaVA or Mllama checkpoint, show its answers (needs torch)
 
     def __post_init__(self):
         for name in ("n_top", "n_before_after", "batch_size", "max_new_tokens"):
@@ -72,7 +72,7 @@ def _load_sets(feature_sets, sae) -> list[FeatureSet]:
 
 
 def _load_model(encoder, answers: bool):
-    """(encoder, LLaVA answerer or None) from a VisionEncoder or a checkpoint path; a LLaVA
+    """(encoder, answerer or None) from a VisionEncoder or a checkpoint path; a LLaVA or Mllama
     checkpoint is read once, as a transformers model whose tower becomes the JAX encoder."""
     if not isinstance(encoder, (str, os.PathLike)):
         return encoder, None
@@ -82,10 +82,16 @@ def _load_model(encoder, answers: bool):
     text = str(encoder)
     if answers and not (text.startswith("onnx:") or text.lower().endswith(".onnx")):
         directory = resolve_checkpoint_dir(encoder)
-        if read_json(directory / "config.json").get("model_type") == "llava":
+        model_type = read_json(directory / "config.json").get("model_type")
+        if model_type == "llava":
             from sauce_jax.eval.vlm.llava_answerer import LlavaAnswerer
 
             answerer = LlavaAnswerer(directory)
+            return answerer.encoder, answerer
+        if model_type == "mllama":
+            from sauce_jax.eval.vlm.mllama_answerer import MllamaAnswerer
+
+            answerer = MllamaAnswerer(directory)
             return answerer.encoder, answerer
     return load_encoder(encoder), None
 
@@ -145,8 +151,8 @@ def build_site(out: str | os.PathLike, *, sae: Any, encoder: Any, feature_sets, 
 
     Args:
       out: the site folder; it must not exist, be empty, or hold a previous site (replaced).
-      sae: an `SAE` or its folder. encoder: a `VisionEncoder` or a checkpoint (a LLaVA
-        checkpoint also answers `config.prompt` in the before/after view).
+      sae: an `SAE` or its folder. encoder: a `VisionEncoder` or a checkpoint (a LLaVA or
+        Mllama checkpoint also answers `config.prompt` in the before/after view).
       feature_sets: FeatureSets or their JSON files, all of this SAE, one layer and token choice.
       images: a folder (class subfolders give the probe its labels), a list of images or a
         uint8 array. negatives: optional images without the concept (false alarms).
@@ -227,7 +233,7 @@ def build_site(out: str | os.PathLike, *, sae: Any, encoder: Any, feature_sets, 
             note += (f" Probe: a linear probe on the clean tower's output over {len(probe.classes)} classes "
                      f"(training accuracy {probe.train_accuracy:.2f}).")
         if answerer is not None:
-            note += f" Answers: the LLaVA checkpoint asked {config.prompt!r}."
+            note += f" Answers: the checkpoint's language model asked {config.prompt!r}."
         site_sets.append({"concept": s.concept, "page": f"concept-{slug}.html", "k": s.k, "gamma": s.gamma,
                           "layer": s.layer, "token": s.token, "sae_fingerprint": s.sae_fingerprint, "features": rows,
                           "overlap": [{"concept": sets[slugs.index(o)].concept, "page": f"concept-{o}.html", **v}
