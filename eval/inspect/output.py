@@ -39,6 +39,9 @@ def write_site(out: str | os.PathLike, write: Callable[[Path], None], marker: di
     `out` is left as it was."""
     out = check_target(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0o700 would hide the site from other users
     try:
         write(tmp)
         (tmp / MARKER).write_text(json.dumps(marker, indent=1))
