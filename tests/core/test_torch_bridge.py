@@ -351,11 +351,11 @@ def test_bad_arguments(clip3):
         torch_hook(make_sae("standard", 32), ids).register(model, 0)
     with pytest.raises(ConfigError, match="Linear"):
         hook.register(torch.nn.Linear(4, 4))
-    siglip = transformers.SiglipVisionModel(transformers.SiglipVisionConfig(
+    vit = transformers.ViTModel(transformers.ViTConfig(
         hidden_size=48, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, image_size=24,
         patch_size=4))
-    with pytest.raises(ConfigError, match="SiglipVisionModel"):
-        hook.register(siglip)
+    with pytest.raises(ConfigError, match="ViTModel"):
+        hook.register(vit)
     # Per-image ids for 3 images on a batch of 2: refused when the batch arrives.
     three = torch_hook(sae, np.arange(6, dtype=np.int32).reshape(3, 2))
     with three.register(model, 1), pytest.raises(InputError, match="3 images"):
