@@ -90,8 +90,8 @@ def _other_files(checkpoint: Path) -> list[Path]:
 
 
 def _load_quietly(cls: type, checkpoint: Path, config: Any):
-    """The checkpoint as `cls`; transformers' report of the `sauce.*` buffers missing from it
-    (filled right after) is silenced, its other warnings are not."""
+    """The checkpoint as `cls`. transformers' load report is silenced: it would list the
+    `sauce.*` buffers as missing from the checkpoint (they are filled right after loading)."""
     from transformers.utils import logging
 
     level = logging.get_verbosity()

@@ -262,7 +262,7 @@ def _sauce_class(base: type) -> type:
         install_sauce(self)
 
     keep = list(getattr(base, "_keep_in_fp32_modules", None) or [])
-    return type(f"Sauce{base.__name__}", (base,), {
+    cls = type(f"Sauce{base.__name__}", (base,), {
         "__init__": __init__,
         "__doc__": f"{base.__name__} with a SAUCE intervention on its vision tower (see `config.sauce`).",
         "__module__": __name__,
@@ -272,6 +272,21 @@ def _sauce_class(base: type) -> type:
         # only for its own classes; this one loads and saves exactly as `base` does.
         "is_custom_code": classmethod(lambda cls: False),
     })
+    _share_conversions(cls, base)
+    return cls
+
+
+def _share_conversions(cls: type, base: type) -> None:
+    """Give `cls` the key renamings transformers 5 keeps for `base` by class name (e.g.
+    DINOv2's legacy attention names); transformers 4 inherits `_checkpoint_conversion_mapping`."""
+    try:
+        from transformers.conversion_mapping import (get_checkpoint_conversion_mapping,
+                                                     register_checkpoint_conversion_mapping)
+    except ImportError:
+        return
+    mapping = get_checkpoint_conversion_mapping(base.__name__)
+    if mapping is not None:
+        register_checkpoint_conversion_mapping(cls.__name__, mapping, overwrite=True)
 
 
 SauceLlavaForConditionalGeneration = _sauce_class(LlavaForConditionalGeneration)
