@@ -169,3 +169,23 @@ def mllama_random_inputs(fields: dict, seed: int = 0):
     pixels = np.random.default_rng(seed).standard_normal((2, n, s, s, 3)).astype(np.float32)
     pixels *= mask[:, :, None, None, None]
     return mllama_inputs(pixels, ids, mask)
+
+
+def make_mllama_processor(words):
+    """An `MllamaProcessor` for `make_mllama_cg` models: a word-level tokenizer over `words`
+    (ids from 3; <pad> 0, <|begin_of_text|> 1, </s> 2, <|image|> 95) and a 16 px, 4-tile image
+    processor."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import MllamaProcessor, PreTrainedTokenizerFast
+
+    image_processor_class = getattr(transformers, "MllamaImageProcessorPil", None) or transformers.MllamaImageProcessor
+    vocab = {"<pad>": 0, "<|begin_of_text|>": 1, "</s>": 2, "<unk>": 3}
+    vocab.update({w: i + 4 for i, w in enumerate(words)})
+    vocab["<|image|>"] = 95  # make_mllama_cg's image_token_index
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>",
+                                        bos_token="<|begin_of_text|>", eos_token="</s>",
+                                        extra_special_tokens=["<|image|>"])
+    image_processor = image_processor_class(size={"height": 16, "width": 16}, max_image_tiles=4)
+    return MllamaProcessor(image_processor=image_processor, tokenizer=tokenizer)

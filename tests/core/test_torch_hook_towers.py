@@ -2,19 +2,17 @@
 test_torch_bridge: with the hook registered, transformers' outputs must equal our JAX
 encoder's with the same intervention. For Mllama, whose vision model returns no hidden
 states, the reference is its last_hidden_state (global output and every intermediate local
-layer), in the vision model and inside MllamaForConditionalGeneration (logits)."""
+layer); inside MllamaForConditionalGeneration, test_export compares the logits."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
 import sauce_jax
-from tiny_models import (DINOV2_SMALL, MLLAMA_SMALL, SIGLIP_SMALL, make_dinov2_model, make_mllama, make_mllama_cg,
+from tiny_models import (DINOV2_SMALL, MLLAMA_SMALL, SIGLIP_SMALL, make_dinov2_model, make_mllama,
                          make_siglip_vision, mllama_random_inputs, mllama_torch_inputs, random_pixels, relative_error)
 from tiny_saes import busiest_features, make_sae
-from sauce_jax.eval.vlm.mllama_bridge import logits_with_states, mllama_cross_attention_states
 from sauce_jax.torch_bridge import torch_hook, vision_tower
 
 TOL = 1e-5
@@ -26,9 +24,10 @@ def torch_forward(model, pixels):
         return model(pixel_values=torch.from_numpy(pixels).permute(0, 3, 1, 2), output_hidden_states=True)
 
 
-@pytest.mark.parametrize("family", ["siglip", "dinov2"])
-@pytest.mark.parametrize("architecture,mode,layer,where", [("standard", "reconstruct", 0, "all"),
-                                                           ("topk", "delta", -2, "patch")])
+# State 0 (the embeddings' output) on one family, a block's output on the other; the
+# vision-only export tests (test_export) hook block outputs of both.
+@pytest.mark.parametrize("family,architecture,mode,layer,where", [("siglip", "standard", "reconstruct", 0, "all"),
+                                                                  ("dinov2", "topk", "delta", -2, "patch")])
 def test_vit_towers(family, architecture, mode, layer, where):
     fields, make = {"siglip": (SIGLIP_SMALL, make_siglip_vision), "dinov2": (DINOV2_SMALL, make_dinov2_model)}[family]
     model = make(fields, seed=5)
@@ -79,25 +78,3 @@ def test_mllama_tower(mllama_tower, architecture, mode, layer, where):
             ref = model(**mllama_torch_inputs(inputs)).last_hidden_state[:, 0]
     assert relative_error(ours, ref) <= TOL
     assert relative_error(ref.numpy(), base) > 1e-3  # the edit reached the tower's output
-
-
-def test_mllama_conditional_generation_logits():
-    """The hook registered on MllamaForConditionalGeneration gives the logits of our unlearned
-    tower through the bridge."""
-    model = make_mllama_cg(MLLAMA_SMALL, seed=8)
-    encoder = sauce_jax.load_encoder(model)
-    inputs = mllama_random_inputs(MLLAMA_SMALL, seed=8)
-    ids = torch.tensor([[95, 5, 9, 14, 3, 22]] * 2)  # the image token first
-    text = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
-            "cross_attention_mask": torch.from_numpy(np.asarray(inputs["aspect_ratio_mask"])).long()[:, None, None, :]
-            .expand(2, ids.shape[1], 1, -1).contiguous()}
-    sae = make_sae("standard", MLLAMA_SMALL["hidden_size"], seed=2)
-    features = busiest_features(sae, encoder.hidden_state(inputs, -2))
-    unlearned = sauce_jax.unlearn(encoder, sae, features, gamma=-1.0)
-    ours = logits_with_states(model, text, mllama_cross_attention_states(model, encoder, inputs, unlearned=unlearned))
-    with torch.no_grad():
-        plain = model(**text, **mllama_torch_inputs(inputs)).logits
-        with torch_hook(sae, features, gamma=-1.0).register(model):  # -2, as unlearn's default
-            ref = model(**text, **mllama_torch_inputs(inputs)).logits
-    assert relative_error(ours.numpy(), ref) <= 1e-4
-    assert relative_error(ref.numpy(), plain) > 1e-3
