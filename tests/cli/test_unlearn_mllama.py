@@ -13,6 +13,7 @@ from PIL import Image
 
 import sauce_jax
 from sauce_jax import cli
+from sauce_jax.eval.vlm.mllama_answerer import MllamaAnswerer
 from tiny_models import MLLAMA_SMALL, make_mllama_cg, make_mllama_processor, relative_error
 from tiny_saes import busiest_features, make_sae
 
@@ -54,4 +55,11 @@ def test_unlearn_answers_with_an_mllama_checkpoint(tmp_path):
     expected = native_processor.batch_decode(generated[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
     assert [r["answer"] for r in rows] == expected
     assert any(answer.strip() for answer in expected)
+    # The answerer tokenizes and masks exactly as the processor: ids, padding, which tile each token sees.
+    answerer = MllamaAnswerer(tmp_path / "mllama")
+    tiles = sauce_jax.preprocess([image for [image] in images], answerer.encoder)["aspect_ratio_mask"]
+    assert len(set(map(int, tiles.sum(axis=1)))) > 1  # the images have different tile counts
+    ours = answerer.text_inputs(["what is this"] * 3, tiles)
+    for key in ("input_ids", "attention_mask", "cross_attention_mask"):
+        assert torch.equal(ours[key], batch[key]), key
     assert relative_error(edited.numpy(), plain) > 1e-3  # the edit reaches what the model answers from
