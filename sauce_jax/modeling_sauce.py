@@ -65,15 +65,25 @@ class SauceIntervention(torch.nn.Module):
             raise ValueError(f"unknown SAE architecture {architecture!r}, mode {mode!r} or token mask {where!r}")
         self.d_in, self.d_sae, self.architecture, self.k = int(d_in), int(d_sae), architecture, k
         self.mode, self.where = mode, where
-        self.register_buffer("W_enc", torch.zeros(d_in, d_sae))
-        self.register_buffer("b_enc", torch.zeros(d_sae))
-        self.register_buffer("W_dec", torch.zeros(d_sae, d_in))
-        self.register_buffer("b_dec", torch.zeros(d_in))
+        f32 = dict(dtype=torch.float32)  # whatever the default dtype a model is built under
+        self.register_buffer("W_enc", torch.zeros(d_in, d_sae, **f32))
+        self.register_buffer("b_enc", torch.zeros(d_sae, **f32))
+        self.register_buffer("W_dec", torch.zeros(d_sae, d_in, **f32))
+        self.register_buffer("b_dec", torch.zeros(d_in, **f32))
         if architecture == "batchtopk":
-            self.register_buffer("threshold", torch.zeros(d_sae))
+            self.register_buffer("threshold", torch.zeros(d_sae, **f32))
         ids_shape = (num_ids,) if per_image is None else (per_image, num_ids)
         self.register_buffer("feature_ids", torch.full(ids_shape, -1, dtype=torch.long))
-        self.register_buffer("gamma", torch.zeros(() if per_image is None else (per_image,)))
+        self.register_buffer("gamma", torch.zeros(() if per_image is None else (per_image,), **f32))
+
+    def _apply(self, fn, recurse=True):
+        """`.half()`, `.to(dtype)` and the like move the buffers but keep them float32: the
+        SAE computes in float32, as in JAX, whatever dtype the model around it runs in."""
+        super()._apply(fn, recurse)
+        for name, buffer in self._buffers.items():
+            if buffer is not None and buffer.is_floating_point() and buffer.dtype != torch.float32:
+                self._buffers[name] = buffer.float()
+        return self
 
     def spec(self) -> dict:
         """The constructor's arguments, as the exported config.json records them."""

@@ -106,6 +106,26 @@ def test_llava_export_is_the_unlearned_model(llava_export):
     assert torch.equal(again.generate(**prompt, pixel_values=pixel_values, **GREEDY), generated)
 
 
+def test_sae_stays_float32_in_low_precision_models(tmp_path):
+    """A float16 checkpoint exports a float32 SAE, which stays float32 when the export is
+    loaded in bfloat16; the bfloat16 model then edits as the float32 one does, to bfloat16
+    precision."""
+    from safetensors import safe_open
+
+    make_llava(SMALL, seed=1).half().save_pretrained(tmp_path / "ckpt")
+    sae = make_sae("topk", SMALL["hidden_size"])
+    out = export_unlearned(tmp_path / "ckpt", sae, [1, 2, 3], tmp_path / "out", gamma=-1.0)
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys() if k.startswith("sauce.W_")} == {"F32"}
+    low = transformers.AutoModelForImageTextToText.from_pretrained(out, trust_remote_code=True, dtype=torch.bfloat16)
+    assert low.sauce.W_enc.dtype == torch.float32 and low.lm_head.weight.dtype == torch.bfloat16
+    hidden = torch.randn(2, 17, SMALL["hidden_size"])
+    full = low.sauce(hidden)
+    assert low.sauce(hidden.bfloat16()).dtype == torch.bfloat16
+    assert relative_error(low.sauce(hidden.bfloat16()).float().numpy(), full) < 2e-2
+    assert relative_error(full.numpy(), hidden) > 1e-2
+
+
 # -- Mllama --------------------------------------------------------------------------------
 def test_mllama_export_is_the_unlearned_model(tmp_path):
     model = make_mllama_cg(MLLAMA_SMALL, seed=7)

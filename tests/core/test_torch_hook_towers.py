@@ -62,7 +62,7 @@ def mllama_tower():
 
 # Every kind of hook point: the local transformer's input (0, a pre-hook), the last local
 # block (L = 3: the global transformer's input, and an intermediate layer the language model
-# reads) and the last global block (-1).
+# reads) and the last global block (-1); test_export hooks the penultimate one (-2).
 MLLAMA_COVER = [("standard", "reconstruct", 0, "all"), ("batchtopk", "delta", 3, "patch"),
                 ("topk", "reconstruct", -1, "cls")]
 
