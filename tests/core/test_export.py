@@ -106,6 +106,27 @@ def test_llava_export_is_the_unlearned_model(llava_export):
     assert torch.equal(again.generate(**prompt, pixel_values=pixel_values, **GREEDY), generated)
 
 
+def test_llava_with_siglip_tower(tmp_path):
+    model = make_llava(dict(SIGLIP_SMALL, model_type="siglip_vision_model"), seed=2)
+    model.save_pretrained(tmp_path / "ckpt")
+    encoder = sauce_jax.load_encoder(model)
+    pixels = random_pixels(SIGLIP_SMALL, seed=2)
+    sae = make_sae("standard", SIGLIP_SMALL["hidden_size"], seed=1)
+    features = busiest_features(sae, encoder.hidden_state(pixels, -2))
+    exported = load(export_unlearned(tmp_path / "ckpt", sae, features, tmp_path / "out", gamma=-1.0))
+    image_features = llava_image_features(model, encoder, pixels,
+                                          unlearned=sauce_jax.unlearn(encoder, sae, features, gamma=-1.0))
+    n = image_features.shape[1]  # "default" drops the first token: 15 of SigLIP's 16
+    ids = torch.tensor([[1, 5] + [127] * n + [7, 9, 11]] * 2)
+    prompt = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    with torch.no_grad():
+        logits = exported(**prompt, pixel_values=torch.from_numpy(pixels).permute(0, 3, 1, 2)).logits
+        plain = model(**prompt, pixel_values=torch.from_numpy(pixels).permute(0, 3, 1, 2)).logits
+    ours = logits_with_features(model, prompt["input_ids"], prompt["attention_mask"], image_features)
+    assert relative_error(ours.numpy(), logits) <= 1e-4
+    assert relative_error(logits.numpy(), plain) > 1e-3
+
+
 def test_sae_stays_float32_in_low_precision_models(tmp_path):
     """A float16 checkpoint exports a float32 SAE, which stays float32 when the export is
     loaded in bfloat16; the bfloat16 model then edits as the float32 one does, to bfloat16
