@@ -9,11 +9,13 @@ inference. The PyTorch side lives in `sauce_jax.modeling_sauce`, which `sauce-ja
 copies into exported models.
 
 Hidden-state index i follows transformers' `output_hidden_states` (0 = after CLIP's
-pre-layernorm, i = output of block i - 1, negative from the end). The hook rewrites state i
-before block i reads it, and the rewritten value is what transformers returns as
-`hidden_states[i]`, as in our JAX encoder. To get that, the rewrite is a forward hook on the
-module that *produces* state i (`pre_layrnorm` for i = 0, block i - 1 otherwise), put first
-in the hook order: transformers 5 records hidden states with forward hooks on the blocks
+pre-layernorm, SigLIP's and DINOv2's embeddings, Mllama's local-transformer input; i = output
+of block i - 1, negative from the end; Mllama counts its local, then its global blocks). The
+hook rewrites state i before block i reads it, and the rewritten value is what transformers
+returns as `hidden_states[i]`, as in our JAX encoder. To get that, the rewrite is a forward
+hook on the module that *produces* state i (`pre_layrnorm` or `embeddings` for i = 0, block
+i - 1 otherwise; for Mllama's state 0, a pre-hook on the local transformer), put first in the
+hook order: transformers 5 records hidden states with forward hooks on the blocks
 (the block's input for 0, its output after), transformers 4 from the blocks' return values,
 and both then see the rewritten tensor. A forward *pre*-hook on block i would not do: the
 recorded state i is block i - 1's output, taken before the pre-hook runs.
@@ -38,7 +40,8 @@ except ImportError as exc:  # pragma: no cover - the torch extra is optional
 
 from sauce_jax.modeling_sauce import SauceIntervention, Tower, find_tower, register_intervention
 
-__all__ = ["TorchHook", "clip_vision_tower", "from_torch", "to_torch", "torch_hook", "vision_tower"]
+__all__ = ["TorchHook", "clip_vision_tower", "from_torch", "intervention_module", "to_torch", "torch_hook",
+           "vision_tower"]
 
 
 # -- arrays -------------------------------------------------------------------------------
