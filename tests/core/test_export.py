@@ -178,8 +178,12 @@ def test_mllama_export_is_the_unlearned_model(tmp_path):
 
 
 # -- vision-only towers --------------------------------------------------------------------
-@pytest.mark.parametrize("family", ["clip", "siglip", "dinov2"])
-def test_vision_only_export(tmp_path, family):
+# Each family with its own hook point: a block's output (CLIP), the embeddings' output
+# (SigLIP's state 0) and the penultimate block, delta mode on the patch tokens (DINOv2).
+@pytest.mark.parametrize("family,layer,mode,where", [("clip", 1, "reconstruct", "all"),
+                                                     ("siglip", 0, "reconstruct", "all"),
+                                                     ("dinov2", -2, "delta", "patch")])
+def test_vision_only_export(tmp_path, family, layer, mode, where):
     fields, make = {"clip": (SMALL, make_clip), "siglip": (SIGLIP_SMALL, make_siglip_vision),
                     "dinov2": (DINOV2_SMALL, make_dinov2_model)}[family]
     model = make(fields, seed=4)
@@ -187,18 +191,22 @@ def test_vision_only_export(tmp_path, family):
     encoder = sauce_jax.load_encoder(model)
     pixels = random_pixels(fields, seed=4)
     sae = make_sae("batchtopk", fields["hidden_size"], seed=3)
-    features = busiest_features(sae, encoder.hidden_state(pixels, 1))
-    out = export_unlearned(tmp_path / "ckpt", sae, features, tmp_path / "out", layer=1, gamma=0.25)
+    features = busiest_features(sae, encoder.hidden_state(pixels, layer))
+    out = export_unlearned(tmp_path / "ckpt", sae, features, tmp_path / "out", layer=layer, gamma=0.25, mode=mode,
+                           where=where)
     exported = load(out, transformers.AutoModel)
     assert isinstance(exported, type(model))
-    ours = sauce_jax.unlearn(encoder, sae, features, layer=1, gamma=0.25)(pixels)
+    ours = sauce_jax.unlearn(encoder, sae, features, layer=layer, gamma=0.25, mode=mode, where=where)(pixels)
     with torch.no_grad():
         ref = exported(pixel_values=torch.from_numpy(pixels).permute(0, 3, 1, 2), output_hidden_states=True)
         base = model(pixel_values=torch.from_numpy(pixels).permute(0, 3, 1, 2), output_hidden_states=True)
     assert len(ours.hidden_states) == len(ref.hidden_states)
     assert max(relative_error(a, b) for a, b in zip(ours.hidden_states, ref.hidden_states)) <= 1e-5
-    assert torch.equal(ref.hidden_states[0], base.hidden_states[0])
-    assert relative_error(ref.hidden_states[1].numpy(), base.hidden_states[1]) > 1e-2
+    assert relative_error(ours.pooler_output, ref.pooler_output) <= 1e-5
+    # Not vacuous: the hooked state moved, the states before it did not.
+    assert relative_error(ref.hidden_states[layer].numpy(), base.hidden_states[layer]) > 1e-2
+    for i in range(encoder.layer_index(layer)):
+        assert torch.equal(ref.hidden_states[i], base.hidden_states[i])
     exported.save_pretrained(tmp_path / "again")
     with torch.no_grad():
         again = load(tmp_path / "again", transformers.AutoModel)(pixel_values=torch.from_numpy(pixels).permute(0, 3, 1, 2))
