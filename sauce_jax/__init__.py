@@ -33,6 +33,7 @@ _LAZY = {
     "per_image_ids": "sauce_jax.intervention",
     "torch_hook": "sauce_jax.torch_bridge",
     "to_torch": "sauce_jax.torch_bridge",
+    "export_unlearned": "sauce_jax.export",
 }
 
 __all__ = ["SauceError", "ConfigError", "CheckpointError", "InputError", "__version__", *_LAZY]

@@ -1,5 +1,5 @@
-"""Build small random CLIP and SigLIP towers with transformers, load them through sauce-jax,
-compare every layer.
+"""Build small random CLIP, SigLIP, DINOv2 and Mllama towers with transformers, load them
+through sauce-jax, compare every layer.
 
 This is what `sauce-jax selfcheck` runs: proof on a fresh machine that conversion, the port
 and the hidden-state contract agree with the PyTorch reference.
@@ -23,7 +23,14 @@ CONFIGS = {
                                        num_attention_heads=6, image_size=56, patch_size=14, hidden_act="gelu")),
     "siglip tiny/8 + head": ("siglip", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3,
                                             num_attention_heads=4, image_size=48, patch_size=8)),
+    "dinov2 tiny/8 swiglu": ("dinov2", dict(hidden_size=64, num_attention_heads=4, num_hidden_layers=3, mlp_ratio=2,
+                                            image_size=48, patch_size=8, use_swiglu_ffn=True)),
+    "mllama tiny/4 4 tiles": ("mllama", dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                                             num_global_layers=2, attention_heads=4, image_size=16, patch_size=4,
+                                             max_num_tiles=4, intermediate_layers_indices=[0, 2])),
 }
+# The transformers classes of each family (configs and models are named alike).
+_CLASSES = {"clip": "CLIPVision", "siglip": "SiglipVision", "dinov2": "Dinov2", "mllama": "MllamaVision"}
 
 
 def relative_error(ours, ref) -> float:
@@ -43,9 +50,9 @@ def run(tolerance: float = 1e-5, seed: int = 0, log=print) -> bool:
     ok = True
     for name, (family, fields) in CONFIGS.items():
         torch.manual_seed(seed)
-        prefix = {"clip": "CLIP", "siglip": "Siglip"}[family]
-        config = getattr(transformers, f"{prefix}VisionConfig")(**fields)
-        reference = getattr(transformers, f"{prefix}VisionModel")(config).eval()
+        prefix = _CLASSES[family]
+        config = getattr(transformers, f"{prefix}Config")(**fields)
+        reference = getattr(transformers, f"{prefix}Model")(config).eval()
         # transformers' init zeroes the biases and sets layernorms to 1, which would hide a
         # misplaced bias or layernorm: every parameter gets noise of its own
         generator = torch.Generator().manual_seed(1000 + seed)
@@ -55,16 +62,60 @@ def run(tolerance: float = 1e-5, seed: int = 0, log=print) -> bool:
         with tempfile.TemporaryDirectory() as tmp:
             reference.save_pretrained(tmp)
             encoder = load_encoder(Path(tmp))
-        size = fields["image_size"]
-        pixels = np.random.default_rng(seed).standard_normal((2, size, size, 3)).astype(np.float32)
-        with torch.no_grad():
-            expected = reference(torch.from_numpy(pixels).permute(0, 3, 1, 2), output_hidden_states=True)
-        ours = encoder(pixels)
-        errors = [relative_error(a, b) for a, b in zip(ours.hidden_states, expected.hidden_states)]
-        if expected.pooler_output is not None:
-            errors.append(relative_error(ours.pooler_output, expected.pooler_output))
+        compare = _compare_mllama if family == "mllama" else _compare_vit
+        errors, states = compare(torch, reference, encoder, fields, seed)
         worst = max(errors)
-        ok &= worst <= tolerance and len(ours.hidden_states) == len(expected.hidden_states)
-        log(f"{name:24s} {len(ours.hidden_states)} hidden states + pooled: worst relative error {worst:.2e} "
-            f"({'ok' if worst <= tolerance else 'FAIL'}, tolerance {tolerance:.0e})")
+        passed = worst <= tolerance and states > 0
+        ok &= passed
+        log(f"{name:24s} {states} hidden states + output: worst relative error {worst:.2e} "
+            f"({'ok' if passed else 'FAIL'}, tolerance {tolerance:.0e})")
     return ok
+
+
+def _compare_vit(torch, reference, encoder, fields, seed) -> tuple[list[float], int]:
+    """Relative errors of every hidden state and the pooled output on random images, and the
+    number of hidden states (0 when ours and transformers' counts differ)."""
+    size = fields["image_size"]
+    pixels = np.random.default_rng(seed).standard_normal((2, size, size, 3)).astype(np.float32)
+    with torch.no_grad():
+        expected = reference(torch.from_numpy(pixels).permute(0, 3, 1, 2), output_hidden_states=True)
+    ours = encoder(pixels)
+    errors = [relative_error(a, b) for a, b in zip(ours.hidden_states, expected.hidden_states)]
+    if expected.pooler_output is not None:
+        errors.append(relative_error(ours.pooler_output, expected.pooler_output))
+    return errors, len(ours.hidden_states) if len(ours.hidden_states) == len(expected.hidden_states) else 0
+
+
+def _compare_mllama(torch, reference, encoder, fields, seed) -> tuple[list[float], int]:
+    """As `_compare_vit` for the tiled Mllama tower: one image of every tile and one of a single
+    tile (the rest padding), every local and global hidden state (captured with hooks: the
+    vision model returns none) and last_hidden_state."""
+    from sauce_jax.mllama_processor import mllama_inputs, supported_aspect_ratios
+
+    n, size = fields["max_num_tiles"], fields["image_size"]
+    ratios = supported_aspect_ratios(n)
+    full = 1 + max(range(len(ratios)), key=lambda i: ratios[i][0] * ratios[i][1])
+    mask = np.zeros((2, n), np.int64)
+    mask[0, : ratios[full - 1][0] * ratios[full - 1][1]] = 1
+    mask[1, 0] = 1
+    pixels = np.random.default_rng(seed).standard_normal((2, n, size, size, 3)).astype(np.float32)
+    pixels *= mask[:, :, None, None, None]
+    inputs = mllama_inputs(pixels, np.array([full, 1]), mask)
+    states = []
+    blocks = list(reference.transformer.layers) + list(reference.global_transformer.layers)
+    handles = [reference.transformer.register_forward_pre_hook(  # state 0: the local transformer's input
+        lambda m, args, kwargs: states.append((args[0] if args else kwargs["hidden_states"]).clone()),
+        with_kwargs=True)]
+    handles += [b.register_forward_hook(lambda m, args, out: states.append(out.clone())) for b in blocks]
+    try:
+        with torch.no_grad():
+            last = reference(pixel_values=torch.from_numpy(pixels).permute(0, 1, 4, 2, 3)[:, None],
+                             aspect_ratio_ids=torch.from_numpy(np.array([[full], [1]])),
+                             aspect_ratio_mask=torch.from_numpy(mask)[:, None]).last_hidden_state[:, 0]
+    finally:
+        for handle in handles:
+            handle.remove()
+    ours = encoder(inputs)
+    errors = [relative_error(a, b) for a, b in zip(ours.hidden_states, states)]
+    errors.append(relative_error(ours.last_hidden_state, last))
+    return errors, len(states) if len(ours.hidden_states) == len(states) else 0

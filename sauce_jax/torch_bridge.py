@@ -3,15 +3,19 @@
 `to_torch` / `from_torch` move arrays between JAX and PyTorch through DLPack, sharing the
 buffer where the device allows (always on CPU). `torch_hook` applies exactly what
 `sauce_jax.unlearn` applies (same modes, token masks, padding and per-image ids), but in pure
-PyTorch inside a transformers CLIP vision tower or LLaVA's vision tower, so a served PyTorch
-model can be unlearned without running JAX at inference.
+PyTorch inside a transformers vision tower (CLIP, SigLIP, DINOv2, Mllama) or the tower of a
+LLaVA or Mllama model, so a served PyTorch model can be unlearned without running JAX at
+inference. The PyTorch side lives in `sauce_jax.modeling_sauce`, which `sauce-jax export`
+copies into exported models.
 
 Hidden-state index i follows transformers' `output_hidden_states` (0 = after CLIP's
-pre-layernorm, i = output of block i - 1, negative from the end). The hook rewrites state i
-before block i reads it, and the rewritten value is what transformers returns as
-`hidden_states[i]`, as in our JAX encoder. To get that, the rewrite is a forward hook on the
-module that *produces* state i (`pre_layrnorm` for i = 0, block i - 1 otherwise), put first
-in the hook order: transformers 5 records hidden states with forward hooks on the blocks
+pre-layernorm, SigLIP's and DINOv2's embeddings, Mllama's local-transformer input; i = output
+of block i - 1, negative from the end; Mllama counts its local, then its global blocks). The
+hook rewrites state i before block i reads it, and the rewritten value is what transformers
+returns as `hidden_states[i]`, as in our JAX encoder. To get that, the rewrite is a forward
+hook on the module that *produces* state i (`pre_layrnorm` or `embeddings` for i = 0, block
+i - 1 otherwise; for Mllama's state 0, a pre-hook on the local transformer), put first in the
+hook order: transformers 5 records hidden states with forward hooks on the blocks
 (the block's input for 0, its output after), transformers 4 from the blocks' return values,
 and both then see the rewritten tensor. A forward *pre*-hook on block i would not do: the
 recorded state i is block i - 1's output, taken before the pre-hook runs.
@@ -19,6 +23,7 @@ recorded state i is block i - 1's output, taken before the pre-hook runs.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import jax
@@ -33,7 +38,10 @@ try:
 except ImportError as exc:  # pragma: no cover - the torch extra is optional
     raise SauceError("sauce_jax.torch_bridge needs torch: pip install 'sauce-jax[torch]'") from exc
 
-__all__ = ["TorchHook", "clip_vision_tower", "from_torch", "to_torch", "torch_hook"]
+from sauce_jax.modeling_sauce import SauceIntervention, Tower, find_tower, register_intervention
+
+__all__ = ["TorchHook", "clip_vision_tower", "from_torch", "intervention_module", "to_torch", "torch_hook",
+           "vision_tower"]
 
 
 # -- arrays -------------------------------------------------------------------------------
@@ -72,42 +80,25 @@ def from_torch(t: Any) -> Any:
     return jax.tree_util.tree_map(_leaf_from_torch, t, is_leaf=lambda v: isinstance(v, torch.Tensor))
 
 
-# -- finding the CLIP tower in a transformers model ---------------------------------------
-# Where a CLIP tower sits: CLIPVisionModel(WithProjection).vision_model and CLIPModel.vision_model
-# (a CLIPVisionTransformer in transformers 4, a CLIPVisionModel in 5); LLaVA's vision_tower
-# (on the model itself before transformers 4.52, on `.model` since).
-_TOWER_PATHS = ("vision_model", "vision_tower", "model.vision_tower")
-
-
-def _is_clip_tower(module: Any) -> bool:
-    encoder = getattr(module, "encoder", None)
-    return (isinstance(getattr(module, "pre_layrnorm", None), torch.nn.LayerNorm)
-            and isinstance(getattr(encoder, "layers", None), torch.nn.ModuleList))
-
-
-def _attr_path(module: Any, path: str) -> Any:
-    for name in path.split("."):
-        module = getattr(module, name, None)
-    return module if isinstance(module, torch.nn.Module) else None
+# -- finding the vision tower in a transformers model -------------------------------------
+def vision_tower(model: Any) -> Tower:
+    """The vision tower of a transformers CLIP, SigLIP, DINOv2, LLaVA or Mllama model, as a
+    `sauce_jax.modeling_sauce.Tower` (family, width, the module producing each hidden state).
+    Raises ConfigError for anything else."""
+    try:
+        return find_tower(model)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 def clip_vision_tower(model: Any) -> torch.nn.Module:
     """The module of a transformers CLIP or LLaVA model that holds `pre_layrnorm` and
     `encoder.layers` (the CLIP vision transformer). Raises ConfigError for anything else."""
-    frontier = [model] if isinstance(model, torch.nn.Module) else []
-    seen = []
-    for _ in range(3):  # LlavaForConditionalGeneration.model.vision_tower(.vision_model) is the deepest
-        for module in frontier:
-            if _is_clip_tower(module):
-                return module
-        frontier = [sub for module in frontier for path in _TOWER_PATHS
-                    if (sub := _attr_path(module, path)) is not None]
-        seen += frontier
-    if seen:
-        raise ConfigError(f"{type(model).__name__}'s vision tower {type(seen[-1]).__name__} is not a CLIP vision "
-                          "transformer (sauce-jax hooks CLIP towers: pre_layrnorm and encoder.layers)")
-    raise ConfigError(f"{type(model).__name__} is not a transformers CLIP vision model, CLIPModel or LLaVA "
-                      "with a CLIP vision tower")
+    tower = vision_tower(model)
+    if tower.family != "clip":
+        raise ConfigError(f"{type(model).__name__}'s vision tower {type(tower.module).__name__} is not a CLIP "
+                          "vision transformer")
+    return tower.module
 
 
 # -- the intervention in torch ------------------------------------------------------------
@@ -115,8 +106,9 @@ class TorchHook:
     """The SAUCE intervention on one hidden state, in PyTorch. Build it with `torch_hook`.
 
     Call it on a hidden state [B, T, D] to get the rewritten state, or `register` it on a
-    model. The SAE params are converted to float32 torch tensors once (and copied once per
-    device they are used on); the arithmetic follows `sauce_jax.intervention.make_hook`.
+    model. The arithmetic is `sauce_jax.modeling_sauce.SauceIntervention` (what an exported
+    model runs), built once with the SAE params as float32 buffers and copied once per device
+    it is used on.
     """
 
     def __init__(self, sae: SAE, feature_ids: np.ndarray, gamma: Any, mode: str, where: str,
@@ -125,113 +117,71 @@ class TorchHook:
         self.mode, self.where = mode, where
         self.default_layer = default_layer
         self.feature_ids = feature_ids  # int32 [k] or [B, k]; -1 pads
-        self._params = {name: torch.from_numpy(np.array(jax.device_get(v), np.float32))
-                        for name, v in sae.params.items()}
-        self._ids = torch.from_numpy(feature_ids.astype(np.int64))
-        self._gamma = torch.as_tensor(np.asarray(gamma, np.float32))  # scalar or [B]
-        self._on_device: dict[torch.device, tuple] = {}
+        self.module = intervention_module(sae, feature_ids, gamma, mode, where)
+        self._on_device: dict[torch.device, SauceIntervention] = {}
 
-    # The parts of the computation -------------------------------------------------------
-    def _arrays(self, device: torch.device):
-        """SAE params, ids and gamma on `device` (cached: one copy per device)."""
+    def _on(self, device: torch.device) -> SauceIntervention:
+        """The intervention's buffers on `device` (cached: one copy per device)."""
         if device not in self._on_device:
-            params = {name: v.to(device) for name, v in self._params.items()}
-            self._on_device[device] = (params, self._ids.to(device), self._gamma.to(device))
+            self._on_device[device] = copy.deepcopy(self.module).to(device)
         return self._on_device[device]
-
-    def _selected(self, ids: torch.Tensor, batch: int):
-        """Per-image ids [B, k] (padding clipped to 0) and validity [B, k]."""
-        if ids.ndim == 2 and ids.shape[0] not in (1, batch):
-            raise InputError(f"per-image feature ids are for {ids.shape[0]} images, the batch has {batch}")
-        ids = ids.reshape(-1, ids.shape[-1]).expand(batch, -1)
-        return ids.clamp(0, self.config.d_sae - 1), ids >= 0
-
-    def _activate(self, pre: torch.Tensor, threshold: torch.Tensor | None) -> torch.Tensor:
-        """sae.activate at inference: ReLU, then TopK per token or the BatchTopK threshold."""
-        relu = torch.relu(pre)
-        if self.config.is_topk:
-            top = torch.topk(pre, self.config.k, dim=-1).indices
-            keep = torch.zeros_like(pre, dtype=torch.bool).scatter_(-1, top, True)
-            return torch.where(keep, relu, torch.zeros_like(relu))
-        if self.config.has_threshold:
-            return torch.where(relu > threshold, relu, torch.zeros_like(relu))
-        return relu
-
-    def _encode(self, p: dict, x: torch.Tensor) -> torch.Tensor:
-        return self._activate((x - p["b_dec"]) @ p["W_enc"] + p["b_enc"], p.get("threshold"))  # [B, T, d_sae]
 
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
         """The rewritten hidden state [B, T, D] (same dtype as `hidden`)."""
         if hidden.ndim != 3 or hidden.shape[-1] != self.config.d_in:
             raise InputError(f"the hooked hidden state has shape {tuple(hidden.shape)}, "
                              f"expected [B, T, D={self.config.d_in}]")
-        b, t, _ = hidden.shape
-        p, ids, gamma = self._arrays(hidden.device)
-        x = hidden.float()  # the SAE runs in float32, as in JAX
-        ids, valid = self._selected(ids, b)  # [B, k]
-        if gamma.ndim == 1 and gamma.shape[0] not in (1, b):
-            raise InputError(f"gamma has {gamma.shape[0]} values (one per image), the batch has {b}")
-        gamma = gamma.expand(b)  # [B]
-        if self.mode == "reconstruct":
-            # Per-image scale of every latent: gamma on F, 1 elsewhere. [B, d_sae]. A max-scatter,
-            # as in JAX: padding (clipped to id 0, invalid) must not clear a real id 0.
-            hit = torch.zeros(b, self.config.d_sae, dtype=torch.int8, device=hidden.device)
-            hit = hit.scatter_reduce(1, ids, valid.to(torch.int8), reduce="amax").bool()
-            scale = torch.where(hit, gamma[:, None], torch.ones((), device=hidden.device))
-            z = self._encode(p, x) * scale[:, None, :]  # [B, T, d_sae]
-            edited = z @ p["W_dec"] + p["b_dec"]
-        else:
-            if self.config.is_topk:
-                # Whether a latent survives TopK depends on all pre-activations: encode fully.
-                z_all = self._encode(p, x)  # [B, T, d_sae]
-                z = torch.gather(z_all, -1, ids[:, None, :].expand(b, t, -1))  # [B, T, k]
-            else:
-                w_enc = p["W_enc"][:, ids].permute(1, 0, 2)  # [B, D, k]
-                pre = torch.einsum("btd,bdk->btk", x - p["b_dec"], w_enc) + p["b_enc"][ids][:, None, :]
-                z = torch.relu(pre)
-                if self.config.has_threshold:
-                    z = torch.where(z > p["threshold"][ids][:, None, :], z, torch.zeros_like(z))
-            coeff = torch.where(valid[:, None, :], (gamma[:, None, None] - 1.0) * z, torch.zeros_like(z))  # [B, T, k]
-            w_dec = p["W_dec"][ids]  # [B, k, D]
-            edited = x + torch.einsum("btk,bkd->btd", coeff, w_dec)
-        mask = torch.from_numpy(token_mask(t, self.where)).to(hidden.device)  # [T]
-        return torch.where(mask[None, :, None], edited.to(hidden.dtype), hidden)
+        try:
+            return self._on(hidden.device)(hidden)
+        except ValueError as exc:  # a batch that does not fit per-image ids or gamma
+            raise InputError(str(exc)) from exc
 
     # Registration ------------------------------------------------------------------------
     def register(self, model: Any, layer: int | None = None):
         """Apply the intervention inside `model` until the returned handle's `.remove()`.
 
         Args:
-          model: a transformers CLIPVisionModel, CLIPVisionModelWithProjection, CLIPModel (its
-            vision half), a CLIP vision transformer module, or a LlavaForConditionalGeneration /
-            LlavaModel with a CLIP vision tower.
-          layer: hidden-state index (transformers' `output_hidden_states` indexing, negative
-            from the end); defaults to the FeatureSet's layer, else -2, as `unlearn` does.
+          model: a transformers CLIP (CLIPVisionModel, CLIPVisionModelWithProjection, CLIPModel's
+            vision half), SigLIP vision, DINOv2 or Mllama vision model, a LLaVA
+            (LlavaForConditionalGeneration / LlavaModel) or an MllamaForConditionalGeneration /
+            MllamaModel, or their vision transformer module.
+          layer: hidden-state index (sauce-jax's and transformers' `output_hidden_states`
+            indexing, negative from the end; for Mllama through the local then the global
+            blocks); defaults to the FeatureSet's layer, else -2, as `unlearn` does.
 
         Returns a torch `RemovableHandle` (also a context manager).
         """
-        tower = clip_vision_tower(model)
-        blocks = tower.encoder.layers
-        n = len(blocks) + 1  # hidden states
+        tower = vision_tower(model)
         layer = self.default_layer if layer is None else layer
         layer = -2 if layer is None else layer
-        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not -n <= layer < n:
-            raise ConfigError(f"hidden-state index {layer!r} is out of range for {n} hidden states [-{n}, {n - 1}]")
-        width = tower.pre_layrnorm.normalized_shape[-1]
-        if width != self.config.d_in:
-            raise InputError(f"SAE d_in={self.config.d_in} differs from the width {width} of "
+        check_layer(tower, layer)
+        if tower.width != self.config.d_in:
+            raise InputError(f"SAE d_in={self.config.d_in} differs from the width {tower.width} of "
                              f"{type(model).__name__}'s vision tower")
-        index = int(layer) % n
-        producer = tower.pre_layrnorm if index == 0 else blocks[index - 1]
+        return register_intervention(model, self, int(layer), tower)
 
-        def rewrite(module, args, output):
-            # transformers 4's CLIPEncoderLayer returns a tuple (hidden, attentions?), 5's a tensor.
-            if isinstance(output, tuple):
-                return (self(output[0]), *output[1:])
-            return self(output)
 
-        # prepend: run before transformers' own output-recording hooks, so they record the rewrite.
-        return producer.register_forward_hook(rewrite, prepend=True)
+def check_layer(tower: Tower, layer: Any) -> int:
+    """`layer` as a non-negative hidden-state index of `tower`; ConfigError when out of range."""
+    n = tower.num_states
+    if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not -n <= layer < n:
+        raise ConfigError(f"hidden-state index {layer!r} is out of range for {n} hidden states [-{n}, {n - 1}]")
+    return int(layer) % n
+
+
+def intervention_module(sae: SAE, feature_ids: np.ndarray, gamma: Any, mode: str, where: str) -> SauceIntervention:
+    """A `SauceIntervention` holding `sae`'s params (float32), the ids and gamma (checked by the caller)."""
+    ids = np.asarray(feature_ids)
+    gamma = np.asarray(gamma, np.float32)
+    module = SauceIntervention(sae.config.d_in, sae.config.d_sae, sae.config.architecture, sae.config.k,
+                               num_ids=ids.shape[-1], mode=mode, where=where,
+                               per_image=ids.shape[0] if ids.ndim == 2 else None)
+    module.gamma = torch.from_numpy(gamma.copy())  # scalar or [B]
+    module.feature_ids = torch.from_numpy(ids.astype(np.int64))
+    for name, value in sae.params.items():
+        if name in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold"):
+            setattr(module, name, torch.from_numpy(np.array(jax.device_get(value), np.float32)))
+    return module
 
 
 def torch_hook(sae: SAE, features: Any, gamma: float | Any | None = None, mode: str = "reconstruct",

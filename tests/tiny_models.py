@@ -128,3 +128,64 @@ def make_mllama_cg(vision: dict, seed: int = 0):
     cfg = transformers.MllamaConfig(vision_config=dict(vision, vision_output_dim=vision["hidden_size"] * (1 + k)),
                                     text_config=text, image_token_index=95)
     return perturb(transformers.MllamaForConditionalGeneration(cfg), seed)
+
+
+SIGLIP_SMALL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32,
+                    patch_size=8, vision_use_head=True)
+DINOV2_SMALL = dict(hidden_size=32, num_attention_heads=4, num_hidden_layers=2, mlp_ratio=2, image_size=32,
+                    patch_size=8)
+
+
+def make_siglip_vision(fields: dict, seed: int = 0):
+    torch.manual_seed(seed)
+    return perturb(transformers.SiglipVisionModel(transformers.SiglipVisionConfig(**fields)), seed)
+
+
+def make_dinov2_model(fields: dict, seed: int = 0):
+    torch.manual_seed(seed)
+    return perturb(transformers.Dinov2Model(transformers.Dinov2Config(**fields)), seed)
+
+
+def mllama_torch_inputs(inputs) -> dict:
+    """Our structured Mllama batch (NHWC tiles) as MllamaVisionModel / MllamaForConditionalGeneration
+    keyword arguments: one image per prompt, NCHW tiles."""
+    return {"pixel_values": torch.from_numpy(np.ascontiguousarray(inputs["pixel_values"])).permute(0, 1, 4, 2, 3)[:, None],
+            "aspect_ratio_ids": torch.from_numpy(np.asarray(inputs["aspect_ratio_ids"])).long()[:, None],
+            "aspect_ratio_mask": torch.from_numpy(np.asarray(inputs["aspect_ratio_mask"])).long()[:, None]}
+
+
+def mllama_random_inputs(fields: dict, seed: int = 0):
+    """A structured Mllama batch: one image with every tile, one with a single tile (the rest
+    padded with zeros and masked, as the processor makes them)."""
+    from sauce_jax.mllama_processor import mllama_inputs, supported_aspect_ratios
+
+    n, s = fields["max_num_tiles"], fields["image_size"]
+    ratios = fields.get("supported_aspect_ratios") or supported_aspect_ratios(n)
+    full = 1 + max(range(len(ratios)), key=lambda i: ratios[i][0] * ratios[i][1])  # the id with most tiles
+    ids = np.array([full, 1])
+    mask = np.zeros((2, n), np.int64)
+    mask[0, : ratios[full - 1][0] * ratios[full - 1][1]] = 1
+    mask[1, :1] = 1
+    pixels = np.random.default_rng(seed).standard_normal((2, n, s, s, 3)).astype(np.float32)
+    pixels *= mask[:, :, None, None, None]
+    return mllama_inputs(pixels, ids, mask)
+
+
+def make_mllama_processor(words):
+    """An `MllamaProcessor` for `make_mllama_cg` models: a word-level tokenizer over `words`
+    (ids from 3; <pad> 0, <|begin_of_text|> 1, </s> 2, <|image|> 95) and a 16 px, 4-tile image
+    processor."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import MllamaProcessor, PreTrainedTokenizerFast
+
+    image_processor_class = getattr(transformers, "MllamaImageProcessorPil", None) or transformers.MllamaImageProcessor
+    vocab = {"<pad>": 0, "<|begin_of_text|>": 1, "</s>": 2, "<unk>": 3}
+    vocab.update({w: i + 4 for i, w in enumerate(words)})
+    vocab["<|image|>"] = 95  # make_mllama_cg's image_token_index
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>",
+                                        bos_token="<|begin_of_text|>", eos_token="</s>",
+                                        extra_special_tokens=["<|image|>"])
+    image_processor = image_processor_class(size={"height": 16, "width": 16}, max_image_tiles=4)
+    return MllamaProcessor(image_processor=image_processor, tokenizer=tokenizer)

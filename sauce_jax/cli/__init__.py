@@ -1,7 +1,7 @@
 """The `sauce-jax` command line: the whole command tree, built in one place.
 
 Each command's options sit next to its handler in a submodule: `core` (info, selfcheck,
-train-sae, select, unlearn), `experiments` (experiment real, table2, multi, robust, transfer,
+train-sae, select, unlearn), `export`, `experiments` (experiment real, table2, multi, robust, transfer,
 features, ablate), `conceptworld` (demo, conceptworld train/render), `eval` and `inspect`. Handlers import
 the heavy parts (transformers, torch, models) only when they run, so `--help` stays fast.
 """
@@ -14,6 +14,7 @@ import sys
 from sauce_jax.errors import SauceError
 
 from . import conceptworld, core, experiments, inspect
+from . import export as exporting
 from . import eval as evaluation  # not to shadow the builtin
 
 
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     core.add_train_sae(sub)
     core.add_select(sub)
     core.add_unlearn(sub)
+    exporting.add_export(sub)
     exp = sub.add_parser("experiment", help="run a benchmark experiment end to end")
     experiments.add_experiments(exp.add_subparsers(dest="experiment", required=True, metavar="EXPERIMENT"))
     conceptworld.add_demo(sub)

@@ -72,8 +72,8 @@ def cmd_selfcheck(args) -> int:
 
 
 def add_selfcheck(sub) -> None:
-    check = sub.add_parser("selfcheck", help="compare small random CLIP and SigLIP towers against transformers, "
-                                             "layer by layer")
+    check = sub.add_parser("selfcheck", help="compare small random CLIP, SigLIP, DINOv2 and Mllama towers "
+                                             "against transformers, layer by layer")
     check.add_argument("--tolerance", type=float, default=1e-5, help="largest allowed relative error")
     check.add_argument("--seed", type=int, default=0)
     check.set_defaults(func=cmd_selfcheck)
@@ -223,9 +223,9 @@ def cmd_unlearn(args) -> int:
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
-    # With --prompt the checkpoint is read once, as a transformers LLaVA; its JAX tower is built
+    # With --prompt the checkpoint is read once, as a transformers LLaVA or Mllama; its JAX tower is built
     # from that model in memory.
-    answerer = _llava_answerer(args.encoder, args.batch_size) if args.prompt else None
+    answerer = _answerer(args.encoder, args.batch_size) if args.prompt else None
     encoder = answerer.encoder if answerer is not None else load_encoder(args.encoder)
     sae = load_sae(args.sae)
     sets = [FeatureSet.load(path) for path in args.features]
@@ -259,9 +259,8 @@ def cmd_unlearn(args) -> int:
     return 0
 
 
-def _llava_answerer(checkpoint: str, batch_size: int):
-    """The LLaVA checkpoint `--prompt` asks, refused early when `checkpoint` is not a LLaVA."""
-    from sauce_jax.eval.vlm.llava_answerer import LlavaAnswerer
+def _answerer(checkpoint: str, batch_size: int):
+    """The LLaVA or Mllama checkpoint `--prompt` asks, refused early for any other checkpoint."""
     from sauce_jax.ports.weights import read_json, resolve_checkpoint_dir
 
     if str(checkpoint).startswith("onnx:") or str(checkpoint).lower().endswith(".onnx"):
@@ -269,9 +268,15 @@ def _llava_answerer(checkpoint: str, batch_size: int):
     else:
         directory = resolve_checkpoint_dir(checkpoint)
         model_type = read_json(directory / "config.json").get("model_type")
-    if model_type != "llava":
-        raise ConfigError(f"--prompt needs a LLaVA checkpoint; {checkpoint!r} is {model_type!r}")
-    return LlavaAnswerer(directory, batch_size=batch_size)
+    if model_type == "llava":
+        from sauce_jax.eval.vlm.llava_answerer import LlavaAnswerer
+
+        return LlavaAnswerer(directory, batch_size=batch_size)
+    if model_type == "mllama":
+        from sauce_jax.eval.vlm.mllama_answerer import MllamaAnswerer
+
+        return MllamaAnswerer(directory, batch_size=batch_size)
+    raise ConfigError(f"--prompt needs a LLaVA or Mllama checkpoint; {checkpoint!r} is {model_type!r}")
 
 
 def add_unlearn(sub) -> None:
@@ -288,7 +293,7 @@ def add_unlearn(sub) -> None:
     unl.add_argument("--gamma", type=float, help="default: the FeatureSet's")
     unl.add_argument("--output-layer", type=int, help="hidden state to write (default: the edited one)")
     unl.add_argument("--batch-size", type=int, default=32)
-    unl.add_argument("--prompt", help="with a LLaVA checkpoint as --encoder: ask this about every image and "
+    unl.add_argument("--prompt", help="with a LLaVA or Mllama checkpoint as --encoder: ask this about every image and "
                                       "write the answers (JSON lines) instead of features")
     unl.add_argument("--max-new-tokens", type=int, default=32)
     unl.add_argument("--out", required=True, help=".npz file to write (.jsonl with --prompt)")

@@ -40,7 +40,8 @@ def test_info_on_a_bad_directory_is_a_clean_error(tmp_path, capsys):
 def test_selfcheck_passes(capsys):
     assert cli.main(["selfcheck"]) == 0
     out = capsys.readouterr().out
-    assert out.count("ok") == 3 and "FAIL" not in out
+    assert out.count("ok") == 5 and "FAIL" not in out
+    assert "dinov2" in out and "mllama" in out
 
 
 def test_selfcheck_fails_at_an_impossible_tolerance(capsys):
@@ -218,7 +219,7 @@ def test_answers_need_a_llava_checkpoint(small_clip_dir, tmp_path, capsys):
     assert cli.main(["unlearn", "--encoder", str(small_clip_dir[0]), "--sae", str(tmp_path / "sae"), "--features",
                      str(tmp_path / "x.json"), "--images", str(tmp_path / "imgs"), "--prompt", "what is this",
                      "--out", str(tmp_path / "a.jsonl")]) == 2
-    assert "needs a LLaVA checkpoint" in capsys.readouterr().err
+    assert "needs a LLaVA or Mllama checkpoint" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, module, check", [

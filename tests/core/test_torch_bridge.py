@@ -15,17 +15,16 @@ import torch
 import transformers
 
 import sauce_jax
+from tiny_saes import K, busiest_features, make_sae
 from tiny_models import CLIP_CONFIGS, SMALL, make_clip, make_clip_model, make_llava, perturb, random_pixels, relative_error
 from sauce_jax.eval.vlm.llava_bridge import generate_with_features, llava_image_features, logits_with_features
 from sauce_jax import ConfigError, InputError
-from sauce_jax.sae import SAE, SAEConfig, encode, init_params
 from sauce_jax.scoring import FeatureSet
 from sauce_jax.torch_bridge import clip_vision_tower, from_torch, to_torch, torch_hook
 
 TOL = 1e-5  # hidden states, relative
 LLAVA_TOL = 1e-4  # logits, relative
 PARITY = CLIP_CONFIGS["w48-h3-p4-i24-l3-gelu"]  # 3 blocks: indices 0, 1, -2 (= 2), -1 (= 3) differ
-K = 6  # features unlearned
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest
@@ -35,31 +34,6 @@ def torch_forward(model, pixels):
     """All hidden states of a transformers CLIP vision model on NHWC pixels."""
     with torch.no_grad():
         return model(pixel_values=torch.from_numpy(pixels).permute(0, 3, 1, 2), output_hidden_states=True)
-
-
-def make_sae(architecture: str, d_in: int, seed: int = 0) -> SAE:
-    """A random SAE on which a healthy fraction of latents fire on CLIP hidden states."""
-    config = SAEConfig(d_in, 4 * d_in, architecture, k=None if architecture == "standard" else 8)
-    params = init_params(jax.random.key(seed), config)
-    # init_params zeroes b_enc: shift it so that firing differs between latents.
-    params["b_enc"] = 0.3 * jax.random.normal(jax.random.key(seed + 1), (config.d_sae,)) - 0.1
-    if architecture == "batchtopk":
-        params["threshold"] = jax.random.uniform(jax.random.key(seed + 2), (config.d_sae,), minval=0.2, maxval=0.8)
-    return SAE(params, config)
-
-
-_encode = jax.jit(encode, static_argnums=2)  # one compile per SAE config, not one per op
-
-
-def busiest_features(sae: SAE, hidden) -> np.ndarray:
-    """K latents that fire on `hidden` [B, T, D]: the largest mean activations over all
-    tokens, plus the two largest on the CLS token (at layer 0 it is the same vector for every
-    image, and TopK latents busy on the patches may miss it)."""
-    z = np.asarray(_encode(sae.params, jnp.asarray(np.asarray(hidden)), sae.config))  # [B, T, d_sae]
-    assert 0.02 < (z > 0).mean() < 0.8, (z > 0).mean()
-    on_cls = [int(i) for i in np.argsort(-z[:, 0].mean(axis=0))[:2]]
-    overall = [int(i) for i in np.argsort(-z.mean(axis=(0, 1))) if i not in on_cls]
-    return np.array(on_cls + overall[:K - 2], np.int32)
 
 
 def max_error(ours, ref) -> float:
@@ -351,11 +325,11 @@ def test_bad_arguments(clip3):
         torch_hook(make_sae("standard", 32), ids).register(model, 0)
     with pytest.raises(ConfigError, match="Linear"):
         hook.register(torch.nn.Linear(4, 4))
-    siglip = transformers.SiglipVisionModel(transformers.SiglipVisionConfig(
+    vit = transformers.ViTModel(transformers.ViTConfig(
         hidden_size=48, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4, image_size=24,
         patch_size=4))
-    with pytest.raises(ConfigError, match="SiglipVisionModel"):
-        hook.register(siglip)
+    with pytest.raises(ConfigError, match="ViTModel"):
+        hook.register(vit)
     # Per-image ids for 3 images on a batch of 2: refused when the batch arrives.
     three = torch_hook(sae, np.arange(6, dtype=np.int32).reshape(3, 2))
     with three.register(model, 1), pytest.raises(InputError, match="3 images"):

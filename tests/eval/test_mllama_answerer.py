@@ -1,6 +1,6 @@
 """`MllamaAnswerer`: an Mllama checkpoint's greedy answers with its tower in JAX equal the native
-model's (pixels through transformers' own image processor, the cross-attention mask from
-transformers' own processing functions), and an identity edit changes no answer."""
+model's (token ids, pixels and cross-attention mask from the checkpoint's own
+MllamaProcessor), and an identity edit changes no answer."""
 
 from __future__ import annotations
 
@@ -35,9 +35,7 @@ def _tiny_checkpoint(directory):
 
 
 def test_answers_match_the_native_model(tmp_path, one_torch_thread):
-    from transformers import MllamaImageProcessorPil
-    from transformers.models.mllama.processing_mllama import (convert_sparse_cross_attention_mask_to_dense,
-                                                              get_cross_attention_token_mask)
+    from transformers import AutoProcessor
 
     import sauce_jax
     from sauce_jax.eval.vlm.mllama_answerer import MllamaAnswerer
@@ -52,21 +50,16 @@ def test_answers_match_the_native_model(tmp_path, one_torch_thread):
     prompt = "w5 w7 w9"
     answers = answerer.ask(images, [[prompt]] * 2, max_new_tokens=5)
 
-    native = MllamaImageProcessorPil.from_pretrained(tmp_path / "mllama")
+    native = AutoProcessor.from_pretrained(tmp_path / "mllama")  # the checkpoint's own MllamaProcessor
     for image, answer in zip(images, answers):
-        pixels = native(images=[[Image.fromarray(image)]], return_tensors="pt")
-        ids = tokenizer("<|image|>" + prompt, return_tensors="pt")["input_ids"]
-        assert ids[0, :2].tolist() == [1, 95]
-        sparse = [get_cross_attention_token_mask(ids[0].tolist(), 95)]
-        cross = convert_sparse_cross_attention_mask_to_dense(sparse, pixels["num_tiles"], 4, ids.shape[1])
-        ours = answerer.text_inputs(prompt, pixels["aspect_ratio_mask"][0, 0].numpy())
+        reference = native(images=[[Image.fromarray(image)]], text=["<|image|>" + prompt], return_tensors="pt")
+        ids = reference["input_ids"]
+        assert 1 in ids[0].tolist() and 95 in ids[0].tolist()  # begin-of-text and the image token
+        ours = answerer.text_inputs([prompt], reference["aspect_ratio_mask"][0].numpy())
         assert torch.equal(ours["input_ids"], ids)
-        assert torch.equal(ours["cross_attention_mask"], torch.from_numpy(cross).long())
+        assert torch.equal(ours["cross_attention_mask"], reference["cross_attention_mask"].long())
         with torch.no_grad():
-            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=pixels["pixel_values"],
-                                 aspect_ratio_ids=pixels["aspect_ratio_ids"], aspect_ratio_mask=pixels["aspect_ratio_mask"],
-                                 cross_attention_mask=torch.from_numpy(cross), max_new_tokens=5, do_sample=False,
-                                 pad_token_id=0)
+            out = model.generate(**reference, max_new_tokens=5, do_sample=False, pad_token_id=0)
         assert answer[0] == tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
     assert all(len(a[0].split()) == 5 for a in answers), answers  # five words each: nothing trivially empty
 
