@@ -2,7 +2,7 @@
 
 Each command's options sit next to its handler in a submodule: `core` (info, selfcheck,
 train-sae, select, unlearn), `experiments` (experiment real, table2, multi, robust, transfer,
-features, ablate), `conceptworld` (demo, conceptworld train/render) and `eval`. Handlers import
+features, ablate), `conceptworld` (demo, conceptworld train/render), `eval` and `fetch`. Handlers import
 the heavy parts (transformers, torch, models) only when they run, so `--help` stays fast.
 """
 
@@ -13,7 +13,7 @@ import sys
 
 from sauce_jax.errors import SauceError
 
-from . import conceptworld, core, experiments
+from . import conceptworld, core, experiments, fetch
 from . import eval as evaluation  # not to shadow the builtin
 
 
@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     conceptworld.add_demo(sub)
     evaluation.add_eval(sub)
     conceptworld.add_conceptworld(sub)
+    fetch.add_fetch(sub)
     return parser
 
 
