@@ -152,3 +152,24 @@ def test_train_sae_command_sweeps_layers_and_sizes(tmp_path, small_clip_dir, ima
     assert main(["train-sae", "--activations", str(tmp_path / "acts.npy"), "--layer", "-1", "-2",
                  "--out", str(tmp_path / "x")]) == 2
     assert "need --encoder and --images" in capsys.readouterr().err
+
+
+def test_a_diverging_setting_stops_alone(tmp_path, small_encoder, images, monkeypatch):
+    import sauce_jax.train.loop as loop
+
+    chosen = settings(small_encoder)[:2]
+    original = loop._Run.advance
+
+    def advance(self):
+        if self.out_dir.name == chosen[0].name and self.step == 2:
+            raise loop.TrainingDiverged("loss is nan at step 3")
+        original(self)
+
+    monkeypatch.setattr(loop._Run, "advance", advance)
+    cfg = TrainConfig(lr=3e-3, batch_size=64, steps=4, log_every=1, checkpoint_every=2)
+    with pytest.raises(loop.TrainingDiverged, match=r"layer-1_x2_k3: loss is nan.*finished: \['layer-1_x4_k3'\]"):
+        train_saes(tmp_path, chosen, encoder=small_encoder, images=images, train_config=cfg, progress=False,
+                   **SOURCE)
+    assert (tmp_path / chosen[1].name / "sae" / "cfg.json").is_file()  # the other setting finished
+    assert not (tmp_path / chosen[0].name / "sae").exists()
+    assert sorted(p.name for p in (tmp_path / chosen[0].name / "checkpoints").iterdir() if p.name.isdigit()) == ["2"]
