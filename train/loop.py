@@ -255,12 +255,14 @@ class Setting:
 
 
 def sweep_settings(d_in: int, layers, expansions, ks, *, architecture: str = "standard", **sae_fields) -> list[Setting]:
-    """Every (layer, expansion, k) combination, named `layer{L}_x{E}` (+ `_k{K}` with a k)."""
+    """Every (layer, expansion, k) combination, named `layer{L}_x{E}` (+ `_k{K}` with a k;
+    an Mllama key ("global", 7) names `layerglobal7`)."""
     settings = []
     for layer in dict.fromkeys(layers):
+        label = "".join(str(part) for part in layer) if isinstance(layer, tuple) else layer
         for expansion in dict.fromkeys(expansions):
             for k in dict.fromkeys(ks or [None]):
-                name = f"layer{layer}_x{expansion}" + (f"_k{k}" if k is not None else "")
+                name = f"layer{label}_x{expansion}" + (f"_k{k}" if k is not None else "")
                 config = SAEConfig(d_in=d_in, d_sae=expansion * d_in, architecture=architecture, k=k, **sae_fields)
                 settings.append(Setting(layer, config, name))
     return settings

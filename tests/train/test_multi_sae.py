@@ -55,6 +55,7 @@ def settings(encoder):
 def test_sweep_settings_name_every_combination():
     names = [s.name for s in sweep_settings(8, [-2, -4], [2, 4], [3, 5], architecture="topk")]
     assert names == [f"layer{l}_x{e}_k{k}" for l in (-2, -4) for e in (2, 4) for k in (3, 5)]
+    assert sweep_settings(8, [("global", 7)], [2], [3], architecture="topk")[0].name == "layerglobal7_x2_k3"
     standard = sweep_settings(8, [3, 3], [2], None)
     assert [(s.name, s.sae_config.d_sae, s.sae_config.k) for s in standard] == [("layer3_x2", 16, None)]
 
