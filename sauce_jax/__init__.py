@@ -29,6 +29,7 @@ _LAZY = {
     "FeatureSet": "sauce_jax.scoring",
     "unlearn": "sauce_jax.intervention",
     "train_sae": "sauce_jax.train.loop",
+    "train_saes": "sauce_jax.train.loop",
     "TrainConfig": "sauce_jax.train.config",
     "per_image_ids": "sauce_jax.intervention",
     "torch_hook": "sauce_jax.torch_bridge",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -202,6 +202,17 @@ class VisionEncoder:
         """The single hidden state at `layer`, [B, T, D], computing no block past it."""
         kept, _, _, _ = self._forward(pixels, (self.layer_index(layer),), hooks, head=False)
         return kept[0]
+
+    def hidden_states_at(self, pixels: Any, layers: Sequence[Any], *,
+                         hooks: Mapping[int, Any] | None = None) -> tuple[jax.Array, ...]:
+        """The hidden states at several `layers` from one forward pass, in the order asked, each
+        [B, T, D]; no block past the deepest runs (SAE training on several layers at once)."""
+        indices = [self.layer_index(layer) for layer in layers]
+        if not indices:
+            raise ConfigError("hidden_states_at needs at least one layer")
+        kept, _, _, _ = self._forward(pixels, indices, hooks, head=False)
+        by_index = dict(zip(sorted(set(indices)), kept))
+        return tuple(by_index[i] for i in indices)
 
     def __call__(self, pixels: Any, *, hooks: Mapping[int, Any] | None = None) -> EncoderOutput:
         """The whole tower, as transformers' `CLIPVisionModel(WithProjection)` / `SiglipVisionModel` returns it."""

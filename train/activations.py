@@ -100,6 +100,12 @@ class EncoderSource:
         return len(self.items) * self.per_image
 
     def chunk(self, epoch: int, index: int) -> np.ndarray:
+        return self.chunks(epoch, index, (self.layer,))[0]
+
+    def chunks(self, epoch: int, index: int, layers: tuple[int, ...]) -> tuple[np.ndarray, ...]:
+        """Chunk (epoch, index) at each hidden-state index in `layers`, from one pass of its images
+        through the tower: each equals the chunk of a source made for that layer alone (the same
+        images, token draws and shuffle)."""
         order = _rng(self.seed, epoch).permutation(len(self.items))
         wanted = [int(i) for i in order[index * self.chunk_images : (index + 1) * self.chunk_images]]
         dataset = grain.MapDataset.source(wanted).map(self._load)
@@ -118,22 +124,99 @@ class EncoderSource:
             else:
                 pixels.append(px)
         if not pixels:
-            return np.zeros((0, self.d_in), np.float32)
-        outputs = []
+            return tuple(np.zeros((0, self.d_in), np.float32) for _ in layers)
+        outputs: list[list[np.ndarray]] = [[] for _ in layers]
         key = jax.random.key(self.seed)
         for start in range(0, len(pixels), self.encode_batch):
             batch = np.stack(pixels[start : start + self.encode_batch])  # [b, H, W, C]
             n = len(batch)
             batch = pad_batch(batch, self.encode_batch)  # the last batch too: one compiled shape for the run
-            hidden = self.encoder.hidden_state(batch, self.layer)[:n]  # [b, T, D]
+            if len(layers) == 1:
+                hidden = (self.encoder.hidden_state(batch, layers[0]),)
+            else:  # one forward keeps every requested state; no block past the deepest runs
+                hidden = self.encoder.hidden_states_at(batch, layers)
+            # the same key for every layer: the same tokens as separate single-layer runs
             sub = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, epoch), index), start)
-            outputs.append(np.asarray(select_tokens(hidden, self.token, sub), np.float32))
-        acts = np.concatenate(outputs)
-        return acts[_rng(self.seed, epoch, index, 1).permutation(len(acts))]
+            for out, h in zip(outputs, hidden):  # h: [B, T, D]
+                out.append(np.asarray(select_tokens(h[:n], self.token, sub), np.float32))
+        shuffle = None
+        result = []
+        for out in outputs:
+            acts = np.concatenate(out)
+            if shuffle is None:
+                shuffle = _rng(self.seed, epoch, index, 1).permutation(len(acts))
+            result.append(acts[shuffle])
+        return tuple(result)
 
     def describe(self) -> dict:
         return {"kind": "encoder", "encoder": self.encoder.config.source, "layer": self.layer, "token": self.token,
                 "images": self.total_images, "d_in": self.d_in, "chunk_images": self.chunk_images, "seed": self.seed}
+
+
+class SharedPass:
+    """Several layers read from one EncoderSource: each chunk's images go through the tower once
+    for all of them (`EncoderSource.chunks`), and each layer's `view` is a source of its own.
+
+    A chunk encoded for one layer waits for the others until each has read it once, so runs
+    that step in lockstep (`train_saes`) or sample the same first chunks never encode twice.
+    At most `max_pending` chunks wait (the oldest is dropped first: a layer that comes for it
+    later encodes it again, with the same result), so memory stays bounded.
+    """
+
+    def __init__(self, source: EncoderSource, layers, *, max_pending: int = 8):
+        self.source = source
+        self.layers = tuple(dict.fromkeys(source.encoder.layer_index(layer) for layer in layers))
+        self.pending: dict[tuple[int, int], dict[int, np.ndarray]] = {}
+        self.max_pending = max_pending
+        self.passes = 0  # chunks encoded, for tests and benchmarks
+
+    def take(self, epoch: int, index: int, layer: int) -> np.ndarray:
+        waiting = self.pending.get((epoch, index))
+        if waiting is None or layer not in waiting:
+            waiting = dict(zip(self.layers, self.source.chunks(epoch, index, self.layers)))
+            self.pending.pop((epoch, index), None)
+            self.pending[(epoch, index)] = waiting
+            self.passes += 1
+            while len(self.pending) > self.max_pending:
+                del self.pending[next(iter(self.pending))]
+        acts = waiting.pop(layer)
+        if not waiting:
+            del self.pending[(epoch, index)]
+        return acts
+
+    def view(self, layer) -> "LayerView":
+        return LayerView(self, self.source.encoder.layer_index(layer))
+
+
+class LayerView:
+    """One layer of a SharedPass with EncoderSource's interface (CachedSource wraps it; its
+    `describe` is the one a single-layer EncoderSource gives, so caches are interchangeable).
+    The last chunk read is kept, so runs on the same layer at the same position share it."""
+
+    def __init__(self, shared: SharedPass, layer: int):
+        if layer not in shared.layers:
+            raise ConfigError(f"hidden state {layer} is not one of the shared pass's {shared.layers}")
+        self.shared, self.layer = shared, layer
+        self.d_in, self.seed = shared.source.d_in, shared.source.seed
+        self._last: tuple[tuple[int, int], np.ndarray] | None = None
+
+    @property
+    def skipped(self) -> set[int]:
+        return self.shared.source.skipped
+
+    def num_chunks(self) -> int:
+        return self.shared.source.num_chunks()
+
+    def tokens_per_epoch(self) -> int:
+        return self.shared.source.tokens_per_epoch()
+
+    def chunk(self, epoch: int, index: int) -> np.ndarray:
+        if self._last is None or self._last[0] != (epoch, index):
+            self._last = ((epoch, index), self.shared.take(epoch, index, self.layer))
+        return self._last[1]
+
+    def describe(self) -> dict:
+        return {**self.shared.source.describe(), "layer": self.layer}
 
 
 class CachedSource:
@@ -141,7 +224,7 @@ class CachedSource:
     so later epochs, and reruns on the same folder, read activations instead of images.
     Later epochs visit cached chunks in a new seeded order and reshuffle inside each."""
 
-    def __init__(self, inner: EncoderSource, directory: str | os.PathLike | None = None,
+    def __init__(self, inner: EncoderSource | LayerView, directory: str | os.PathLike | None = None,
                  dtype: str = "float32"):
         self.inner, self.d_in = inner, inner.d_in
         self.dtype = {"float32": np.float32, "bfloat16": jax.numpy.bfloat16}.get(dtype)

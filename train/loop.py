@@ -18,11 +18,11 @@ from sauce_jax import sae as sae_lib
 from sauce_jax.errors import ConfigError, InputError, SauceError
 from sauce_jax.sae import SAE, SAEConfig
 from sauce_jax.statistics import feature_statistics, plot_feature_statistics
-from sauce_jax.train.activations import ArraySource, CachedSource, EncoderSource, batches
+from sauce_jax.train.activations import ArraySource, CachedSource, EncoderSource, SharedPass, batches
 from sauce_jax.train.checkpoint import RunCheckpoints, check_resumable
 from sauce_jax.train.config import TrainConfig
 from sauce_jax.train.metrics import JsonlLog, TensorBoardLog
-from sauce_jax.train.sharding import check_fits, device_memory_bytes, make_mesh, memory_plan, shard_state, state_shardings
+from sauce_jax.train.sharding import check_fits, combined_plan, device_memory_bytes, make_mesh, memory_plan, shard_state, state_shardings
 from sauce_jax.train.step import global_batch, init_state, jit_train_step, make_optimizer
 
 
@@ -66,6 +66,146 @@ def _sample_for_median(source, n: int) -> np.ndarray:
     return sample
 
 
+class _Run:
+    """One SAE's training run in its folder: set up (fresh or resumed), stepped, finished.
+
+    `train_sae` drives one; `train_saes` drives several in lockstep over shared activations.
+    """
+
+    def __init__(self, out_dir: str | Path, *, source, sae_config: SAEConfig, cfg: TrainConfig, mesh, resume: bool,
+                 progress: bool, metadata: dict[str, Any] | None, tensorboard: bool, bar: bool = True):
+        self.source, self.sae_config, self.cfg, self.mesh = source, sae_config, cfg, mesh
+        self.progress, self.metadata = progress, metadata
+        self.total_steps = cfg.steps or max(1, math.floor(cfg.epochs * source.tokens_per_epoch() * jax.process_count()
+                                                          / cfg.batch_size))
+        self.out_dir = out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.record_base = {"sae_config": dataclasses.asdict(sae_config), "train_config": dataclasses.asdict(cfg),
+                            "source": source.describe(), "total_steps": self.total_steps}
+        optimizer = make_optimizer(cfg, self.total_steps)
+        self.checkpoints = RunCheckpoints(out_dir / "checkpoints", keep=cfg.keep_checkpoints)
+        self.board = None
+        self.bar = None
+        try:
+            self._start(optimizer, resume)
+            self.board = TensorBoardLog(out_dir / "tensorboard") if tensorboard and jax.process_index() == 0 else None
+            self.step_fn = jit_train_step(mesh, self.state, sae_config=sae_config, cfg=cfg, optimizer=optimizer)
+            self.stream = batches(source, cfg.batch_size // jax.process_count(), self.position)
+            self.last_saved = self.start_step
+            self.step = self.start_step
+            self.bar = tqdm(total=self.total_steps, initial=self.start_step, unit="step", desc="train-sae",
+                            disable=not (bar and progress) or jax.process_index() != 0)
+            self.started = time.perf_counter()
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, optimizer, resume: bool) -> None:
+        sae_config, mesh, cfg = self.sae_config, self.mesh, self.cfg
+        latest = self.checkpoints.latest_step()
+        if latest is not None and not resume:
+            raise ConfigError(f"{str(self.out_dir)!r} already holds checkpoints (latest step {latest}); "
+                              "pass resume=True (--resume) to continue, or choose a new folder")
+        self.resumed = resume and latest is not None
+        if self.resumed:
+            # Shapes only (nothing is allocated), laid out on this run's mesh, whatever mesh wrote
+            # the checkpoint: Orbax restores each shard where the new layout wants it.
+            shapes = jax.eval_shape(lambda: init_state(sae_lib.init_params(jax.random.key(0), sae_config), optimizer,
+                                                       sae_config))
+            abstract = jax.tree.map(lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype,
+                                                                                 sharding=sharding),
+                                    shapes, state_shardings(shapes, mesh))
+            self.state, record = self.checkpoints.restore(abstract)
+            check_resumable(record, self.record_base, allowed=TrainConfig.RESUMABLE_CHANGES)
+            self.position = tuple(record["position"])
+            self.start_step = int(record["step"])
+        else:
+            sample = _sample_for_median(self.source, cfg.geometric_median_samples)
+            params = sae_lib.init_params(jax.random.key(cfg.seed), sae_config, sample)
+            if jax.process_count() > 1:  # each process sampled its own shard: start from process 0's
+                from jax.experimental import multihost_utils
+
+                params = multihost_utils.broadcast_one_to_all(params)
+            self.state = shard_state(init_state(params, optimizer, sae_config), mesh)
+            self.position, self.start_step = (0, 0, 0), 0
+        self.log = JsonlLog(self.out_dir / "log.jsonl", resume_step=self.start_step if self.resumed else None)
+
+    @property
+    def done(self) -> bool:
+        return self.step >= self.total_steps
+
+    def _kept(self) -> str:
+        if self.checkpoints.latest_step() is None and self.last_saved == 0:
+            return "no checkpoint had been written yet"
+        return f"the last good checkpoint (step {self.last_saved}) is kept in {str(self.out_dir / 'checkpoints')!r}"
+
+    def _save(self, step: int) -> None:
+        finite = all(bool(jnp.all(jnp.isfinite(v))) for v in self.state.params.values())
+        if not finite:
+            raise TrainingDiverged(f"SAE params became NaN/Inf before step {step}; {self._kept()}")
+        self.checkpoints.save(step, self.state, {**self.record_base, "step": step, "position": list(self.position)})
+        self.last_saved = step
+
+    def advance(self) -> None:
+        """One train step: the next batch, the update, and the log line or checkpoint it is due.
+        After the last step, the final checkpoint."""
+        cfg = self.cfg
+        local, self.position = next(self.stream)
+        self.state, metrics = self.step_fn(self.state, global_batch(local, self.mesh))
+        self.step = done = self.step + 1
+        if done % cfg.log_every == 0 or done == self.total_steps:
+            values = {name: float(v) for name, v in jax.device_get(metrics).items()}
+            if not math.isfinite(values["loss"]):
+                raise TrainingDiverged(f"loss is {values['loss']} at step {done}; {self._kept()}")
+            values.update(step=done, seconds=round(time.perf_counter() - self.started, 3))
+            if jax.process_index() == 0:
+                self.log.write(values)
+            if self.board is not None:
+                self.board.write(values)
+            self.bar.set_postfix(mse=f"{values['mse']:.4g}", ev=f"{values['explained_variance']:.3f}",
+                                 l0=f"{values['l0']:.1f}", dead=f"{values['dead_fraction']:.2f}")
+        if done % cfg.checkpoint_every == 0 and done != self.total_steps:
+            self._save(done)
+        self.bar.update(1)
+        if done == self.total_steps and self.last_saved != done:
+            self._save(done)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.checkpoints.close()
+        if self.board is not None:
+            self.board.close()
+
+    def finish(self) -> SAE:
+        """The trained SAE, with its outputs written to the run folder (process 0)."""
+        # Measured from the live arrays: how much of each parameter one device holds.
+        shards = {name: list(value.addressable_shards[0].data.shape) for name, value in self.state.params.items()}
+        params = jax.device_get(self.state.params)
+        skipped = len(getattr(self.source, "skipped", ()))
+        described = self.source.describe()
+        # Where the activations came from, so selection later hooks the same layer and tokens.
+        origin = {key: described[key] for key in ("encoder", "layer", "token") if key in described}
+        sae = SAE(params=params, config=self.sae_config,
+                  metadata={**origin, **(self.metadata or {}), "source": described, "steps": self.total_steps,
+                            "skipped_images": skipped, "mesh": dict(self.mesh.shape), "param_shard_shapes": shards,
+                            # 0 for a fresh run; a resumed one ran only total_steps - resumed_from_step
+                            "resumed_from_step": self.start_step})
+        if jax.process_index() == 0:
+            _write_outputs(self.out_dir, sae, self.source)
+        return sae
+
+
+def _check_setting(sae_config: SAEConfig, source, cfg: TrainConfig, mesh) -> None:
+    if sae_config.d_in != source.d_in:
+        raise InputError(f"SAE d_in={sae_config.d_in} differs from the activation width {source.d_in}")
+    if cfg.batch_size % mesh.shape["data"]:
+        raise ConfigError(f"batch_size={cfg.batch_size} is not divisible by the {mesh.shape['data']} data-parallel "
+                          "devices")
+    if sae_config.d_sae % mesh.shape["model"]:
+        raise ConfigError(f"d_sae={sae_config.d_sae} is not divisible by model_parallel={mesh.shape['model']}")
+
+
 def train_sae(out_dir: str | Path, *, source=None, sae_config: SAEConfig | None = None, expansion: int = 64,
               architecture: str = "standard", k: int | None = None, train_config: TrainConfig = TrainConfig(),
               resume: bool = False, progress: bool = True, metadata: dict[str, Any] | None = None,
@@ -89,117 +229,125 @@ def train_sae(out_dir: str | Path, *, source=None, sae_config: SAEConfig | None 
     source = source or make_source(seed=cfg.seed, **source_kwargs)
     if sae_config is None:
         sae_config = SAEConfig(d_in=source.d_in, d_sae=expansion * source.d_in, architecture=architecture, k=k)
-    if sae_config.d_in != source.d_in:
-        raise InputError(f"SAE d_in={sae_config.d_in} differs from the activation width {source.d_in}")
     mesh = make_mesh(cfg.model_parallel)
-    if cfg.batch_size % mesh.shape["data"]:
-        raise ConfigError(f"batch_size={cfg.batch_size} is not divisible by the {mesh.shape['data']} data-parallel "
-                          "devices")
-    if sae_config.d_sae % mesh.shape["model"]:
-        raise ConfigError(f"d_sae={sae_config.d_sae} is not divisible by model_parallel={mesh.shape['model']}")
+    _check_setting(sae_config, source, cfg, mesh)
     plan = memory_plan(sae_config, cfg.batch_size, mesh, sparse=cfg.sparse_decode)
     if progress and jax.process_index() == 0:
         print(f"memory plan: {plan.describe()}")
     check_fits(plan, memory_limit if memory_limit is not None else device_memory_bytes())
-    local_batch = cfg.batch_size // jax.process_count()
-    total_steps = cfg.steps or max(1, math.floor(cfg.epochs * source.tokens_per_epoch() * jax.process_count()
-                                                 / cfg.batch_size))
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    record_base = {"sae_config": dataclasses.asdict(sae_config), "train_config": dataclasses.asdict(cfg),
-                   "source": source.describe(), "total_steps": total_steps}
-    optimizer = make_optimizer(cfg, total_steps)
-    checkpoints = RunCheckpoints(out_dir / "checkpoints", keep=cfg.keep_checkpoints)
-    latest = checkpoints.latest_step()
-    if latest is not None and not resume:
-        raise ConfigError(f"{str(out_dir)!r} already holds checkpoints (latest step {latest}); "
-                          "pass resume=True (--resume) to continue, or choose a new folder")
-
-    if resume and latest is not None:
-        # Shapes only (nothing is allocated), laid out on this run's mesh, whatever mesh wrote
-        # the checkpoint: Orbax restores each shard where the new layout wants it.
-        shapes = jax.eval_shape(lambda: init_state(sae_lib.init_params(jax.random.key(0), sae_config), optimizer,
-                                                   sae_config))
-        abstract = jax.tree.map(lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
-                                shapes, state_shardings(shapes, mesh))
-        state, record = checkpoints.restore(abstract)
-        check_resumable(record, record_base, allowed=TrainConfig.RESUMABLE_CHANGES)
-        position = tuple(record["position"])
-        start_step = int(record["step"])
-    else:
-        sample = _sample_for_median(source, cfg.geometric_median_samples)
-        params = sae_lib.init_params(jax.random.key(cfg.seed), sae_config, sample)
-        if jax.process_count() > 1:  # each process sampled its own shard: start from process 0's
-            from jax.experimental import multihost_utils
-
-            params = multihost_utils.broadcast_one_to_all(params)
-        state = shard_state(init_state(params, optimizer, sae_config), mesh)
-        position, start_step = (0, 0, 0), 0
-    log = JsonlLog(out_dir / "log.jsonl", resume_step=start_step if resume and latest is not None else None)
-    board = TensorBoardLog(out_dir / "tensorboard") if tensorboard and jax.process_index() == 0 else None
-
-    step_fn = jit_train_step(mesh, state, sae_config=sae_config, cfg=cfg, optimizer=optimizer)
-    stream = batches(source, local_batch, position)
-    last_saved = start_step
-    bar = tqdm(total=total_steps, initial=start_step, disable=not progress or jax.process_index() != 0,
-               desc="train-sae", unit="step")
-    started = time.perf_counter()
-
-    def kept() -> str:
-        if checkpoints.latest_step() is None and last_saved == 0:
-            return "no checkpoint had been written yet"
-        return f"the last good checkpoint (step {last_saved}) is kept in {str(out_dir / 'checkpoints')!r}"
-
-    def save(step, state, position):
-        nonlocal last_saved
-        finite = all(bool(jnp.all(jnp.isfinite(v))) for v in state.params.values())
-        if not finite:
-            raise TrainingDiverged(f"SAE params became NaN/Inf before step {step}; {kept()}")
-        checkpoints.save(step, state, {**record_base, "step": step, "position": list(position)})
-        last_saved = step
-
+    run = _Run(out_dir, source=source, sae_config=sae_config, cfg=cfg, mesh=mesh, resume=resume, progress=progress,
+               metadata=metadata, tensorboard=tensorboard)
     try:
-        for step in range(start_step, total_steps):
-            local, position = next(stream)
-            state, metrics = step_fn(state, global_batch(local, mesh))
-            done = step + 1
-            if done % cfg.log_every == 0 or done == total_steps:
-                values = {name: float(v) for name, v in jax.device_get(metrics).items()}
-                if not math.isfinite(values["loss"]):
-                    raise TrainingDiverged(f"loss is {values['loss']} at step {done}; {kept()}")
-                values.update(step=done, seconds=round(time.perf_counter() - started, 3))
-                if jax.process_index() == 0:
-                    log.write(values)
-                if board is not None:
-                    board.write(values)
-                bar.set_postfix(mse=f"{values['mse']:.4g}", ev=f"{values['explained_variance']:.3f}",
-                                l0=f"{values['l0']:.1f}", dead=f"{values['dead_fraction']:.2f}")
-            if done % cfg.checkpoint_every == 0 and done != total_steps:
-                save(done, state, position)
-            bar.update(1)
-        if last_saved != total_steps:
-            save(total_steps, state, position)
+        while not run.done:
+            run.advance()
     finally:
-        bar.close()
-        checkpoints.close()
-        if board is not None:
-            board.close()
+        run.close()
+    return run.finish()
 
-    # Measured from the live arrays: how much of each parameter one device holds.
-    shards = {name: list(value.addressable_shards[0].data.shape) for name, value in state.params.items()}
-    params = jax.device_get(state.params)
-    skipped = len(getattr(source, "skipped", ()))
-    described = source.describe()
-    # Where the activations came from, so selection later hooks the same layer and tokens.
-    origin = {key: described[key] for key in ("encoder", "layer", "token") if key in described}
-    sae = SAE(params=params, config=sae_config,
-              metadata={**origin, **(metadata or {}), "source": described, "steps": total_steps,
-                        "skipped_images": skipped, "mesh": dict(mesh.shape), "param_shard_shapes": shards,
-                        # 0 for a fresh run; a resumed one ran only total_steps - resumed_from_step
-                        "resumed_from_step": start_step})
-    if jax.process_index() == 0:
-        _write_outputs(out_dir, sae, source)
-    return sae
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One SAE of a `train_saes` sweep: the hidden state it reads and its shape."""
+
+    layer: Any  # a hidden-state index, as the encoder takes it (-2, or ("global", 7) for Mllama)
+    sae_config: SAEConfig
+    name: str  # its run folder under the sweep's folder
+
+
+def sweep_settings(d_in: int, layers, expansions, ks, *, architecture: str = "standard", **sae_fields) -> list[Setting]:
+    """Every (layer, expansion, k) combination, named `layer{L}_x{E}` (+ `_k{K}` with a k;
+    an Mllama key ("global", 7) names `layerglobal7`)."""
+    settings = []
+    for layer in dict.fromkeys(layers):
+        label = "".join(str(part) for part in layer) if isinstance(layer, tuple) else layer
+        for expansion in dict.fromkeys(expansions):
+            for k in dict.fromkeys(ks or [None]):
+                name = f"layer{label}_x{expansion}" + (f"_k{k}" if k is not None else "")
+                config = SAEConfig(d_in=d_in, d_sae=expansion * d_in, architecture=architecture, k=k, **sae_fields)
+                settings.append(Setting(layer, config, name))
+    return settings
+
+
+def train_saes(out_dir: str | Path, settings: list[Setting], *, encoder, images, token: str = "last",
+               cache: str = "memory", cache_dir=None, cache_dtype: str = "float32", chunk_images: int = 1024,
+               encode_batch: int = 64, num_threads: int = 8, workers: int = 0,
+               train_config: TrainConfig = TrainConfig(), resume: bool = False, progress: bool = True,
+               metadata: dict[str, Any] | None = None, tensorboard: bool = False,
+               memory_limit: int | None = None) -> dict[str, SAE]:
+    """Train one SAE per setting from a single pass of `images` through `encoder`.
+
+    Each chunk of images runs through the tower once, keeping every requested hidden state
+    (`EncoderSource.chunks`); every setting then takes its train step on its own layer's
+    batch, in lockstep. Each setting has its own run folder `out_dir/<setting.name>` with
+    exactly what `train_sae` writes there (checkpoints, log, `sae/`, statistics), and the same
+    results: a setting trained here equals `train_sae` with the same layer, SAE and
+    `train_config` (seeds included). `resume` continues each setting from its own latest
+    checkpoint. With `cache="disk"`, each layer's activations go to `cache_dir/layer{index}`.
+
+    A setting whose loss diverges stops (its last good checkpoint kept) while the others go
+    on; `TrainingDiverged` naming it is raised once they are done. Returns {name: SAE}.
+    """
+    if not settings:
+        raise ConfigError("train_saes needs at least one setting")
+    names = [s.name for s in settings]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"train_saes: setting names must differ, got {names}")
+    cfg = train_config
+    index, count = jax.process_index(), jax.process_count()
+    inner = EncoderSource(encoder, images, layer=settings[0].layer, token=token, chunk_images=chunk_images,
+                          encode_batch=encode_batch, seed=cfg.seed, num_threads=num_threads, workers=workers,
+                          process_index=index, process_count=count)
+    shared = SharedPass(inner, [s.layer for s in settings])
+    sources = {}  # one source per layer, shared by the settings on it
+    for layer in shared.layers:
+        view = shared.view(layer)
+        if cache == "none":
+            sources[layer] = view
+        elif cache in ("memory", "disk"):
+            if cache == "disk" and cache_dir is None:
+                raise ConfigError("cache='disk' needs cache_dir")
+            directory = Path(cache_dir) / f"layer{layer}" if cache == "disk" else None
+            sources[layer] = CachedSource(view, directory, dtype=cache_dtype)
+        else:
+            raise ConfigError(f"cache {cache!r} is not one of 'none', 'memory', 'disk'")
+    mesh = make_mesh(cfg.model_parallel)
+    plans = []
+    for setting in settings:
+        _check_setting(setting.sae_config, inner, cfg, mesh)
+        plans.append(memory_plan(setting.sae_config, cfg.batch_size, mesh, sparse=cfg.sparse_decode))
+    plan = combined_plan(plans)
+    if progress and index == 0:
+        print(f"memory plan ({len(settings)} SAEs): {plan.describe()}")
+    check_fits(plan, memory_limit if memory_limit is not None else device_memory_bytes())
+
+    runs: dict[str, _Run] = {}
+    diverged: dict[str, TrainingDiverged] = {}
+    try:
+        for setting in settings:
+            runs[setting.name] = _Run(Path(out_dir) / setting.name, source=sources[encoder.layer_index(setting.layer)],
+                                      sae_config=setting.sae_config, cfg=cfg, mesh=mesh, resume=resume,
+                                      progress=progress, metadata=metadata, tensorboard=tensorboard, bar=False)
+        total = sum(run.total_steps for run in runs.values())
+        with tqdm(total=total, initial=sum(run.step for run in runs.values()), unit="step",
+                  desc=f"train-sae x{len(runs)}", disable=not progress or index != 0) as bar:
+            # lockstep: the runs that are furthest behind step first (resumed runs may differ)
+            while live := [name for name, run in runs.items() if not run.done and name not in diverged]:
+                low = min(runs[name].step for name in live)
+                for name in live:
+                    if runs[name].step == low:
+                        try:
+                            runs[name].advance()
+                        except TrainingDiverged as exc:
+                            diverged[name] = exc
+                        bar.update(1)
+    finally:
+        for run in runs.values():
+            run.close()
+    trained = {name: run.finish() for name, run in runs.items() if name not in diverged}
+    if diverged:
+        raise TrainingDiverged("; ".join(f"{name}: {exc}" for name, exc in diverged.items()) +
+                               f" (the other settings finished: {sorted(trained)})")
+    return trained
 
 
 def _write_outputs(out_dir: Path, sae: SAE, source) -> None:

