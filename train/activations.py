@@ -72,12 +72,15 @@ class ArraySource:
 class EncoderSource:
     """Images -> grain (decode + the encoder's preprocess, threads or worker processes) -> jitted encoder stopped at
     `layer` -> token choice. Chunk c of epoch e holds `chunk_images` images of this process's
-    shard, in the epoch's seeded order, and its tokens are shuffled together."""
+    shard, in the epoch's seeded order, and its tokens are shuffled together. With
+    `shuffle=False`, chunk c holds images c * chunk_images, ... in their given order, their
+    tokens in order too (image-major): a per-image activation cache for evaluation."""
 
     def __init__(self, encoder, images: Any, *, layer: int = -2, token: str = "last", chunk_images: int = 1024,
                  encode_batch: int = 64, seed: int = 0, num_threads: int = 8, workers: int = 0,
-                 process_index: int = 0, process_count: int = 1):
+                 process_index: int = 0, process_count: int = 1, shuffle: bool = True):
         self.encoder = encoder
+        self.shuffle = shuffle
         self.layer = encoder.layer_index(layer)
         self.token = check_token_choice(token)
         self.per_image = tokens_per_image(self.token, encoder.config.num_tokens)
@@ -106,7 +109,7 @@ class EncoderSource:
         """Chunk (epoch, index) at each hidden-state index in `layers`, from one pass of its images
         through the tower: each equals the chunk of a source made for that layer alone (the same
         images, token draws and shuffle)."""
-        order = _rng(self.seed, epoch).permutation(len(self.items))
+        order = _rng(self.seed, epoch).permutation(len(self.items)) if self.shuffle else np.arange(len(self.items))
         wanted = [int(i) for i in order[index * self.chunk_images : (index + 1) * self.chunk_images]]
         dataset = grain.MapDataset.source(wanted).map(self._load)
         loaded = dataset.to_iter_dataset(grain.ReadOptions(num_threads=self.num_threads,
@@ -143,14 +146,21 @@ class EncoderSource:
         result = []
         for out in outputs:
             acts = np.concatenate(out)
+            if not self.shuffle:
+                result.append(acts)
+                continue
             if shuffle is None:
                 shuffle = _rng(self.seed, epoch, index, 1).permutation(len(acts))
             result.append(acts[shuffle])
         return tuple(result)
 
     def describe(self) -> dict:
-        return {"kind": "encoder", "encoder": self.encoder.config.source, "layer": self.layer, "token": self.token,
-                "images": self.total_images, "d_in": self.d_in, "chunk_images": self.chunk_images, "seed": self.seed}
+        described = {"kind": "encoder", "encoder": self.encoder.config.source, "layer": self.layer,
+                     "token": self.token, "images": self.total_images, "d_in": self.d_in,
+                     "chunk_images": self.chunk_images, "seed": self.seed}
+        if not self.shuffle:  # only then, so caches written before the option existed still match
+            described["shuffle"] = False
+        return described
 
 
 class SharedPass:

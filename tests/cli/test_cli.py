@@ -192,9 +192,15 @@ def test_defaults_come_from_the_configs():
     for name in ("lr", "batch_size", "epochs", "lr_warmup_steps", "lr_decay", "l1_warmup_steps", "compute_dtype",
                  "seed", "log_every", "checkpoint_every"):
         assert getattr(args, name) == field_default(TrainConfig, name)
+    from sauce_jax.eval.fashion import FashionConfig
+
     args = cli.build_parser().parse_args(["experiment", "real", "--out", "x"])
-    for name in ("per_category", "layer", "expansion", "architecture", "sae_k", "epochs", "k", "gamma", "seed"):
-        assert getattr(args, name) == field_default(EmojiConfig, name)
+    assert args.per_category == str(field_default(EmojiConfig, "per_category"))
+    for config, command in ((EmojiConfig, "real"), (FashionConfig, "fashion")):
+        args = cli.build_parser().parse_args(["experiment", command, "--out", "x"])
+        for name in ("image_size", "layer", "expansion", "architecture", "sae_k", "epochs", "k", "gamma", "mode",
+                     "random_draws", "bootstrap", "seed"):
+            assert getattr(args, name) == field_default(config, name), (command, name)
 
 
 def jax_key(seed):
