@@ -49,7 +49,7 @@ def cmd_train(args) -> int:
 
     config = RecipeConfig(seed=args.seed, images=args.images, tower_steps=args.tower_steps, lm_steps=args.lm_steps,
                           focus_steps=args.focus_steps, workers=args.workers, tower_labels=args.tower_labels,
-                          language_init=args.language_init)
+                          language_init=args.language_init, val_images=args.val_images)
     target = train(args.out, config, threads=args.threads, device=args.device)
     print(f"ConceptWorld LLaVA written to {target}")
     return 0
@@ -67,6 +67,8 @@ def _add_train(cw_sub) -> None:
     tr.add_argument("--lm-steps", type=int, default=default("lm_steps"))
     tr.add_argument("--focus-steps", type=int, default=default("focus_steps"), help="stage 3: mostly yes/no questions")
     tr.add_argument("--workers", type=int, default=default("workers"), help="rendering processes")
+    tr.add_argument("--val-images", type=int, default=default("val_images"),
+                    help="held-out images of the clean accuracy in training.json")
     tr.add_argument("--tower-labels", default=default("tower_labels"), choices=TOWER_LABELS,
                     help="stage 1's targets: every patch token and the class token (tokens), or the class token only")
     tr.add_argument("--language-init", default=default("language_init"),
