@@ -199,29 +199,32 @@ class Prepared:
         return unlearn(encoder or self.encoder, self.sae, sets, layer=self.layer, gamma=gamma, mode=mode)
 
 
-def load_model(model_dir=None):
-    """(llava, processor, encoder, layer, Model) of a ConceptWorld LLaVA (default: the shipped one)."""
+def load_model(model_dir=None, *, tower: str | None = None):
+    """(llava, processor, encoder, layer, Model) of a ConceptWorld LLaVA: the one at `model_dir`,
+    or the shipped `tower` (`towers.TOWERS`), by default the shipped dense one."""
     from sauce_jax.loading import load_encoder
 
     from . import vlm
+    from .towers import resolve_model_dir
 
-    llava, processor = vlm.load(model_dir)
+    llava, processor = vlm.load(resolve_model_dir(model_dir, tower))
     encoder = load_encoder(llava)
     layer = encoder.layer_index(llava.config.vision_feature_layer)
     return llava, processor, encoder, layer, Model(llava, processor, encoder)
 
 
-def prepare(out: str | Path, demo: DemoConfig, *, model_dir=None, sae_dir=None, progress: bool = True,
-            choose: bool = True) -> Prepared:
+def prepare(out: str | Path, demo: DemoConfig, *, model_dir=None, tower: str | None = None, sae_dir=None,
+            progress: bool = True, choose: bool = True) -> Prepared:
     """The demo's SAUCE path, resumable: the SAE (`out/sae_run`, resumes an interrupted run;
     or the trained one at `sae_dir`, e.g. a demo run's `sae_run/sae`), each concept's features
     (eq. 4 on its train split) and, with `choose`, k and gamma per mode on the validation split
-    (`out/sauce_chosen.json`). A rerun reuses all three."""
+    (`out/sauce_chosen.json`). A rerun reuses all three. The model is `load_model(model_dir,
+    tower=tower)`'s."""
     from sauce_jax.errors import InputError
     from sauce_jax.sae_io import load_sae
 
     out = Path(out)
-    llava, processor, encoder, layer, model = load_model(model_dir)
+    llava, processor, encoder, layer, model = load_model(model_dir, tower=tower)
     if sae_dir is not None:
         sae = load_sae(sae_dir)
         if sae.config.d_in != encoder.config.hidden_size:

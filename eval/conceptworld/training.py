@@ -5,6 +5,9 @@ state predicts the concepts of what covers it (the item's shape or emotion, colo
 material; the scene on background), and the class token predicts the whole image's concepts.
 Dense targets are what make a small ViT learn shapes and expressions in minutes rather than
 hours, and they leave each concept readable per token, which is where SAUCE's SAE looks.
+`tower_labels="image"` keeps only the class token's image-level labels, for a tower that is not
+built for SAUCE (`towers.py`); `language_init` starts stage 2 from another model's projector
+and language model, so that a new tower can be fitted with fewer language steps.
 Stage 2 freezes the tower, caches its features once, and trains the projector and the
 language model on single-turn examples (descriptions, balanced yes/no questions in both
 languages, perception questions); it learns to describe first. Stage 3 continues on mostly
@@ -35,6 +38,7 @@ from .vlm import pixels_nchw, tower_features
 from .world import CONCEPTS, generic_stream
 
 INDEX = {c: i for i, c in enumerate(CONCEPTS)}
+TOWER_LABELS = ("tokens", "image")  # what stage 1 supervises (`RecipeConfig.tower_labels`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,11 +57,22 @@ class RecipeConfig:
     focus_steps: int = 4000  # stage 3: mostly yes/no questions, half the learning rate
     checkpoint_every: int = 250
     workers: int = 2  # rendering processes
+    # "tokens": stage 1 supervises every patch token and the class token (the shipped model);
+    # "image": the class token's image-level labels only, so no concept is ever taught per token
+    # at the layer the LLaVA (and SAUCE's SAE) reads.
+    tower_labels: str = "tokens"
+    # A ConceptWorld model folder ("shipped": the one in the package) whose projector and
+    # language model start stage 2 (its tower is not used); "" starts them from scratch.
+    language_init: str = ""
 
     def __post_init__(self):
         for name, value in dataclasses.asdict(self).items():
-            if name != "seed" and not (isinstance(value, (int, float)) and value > 0):
+            if name in ("seed", "tower_labels", "language_init"):
+                continue
+            if not (isinstance(value, (int, float)) and value > 0):
                 raise ConfigError(f"conceptworld recipe {name}={value!r} must be > 0")
+        if self.tower_labels not in TOWER_LABELS:
+            raise ConfigError(f"conceptworld recipe tower_labels={self.tower_labels!r} must be one of {TOWER_LABELS}")
 
 
 # ----------------------------------------------------------------------------------- data
@@ -185,8 +200,9 @@ def train_tower(model, data: dict, config: RecipeConfig, ckpt: Path, log) -> Non
             tokens = tokens.reshape(len(idx), g, g, -1)[:, :, ::-1].reshape(tokens.shape)
         out = tower(pixel_values=pixels_nchw(images).to(device), output_hidden_states=True)
         hidden = heads["norm"](out.hidden_states[-1])  # [B, 1 + T, D]
-        loss = bce(heads["tokens"](hidden[:, 1:]), torch.from_numpy(tokens).float().to(device)) + \
-            bce(heads["image"](hidden[:, 0]), torch.from_numpy(data["labels"][idx]).float().to(device))
+        loss = bce(heads["image"](hidden[:, 0]), torch.from_numpy(data["labels"][idx]).float().to(device))
+        if config.tower_labels == "tokens":
+            loss = loss + bce(heads["tokens"](hidden[:, 1:]), torch.from_numpy(tokens).float().to(device))
         optimizer_step(loss, params, opt, sched)
         if (step + 1) % 50 == 0:
             log(f"tower step {step + 1}/{config.tower_steps} loss {loss.item():.4f} ({time.time() - t0:.0f}s)")
@@ -285,6 +301,16 @@ def train_language_stages(model, tokenizer, specs, images: np.ndarray, config: R
 
 # ------------------------------------------------------------------------------------ driver
 
+def init_language(model, model_dir) -> None:
+    """Copy the projector and language model of the ConceptWorld model at `model_dir` into
+    `model`, keeping `model`'s tower: a warm start for stage 2 on another tower's features."""
+    source, _ = vlm.load(None if model_dir == "shipped" else model_dir)
+    state = {k: v for k, v in source.state_dict().items() if not k.startswith("model.vision_tower")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or any(not k.startswith("model.vision_tower") for k in missing):
+        raise ConfigError(f"the model at {model_dir} does not match this recipe's architecture")
+
+
 def train(out_dir: str | Path, config: RecipeConfig | None = None, *, threads: int | None = None,
           device: str = "cpu", log=print) -> Path:
     """Run (or resume) the whole recipe; the trained checkpoint is written to `out_dir/model`.
@@ -303,6 +329,7 @@ def train(out_dir: str | Path, config: RecipeConfig | None = None, *, threads: i
     recipe = out / "recipe.json"
 
     def results_of(fields: dict) -> dict:  # how many rendering processes never changes the result
+        fields = {**dataclasses.asdict(RecipeConfig()), **fields}  # a field added later reads as its default
         return {k: v for k, v in fields.items() if k != "workers"}
 
     if recipe.is_file() and results_of(json.loads(recipe.read_text())) != results_of(dataclasses.asdict(config)):
@@ -320,6 +347,8 @@ def train(out_dir: str | Path, config: RecipeConfig | None = None, *, threads: i
         model.load_state_dict(_load(out / "language.pt", device)["model"])
     else:
         train_tower(model, data, config, out / "tower.pt", log)
+        if config.language_init:
+            init_language(model, config.language_init)
     train_language_stages(model, tokenizer, specs, data["images"], config, out, log, device)
     from .evaluate import clean_accuracy
 

@@ -36,12 +36,29 @@ def concepts_arg(args) -> tuple[str, ...] | None:
     return parse_concepts(args.concepts) if getattr(args, "concepts", None) else None
 
 
+def add_tower_argument(parser) -> None:
+    """`--tower NAME`: one of the ConceptWorld models that ship, by how its tower was trained."""
+    from sauce_jax.eval.conceptworld.towers import TOWERS
+
+    parser.add_argument("--tower", choices=list(TOWERS),
+                        help="a shipped ConceptWorld model by its tower: dense (per-token concept labels at the "
+                             "SAE's layer; the default model) or image (class-token image labels only)")
+
+
+def model_dir_arg(args):
+    """The ConceptWorld model folder `--model DIR` / `--tower NAME` name (None: the default)."""
+    from sauce_jax.eval.conceptworld.towers import resolve_model_dir
+
+    return resolve_model_dir(getattr(args, "model", None), getattr(args, "tower", None))
+
+
 def add_common_arguments(parser) -> None:
     """The options every ConceptWorld experiment (multi, robust, transfer, features, ablate) takes."""
     from sauce_jax.eval.conceptworld.sauce import DemoConfig
 
     parser.add_argument("--out", required=True, help="run folder; rerun the same command to resume")
     parser.add_argument("--model", help="a ConceptWorld LLaVA directory (default: the shipped one)")
+    add_tower_argument(parser)
     parser.add_argument("--concepts", help="comma-separated concepts (default: the experiment's own)")
     parser.add_argument("--seed", type=int, default=field_default(DemoConfig, "seed"))
     parser.add_argument("--sae", help="a trained SAE folder to use instead of training one (e.g. a demo run's "

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 from sauce_jax.eval.conceptworld.sauce import DemoConfig
-from sauce_jax.eval.conceptworld.training import RecipeConfig
+from sauce_jax.eval.conceptworld.training import TOWER_LABELS, RecipeConfig
 
-from .common import concepts_arg, field_default, print_report
+from .common import add_tower_argument, concepts_arg, field_default, model_dir_arg, print_report
 
 # ------------------------------------------------------------------------------------- demo
 
@@ -22,7 +22,7 @@ def cmd_demo(args) -> int:
         config = quick_demo(concepts, seed=args.seed)
     else:
         config = DemoConfig(seed=args.seed, **({"concepts": concepts} if concepts else {}))
-    results = run(args.out, config, model_dir=args.model, progress=not args.no_progress)
+    results = run(args.out, config, model_dir=model_dir_arg(args), progress=not args.no_progress)
     print_report(args.out, "report.md", "report, results.json and table2.png")
     return 0 if results else 1
 
@@ -33,6 +33,7 @@ def add_demo(sub) -> None:
                                       "through the shipped LLaVA, and report the paper's metrics.")
     demo.add_argument("--out", default="sauce-jax-demo", help="report folder (default ./sauce-jax-demo)")
     demo.add_argument("--model", help="a ConceptWorld LLaVA directory (default: the shipped one)")
+    add_tower_argument(demo)
     demo.add_argument("--concepts", help="comma-separated concepts (default: two per domain)")
     demo.add_argument("--seed", type=int, default=field_default(DemoConfig, "seed"))
     demo.add_argument("--quick", action="store_true", help="a reduced run (fewer images, no grid search)")
@@ -47,7 +48,8 @@ def cmd_train(args) -> int:
     from sauce_jax.eval.conceptworld.training import train
 
     config = RecipeConfig(seed=args.seed, images=args.images, tower_steps=args.tower_steps, lm_steps=args.lm_steps,
-                          focus_steps=args.focus_steps, workers=args.workers)
+                          focus_steps=args.focus_steps, workers=args.workers, tower_labels=args.tower_labels,
+                          language_init=args.language_init, val_images=args.val_images)
     target = train(args.out, config, threads=args.threads, device=args.device)
     print(f"ConceptWorld LLaVA written to {target}")
     return 0
@@ -65,6 +67,12 @@ def _add_train(cw_sub) -> None:
     tr.add_argument("--lm-steps", type=int, default=default("lm_steps"))
     tr.add_argument("--focus-steps", type=int, default=default("focus_steps"), help="stage 3: mostly yes/no questions")
     tr.add_argument("--workers", type=int, default=default("workers"), help="rendering processes")
+    tr.add_argument("--val-images", type=int, default=default("val_images"),
+                    help="held-out images of the clean accuracy in training.json")
+    tr.add_argument("--tower-labels", default=default("tower_labels"), choices=TOWER_LABELS,
+                    help="stage 1's targets: every patch token and the class token (tokens), or the class token only")
+    tr.add_argument("--language-init", default=default("language_init"),
+                    help="start projector and language model from this model folder ('shipped': the packaged one)")
     tr.add_argument("--device", default="cpu", help="PyTorch device, e.g. cuda")
     tr.add_argument("--threads", type=int, help="PyTorch threads (default: all cores)")
     tr.set_defaults(func=cmd_train)

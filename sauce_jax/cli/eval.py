@@ -21,7 +21,7 @@ from sauce_jax.intervention import MODES
 from sauce_jax.sae import ARCHITECTURES
 from sauce_jax.train.config import TrainConfig
 
-from .common import comma_list, field_default, pct
+from .common import add_tower_argument, comma_list, field_default, pct
 
 # Where an SAE is trained once and reused, per kind of --model.
 CONCEPTWORLD_WORK = Path.home() / ".cache" / "sauce-jax" / "conceptworld"
@@ -29,6 +29,8 @@ CHECKPOINT_WORK = Path.home() / ".cache" / "sauce-jax" / "checkpoint-eval"
 
 
 def cmd_eval(args) -> int:
+    if args.tower and args.model != "conceptworld":
+        raise ConfigError(f"--tower names a shipped ConceptWorld model; it cannot go with --model {args.model}")
     if args.model != "conceptworld":
         if not Path(args.model, "config.json").is_file():
             raise ConfigError(f"--model must be 'conceptworld' or a checkpoint directory with config.json, "
@@ -52,14 +54,18 @@ def _eval_conceptworld(args) -> int:
     from sauce_jax.eval.conceptworld.benchmark import Evaluation, Model, headline, make_suite, task_table
     from sauce_jax.eval.conceptworld.sauce import DemoConfig, select_all, train_concept_sae
     from sauce_jax.eval.conceptworld.world import parse_concepts
+    from sauce_jax.eval.conceptworld.towers import resolve_model_dir
     from sauce_jax.intervention import unlearn
 
-    model_dir = None if args.model == "conceptworld" else args.model
+    model_dir = resolve_model_dir(None if args.model == "conceptworld" else args.model, args.tower)
     config = DemoConfig(concepts=parse_concepts(args.concepts), seed=args.sae_seed, n_test=args.n_images)
     llava, processor = vlm.load(model_dir)
     encoder = load_encoder(llava)
     layer = encoder.layer_index(llava.config.vision_feature_layer)
-    work = Path(args.work or CONCEPTWORLD_WORK) / f"sae-seed{args.sae_seed}"
+    # One SAE per model: another model's tower has other activations (the default keeps its old name).
+    model_key = "" if model_dir is None else hashlib.sha256(str(Path(model_dir).resolve()).encode()).hexdigest()[:8]
+    model_key += "-" if model_key else ""
+    work = Path(args.work or CONCEPTWORLD_WORK) / f"sae-{model_key}seed{args.sae_seed}"
     sae = train_concept_sae(encoder, work, config, layer, progress=not args.no_progress)
     sets = select_all(sae, encoder, dataclasses.replace(config, k_grid=(args.k,)), layer, progress=not args.no_progress)
     suite = make_suite(config.concepts, seed=args.seed, split="test", n_forget=args.n_images,
@@ -179,6 +185,7 @@ def add_eval(sub) -> None:
     ev.add_argument("--model", default="conceptworld",
                     help="'conceptworld' (shipped), a ConceptWorld LLaVA dir, or a LLaVA checkpoint dir (with "
                          "--concepts-dir)")
+    add_tower_argument(ev)
     ev.add_argument("--concepts", help="comma-separated concepts to unlearn, e.g. star,red,happy (required for "
                                        "ConceptWorld; default with --concepts-dir: every concept)")
     ev.add_argument("--seed", type=int, default=1, help="seed of the test images")

@@ -15,7 +15,16 @@ from sauce_jax.eval.emoji import EmojiConfig
 from sauce_jax.intervention import MODES
 from sauce_jax.sae import ARCHITECTURES
 
-from .common import add_common_arguments, apply_threads, concepts_arg, field_default, joined, print_report
+from .common import (
+    add_common_arguments,
+    add_tower_argument,
+    apply_threads,
+    concepts_arg,
+    field_default,
+    joined,
+    model_dir_arg,
+    print_report,
+)
 
 
 def add_experiments(exp_sub) -> None:
@@ -179,7 +188,7 @@ def cmd_table2(args) -> int:
         config = dataclasses.replace(config, methods=_split(args.methods))
     if args.lora:
         config = dataclasses.replace(config, lora=True)
-    run(args.out, config, model_dir=args.model, progress=not args.no_progress)
+    run(args.out, config, model_dir=model_dir_arg(args), progress=not args.no_progress)
     print_report(args.out, "table2.md", "table2.md, results.json, table2.png and rows/")
     return 0
 
@@ -193,6 +202,7 @@ def add_table2(exp_sub) -> None:
                                         "are kept in OUT/rows/; rerunning the command resumes.")
     t2.add_argument("--out", required=True, help="run folder; rerun the same command to resume")
     t2.add_argument("--model", help="a ConceptWorld LLaVA directory (default: the shipped one)")
+    add_tower_argument(t2)
     t2.add_argument("--concepts", help="comma-separated concepts (default: two per domain)")
     t2.add_argument("--seed", type=int, default=field_default(DemoConfig, "seed"))
     t2.add_argument("--methods", help="comma-separated baselines among GA,GD,KL,PO (default: all)")
@@ -231,7 +241,7 @@ def cmd_multi(args) -> int:
     if args.mode:
         changes["mode"] = args.mode
     config = dataclasses.replace(config, **changes)
-    multi.run(args.out, config, model_dir=args.model, sae_dir=args.sae, progress=not args.no_progress)
+    multi.run(args.out, config, model_dir=model_dir_arg(args), sae_dir=args.sae, progress=not args.no_progress)
     print_report(args.out)
     return 0
 
@@ -278,7 +288,7 @@ def cmd_robust(args) -> int:
     if args.table2:
         config = dataclasses.replace(config, hyperparameters=robust.hyperparameters_from_table2(
             args.table2, config.table2.methods))
-    robust.run(args.out, config, model_dir=args.model, sae_dir=args.sae, table2_dir=args.table2,
+    robust.run(args.out, config, model_dir=model_dir_arg(args), sae_dir=args.sae, table2_dir=args.table2,
                progress=not args.no_progress)
     print_report(args.out)
     return 0
@@ -311,7 +321,7 @@ def cmd_transfer(args) -> int:
     else:
         demo = DemoConfig(seed=args.seed, **({"concepts": concepts} if concepts else {}))
         config = transfer.TransferConfig(demo=demo)
-    transfer.run(args.out, config, model_dir=args.model, sae_dir=args.sae, siblings_dir=args.siblings,
+    transfer.run(args.out, config, model_dir=model_dir_arg(args), sae_dir=args.sae, siblings_dir=args.siblings,
                  device=args.device, progress=not args.no_progress)
     print_report(args.out)
     return 0
@@ -350,7 +360,7 @@ def cmd_features(args) -> int:
         config = dataclasses.replace(config, demo=dataclasses.replace(config.demo, concepts=CONCEPTS))
     if args.images:
         config = dataclasses.replace(config, n_images=args.images)
-    features.run(args.out, config, model_dir=args.model, sae_dir=args.sae, progress=not args.no_progress)
+    features.run(args.out, config, model_dir=model_dir_arg(args), sae_dir=args.sae, progress=not args.no_progress)
     print_report(args.out)
     return 0
 
@@ -395,7 +405,7 @@ def cmd_ablate(args) -> int:
     if args.sae:
         changes["sae"] = str(Path(args.sae).resolve())
     config = dataclasses.replace(config, **changes)
-    ablate.run(args.out, config, model_dir=args.model, progress=not args.no_progress)
+    ablate.run(args.out, config, model_dir=model_dir_arg(args), progress=not args.no_progress)
     print_report(args.out)
     return 0
 
