@@ -104,6 +104,16 @@ def cmd_table2(args) -> int:
         config = dataclasses.replace(config, methods=_split(args.methods))
     if args.lora:
         config = dataclasses.replace(config, lora=True)
+    if args.control_draws is not None or args.no_controls:
+        config = dataclasses.replace(config, controls=not args.no_controls,
+                                     control_draws=args.control_draws or config.control_draws)
+    if args.seeds:
+        from sauce_jax.eval.conceptworld import table2_seeds
+
+        table2_seeds.run(args.out, config, table2_seeds.parse_seeds(args.seeds), open_test_seeds=args.open_test_seeds,
+                         model_dir=args.model, progress=not args.no_progress)
+        print_report(args.out, "seeds.md", "seeds.md, seeds.json and seed-*/")
+        return 0
     run(args.out, config, model_dir=args.model, progress=not args.no_progress)
     print_report(args.out, "table2.md", "table2.md, results.json, table2.png and rows/")
     return 0
@@ -123,6 +133,12 @@ def add_table2(exp_sub) -> None:
     t2.add_argument("--methods", help="comma-separated baselines among GA,GD,KL,PO (default: all)")
     t2.add_argument("--lora", action="store_true", help="train LoRA adapters instead of every weight (needs peft)")
     t2.add_argument("--quick", action="store_true", help="a reduced run (fewer images, one grid point)")
+    t2.add_argument("--seeds", help="run every row on each seed and report means, 95%% bootstrap intervals and "
+                                    "paired SAUCE-minus-row differences: 'validation' (6-10), 'test' (101-105, "
+                                    "reserved) or a list like 6,7 (--seed is then ignored)")
+    t2.add_argument("--open-test-seeds", action="store_true", help="allow the reserved test seeds 101-105")
+    t2.add_argument("--control-draws", type=int, help="matched-random control draws per concept (default 10)")
+    t2.add_argument("--no-controls", action="store_true", help="skip the matched-random and no-contrast controls")
     t2.add_argument("--threads", type=int, help="PyTorch threads (default: PyTorch's choice)")
     t2.add_argument("--no-progress", action="store_true")
     t2.set_defaults(func=cmd_table2)
