@@ -59,19 +59,30 @@ def yes_no(model, tokenizer, projected, questions: Sequence[str], batch_size: in
 
     yes_ids = {lang: tokenizer.convert_tokens_to_ids(T.YES[lang]) for lang in T.LANGUAGES}
     no_id = tokenizer.convert_tokens_to_ids(T.NO["en"])
+    decided = {yes_ids["en"], yes_ids["es"], no_id}
     texts, margins = [], []
     for start in range(0, len(questions), batch_size):
         chunk = list(questions[start:start + batch_size])
         ids, mask = (t.to(projected.device) for t in prompt_batch(tokenizer, chunk))
+        feats = projected[start:start + len(chunk)]
         with torch.no_grad():
-            embeds = inputs_embeds_with_features(model, ids, projected[start:start + len(chunk)])
-            out = model.generate(input_ids=ids, inputs_embeds=embeds, attention_mask=mask,
-                                 max_new_tokens=YES_NO_TOKENS, do_sample=False, output_scores=True,
-                                 return_dict_in_generate=True)
-        first = out.scores[0].float()  # [B, V] logits of the first generated token
+            embeds = inputs_embeds_with_features(model, ids, feats)
+            first = model(inputs_embeds=embeds, attention_mask=mask).logits[:, -1].float()  # [B, V]
         yes = torch.tensor([yes_ids[_language(q)] for q in chunk], device=first.device)
         margins.append((first.gather(1, yes[:, None])[:, 0] - first[:, no_id]).cpu().numpy())
-        texts += tokenizer.batch_decode(out.sequences[:, ids.shape[1]:].cpu(), skip_special_tokens=True)
+        # Greedy decoding's first token is the argmax. A word-level "yes", "sí" or "no" decides
+        # the parse whatever follows (MME reads the first four characters), so only the other
+        # rows are decoded further: the same parse as generating YES_NO_TOKENS for every row.
+        top = first.argmax(-1).tolist()
+        chunk_texts = [tokenizer.decode([t], skip_special_tokens=True) for t in top]
+        rest = [i for i, t in enumerate(top) if t not in decided]
+        if rest:
+            with torch.no_grad():
+                out = model.generate(input_ids=ids[rest], inputs_embeds=embeds[rest], attention_mask=mask[rest],
+                                     max_new_tokens=YES_NO_TOKENS, do_sample=False)
+            for i, text in zip(rest, tokenizer.batch_decode(out[:, ids.shape[1]:].cpu(), skip_special_tokens=True)):
+                chunk_texts[i] = text
+        texts += chunk_texts
     parsed = [parse_yes_no(t, _language(q)) for t, q in zip(texts, questions)]
     return {"yes": np.array([p == "yes" for p in parsed], bool), "parsed": parsed,
             "texts": [t.strip() for t in texts],
