@@ -41,7 +41,9 @@ class Table2Config:
 
     demo: DemoConfig = dataclasses.field(default_factory=DemoConfig)
     methods: tuple[str, ...] = ("GA", "GD", "KL", "PO")
-    n_forget: int = 40  # train-split images of the concept in a baseline's forget set (x 2 prompts)
+    # Train-split images of the concept in a baseline's forget set (x 2 prompts): by default the
+    # same 100 positives SAUCE selects its features on (`DemoConfig.n_select`, the same stream).
+    n_forget: int = 100
     n_retain_per_concept: int = 8  # train-split images of each other concept of the domain
     lr_grid: tuple[float, ...] = (1e-4, 3e-4)
     steps_grid: tuple[int, ...] = (10, 30)
