@@ -69,6 +69,20 @@ def run(out_dir: str | Path, config: table2.Table2Config, seeds, *, open_test_se
     return summary
 
 
+def report(out_dir: str | Path, seeds) -> dict:
+    """The aggregate over the seeds of `seeds` whose run folder is finished (`seed-<s>/results.json`),
+    without computing anything: how a long study is read while it runs. `missing` lists the rest."""
+    out = Path(out_dir)
+    per_seed = {s: json.loads((out / f"seed-{s}" / "results.json").read_text()) for s in seeds
+                if (out / f"seed-{s}" / "results.json").is_file()}
+    if not per_seed:
+        raise ConfigError(f"no finished seed among {list(seeds)} in {out}")
+    summary = aggregate(per_seed) | {"missing": [int(s) for s in seeds if s not in per_seed]}
+    (out / "seeds.json").write_text(json.dumps(summary, indent=1, default=str))
+    (out / "seeds.md").write_text(markdown(summary))
+    return summary
+
+
 def _matrix(per_seed: dict, method: str, task: str, column: str) -> np.ndarray:
     """[S, C] per-concept values of one cell (NaN where missing), concepts aligned across seeds."""
     rows = []
@@ -108,7 +122,9 @@ def _fmt(cell: dict, scale: float) -> str:
 def markdown(summary: dict) -> str:
     """The multi-seed Table 2 and the paired differences, as markdown."""
     scale = {c: 1.0 if c == "utility" else 100.0 for c in COLUMNS}
-    lines = ["# Table 2 over seeds " + ", ".join(map(str, summary["seeds"])), "",
+    lines = ["# Table 2 over seeds " + ", ".join(map(str, summary["seeds"]))
+             + (f" (not yet finished: {', '.join(map(str, summary['missing']))})" if summary.get("missing") else ""),
+             "",
              ("Mean over seeds of the per-seed mean over concepts, percent, with its 95% bootstrap interval "
               "(seeds, then concepts, resampled). COR: co-occurring concepts of the forget images still shown; "
               "BA: yes/no balanced accuracy over the other concepts, present and absent; HAL: descriptions "

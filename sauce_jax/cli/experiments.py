@@ -110,8 +110,12 @@ def cmd_table2(args) -> int:
     if args.seeds:
         from sauce_jax.eval.conceptworld import table2_seeds
 
-        table2_seeds.run(args.out, config, table2_seeds.parse_seeds(args.seeds), open_test_seeds=args.open_test_seeds,
-                         model_dir=args.model, progress=not args.no_progress)
+        seeds = table2_seeds.parse_seeds(args.seeds)
+        if args.report_only:
+            table2_seeds.report(args.out, seeds)
+        else:
+            table2_seeds.run(args.out, config, seeds, open_test_seeds=args.open_test_seeds, model_dir=args.model,
+                             progress=not args.no_progress)
         print_report(args.out, "seeds.md", "seeds.md, seeds.json and seed-*/")
         return 0
     run(args.out, config, model_dir=args.model, progress=not args.no_progress)
@@ -137,6 +141,8 @@ def add_table2(exp_sub) -> None:
                                     "paired SAUCE-minus-row differences: 'validation' (6-10), 'test' (101-105, "
                                     "reserved) or a list like 6,7 (--seed is then ignored)")
     t2.add_argument("--open-test-seeds", action="store_true", help="allow the reserved test seeds 101-105")
+    t2.add_argument("--report-only", action="store_true", help="with --seeds: aggregate the seeds already "
+                                                               "finished in --out, computing nothing")
     t2.add_argument("--control-draws", type=int, help="matched-random control draws per concept (default 10)")
     t2.add_argument("--no-controls", action="store_true", help="skip the matched-random and no-contrast controls")
     t2.add_argument("--threads", type=int, help="PyTorch threads (default: PyTorch's choice)")

@@ -199,3 +199,29 @@ def test_reserved_test_seeds_are_refused(tmp_path):
     assert table2_seeds.parse_seeds("6,7") == (6, 7)
     with pytest.raises(ConfigError):
         table2_seeds.parse_seeds("6,x")
+
+
+def _result(concept, domain, value):
+    rate = {"value": value, "n": 10}
+    names = ("UA_g", "UA_d", "IRA_d", "IRA_g", "CRA_d", "CRA_g", "COR_d", "COR_g", "BA_d", "HAL_g", "DEG_g",
+             "UA_d_logit")
+    return {"concept": concept, "domain": domain, "utility": 100 * value, **{n: dict(rate) for n in names}}
+
+
+def test_seed_report_aggregates_finished_seeds_and_pairs_methods(tmp_path):
+    import json
+
+    from sauce_jax.eval.conceptworld import table2_seeds
+
+    for seed, (sauce, baseline) in {6: (0.9, 0.5), 7: (0.8, 0.6)}.items():
+        rows = {name: {"per_concept": [_result("star", "object", v), _result("red", "color", v - 0.1)]}
+                for name, v in (("SAUCE reconstruct", sauce), ("GD", baseline))}
+        (tmp_path / f"seed-{seed}").mkdir()
+        (tmp_path / f"seed-{seed}" / "results.json").write_text(json.dumps({"rows": rows}))
+    summary = table2_seeds.report(tmp_path, (6, 7, 8))
+    assert summary["missing"] == [8] and summary["seeds"] == [6, 7]
+    assert summary["cells"]["GD"]["concrete"]["UA_d"]["mean"] == pytest.approx(0.55)
+    assert summary["cells"]["SAUCE reconstruct"]["abstract"]["BA"]["mean"] == pytest.approx(0.75)
+    diff = summary["paired"]["GD"]["concrete"]["UA_d"]
+    assert diff["mean"] == pytest.approx(0.3) and diff["lo"] == pytest.approx(0.2) and diff["hi"] == pytest.approx(0.4)
+    assert excludes_zero(diff) and "(not yet finished: 8)" in (tmp_path / "seeds.md").read_text()
