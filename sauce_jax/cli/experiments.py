@@ -104,6 +104,10 @@ def cmd_table2(args) -> int:
         config = dataclasses.replace(config, methods=_split(args.methods))
     if args.lora:
         config = dataclasses.replace(config, lora=True)
+    sizes = {name: getattr(args, name) for name in ("n_test", "n_pool", "n_perception", "sae_images")
+             if getattr(args, name) is not None}
+    if sizes:
+        config = dataclasses.replace(config, demo=dataclasses.replace(config.demo, **sizes))
     if args.control_draws is not None or args.no_controls:
         config = dataclasses.replace(config, controls=not args.no_controls,
                                      control_draws=args.control_draws or config.control_draws)
@@ -143,6 +147,9 @@ def add_table2(exp_sub) -> None:
     t2.add_argument("--open-test-seeds", action="store_true", help="allow the reserved test seeds 101-105")
     t2.add_argument("--report-only", action="store_true", help="with --seeds: aggregate the seeds already "
                                                                "finished in --out, computing nothing")
+    for name, what in (("n-test", "test images per concept"), ("n-pool", "retain-pool images per concept"),
+                       ("n-perception", "perception images"), ("sae-images", "generic images for the SAE")):
+        t2.add_argument(f"--{name}", type=int, help=f"{what} (default: the demo's, or --quick's)")
     t2.add_argument("--control-draws", type=int, help="matched-random control draws per concept (default 10)")
     t2.add_argument("--no-controls", action="store_true", help="skip the matched-random and no-contrast controls")
     t2.add_argument("--threads", type=int, help="PyTorch threads (default: PyTorch's choice)")
