@@ -8,6 +8,7 @@ model; the features enter the prompt through `llava_bridge.inputs_embeds_with_fe
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -32,25 +33,70 @@ def prompt_batch(tokenizer, texts: Sequence[str]):
     return ids, mask
 
 
-def says_yes(model, tokenizer, projected, questions: Sequence[str], batch_size: int = 256) -> np.ndarray:
-    """[B] bool: does the model answer yes (its 'yes' logit above its 'no' logit, in the question's
-    language) to `questions[i]` about image i?"""
+YES_NO_TOKENS = 3  # greedy tokens generated for a yes/no answer: enough for MME's 4-character rule
+
+
+def parse_yes_no(text: str, language: str = "en") -> str:
+    """"yes", "no" or "other": MME's rule (`sauce_jax.eval.mme.parse_answer`, the one the
+    real-checkpoint path uses), with the Spanish "sí" read as "yes". A refusal or garbage is
+    "other", which is neither yes nor a right answer."""
+    from ..mme import parse_answer
+
+    text = text.strip()
+    if language == "es":
+        text = re.sub(r"^sí\b", "yes", text.lower())
+    return parse_answer(text)
+
+
+def yes_no(model, tokenizer, projected, questions: Sequence[str], batch_size: int = 256) -> dict:
+    """The model's generated answers to `questions[i]` about image i: greedy `YES_NO_TOKENS`
+    tokens, parsed by `parse_yes_no`. Returns {"yes": [B] bool (parsed "yes"), "parsed": [B] str,
+    "texts": [B] str, "margin": [B] float (first-token logit of yes minus no: the secondary,
+    logit-based diagnostic that the generated answer replaces)}."""
     import torch
 
     from ..vlm.llava_bridge import inputs_embeds_with_features
 
     yes_ids = {lang: tokenizer.convert_tokens_to_ids(T.YES[lang]) for lang in T.LANGUAGES}
     no_id = tokenizer.convert_tokens_to_ids(T.NO["en"])
-    out = []
+    decided = {yes_ids["en"], yes_ids["es"], no_id}
+    texts, margins = [], []
     for start in range(0, len(questions), batch_size):
         chunk = list(questions[start:start + batch_size])
         ids, mask = (t.to(projected.device) for t in prompt_batch(tokenizer, chunk))
+        feats = projected[start:start + len(chunk)]
         with torch.no_grad():
-            embeds = inputs_embeds_with_features(model, ids, projected[start:start + len(chunk)])
-            logits = model(inputs_embeds=embeds, attention_mask=mask).logits[:, -1]  # [B, V]
-        yes = torch.tensor([yes_ids["es" if q.startswith("¿") else "en"] for q in chunk], device=logits.device)
-        out.append((logits.gather(1, yes[:, None])[:, 0] > logits[:, no_id]).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros(0, bool)
+            embeds = inputs_embeds_with_features(model, ids, feats)
+            first = model(inputs_embeds=embeds, attention_mask=mask).logits[:, -1].float()  # [B, V]
+        yes = torch.tensor([yes_ids[_language(q)] for q in chunk], device=first.device)
+        margins.append((first.gather(1, yes[:, None])[:, 0] - first[:, no_id]).cpu().numpy())
+        # Greedy decoding's first token is the argmax. A word-level "yes", "sí" or "no" decides
+        # the parse whatever follows (MME reads the first four characters), so only the other
+        # rows are decoded further: the same parse as generating YES_NO_TOKENS for every row.
+        top = first.argmax(-1).tolist()
+        chunk_texts = [tokenizer.decode([t], skip_special_tokens=True) for t in top]
+        rest = [i for i, t in enumerate(top) if t not in decided]
+        if rest:
+            with torch.no_grad():
+                out = model.generate(input_ids=ids[rest], inputs_embeds=embeds[rest], attention_mask=mask[rest],
+                                     max_new_tokens=YES_NO_TOKENS, do_sample=False)
+            for i, text in zip(rest, tokenizer.batch_decode(out[:, ids.shape[1]:].cpu(), skip_special_tokens=True)):
+                chunk_texts[i] = text
+        texts += chunk_texts
+    parsed = [parse_yes_no(t, _language(q)) for t, q in zip(texts, questions)]
+    return {"yes": np.array([p == "yes" for p in parsed], bool), "parsed": parsed,
+            "texts": [t.strip() for t in texts],
+            "margin": np.concatenate(margins) if margins else np.zeros(0, np.float32)}
+
+
+def _language(question: str) -> str:
+    return "es" if question.startswith("¿") else "en"
+
+
+def says_yes(model, tokenizer, projected, questions: Sequence[str], batch_size: int = 256) -> np.ndarray:
+    """[B] bool: does the model's generated answer to `questions[i]` about image i parse as yes
+    (`yes_no`)?"""
+    return yes_no(model, tokenizer, projected, questions, batch_size)["yes"]
 
 
 def describe(model, tokenizer, projected, language: str = "en", max_new_tokens: int = 28,

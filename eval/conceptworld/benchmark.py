@@ -27,9 +27,10 @@ from sauce_jax.eval.metrics import (
 )
 
 from . import text as T
-from .answers import describe, says_yes
+from . import selectivity as S
+from .answers import describe, yes_no
 from .render import render_many
-from .world import CONCEPTS, DOMAIN_OF, TASKS, Spec, concept_split, generic_stream
+from .world import CONCEPTS, DOMAIN_OF, TASKS, Spec, concept_split, generic_stream, rng_for
 
 
 @dataclasses.dataclass
@@ -46,7 +47,8 @@ class Suite:
 def make_suite(concepts, *, seed: int, split: str = "test", n_forget: int = 50, n_pool_per_concept: int = 8,
                n_perception: int = 100) -> Suite:
     forget = {c: concept_split(c, split, n_forget, seed=seed) for c in concepts}
-    pool = [s for c in CONCEPTS for s in concept_split(c, split, n_pool_per_concept, seed=seed + 1)]
+    # The pool has its own stream family: seed s's pool is no other seed's forget images.
+    pool = [s for c in CONCEPTS for s in concept_split(c, split, n_pool_per_concept, seed=seed, stream="pool")]
     perception = generic_stream(n_perception, seed=seed, stream=f"perception-{split}")
     return Suite(forget, pool, perception, split, seed)
 
@@ -93,38 +95,85 @@ class Model:
 
     def answers(self, specs: list[Spec], concepts_of, language: str = "en", unlearned=None,
                 generative: bool = True) -> dict:
-        """Yes/no answers about `concepts_of(spec)` for each image, and its description's mentions
-        of those concepts: {"asked": [(image, concept)], "yes": [bool], "named": [bool], "texts": [...]}.
-        With `generative=False` no description is generated ("named" is then all False, "texts" empty)."""
+        """Generated yes/no answers about `concepts_of(spec)` for each image, and its description's
+        mentions of those concepts: {"asked": [(image, concept)], "present": [bool], "yes": [bool],
+        "margin": [float], "named": [bool], "texts": [...]}. With `generative=False` no
+        description is generated ("named" is then all False, "texts" empty)."""
         feats = self.features(specs, unlearned)
         asked = [(i, c) for i, spec in enumerate(specs) for c in concepts_of(spec)]
         questions = [T.question(c, language) for _, c in asked]
         rows = feats[[i for i, _ in asked]] if asked else feats[:0]
-        yes = says_yes(self.model, self.tokenizer, rows, questions, self.batch_size)
+        said = yes_no(self.model, self.tokenizer, rows, questions, self.batch_size)
         texts = describe(self.model, self.tokenizer, feats, language) if generative else []
         named = np.array([T.mentions(texts[i], c) for i, c in asked] if generative else [False] * len(asked), bool)
-        return {"asked": asked, "yes": yes, "named": named, "texts": texts}
+        return {"asked": asked, "present": np.array([specs[i].has(c) for i, c in asked], bool),
+                "yes": said["yes"], "margin": said["margin"], "named": named, "texts": texts}
 
-    def perception(self, specs: list[Spec], language: str = "en", unlearned=None) -> dict[str, dict]:
+    def perception(self, specs: list[Spec], language: str = "en", unlearned=None, exclude=(),
+                   seed: int = 0) -> dict[str, dict]:
+        """MME scores of every `T.PERCEPTION_SUBTASKS` subtask (those with an image to ask), its
+        questions naming no concept in `exclude`; answers generated and parsed like every yes/no."""
         feats = self.features(specs, unlearned)
-        out = {}
-        for subtask in T.PERCEPTION:
-            pairs = [T.perception_questions(spec, subtask, language) for spec in specs]
-            right = says_yes(self.model, self.tokenizer, feats.repeat_interleave(2, dim=0),
-                             [q for pair in pairs for q, _ in pair], self.batch_size)
-            right = right == np.array([t for pair in pairs for _, t in pair])
-            out[subtask] = mme_score(right, np.repeat(np.arange(len(specs)), 2))
-        return out
+        pairs = {sub: [(i, T.utility_questions(spec, sub, language, exclude, seed)) for i, spec in enumerate(specs)]
+                 for sub in T.PERCEPTION_SUBTASKS}
+        pairs = {sub: [(i, p) for i, p in rows if p] for sub, rows in pairs.items()}
+        flat = [(sub, i, q, truth) for sub, rows in pairs.items() for i, pair in rows for q, truth in pair]
+        if not flat:
+            return {}
+        said = yes_no(self.model, self.tokenizer, feats[[i for _, i, _, _ in flat]], [q for _, _, q, _ in flat],
+                      self.batch_size)["yes"]
+        right = said == np.array([t for *_, t in flat], bool)
+        subs = np.array([sub for sub, *_ in flat])
+        ids = np.array([i for _, i, _, _ in flat])
+        return {sub: mme_score(right[subs == sub], ids[subs == sub]) for sub in T.PERCEPTION_SUBTASKS
+                if (subs == sub).any()}
 
 
 def _retain(pool_answers: dict, clean: dict, concept: str, same_domain: bool) -> tuple[Rate, Rate]:
     keep = np.array([(DOMAIN_OF[c] == DOMAIN_OF[concept]) == same_domain for _, c in pool_answers["asked"]], bool)
+    keep &= pool_answers["present"]
     return (retain_accuracy(clean["yes"][keep], pool_answers["yes"][keep]),
             retain_accuracy(clean["named"][keep], pool_answers["named"][keep]))
 
 
+def _selectivity(concept: str, forget: dict, clean_forget: dict, pool: dict, forget_specs: list[Spec],
+                 pool_specs: list[Spec], generative: bool) -> dict:
+    """Co-occurring retention on the forget images, yes/no balanced accuracy over every other
+    concept asked (present and absent, forget and pool images), and the description rates."""
+    other = np.array([c != concept for _, c in forget["asked"]], bool)
+    co = other & forget["present"]
+    cor_d = retain_accuracy(clean_forget["yes"][co], forget["yes"][co])
+    cor_g = retain_accuracy(clean_forget["named"][co], forget["named"][co])
+    pool_other = np.array([c != concept for _, c in pool["asked"]], bool)
+    yes = np.concatenate([forget["yes"][other], pool["yes"][pool_other]])
+    present = np.concatenate([forget["present"][other], pool["present"][pool_other]])
+    margin_yes = np.concatenate([forget["margin"][other], pool["margin"][pool_other]]) > 0
+    texts = list(zip(forget["texts"], forget_specs)) + list(zip(pool["texts"], pool_specs))
+    none = {"value": None, "n": 0}
+    return {
+        "COR_d": cor_d.as_dict(), "COR_g": cor_g.as_dict(),
+        "BA_d": S.balanced_accuracy(yes, present), "BA_d_logit": S.balanced_accuracy(margin_yes, present),
+        "HAL_g": S.rate(bool(S.hallucinated(t, s)) for t, s in texts) if generative else none,
+        "DEG_g": S.rate(S.degenerate(t) for t, _ in texts) if generative else none,
+    }
+
+
+N_EXAMPLES = 3  # Table 3: forget images described per concept, drawn by `example_indices`
+
+
+def example_indices(n: int, seed: int, concept: str, k: int = N_EXAMPLES) -> list[int]:
+    """Which of a concept's `n` forget images Table 3 shows: a seeded draw, not a choice."""
+    rng = rng_for(seed, "examples", concept)
+    return sorted(int(i) for i in rng.choice(n, size=min(k, n), replace=False))
+
+
 class Evaluation:
-    """Clean answers computed once per suite; `run(concept, unlearned)` scores one variant."""
+    """Clean answers computed once per suite; `run(concept, unlearned)` scores one variant.
+
+    Each forget image is asked about the target, every other concept it shows (co-occurring
+    retention) and one absent concept per domain (false positives); each pool image about the
+    concepts it shows (IRA, CRA) and one absent concept per domain. Utility's questions never
+    name the target."""
 
     def __init__(self, model: Model, suite: Suite, language: str = "en", generative: bool = True):
         # generative=False skips the descriptions (UA_g and the _g retain rates have no support):
@@ -133,22 +182,35 @@ class Evaluation:
         self._clean_forget: dict[str, dict] = {}
         self._pool_without: dict[str, list[Spec]] = {}
         self._clean_pool: dict[str, dict] = {}
-        self.clean_perception = model.perception(suite.perception, language)
+        self._clean_perception: dict[str, dict] = {}
+
+    def _asked(self, spec: Spec, concept: str | None = None) -> list[str]:
+        first = [concept] if concept else []
+        return first + sorted(spec.concepts - set(first)) + S.absent_concepts(spec, self.suite.seed)
 
     def _forget(self, concept: str, unlearned=None, model: Model | None = None) -> dict:
-        return (model or self.model).answers(self.suite.forget[concept], lambda s: [concept], self.language,
-                                             unlearned, self.generative)
+        return (model or self.model).answers(self.suite.forget[concept], lambda s: self._asked(s, concept),
+                                             self.language, unlearned, self.generative)
 
-    def _pool(self, concept: str, unlearned=None, model: Model | None = None) -> dict:
+    def pool_without(self, concept: str) -> list[Spec]:
+        """The retain pool's images that do not show `concept`."""
         if concept not in self._pool_without:
             self._pool_without[concept] = [s for s in self.suite.pool if not s.has(concept)]
-        return (model or self.model).answers(self._pool_without[concept], lambda s: sorted(s.concepts),
-                                             self.language, unlearned, self.generative)
+        return self._pool_without[concept]
+
+    def _pool(self, concept: str, unlearned=None, model: Model | None = None) -> dict:
+        return (model or self.model).answers(self.pool_without(concept), self._asked, self.language, unlearned,
+                                             self.generative)
+
+    def _perception(self, concept: str, unlearned=None, model: Model | None = None) -> dict:
+        return (model or self.model).perception(self.suite.perception, self.language, unlearned, exclude=(concept,),
+                                                seed=self.suite.seed)
 
     def clean(self, concept: str) -> tuple[dict, dict]:
         if concept not in self._clean_forget:
             self._clean_forget[concept] = self._forget(concept)
             self._clean_pool[concept] = self._pool(concept)
+            self._clean_perception[concept] = self._perception(concept)
         return self._clean_forget[concept], self._clean_pool[concept]
 
     def run(self, concept: str, unlearned=None, model: Model | None = None) -> dict:
@@ -160,19 +222,25 @@ class Evaluation:
         pool = self._pool(concept, unlearned, model) if edited else clean_pool
         ira_d, ira_g = _retain(pool, clean_pool, concept, same_domain=True)
         cra_d, cra_g = _retain(pool, clean_pool, concept, same_domain=False)
-        perception = (model or self.model).perception(self.suite.perception, self.language, unlearned) \
-            if edited else self.clean_perception
+        perception = self._perception(concept, unlearned, model) if edited else self._clean_perception[concept]
+        target = np.array([c == concept for _, c in forget["asked"]], bool)
+        specs = self.suite.forget[concept]
+        shown = example_indices(len(specs), self.suite.seed, concept)
         return {
             "concept": concept, "domain": DOMAIN_OF[concept],
-            "UA_d": unlearning_accuracy(clean_forget["yes"], forget["yes"]).as_dict(),
-            "UA_g": unlearning_accuracy(clean_forget["named"], forget["named"]).as_dict(),
+            "UA_d": unlearning_accuracy(clean_forget["yes"][target], forget["yes"][target]).as_dict(),
+            "UA_d_logit": unlearning_accuracy(clean_forget["margin"][target] > 0,
+                                              forget["margin"][target] > 0).as_dict(),
+            "UA_g": unlearning_accuracy(clean_forget["named"][target], forget["named"][target]).as_dict(),
             "IRA_d": ira_d.as_dict(), "IRA_g": ira_g.as_dict(), "CRA_d": cra_d.as_dict(), "CRA_g": cra_g.as_dict(),
-            "clean_d": clean_accuracy(clean_forget["yes"]).as_dict(),
-            "clean_g": clean_accuracy(clean_forget["named"]).as_dict(),
+            **_selectivity(concept, forget, clean_forget, pool, specs, self.pool_without(concept), self.generative),
+            "clean_d": clean_accuracy(clean_forget["yes"][target]).as_dict(),
+            "clean_g": clean_accuracy(clean_forget["named"][target]).as_dict(),
             "utility": utility(perception), "perception": perception,
-            "examples": [{"truth": T.description(s, self.language), "clean": c, "edited": e}
-                         for s, c, e in zip(self.suite.forget[concept][:3], clean_forget["texts"][:3],
-                                            forget["texts"][:3])],
+            "clean_perception": self._clean_perception[concept],
+            "examples": [{"image": i, "truth": T.description(specs[i], self.language),
+                          "clean": clean_forget["texts"][i], "edited": forget["texts"][i]}
+                         for i in shown if i < len(forget["texts"])],
         }
 
 
@@ -187,6 +255,24 @@ def headline(result: dict) -> dict[str, float]:
             "CRA": mean_of("CRA_d", "CRA_g"), "utility": result["utility"]}
 
 
+SELECTIVITY = ("COR", "BA", "HAL", "DEG", "UA_d_logit")
+
+
+def selectivity(result: dict) -> dict[str, float]:
+    """The selectivity columns of one concept: COR (co-occurring retention, mean of its yes/no
+    and description rate), BA (yes/no balanced accuracy over the other concepts, present and
+    absent), HAL (descriptions naming an absent concept), DEG (degenerate descriptions) and
+    UA_d_logit (UA_d scored by the logit margin, the old rule, as a diagnostic). NaN where a
+    rate had no support (e.g. no descriptions)."""
+    def value(name):
+        v = result.get(name, {}).get("value")
+        return float("nan") if v is None else float(v)
+
+    cor = [v for v in (value("COR_d"), value("COR_g")) if not np.isnan(v)]
+    return {"COR": float(np.mean(cor)) if cor else float("nan"), "BA": value("BA_d"), "HAL": value("HAL_g"),
+            "DEG": value("DEG_g"), "UA_d_logit": value("UA_d_logit")}
+
+
 def _nanmean(values) -> float:
     kept = [v for v in values if not np.isnan(v)]
     return round(float(np.mean(kept)), 4) if kept else float("nan")
@@ -196,7 +282,7 @@ def task_table(results: list[dict]) -> dict[str, dict[str, float]]:
     """Per task (concrete, abstract): the mean of each headline column over its concepts."""
     table = {}
     for task, domains in TASKS.items():
-        rows = [headline(r) for r in results if r["domain"] in domains]
+        rows = [headline(r) | selectivity(r) for r in results if r["domain"] in domains]
         if rows:
             table[task] = {k: _nanmean([row[k] for row in rows]) for k in rows[0]}
     return table

@@ -22,21 +22,25 @@ import numpy as np
 
 from sauce_jax.intervention import MODES
 
-from .benchmark import task_table
+from .benchmark import SELECTIVITY, task_table
 from .runs import say
 from .sauce import DemoConfig, choose_hyperparameters, evaluate_test, load_model, select_all, train_concept_sae
 
 
 def markdown_report(tables: dict, rows: dict, chosen: dict, config: DemoConfig, meta: dict) -> str:
-    cols = ("UA_g", "UA_d", "IRA", "CRA", "utility")
+    cols = ("UA_g", "UA_d", "IRA", "CRA", "utility", *SELECTIVITY)
     lines = ["# SAUCE on ConceptWorld", "",
              f"Concepts: {', '.join(config.concepts)}; seed {config.seed}; {config.n_test} test images per concept.",
              ("UA and retain rates count only the cases the clean model had right; IRA/CRA average the yes/no and "
-             "the description rate; utility is the perception questions' MME (acc + acc+)/2."), "",
+             "the description rate; utility is the perception questions' MME (acc + acc+)/2. Yes/no answers are "
+             "generated and parsed with MME's rule. COR: co-occurring concepts of the forget images still shown; "
+             "BA: yes/no balanced accuracy over the other concepts, present and absent; HAL: descriptions naming an "
+             "absent concept; DEG: degenerate descriptions; UA_d_logit: UA_d under the old logit rule."), "",
              "## Table 2", "", "| method | task | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
     for method, table in tables.items():
         for task, values in table.items():
             fmt = [f"{100 * values[c]:.1f}" if c != "utility" else f"{values[c]:.1f}" for c in cols]
+            fmt = [v.replace("nan", "-") for v in fmt]
             lines.append(f"| {method} | {task} | " + " | ".join(fmt) + " |")
     lines += ["", "Chosen on the validation split: " + "; ".join(
         f"{m}: k={v['k']}, gamma={v['gamma']}" for m, v in chosen.items()), "",

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from sauce_jax.errors import ConfigError
 from sauce_jax.intervention import MODES
 
-from .benchmark import Evaluation, Model, headline, make_suite, task_table
+from .benchmark import Evaluation, Model, example_indices, headline, make_suite, task_table
 from .sauce import (
     DemoConfig,
     choose_hyperparameters,
@@ -30,6 +30,7 @@ from .sauce import (
     select_all,
     train_concept_sae,
 )
+from .runs import cached
 from .world import DOMAIN_OF
 
 
@@ -40,7 +41,9 @@ class Table2Config:
 
     demo: DemoConfig = dataclasses.field(default_factory=DemoConfig)
     methods: tuple[str, ...] = ("GA", "GD", "KL", "PO")
-    n_forget: int = 40  # train-split images of the concept in a baseline's forget set (x 2 prompts)
+    # Train-split images of the concept in a baseline's forget set (x 2 prompts): by default the
+    # same 100 positives SAUCE selects its features on (`DemoConfig.n_select`, the same stream).
+    n_forget: int = 100
     n_retain_per_concept: int = 8  # train-split images of each other concept of the domain
     lr_grid: tuple[float, ...] = (1e-4, 3e-4)
     steps_grid: tuple[int, ...] = (10, 30)
@@ -49,6 +52,11 @@ class Table2Config:
     kl_weight: float = 1.0
     lora: bool = False
     n_examples: int = 2  # Table 3: forget and retain images described per concept
+    # Controls scored in the same run, at SAUCE reconstruct's chosen k and gamma: features drawn
+    # at random among those with the selected ones' activation on positives (`control_draws`
+    # draws per concept), and the top-k by activation on positives without eq. 4's contrast.
+    controls: bool = True
+    control_draws: int = 10
 
     def __post_init__(self):
         from sauce_jax.eval.baselines import METHODS
@@ -60,7 +68,7 @@ class Table2Config:
             raise ConfigError(f"table2 lr_grid={self.lr_grid} must be non-empty, every value > 0")
         if not self.steps_grid or any(not isinstance(s, int) or s < 1 for s in self.steps_grid):
             raise ConfigError(f"table2 steps_grid={self.steps_grid} must be non-empty integers >= 1")
-        for name in ("n_forget", "n_retain_per_concept", "batch_size", "n_examples"):
+        for name in ("n_forget", "n_retain_per_concept", "batch_size", "n_examples", "control_draws"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"table2 {name}={getattr(self, name)} must be >= 1")
 
@@ -135,7 +143,9 @@ class _Context:
         if concept not in self._retain_specs:
             pool = [s for s in self.test.suite.pool if not s.has(concept)
                     and any(DOMAIN_OF[c] == DOMAIN_OF[concept] for c in s.concepts)]
-            self._retain_specs[concept] = pool[:self.config.n_examples]
+            # A seeded draw, not the first ones: Table 3 shows what chance picks.
+            shown = example_indices(len(pool), self.config.demo.seed, f"retain-{concept}", self.config.n_examples)
+            self._retain_specs[concept] = [pool[i] for i in shown]
         return self._retain_specs[concept]
 
     def retain_examples(self, concept: str, variant: Model | None = None, unlearned=None) -> list[dict]:
@@ -198,9 +208,11 @@ def _baseline_row(ctx: _Context, method: str) -> dict:
             "per_concept": results}
 
 
-def _sauce_rows(ctx: _Context, out: Path, todo: list[str]) -> dict[str, dict]:
-    from sauce_jax.intervention import unlearn
+CONTROLS = ("control matched-random", "control no-contrast")
 
+
+def _sauce_setup(ctx: _Context, out: Path):
+    """SAUCE's SAE, feature sets and validation-chosen (k, gamma), computed once per run folder."""
     demo = ctx.config.demo
     t0 = time.time()
     sae = train_concept_sae(ctx.encoder, out / "sae_run", demo, ctx.layer, ctx.progress)
@@ -211,7 +223,14 @@ def _sauce_rows(ctx: _Context, out: Path, todo: list[str]) -> dict[str, dict]:
     else:
         chosen = choose_hyperparameters(ctx.model, ctx.encoder, sae, sets, demo, ctx.layer, ctx.progress)
         chosen_path.write_text(json.dumps(chosen, indent=1))
-    setup = time.time() - t0  # SAE (or its reuse), selection and the validation grid, shared by both modes
+    return sae, sets, chosen, time.time() - t0
+
+
+def _sauce_rows(ctx: _Context, out: Path, todo: list[str], prepared) -> dict[str, dict]:
+    from sauce_jax.intervention import unlearn
+
+    demo = ctx.config.demo
+    sae, sets, chosen, setup = prepared  # setup: SAE (or its reuse), selection and validation grid seconds
     rows = {}
     for mode in MODES:
         name = f"SAUCE {mode}"
@@ -230,6 +249,98 @@ def _sauce_rows(ctx: _Context, out: Path, todo: list[str]) -> dict[str, dict]:
                       "seconds": time.time() - start, "setup_seconds": round(setup, 1)}
         _write_row(out, name, rows[name])
     return rows
+
+
+def control_sets(features, positives_mean: np.ndarray, draws: int, seed: int) -> dict:
+    """The controls' feature sets for one concept, from its SAUCE set `features` (k ids, gamma)
+    and every SAE feature's mean activation on the concept's train positives [d_sae]:
+    "no-contrast", the k most active on positives (eq. 4 without its negative term), and
+    "matched-random", `draws` sets each replacing every selected feature by one drawn at random
+    among the 10 unselected features nearest to it in that activation's rank."""
+    import dataclasses as dc
+
+    from .world import rng_for
+
+    k, chosen = features.k, set(features.feature_ids)
+    order = np.argsort(-positives_mean, kind="stable")  # most active first
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    others = np.array([f for f in order if f not in chosen])  # unselected, most active first
+    others_rank = rank[others]
+    random_sets = []
+    for d in range(draws):
+        rng = rng_for(seed, "matched-random", features.concept, d)
+        taken: set[int] = set()
+        ids = []
+        for f in features.feature_ids:
+            near = [int(o) for o in others[np.argsort(np.abs(others_rank - rank[f]), kind="stable")[:10 + k]]
+                    if int(o) not in taken][:10]
+            pick = near[int(rng.integers(len(near)))]
+            taken.add(pick)
+            ids.append(pick)
+        random_sets.append(dc.replace(features, feature_ids=tuple(ids), scores=(0.0,) * k))
+    top = tuple(int(f) for f in order[:k])
+    return {"no-contrast": dc.replace(features, feature_ids=top, scores=tuple(float(positives_mean[f]) for f in top)),
+            "matched-random": random_sets}
+
+
+def mean_results(results: list[dict]) -> dict:
+    """One result from several draws of the same concept: each rate's value averaged over the
+    draws that had support (n summed), utility averaged; the draws' own values are kept."""
+    first = results[0]
+    out = {"concept": first["concept"], "domain": first["domain"]}
+    for name, value in first.items():
+        if isinstance(value, dict) and "value" in value and "n" in value:
+            kept = [r[name]["value"] for r in results if r[name]["value"] is not None]
+            out[name] = {"value": round(float(np.mean(kept)), 4) if kept else None,
+                         "n": int(sum(r[name]["n"] for r in results))}
+    out["utility"] = round(float(np.mean([r["utility"] for r in results])), 2)
+    out["examples"] = first.get("examples", [])
+    out["draws"] = [{**headline(r), "COR": r["COR_d"]["value"], "BA": r["BA_d"]["value"]} for r in results]
+    return out
+
+
+def _control_rows(ctx: _Context, out: Path, todo: list[str], prepared) -> None:
+    """The controls at SAUCE reconstruct's chosen k and gamma, scored on the same test images."""
+    demo = ctx.config.demo
+    chosen = prepared[2]
+    k, gamma = chosen["reconstruct"]["k"], chosen["reconstruct"]["gamma"]
+    start = time.time()
+    rows: dict[str, list] = {name: [] for name in CONTROLS}
+    for concept in tqdm(demo.concepts, desc="controls", disable=not ctx.progress, leave=False):
+        # Each concept's controls are kept in parts/ as soon as they are scored: a rerun resumes there.
+        done = cached(out / "parts" / f"controls-{concept}.json", lambda: _controls_of(ctx, prepared, concept, k, gamma))
+        for name in CONTROLS:
+            rows[name].append(done[name])
+        _say(ctx.progress, f"  controls {concept}: no-contrast {_brief(done['control no-contrast'])}; "
+                           f"matched-random {_brief(done['control matched-random'])}")
+    for name in CONTROLS:
+        if name in todo:
+            _write_row(out, name, {"hyperparameters": {"k": k, "gamma": gamma, "val_objective": None,
+                                                       "draws": ctx.config.control_draws if "random" in name else 1},
+                                   "per_concept": rows[name], "seconds": time.time() - start})
+
+
+def _controls_of(ctx: _Context, prepared, concept: str, k: int, gamma: float) -> dict:
+    from sauce_jax.intervention import unlearn
+    from sauce_jax.scoring import image_activations
+
+    from .render import render_many
+    from .world import concept_split
+
+    demo = ctx.config.demo
+    sae, sets, _, _ = prepared
+    pos = list(render_many(concept_split(concept, "train", demo.n_select, seed=demo.seed)))
+    mean = image_activations(sae, ctx.encoder, pos, layer=ctx.layer, token="all", batch_size=demo.n_select,
+                             progress=False).mean(axis=0)  # [d_sae]
+    made = control_sets(sets[concept].top(k, gamma), mean, ctx.config.control_draws, demo.seed)
+
+    def score(features):
+        edited = unlearn(ctx.encoder, sae, features, layer=ctx.layer, gamma=gamma, mode="reconstruct")
+        return ctx.test.run(concept, edited)
+
+    return {"control no-contrast": score(made["no-contrast"]),
+            "control matched-random": mean_results([score(f) for f in made["matched-random"]])}
 
 
 def _brief(result: dict) -> str:
@@ -259,7 +370,7 @@ def run(out_dir: str | Path, config: Table2Config | None = None, *, model_dir=No
     (out / "rows").mkdir(parents=True, exist_ok=True)
     _check_same_run(out, config)
     t0 = time.time()
-    wanted = ["original", *config.methods, *(f"SAUCE {m}" for m in MODES)]
+    wanted = ["original", *config.methods, *(f"SAUCE {m}" for m in MODES), *(CONTROLS if config.controls else ())]
     rows = {}
     for name in wanted:
         path = out / "rows" / f"{_slug(name)}.json"
@@ -269,7 +380,7 @@ def run(out_dir: str | Path, config: Table2Config | None = None, *, model_dir=No
     todo = [name for name in wanted if name not in rows]
     ctx = _Context(config, model_dir, progress) if todo else None
     for name in todo:
-        if name.startswith("SAUCE"):
+        if name.startswith(("SAUCE", "control")):
             continue
         _say(progress, f"[{name}]")
         start = time.time()
@@ -278,10 +389,16 @@ def run(out_dir: str | Path, config: Table2Config | None = None, *, model_dir=No
         _write_row(out, name, row)
         rows[name] = json.loads((out / "rows" / f"{_slug(name)}.json").read_text())
     sauce_todo = [name for name in todo if name.startswith("SAUCE")]
-    if sauce_todo:
-        _say(progress, "[SAUCE]")
-        _sauce_rows(ctx, out, sauce_todo)
-        for name in sauce_todo:
+    control_todo = [name for name in todo if name.startswith("control")]
+    if sauce_todo or control_todo:
+        prepared = _sauce_setup(ctx, out)
+        if sauce_todo:
+            _say(progress, "[SAUCE]")
+            _sauce_rows(ctx, out, sauce_todo, prepared)
+        if control_todo:
+            _say(progress, "[controls]")
+            _control_rows(ctx, out, control_todo, prepared)
+        for name in sauce_todo + control_todo:
             rows[name] = json.loads((out / "rows" / f"{_slug(name)}.json").read_text())
     rows = {name: rows[name] for name in wanted}
     tables = {name: row["table2"] for name, row in rows.items()}

@@ -7,7 +7,9 @@ from pathlib import Path
 import numpy as np
 
 COLUMNS = ("UA_g", "UA_d", "IRA", "CRA", "utility")
-RATES = ("UA_g", "UA_d", "IRA_g", "IRA_d", "CRA_g", "CRA_d", "clean_g", "clean_d")
+SELECTIVITY = ("COR", "BA", "HAL", "DEG", "UA_d_logit")  # `benchmark.selectivity`'s columns
+RATES = ("UA_g", "UA_d", "IRA_g", "IRA_d", "CRA_g", "CRA_d", "COR_g", "COR_d", "BA_d", "HAL_g", "DEG_g",
+         "UA_d_logit", "clean_g", "clean_d")
 
 
 def _pct(value, scale: float = 100.0) -> str:
@@ -32,18 +34,23 @@ def markdown(results: dict) -> str:
              f"concept, {demo['n_pool']} per concept in the retain pool, {demo['n_perception']} perception images."),
              ("Percent. UA and retain rates count only the cases the clean model had right; IRA and CRA average the "
              "yes/no and the description rate; utility is the perception questions' MME (acc + acc+)/2. "
-             "Hyperparameters were chosen on the validation split (mean of UA_d, UA_g, IRA_d, IRA_g, CRA_d, CRA_g)."), "",
-             "## Table 2", "", "| method | chosen on val | task | " + " | ".join(COLUMNS) + " |",
-             "|---|---|---|" + "---|" * len(COLUMNS)]
+             "Hyperparameters were chosen on the validation split (mean of UA_d, UA_g, IRA_d, IRA_g, CRA_d, CRA_g). "
+             "Yes/no and perception answers are generated and parsed with MME's rule. Selectivity: COR, the other "
+             "concepts of each forget image still shown (yes/no and description); BA, yes/no balanced accuracy over "
+             "every other concept asked, present and absent (0.5 = yes to everything); HAL, descriptions naming a "
+             "concept the image lacks; DEG, descriptions that do not parse into item phrases or repeat a word; "
+             "UA_d_logit, UA_d under the old yes-vs-no logit rule. Controls use SAUCE reconstruct's k and gamma."), "",
+             "## Table 2", "", "| method | chosen on val | task | " + " | ".join(COLUMNS + SELECTIVITY) + " |",
+             "|---|---|---|" + "---|" * len(COLUMNS + SELECTIVITY)]
     for name, table in results["table2"].items():
         for task, values in table.items():
-            cells = [_pct(values[c], 1.0 if c == "utility" else 100.0) for c in COLUMNS]
+            cells = [_pct(values.get(c), 1.0 if c == "utility" else 100.0) for c in COLUMNS + SELECTIVITY]
             lines.append(f"| {name} | {_hyper(rows[name])} | {task} | " + " | ".join(cells) + " |")
     lines += ["", "## Per concept (test)", "", "| concept | method | " + " | ".join(RATES) + " | utility |",
               "|---|---|" + "---|" * (len(RATES) + 1)]
     for name, row in rows.items():
         for r in row["per_concept"]:
-            lines.append(f"| {r['concept']} | {name} | " + " | ".join(_pct(r[n]["value"]) for n in RATES)
+            lines.append(f"| {r['concept']} | {name} | " + " | ".join(_pct(r.get(n, {}).get("value")) for n in RATES)
                          + f" | {r['utility']:.1f} |")
     lost = [(name, r) for name, row in rows.items() for r in row["per_concept"] if "losses" in r]
     if lost:
@@ -56,7 +63,8 @@ def markdown(results: dict) -> str:
                 + " |")
     lines += ["", "## Table 3: descriptions before and after unlearning", "",
               ("For each concept, an image showing it (forget) and one showing another concept of its domain "
-              "(retain): the truth, the clean model's description, and each method's.")]
+              "(retain), both drawn at random with the run's seed: the truth, the clean model's description, and "
+              "each method's.")]
     names = list(rows)
     for i, concept in enumerate(demo["concepts"]):
         for kind, key in (("forget", "examples"), ("retain", "retain_examples")):

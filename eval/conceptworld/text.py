@@ -106,6 +106,34 @@ def perception_questions(spec: Spec, subtask: str, language: str = "en") -> list
     return [(f"{facts[true]} {ANSWER_YES_NO[language]}", True), (f"{facts[false]} {ANSWER_YES_NO[language]}", False)]
 
 
+# The utility benchmark's subtasks: the two trained perception questions (both hinge on one
+# versus two items), then MME-style existence, color, material, scene and emotion pairs asked
+# with the trained yes/no templates about concepts other than the unlearned ones.
+PERCEPTION_SUBTASKS = ("count", "position", "existence", "color", "material", "scene", "emotion")
+_SUBTASK_DOMAIN = {"existence": "object", "color": "color", "material": "material", "scene": "scene",
+                   "emotion": "emotion"}
+
+
+def utility_questions(spec: Spec, subtask: str, language: str = "en", exclude=(), seed: int = 0
+                      ) -> list[tuple[str, bool]]:
+    """One image's MME-style pair for any of `PERCEPTION_SUBTASKS`: a question whose answer is
+    yes and one whose answer is no, naming no concept in `exclude` (the unlearned ones); [] when
+    the image cannot be asked (no face for "emotion", or its only concept of the domain is
+    excluded). The concepts are drawn from a stream keyed by the image and `seed`."""
+    from .world import rng_for
+
+    if subtask in PERCEPTION:
+        return perception_questions(spec, subtask, language)
+    names = DOMAINS[_SUBTASK_DOMAIN[subtask]]
+    present = [c for c in names if spec.has(c) and c not in exclude]
+    absent = [c for c in names if not spec.has(c) and c not in exclude]
+    if not present or not absent:
+        return []
+    rng = rng_for(seed, "utility", subtask, spec.noise_seed, spec.scene)
+    yes, no = present[int(rng.integers(len(present)))], absent[int(rng.integers(len(absent)))]
+    return [(question(yes, language), True), (question(no, language), False)]
+
+
 def prompt(text: str) -> str:
     """LLaVA-1.5's single-turn template, image first. With the image first the asked word can
     attend to the image tokens directly; measured on the same recipe, that learnt yes/no

@@ -134,11 +134,13 @@ def spec_without(concept: str, rng: np.random.Generator) -> Spec:
             return spec
 
 
-def concept_split(concept: str, split: str, n: int, *, seed: int = 0, positive: bool = True) -> list[Spec]:
+def concept_split(concept: str, split: str, n: int, *, seed: int = 0, positive: bool = True,
+                  stream: str = "split") -> list[Spec]:
     """The paper's per-concept split: `n` images with (`positive`) or without the concept.
 
     Splits and signs draw from disjoint seed streams, so train, val and test never share a spec
-    stream and a change of `n` only appends or truncates.
+    stream and a change of `n` only appends or truncates. `stream` names another family of
+    streams (the evaluation's retain pool uses "pool"), so no two seeds or uses share images.
     """
     check_concepts([concept])
     if split not in SPLITS:
@@ -146,7 +148,7 @@ def concept_split(concept: str, split: str, n: int, *, seed: int = 0, positive: 
     if n < 0:
         raise ConfigError(f"n={n} images must be >= 0")
     make = spec_with if positive else spec_without
-    return [make(concept, rng_for(seed, "split", concept, split, int(positive), i)) for i in range(n)]
+    return [make(concept, rng_for(seed, stream, concept, split, int(positive), i)) for i in range(n)]
 
 
 def generic_stream(n: int, *, seed: int = 0, start: int = 0, stream: str = "generic") -> list[Spec]:

@@ -15,6 +15,8 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
+
 from sauce_jax.errors import ConfigError
 from sauce_jax.eval.llava_eval import EvalConfig
 from sauce_jax.intervention import MODES
@@ -51,7 +53,7 @@ def cmd_eval(args) -> int:
 def _eval_conceptworld(args) -> int:
     from sauce_jax.loading import load_encoder
     from sauce_jax.eval.conceptworld import vlm
-    from sauce_jax.eval.conceptworld.benchmark import Evaluation, Model, headline, make_suite, task_table
+    from sauce_jax.eval.conceptworld.benchmark import Evaluation, Model, headline, make_suite, selectivity, task_table
     from sauce_jax.eval.conceptworld.sauce import DemoConfig, select_all, train_concept_sae
     from sauce_jax.eval.conceptworld.world import parse_concepts
     from sauce_jax.eval.conceptworld.towers import resolve_model_dir
@@ -79,12 +81,14 @@ def _eval_conceptworld(args) -> int:
         result = evaluation.run(concept, edited)
         result["clean_utility"] = clean["utility"]
         results.append(result)
-        h = headline(result)
+        h = headline(result) | selectivity(result)
         print(f"{concept:10s} " + "  ".join(f"{k} {100 * v:5.1f}" if k != "utility" else f"{k} {v:5.1f}"
                                            for k, v in h.items()))
+    # Per concept: the paper's columns, then selectivity (COR, BA, HAL, DEG) and UA_d under the old logit rule.
+    columns = [headline(r) | selectivity(r) for r in results]
     summary = {"seed": args.seed, "mode": args.mode, "k": args.k, "gamma": args.gamma, "language": args.language,
                "n_images": args.n_images, "per_concept": results, "by_task": task_table(results),
-               "mean": {k: float(sum(headline(r)[k] for r in results) / len(results)) for k in headline(results[0])}}
+               "mean": {k: float(np.nanmean([c[k] for c in columns])) for k in columns[0]}}
     print("mean       " + "  ".join(f"{k} {v:.3f}" for k, v in summary["mean"].items()))
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=1, default=str))

@@ -188,6 +188,24 @@ def cmd_table2(args) -> int:
         config = dataclasses.replace(config, methods=_split(args.methods))
     if args.lora:
         config = dataclasses.replace(config, lora=True)
+    sizes = {name: getattr(args, name) for name in ("n_test", "n_pool", "n_perception", "sae_images")
+             if getattr(args, name) is not None}
+    if sizes:
+        config = dataclasses.replace(config, demo=dataclasses.replace(config.demo, **sizes))
+    if args.control_draws is not None or args.no_controls:
+        config = dataclasses.replace(config, controls=not args.no_controls,
+                                     control_draws=args.control_draws or config.control_draws)
+    if args.seeds:
+        from sauce_jax.eval.conceptworld import table2_seeds
+
+        seeds = table2_seeds.parse_seeds(args.seeds)
+        if args.report_only:
+            table2_seeds.report(args.out, seeds)
+        else:
+            table2_seeds.run(args.out, config, seeds, open_test_seeds=args.open_test_seeds, model_dir=model_dir_arg(args),
+                             progress=not args.no_progress)
+        print_report(args.out, "seeds.md", "seeds.md, seeds.json and seed-*/")
+        return 0
     run(args.out, config, model_dir=model_dir_arg(args), progress=not args.no_progress)
     print_report(args.out, "table2.md", "table2.md, results.json, table2.png and rows/")
     return 0
@@ -208,6 +226,17 @@ def add_table2(exp_sub) -> None:
     t2.add_argument("--methods", help="comma-separated baselines among GA,GD,KL,PO (default: all)")
     t2.add_argument("--lora", action="store_true", help="train LoRA adapters instead of every weight (needs peft)")
     t2.add_argument("--quick", action="store_true", help="a reduced run (fewer images, one grid point)")
+    t2.add_argument("--seeds", help="run every row on each seed and report means, 95%% bootstrap intervals and "
+                                    "paired SAUCE-minus-row differences: 'validation' (6-10), 'test' (101-105, "
+                                    "reserved) or a list like 6,7 (--seed is then ignored)")
+    t2.add_argument("--open-test-seeds", action="store_true", help="allow the reserved test seeds 101-105")
+    t2.add_argument("--report-only", action="store_true", help="with --seeds: aggregate the seeds already "
+                                                               "finished in --out, computing nothing")
+    for name, what in (("n-test", "test images per concept"), ("n-pool", "retain-pool images per concept"),
+                       ("n-perception", "perception images"), ("sae-images", "generic images for the SAE")):
+        t2.add_argument(f"--{name}", type=int, help=f"{what} (default: the demo's, or --quick's)")
+    t2.add_argument("--control-draws", type=int, help="matched-random control draws per concept (default 10)")
+    t2.add_argument("--no-controls", action="store_true", help="skip the matched-random and no-contrast controls")
     t2.add_argument("--threads", type=int, help="PyTorch threads (default: PyTorch's choice)")
     t2.add_argument("--no-progress", action="store_true")
     t2.set_defaults(func=cmd_table2)

@@ -64,7 +64,10 @@ def test_ablate_end_to_end_and_resume(tmp_path):
     assert results["llava_layer"] == 4
     by_label = {name: {r["label"]: r["scores"]["all"] for r in rows} for name, rows in results["ablations"].items()}
     clean = results["clean"]["describe"]["all"]
-    assert clean["unlearning"] == 0.0 and clean["utility_score"] == pytest.approx(1.0)
+    # The clean model keeps every retained concept by construction; its utility is its own perception
+    # score, which the utility subtasks that name concepts keep a little under 100.
+    assert clean["unlearning"] == 0.0 and clean["IRA"] == clean["CRA"] == 1.0
+    assert clean["utility_score"] == pytest.approx((2 + clean["utility"] / 100) / 3, abs=1e-4)
     default = by_label["layer"]["layer 4"]
     # Measured (2 concepts, 10 test images each, small SAEs): unlearning 0.43 at layer 4, 0.49 at
     # layer 2; utility scores 0.84 and 0.75.

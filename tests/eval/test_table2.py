@@ -11,14 +11,15 @@ from sauce_jax.eval.conceptworld.table2 import Table2Config, run
 from sauce_jax import cli
 from sauce_jax.errors import ConfigError
 
-ROWS = ["original", "GA", "GD", "KL", "PO", "SAUCE reconstruct", "SAUCE delta"]
+ROWS = ["original", "GA", "GD", "KL", "PO", "SAUCE reconstruct", "SAUCE delta", "control matched-random",
+        "control no-contrast"]
 
 
 def _tiny_config(**changes) -> Table2Config:
     demo = DemoConfig(concepts=("star", "red"), sae_images=600, sae_epochs=1.0, n_select=20, n_val=4, n_test=6,
                       n_pool=1, n_perception=6, k_grid=(32,), gamma_grid=(-1.0,))
     config = Table2Config(demo=demo, n_forget=6, n_retain_per_concept=2, lr_grid=(3e-4,), steps_grid=(4,),
-                          n_examples=1)
+                          n_examples=1, control_draws=2)
     return dataclasses.replace(config, **changes)
 
 
@@ -47,6 +48,10 @@ def test_reduced_table2_runs_end_to_end_and_resumes(tmp_path):
             moved = losses["after"][key] - losses["before"][key]
             assert (moved < 0) if method == "PO" else (moved > 0), (method, losses)
             assert result["retain_examples"] and result["examples"]
+    for result in results["rows"]["control matched-random"]["per_concept"]:
+        assert len(result["draws"]) == 2 and result["UA_d"]["n"] == 2 * results["rows"]["original"]["per_concept"][
+            [r["concept"] for r in results["rows"]["original"]["per_concept"]].index(result["concept"])]["UA_d"]["n"]
+    assert {p.name for p in (tmp_path / "parts").iterdir()} == {"controls-star.json", "controls-red.json"}
     report = (tmp_path / "table2.md").read_text()
     assert all(f"| {name} |" in report for name in ROWS) and "Table 3" in report
     saved = json.loads((tmp_path / "results.json").read_text())

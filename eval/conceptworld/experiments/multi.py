@@ -215,15 +215,18 @@ class GroupEvaluation:
     def clean_pool(self) -> dict:
         return cached(self.parts / "clean" / "pool.json", self._pool)
 
+    def _perception(self, unlearned=None) -> dict:
+        # Utility's questions never name a concept any group of this study unlearns.
+        return self.model.perception(self.suite.perception, self.language, unlearned, exclude=tuple(self.suite.forget),
+                                     seed=self.suite.seed)
+
     def clean_perception(self) -> dict:
-        return cached(self.parts / "clean" / "perception.json",
-                      lambda: self.model.perception(self.suite.perception, self.language))
+        return cached(self.parts / "clean" / "perception.json", self._perception)
 
     def run(self, concepts, unlearned) -> dict:
         return score_group(concepts, {c: self.clean_forget(c) for c in concepts},
                            {c: self._forget(c, unlearned) for c in concepts}, self.suite.pool, self.clean_pool(),
-                           self._pool(unlearned), self.model.perception(self.suite.perception, self.language,
-                                                                        unlearned))
+                           self._pool(unlearned), self._perception(unlearned))
 
 
 # ------------------------------------------------------------------------------------ run

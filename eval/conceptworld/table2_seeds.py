@@ -1,0 +1,145 @@
+"""`sauce-jax experiment table2 --seeds ...`: Table 2 on several seeds, with intervals.
+
+Each seed is a complete `table2.run` in `OUT/seed-<s>/` (every row, and every concept's
+controls, kept as it finishes: a rerun resumes where it stopped). Seeds share no image (the
+splits, the retain pool, the perception set and the SAE's stream are all keyed by the seed),
+and the SAE, the feature selection, the validation grids and the test split all change with
+it. The aggregate (`seeds.json`, `seeds.md`) gives every cell's mean over seeds and its 95%
+bootstrap interval (`intervals.bootstrap`: seeds, then concepts), and the paired difference
+SAUCE reconstruct minus every other row with its interval.
+
+Seeds are split in advance: `VALIDATION_SEEDS` for design and debugging, `TEST_SEEDS` reserved
+for the one final study run (refused unless asked for with `open_test_seeds`). Seeds 0-5 were
+read while the benchmark was developed and belong to neither.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+
+from sauce_jax.errors import ConfigError
+
+from . import table2
+from .benchmark import SELECTIVITY, headline, selectivity
+from .intervals import bootstrap, excludes_zero
+from .world import TASKS
+
+VALIDATION_SEEDS = (6, 7, 8, 9, 10)
+TEST_SEEDS = (101, 102, 103, 104, 105)
+REFERENCE = "SAUCE reconstruct"  # the pre-declared SAUCE row every other row is compared with
+COLUMNS = ("UA_g", "UA_d", "IRA", "CRA", "utility", *SELECTIVITY)
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """"validation", "test" or a comma-separated list of integers."""
+    if text == "validation":
+        return VALIDATION_SEEDS
+    if text == "test":
+        return TEST_SEEDS
+    try:
+        seeds = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise ConfigError(f"--seeds {text!r}: give 'validation', 'test' or integers like 6,7,8") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds {text!r}: give at least one seed, each once")
+    return seeds
+
+
+def run(out_dir: str | Path, config: table2.Table2Config, seeds, *, open_test_seeds: bool = False,
+        model_dir=None, progress: bool = True) -> dict:
+    """Table 2 on every seed (resumable), then the aggregate; returns what `seeds.json` holds."""
+    reserved = sorted(set(seeds) & set(TEST_SEEDS))
+    if reserved and not open_test_seeds:
+        raise ConfigError(f"seeds {reserved} are reserved test seeds, opened once for the final study run; "
+                          "pass --open-test-seeds to run them")
+    out = Path(out_dir)
+    per_seed = {}
+    for seed in seeds:
+        if progress:
+            print(f"== seed {seed}", flush=True)
+        seeded = dataclasses.replace(config, demo=dataclasses.replace(config.demo, seed=seed))
+        per_seed[seed] = table2.run(out / f"seed-{seed}", seeded, model_dir=model_dir, progress=progress)
+    summary = aggregate(per_seed)
+    (out / "seeds.json").write_text(json.dumps(summary, indent=1, default=str))
+    (out / "seeds.md").write_text(markdown(summary))
+    return summary
+
+
+def report(out_dir: str | Path, seeds) -> dict:
+    """The aggregate over the seeds of `seeds` whose run folder is finished (`seed-<s>/results.json`),
+    without computing anything: how a long study is read while it runs. `missing` lists the rest."""
+    out = Path(out_dir)
+    per_seed = {s: json.loads((out / f"seed-{s}" / "results.json").read_text()) for s in seeds
+                if (out / f"seed-{s}" / "results.json").is_file()}
+    if not per_seed:
+        raise ConfigError(f"no finished seed among {list(seeds)} in {out}")
+    summary = aggregate(per_seed) | {"missing": [int(s) for s in seeds if s not in per_seed]}
+    (out / "seeds.json").write_text(json.dumps(summary, indent=1, default=str))
+    (out / "seeds.md").write_text(markdown(summary))
+    return summary
+
+
+def _matrix(per_seed: dict, method: str, task: str, column: str) -> np.ndarray:
+    """[S, C] per-concept values of one cell (NaN where missing), concepts aligned across seeds."""
+    rows = []
+    for results in per_seed.values():
+        per_concept = results["rows"].get(method, {}).get("per_concept", [])
+        rows.append([(headline(r) | selectivity(r))[column] for r in per_concept if r["domain"] in TASKS[task]])
+    width = max((len(r) for r in rows), default=0)
+    return np.array([r + [np.nan] * (width - len(r)) for r in rows], float)
+
+
+def aggregate(per_seed: dict) -> dict:
+    """{"seeds", "cells": {method: {task: {column: bootstrap}}}, "paired": {method: {task: {column:
+    bootstrap of REFERENCE minus method}}}} over `per_seed` = {seed: table2 results}."""
+    methods = list(dict.fromkeys(m for results in per_seed.values() for m in results["rows"]))
+    cells: dict = {}
+    paired: dict = {}
+    for method in methods:
+        for task in TASKS:
+            for column in COLUMNS:
+                values = _matrix(per_seed, method, task, column)
+                if values.size == 0:
+                    continue
+                cells.setdefault(method, {}).setdefault(task, {})[column] = bootstrap(values)
+                if method != REFERENCE and REFERENCE in methods:
+                    reference = _matrix(per_seed, REFERENCE, task, column)
+                    if reference.shape == values.shape:
+                        paired.setdefault(method, {}).setdefault(task, {})[column] = bootstrap(reference - values)
+    return {"seeds": [int(s) for s in per_seed], "reference": REFERENCE, "cells": cells, "paired": paired}
+
+
+def _fmt(cell: dict, scale: float) -> str:
+    if cell is None or cell["mean"] is None:
+        return "-"
+    return f"{scale * cell['mean']:.1f} [{scale * cell['lo']:.1f}, {scale * cell['hi']:.1f}]"
+
+
+def markdown(summary: dict) -> str:
+    """The multi-seed Table 2 and the paired differences, as markdown."""
+    scale = {c: 1.0 if c == "utility" else 100.0 for c in COLUMNS}
+    lines = ["# Table 2 over seeds " + ", ".join(map(str, summary["seeds"]))
+             + (f" (not yet finished: {', '.join(map(str, summary['missing']))})" if summary.get("missing") else ""),
+             "",
+             ("Mean over seeds of the per-seed mean over concepts, percent, with its 95% bootstrap interval "
+              "(seeds, then concepts, resampled). COR: co-occurring concepts of the forget images still shown; "
+              "BA: yes/no balanced accuracy over the other concepts, present and absent; HAL: descriptions "
+              "naming an absent concept; DEG: degenerate descriptions; UA_d_logit: UA_d under the old logit rule."),
+             "", "## Cells", "", "| method | task | " + " | ".join(COLUMNS) + " |",
+             "|---|---|" + "---|" * len(COLUMNS)]
+    for method, tasks in summary["cells"].items():
+        for task, cols in tasks.items():
+            lines.append(f"| {method} | {task} | " + " | ".join(_fmt(cols.get(c), scale[c]) for c in COLUMNS) + " |")
+    lines += ["", f"## Paired differences: {summary['reference']} minus each row", "",
+              "Marked * where the 95% interval excludes 0.", "",
+              "| minus | task | " + " | ".join(COLUMNS) + " |", "|---|---|" + "---|" * len(COLUMNS)]
+    for method, tasks in summary["paired"].items():
+        for task, cols in tasks.items():
+            cells = [_fmt(cols.get(c), scale[c]) + ("*" if cols.get(c) and excludes_zero(cols[c]) else "")
+                     for c in COLUMNS]
+            lines.append(f"| {method} | {task} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
