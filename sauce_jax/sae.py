@@ -307,6 +307,21 @@ def init_params(key: jax.Array, config: SAEConfig, sample: jax.Array | None = No
     return {name: value.astype(dtype) for name, value in params.items()}
 
 
+
+def stored_config(stored: Any, d_in: int, d_sae: int, where: str, label: str) -> SAEConfig:
+    """The SAEConfig that `save_sae` stored beside a file (`label` names that object in the file,
+    for the error): every field but the widths, which come from the tensors."""
+    if not isinstance(stored, dict):
+        raise ConfigError(f"{where}: {label} must be an object with a 'config' object")
+    known = [f.name for f in dataclasses.fields(SAEConfig) if f.name not in ("d_in", "d_sae")]
+    unknown = sorted(set(stored) - set(known))
+    if unknown:
+        raise ConfigError(f"{where}: {label}['config'] has unknown field(s) {unknown}; known: {known}")
+    try:
+        return SAEConfig(d_in=d_in, d_sae=d_sae, **stored)
+    except (ConfigError, TypeError) as exc:  # TypeError: a value of the wrong type
+        raise ConfigError(f"{where}: {label}['config'] is invalid: {exc}") from exc
+
 def check_params(params: Params, config: SAEConfig, origin: str = "SAE") -> None:
     """Raise if `params` lacks a tensor or has the wrong shape for `config`."""
     expected = {

@@ -43,7 +43,7 @@ import numpy as np
 
 from sauce_jax.ports.weights import read_json, read_safetensors
 from sauce_jax.errors import CheckpointError, ConfigError, InputError, SauceError
-from sauce_jax.sae import SAE, SAEConfig, check_params
+from sauce_jax.sae import SAE, SAEConfig, check_params, stored_config
 from sauce_jax import sparsify_format
 
 CFG_FILENAME = "cfg.json"
@@ -427,16 +427,7 @@ def _parse_cfg(cfg: dict[str, Any], cfg_path: Path) -> _FileConfig:
 def _our_config(ours: Any, architecture: str, cfg: dict, d_in: int, d_sae: int, where: str) -> SAEConfig:
     """The SAEConfig save_sae stored, checked against the SAELens fields beside it."""
     stored = ours.get("config") if isinstance(ours, dict) else None
-    if not isinstance(stored, dict):
-        raise ConfigError(f"{where}: metadata[{OUR_KEY!r}] must be an object with a 'config' object")
-    known = [f.name for f in dataclasses.fields(SAEConfig) if f.name not in ("d_in", "d_sae")]
-    unknown = sorted(set(stored) - set(known))
-    if unknown:
-        raise ConfigError(f"{where}: metadata[{OUR_KEY!r}]['config'] has unknown field(s) {unknown}; known: {known}")
-    try:
-        config = SAEConfig(d_in=d_in, d_sae=d_sae, **stored)
-    except (ConfigError, TypeError) as exc:  # TypeError: a value of the wrong type
-        raise ConfigError(f"{where}: metadata[{OUR_KEY!r}]['config'] is invalid: {exc}") from exc
+    config = stored_config(stored, d_in, d_sae, where, f"metadata[{OUR_KEY!r}]")
     expected = _TO_SAELENS[config.architecture]
     if expected != architecture:
         raise ConfigError(

@@ -20,13 +20,12 @@ fields it does not know, so ours (the SAEConfig, metadata, a weights checksum) t
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import numpy as np
 
 from sauce_jax.errors import CheckpointError, ConfigError
-from sauce_jax.sae import SAEConfig
+from sauce_jax.sae import SAEConfig, stored_config
 
 WEIGHTS_FILENAME = "sae.safetensors"
 OUR_KEY = "sauce_jax"
@@ -108,16 +107,7 @@ def parse_sparsify_cfg(cfg: dict[str, Any], where: str) -> tuple[SAEConfig, dict
         except ConfigError as exc:
             raise ConfigError(f"{where}: {exc}") from exc
     stored = ours.get("config") if isinstance(ours, dict) else None
-    if not isinstance(stored, dict):
-        raise ConfigError(f"{where}: {OUR_KEY!r} must be an object with a 'config' object")
-    known = [f.name for f in dataclasses.fields(SAEConfig) if f.name not in ("d_in", "d_sae")]
-    unknown = sorted(set(stored) - set(known))
-    if unknown:
-        raise ConfigError(f"{where}: {OUR_KEY!r}['config'] has unknown field(s) {unknown}; known: {known}")
-    try:
-        config = SAEConfig(d_in=d_in, d_sae=d_sae, **stored)
-    except (ConfigError, TypeError) as exc:
-        raise ConfigError(f"{where}: {OUR_KEY!r}['config'] is invalid: {exc}") from exc
+    config = stored_config(stored, d_in, d_sae, where, repr(OUR_KEY))
     if not config.is_topk or config.k != k:
         raise ConfigError(f"{where}: sparsify's k={k} (TopK) contradicts {OUR_KEY!r}['config'] "
                           f"({config.architecture!r}, k={config.k})")

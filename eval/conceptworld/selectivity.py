@@ -15,7 +15,6 @@ Pure functions over answers and specs; `benchmark.Evaluation` collects the answe
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 
 import numpy as np

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from sauce_jax.errors import CheckpointError, ConfigError, InputError
+
+from .checkpoint import checked_checkpoint
 
 
 class MllamaAnswerer:
@@ -25,27 +26,14 @@ class MllamaAnswerer:
     def __init__(self, checkpoint: str | os.PathLike, batch_size: int = 8, dtype: str = "float32",
                  device: str = "cpu"):
         try:
-            import torch
+            import torch  # noqa: F401  (checked here: the error names the extra)
             from transformers import AutoProcessor, MllamaForConditionalGeneration
         except ImportError as exc:
             raise ConfigError("an Mllama checkpoint needs transformers and torch: pip install 'sauce-jax[torch]'") from exc
         from sauce_jax.loading import load_encoder
         from sauce_jax.mllama_processor import MllamaPreprocessConfig
-        from sauce_jax.ports.weights import read_json
 
-        directory = Path(checkpoint)
-        if not (directory / "config.json").is_file():
-            raise CheckpointError(f"{str(directory)!r} is not a checkpoint directory (no config.json)")
-        model_type = read_json(directory / "config.json").get("model_type")
-        if model_type != "mllama":
-            raise ConfigError(f"{str(directory)!r} is a {model_type!r} checkpoint, not an Mllama "
-                              "(MllamaForConditionalGeneration) directory")
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-        try:
-            torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
-        except KeyError as exc:
-            raise ConfigError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}") from exc
+        directory, torch_dtype = checked_checkpoint(checkpoint, "mllama", "MllamaForConditionalGeneration", batch_size, dtype)
         try:
             self.model = MllamaForConditionalGeneration.from_pretrained(directory, dtype=torch_dtype).to(device).eval()
         except (OSError, ValueError, RuntimeError) as exc:

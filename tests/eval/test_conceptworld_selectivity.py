@@ -4,7 +4,6 @@ bootstrap, the controls' feature draws and the seeds' disjointness."""
 
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ from sauce_jax.eval.conceptworld import text as T
 from sauce_jax.eval.conceptworld.answers import parse_yes_no
 from sauce_jax.eval.conceptworld.benchmark import Evaluation, example_indices, headline, make_suite, selectivity
 from sauce_jax.eval.conceptworld.intervals import bootstrap, excludes_zero
-from sauce_jax.eval.conceptworld.world import CONCEPTS, DOMAINS, concept_split
+from sauce_jax.eval.conceptworld.world import DOMAINS, concept_split
 
 TARGET = "red"
 
