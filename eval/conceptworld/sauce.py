@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import os
 from pathlib import Path
 from typing import Any
@@ -22,12 +21,14 @@ import numpy as np
 from tqdm import tqdm
 
 from sauce_jax.errors import ConfigError
-from sauce_jax.intervention import MODES
 
 from .benchmark import Evaluation, Model, make_suite
 from .runs import cached, say
 from .render import render_many
 from .world import check_concepts, concept_split, generic_stream
+
+# The intervention modes ConceptWorld's rows report: the paper's and the error-keeping variant.
+MODES = ("reconstruct", "delta")
 
 DEFAULT_CONCEPTS = ("star", "heart", "pool", "court", "red", "blue", "happy", "surprised", "wood", "glass")
 
@@ -54,6 +55,10 @@ class DemoConfig:
     n_perception: int = 100
     k_grid: tuple[int, ...] = (16, 32)
     gamma_grid: tuple[float, ...] = (-1.0, -2.0)
+    # How many times the (k, gamma) grid moves when its best point sits on an edge
+    # (`tuning.search`). The demo keeps its 2 x 2 grid fixed (every point of a 2 x 2 grid is an
+    # edge); Table 2's matched tuning moves once.
+    grid_moves: int = 0
 
     def __post_init__(self):
         check_concepts(list(self.concepts))
@@ -62,6 +67,8 @@ class DemoConfig:
                 raise ConfigError(f"demo {name}={getattr(self, name)} must be >= 1")
         if not self.k_grid or not self.gamma_grid:
             raise ConfigError("k_grid and gamma_grid must not be empty")
+        if self.grid_moves < 0:
+            raise ConfigError(f"demo grid_moves={self.grid_moves} must be >= 0")
 
 
 def quick_demo(concepts=None, seed: int = 0) -> DemoConfig:
@@ -71,8 +78,19 @@ def quick_demo(concepts=None, seed: int = 0) -> DemoConfig:
     return dataclasses.replace(demo, concepts=tuple(concepts)) if concepts else demo
 
 
-def train_concept_sae(encoder, out: Path, config: DemoConfig, layer: int, progress: bool):
-    """The SAE on every token of `layer` over the generic stream (resumes an interrupted run)."""
+# The paper's SAE recipe (section 4.1): ReLU-L1, expansion 64, alpha 8e-5, lr 4e-4, batch 1024,
+# trained and selected on the last image token, on hidden state -2, applied with gamma -0.5.
+PAPER_RECIPE = {"architecture": "standard", "expansion": 64, "l1_coefficient": 8e-5, "lr": 4e-4, "token": "last",
+                "layer": -2, "gamma": -0.5}
+
+
+def train_concept_sae(encoder, out: Path, config: DemoConfig, layer: int, progress: bool, *, paper: bool = False):
+    """The SAE on every token of `layer` over the generic stream (resumes an interrupted run).
+
+    `paper=True` trains the paper's recipe (`PAPER_RECIPE`) instead, on the last token of each of
+    the same images. The paper's 2 epochs of ImageNet are 2.5M tokens; one token of each of our
+    images is far fewer, so it trains for as many optimizer steps as the all-token SAE does
+    (epochs x tokens per image) rather than for 2 epochs of a few thousand tokens."""
     from sauce_jax.sae import SAEConfig
     from sauce_jax.sae_io import load_sae
     from sauce_jax.train import TrainConfig, train_sae
@@ -81,68 +99,117 @@ def train_concept_sae(encoder, out: Path, config: DemoConfig, layer: int, progre
         return load_sae(out / "sae")
     images = list(render_many(generic_stream(config.sae_images, seed=config.seed)))
     d = encoder.config.hidden_size
-    sae_config = SAEConfig(d_in=d, d_sae=config.expansion * d, architecture=config.sae_architecture,
-                           k=config.sae_k if config.sae_architecture != "standard" else None,
-                           l1_coefficient=config.l1_coefficient)
-    train_config = TrainConfig(batch_size=1024, epochs=config.sae_epochs, lr=1e-3, lr_warmup_steps=50,
+    if paper:
+        r = PAPER_RECIPE
+        sae_config = SAEConfig(d_in=d, d_sae=r["expansion"] * d, architecture=r["architecture"],
+                               l1_coefficient=r["l1_coefficient"])
+        epochs, lr, token = config.sae_epochs * encoder.config.num_tokens, r["lr"], r["token"]
+    else:
+        sae_config = SAEConfig(d_in=d, d_sae=config.expansion * d, architecture=config.sae_architecture,
+                               k=config.sae_k if config.sae_architecture != "standard" else None,
+                               l1_coefficient=config.l1_coefficient)
+        epochs, lr, token = config.sae_epochs, 1e-3, "all"
+    train_config = TrainConfig(batch_size=1024, epochs=epochs, lr=lr, lr_warmup_steps=50,
                                l1_warmup_steps=100, seed=config.seed, log_every=50, checkpoint_every=200)
     resume = (out / "checkpoints").is_dir()
     return train_sae(out, sae_config=sae_config, train_config=train_config, encoder=encoder, images=images,
-                     layer=layer, token="all", resume=resume, progress=progress)
+                     layer=layer, token=token, resume=resume, progress=progress)
 
 
-def select_all(sae, encoder, config: DemoConfig, layer: int, progress: bool, token: str = "all") -> dict:
-    """Each concept's features ranked by eq. 4 on its train split, max(k_grid) of them, scored
-    on `token` (see `select_features`)."""
+def select_all(sae, encoder, config: DemoConfig, layer: int, progress: bool, token: str = "all",
+               k: int | None = None) -> dict:
+    """Each concept's features ranked by eq. 4 on its train split, `k` of them (default
+    max(k_grid), twice that when the grid may move), scored on `token` (see `select_features`)."""
     from sauce_jax.scoring import select_features
 
     sets = {}
     for concept in tqdm(config.concepts, desc="selection", disable=not progress, leave=False):
         pos = list(render_many(concept_split(concept, "train", config.n_select, seed=config.seed)))
         neg = list(render_many(concept_split(concept, "train", config.n_select, seed=config.seed, positive=False)))
-        sets[concept] = select_features(sae, encoder, pos, neg, k=max(config.k_grid), layer=layer, concept=concept,
+        sets[concept] = select_features(sae, encoder, pos, neg, k=k or kept_features(config, sae), layer=layer,
+                                        concept=concept,
                                         token=token, batch_size=config.n_select, progress=False)
     say(progress, f"selected features for {len(sets)} concepts")
     return sets
 
 
-OBJECTIVE = ("UA_d", "UA_g", "IRA_d", "IRA_g", "CRA_d", "CRA_g")
+def kept_features(config: DemoConfig, sae) -> int:
+    """How many ranked features a concept's set keeps: max(k_grid), doubled per allowed grid
+    move (a move may raise k by the grid's ratio), at most d_sae."""
+    return min(max(config.k_grid) * 2 ** config.grid_moves, sae.config.d_sae)
+
+
+FORGET_TERMS = ("UA_d", "UA_g")
+# What must survive: the paper's retain rates, the other concepts of the forget images, yes/no
+# balanced accuracy over the other concepts, descriptions free of absent concepts and of
+# degenerate text, and the perception subtasks.
+KEEP_TERMS = ("IRA_d", "IRA_g", "CRA_d", "CRA_g", "COR_d", "COR_g", "BA_d", "HAL_g", "DEG_g", "utility")
+_LOWER_IS_BETTER = ("HAL_g", "DEG_g")
+
+
+def _term(result: dict, name: str) -> float | None:
+    """One objective term in [0, 1], higher better; None where the result had no support."""
+    if name == "utility":
+        return result["utility"] / 100.0
+    value = result.get(name, {}).get("value")
+    if value is None:
+        return None
+    return 1.0 - value if name in _LOWER_IS_BETTER else value
 
 
 def objective(result: dict) -> float:
-    """What the validation split maximises: the mean of the `OBJECTIVE` metrics of one
-    `Evaluation.run` result, skipping those it could not score (0 if none could be)."""
-    values = [result[name]["value"] for name in OBJECTIVE]
-    return float(np.mean([v for v in values if v is not None])) if any(v is not None for v in values) else 0.0
+    """What every validation grid maximises (SAUCE's k and gamma, each baseline's learning rate
+    and steps), declared before any test seed was read: half forgetting, half keeping,
+
+        0.5 * mean(UA_d, UA_g) + 0.5 * mean(KEEP_TERMS),
+
+    each a rate in [0, 1] (HAL and DEG as 1 - rate, utility / 100), skipping the terms a result
+    could not score. A model that forgets nothing scores about 0.5, one that forgets by collapsing
+    its outputs loses the keep half, so the grid cannot buy forgetting with collateral damage."""
+    def mean_of(names):
+        values = [v for v in (_term(result, n) for n in names) if v is not None]
+        return float(np.mean(values)) if values else 0.0
+
+    return 0.5 * mean_of(FORGET_TERMS) + 0.5 * mean_of(KEEP_TERMS)
 
 
 def choose_hyperparameters(model: Model, encoder, sae, sets: dict, config: DemoConfig, layer: int,
-                           progress: bool) -> dict:
-    """Per mode, the (k, gamma) with the best mean of the paper's four metrics on the validation
-    split, each over both prompt kinds (UA_d, UA_g, IRA_d, IRA_g, CRA_d, CRA_g). A grid of one
-    point has nothing to choose: it is taken without scoring (val_objective None)."""
+                           progress: bool, modes=MODES) -> dict:
+    """Per mode, the (k, gamma) with the best `objective` (mean over the concepts) on the
+    validation split, by `tuning.search` over k_grid x gamma_grid (moved off an edge up to
+    `config.grid_moves` times). A grid of one point has nothing to choose: it is taken without
+    scoring (val_objective None)."""
     from sauce_jax.intervention import unlearn
+
+    from .tuning import Axis, label, search
 
     if len(config.k_grid) == len(config.gamma_grid) == 1:
         return {mode: {"k": config.k_grid[0], "gamma": config.gamma_grid[0], "val_objective": None, "grid": {}}
-                for mode in MODES}
-
-    suite = make_suite(config.concepts, seed=config.seed, split="val", n_forget=config.n_val,
-                       n_pool_per_concept=max(1, config.n_pool // 2), n_perception=config.n_val)
-    evaluation = Evaluation(model, suite)
+                for mode in modes}
+    evaluation = Evaluation(model, validation_suite(config))
+    kept = min(len(s.feature_ids) for s in sets.values())
+    axes = [Axis("k", tuple(config.k_grid), low=1, high=kept, integer=True), Axis("gamma", tuple(config.gamma_grid))]
     chosen = {}
-    for mode in MODES:
-        scores = {}
-        grid = list(itertools.product(config.k_grid, config.gamma_grid))
-        for k, gamma in tqdm(grid, desc=f"val grid ({mode})", disable=not progress, leave=False):
-            results = [evaluation.run(c, unlearn(encoder, sae, sets[c].top(k, gamma), layer=layer,
-                                                 gamma=gamma, mode=mode)) for c in config.concepts]
-            scores[(k, gamma)] = float(np.mean([objective(r) for r in results]))
-            say(progress, f"  val {mode:11s} k={k:3d} gamma={gamma:+.2f}: {scores[(k, gamma)]:.3f}")
-        best = max(scores, key=scores.get)
-        chosen[mode] = {"k": best[0], "gamma": best[1], "val_objective": round(scores[best], 4),
-                        "grid": {f"k={k},gamma={g}": round(v, 4) for (k, g), v in scores.items()}}
+    for mode in modes:
+        def score(point, mode=mode):
+            k, gamma = point["k"], point["gamma"]
+            results = [evaluation.run(c, unlearn(encoder, sae, sets[c].top(k, gamma), layer=layer, gamma=gamma,
+                                                 mode=mode)) for c in config.concepts]
+            value = float(np.mean([objective(r) for r in results]))
+            say(progress, f"  val {mode:11s} {label(point)}: {value:.3f}")
+            return value
+
+        found = search(axes, score, moves=config.grid_moves)
+        chosen[mode] = {"k": found["best"]["k"], "gamma": found["best"]["gamma"],
+                        "val_objective": round(found["score"], 4), "grid": found["grid"],
+                        "grids": found["grids"], "moved": found["moved"], "edge": found["edge"]}
     return chosen
+
+
+def validation_suite(config: DemoConfig):
+    """The validation split every grid is scored on (SAUCE's and the baselines')."""
+    return make_suite(config.concepts, seed=config.seed, split="val", n_forget=config.n_val,
+                      n_pool_per_concept=max(1, config.n_pool // 2), n_perception=config.n_val)
 
 
 def evaluate_test(model: Model, encoder, sae, sets: dict, chosen: dict, config: DemoConfig, layer: int,

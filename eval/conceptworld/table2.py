@@ -1,10 +1,16 @@
 """`sauce-jax experiment table2`: the paper's Table 2 on ConceptWorld, SAUCE against GA, GD, KL and PO.
 
-Rows: the clean model, the four weight-update baselines (`sauce_jax.eval.baselines`) and SAUCE in both
-modes (the demo's path: SAE, selection, k and gamma on the validation split). Every row is
-scored by the same `Evaluation` on the same test images; hyperparameters (learning rate and
-steps for the baselines, k and gamma for SAUCE) are chosen on the validation split with the
-demo's objective (mean of UA_d, UA_g, IRA_d, IRA_g, CRA_d, CRA_g), never on test. Each finished row is written to
+Rows: the clean model, the four weight-update baselines (`sauce_jax.eval.baselines`), SAUCE
+`reconstruct` (the paper's intervention; eq. 4 top-k and one gamma chosen on validation: the
+pre-declared SAUCE row), the paper's exact recipe as its own row (`SAUCE paper recipe`: ReLU-L1
+x64 SAE on the last token of hidden state -2, gamma -0.5, only k chosen), SAUCE `delta` as a
+variant, and the controls. Every row is scored by the same `Evaluation` on the same test images.
+
+Matched tuning: the baselines' forget set is the same train-split positives SAUCE selects on;
+every tuned method gets a grid of the same size (4 learning rates x 3 step counts, 4 k x 3
+gamma: 12 configurations), moved off an edge once (`tuning.search`), scored by the same declared
+objective (`sauce.objective`: half forgetting, half retention, selectivity and utility) on the
+validation split, never on test. Each finished row is written to
 `rows/<name>.json` at once and a rerun skips it; at the end `results.json`, `table2.md` (Table 2,
 per-concept rates, losses, Table 3 descriptions) and `table2.png` are written.
 """
@@ -20,10 +26,9 @@ import numpy as np
 from tqdm import tqdm
 
 from sauce_jax.errors import ConfigError
-from sauce_jax.intervention import MODES
-
 from .benchmark import Evaluation, Model, example_indices, headline, make_suite, task_table
 from .sauce import (
+    MODES,
     DemoConfig,
     choose_hyperparameters,
     objective,
@@ -31,7 +36,12 @@ from .sauce import (
     train_concept_sae,
 )
 from .runs import cached
+from .tuning import Axis, label, search
 from .world import DOMAIN_OF
+
+
+# SAUCE's side of the matched budget: 4 k x 3 gamma = 12 configurations, moved off an edge once.
+TUNED_DEMO = DemoConfig(k_grid=(8, 16, 32, 64), gamma_grid=(-0.5, -1.0, -2.0), grid_moves=1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,14 +49,14 @@ class Table2Config:
     """The experiment. `demo` sets the concepts, the seed, SAUCE's SAE / selection / grid and the
     validation and test sizes every row shares; the rest configures the baselines."""
 
-    demo: DemoConfig = dataclasses.field(default_factory=DemoConfig)
+    demo: DemoConfig = dataclasses.field(default_factory=lambda: TUNED_DEMO)
     methods: tuple[str, ...] = ("GA", "GD", "KL", "PO")
     # Train-split images of the concept in a baseline's forget set (x 2 prompts): by default the
     # same 100 positives SAUCE selects its features on (`DemoConfig.n_select`, the same stream).
     n_forget: int = 100
     n_retain_per_concept: int = 8  # train-split images of each other concept of the domain
-    lr_grid: tuple[float, ...] = (1e-4, 3e-4)
-    steps_grid: tuple[int, ...] = (10, 30)
+    lr_grid: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3)
+    steps_grid: tuple[int, ...] = (5, 10, 20)
     batch_size: int = 8
     retain_weight: float = 1.0
     kl_weight: float = 1.0
@@ -57,6 +67,8 @@ class Table2Config:
     # draws per concept), and the top-k by activation on positives without eq. 4's contrast.
     controls: bool = True
     control_draws: int = 10
+    paper_row: bool = True  # the paper's exact recipe as its own row (its own SAE)
+    grid_moves: int = 1  # times the baselines' grid moves off an edge (SAUCE's: demo.grid_moves)
 
     def __post_init__(self):
         from sauce_jax.eval.baselines import METHODS
@@ -71,6 +83,8 @@ class Table2Config:
         for name in ("n_forget", "n_retain_per_concept", "batch_size", "n_examples", "control_draws"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"table2 {name}={getattr(self, name)} must be >= 1")
+        if self.grid_moves < 0:
+            raise ConfigError(f"table2 grid_moves={self.grid_moves} must be >= 0")
 
     def baseline(self, method: str, lr: float, steps: int):
         from sauce_jax.eval.baselines import BaselineConfig
@@ -88,6 +102,26 @@ def quick_config(concepts=None, seed: int = 0) -> Table2Config:
     if concepts:
         demo = dataclasses.replace(demo, concepts=tuple(concepts))
     return Table2Config(demo=demo, n_forget=16, n_retain_per_concept=4, lr_grid=(3e-4,), steps_grid=(10,))
+
+
+def study_concepts(seed: int) -> tuple[str, ...]:
+    """The concepts a seed of the multi-seed study unlearns, drawn with the seed (so the study
+    covers many concepts, none chosen by hand): one concrete concept (an object or a scene) and
+    one abstract one (a color, an emotion or a material)."""
+    from .world import DOMAINS, TASKS, rng_for
+
+    rng = rng_for(seed, "study-concepts")
+    return tuple(str(rng.choice([c for d in TASKS[task] for c in DOMAINS[d]])) for task in ("concrete", "abstract"))
+
+
+def study_config(seed: int = 0) -> Table2Config:
+    """The multi-seed study's sizes (`experiment table2 --study --seeds ...`): two drawn concepts
+    per seed, every method tuned on 12 configurations, sized so that one seed of one tower runs
+    in about ten minutes on one CPU core. The baselines' forget set is exactly the positives
+    SAUCE selects on (n_forget = n_select)."""
+    demo = dataclasses.replace(TUNED_DEMO, seed=seed, concepts=study_concepts(seed), sae_images=1500, n_select=40,
+                               n_val=8, n_test=16, n_pool=1, n_perception=24)
+    return Table2Config(demo=demo, n_forget=40, n_retain_per_concept=4)
 
 
 def _slug(row: str) -> str:
@@ -174,23 +208,33 @@ def _original_row(ctx: _Context) -> dict:
 
 
 def _baseline_row(ctx: _Context, method: str) -> dict:
-    """Grid on val (one run per learning rate, scored at each step count), then the test split once."""
+    """The (lr, steps) grid on val (`tuning.search`; one run per concept and learning rate,
+    scored at each step count and continued when the grid moves to more steps), then the test
+    split once."""
     from sauce_jax.eval.baselines import Unlearner
     from sauce_jax.eval.baselines.trainer import set_losses
 
     config, concepts = ctx.config, ctx.config.demo.concepts
-    steps_grid = sorted(config.steps_grid)
-    scores: dict[tuple[float, int], list[float]] = {(lr, s): [] for lr in config.lr_grid for s in steps_grid}
-    for concept in tqdm(concepts, desc=f"{method} val grid", disable=not ctx.progress, leave=False):
-        for lr in config.lr_grid:
-            run = Unlearner(ctx.llava, ctx.data(concept), config.baseline(method, lr, steps_grid[-1]))
-            for steps in steps_grid:
-                variant = ctx.model.with_language_model(run.train_to(steps).model_now())
-                scores[(lr, steps)].append(objective(ctx.val.run(concept, model=variant)))
-    grid = {key: float(np.mean(values)) for key, values in scores.items()}
-    for (lr, steps), value in grid.items():
-        _say(ctx.progress, f"  val {method} lr={lr:g} steps={steps}: {value:.3f}")
-    lr, steps = max(grid, key=grid.get)  # ties go to the smaller lr, then the fewer steps
+    runs: dict = {}  # (concept, lr) -> Unlearner, advanced in step order
+
+    def score(point):
+        lr, steps = point["lr"], point["steps"]
+        values = []
+        for concept in concepts:
+            run = runs.get((concept, lr))
+            if run is None or run.step > steps:
+                run = runs[(concept, lr)] = Unlearner(ctx.llava, ctx.data(concept), config.baseline(method, lr, steps))
+            variant = ctx.model.with_language_model(run.train_to(steps).model_now())
+            values.append(objective(ctx.val.run(concept, model=variant)))
+        value = float(np.mean(values))
+        _say(ctx.progress, f"  val {method} {label(point)}: {value:.3f}")
+        return value
+
+    axes = [Axis("lr", tuple(config.lr_grid), low=0.0), Axis("steps", tuple(sorted(config.steps_grid)), low=1,
+                                                             integer=True)]
+    found = search(axes, score, moves=config.grid_moves)
+    runs.clear()
+    lr, steps = found["best"]["lr"], found["best"]["steps"]
     results = []
     for concept in tqdm(concepts, desc=f"{method} test", disable=not ctx.progress, leave=False):
         data = ctx.data(concept)
@@ -202,13 +246,18 @@ def _baseline_row(ctx: _Context, method: str) -> dict:
         result["retain_examples"] = ctx.retain_examples(concept, variant)
         results.append(result)
         _say(ctx.progress, f"  test {method} {concept}: " + _brief(result))
-    return {"hyperparameters": {"lr": lr, "steps": steps, "val_objective": round(grid[(lr, steps)], 4),
+    return {"hyperparameters": {"lr": lr, "steps": steps, "val_objective": round(found["score"], 4),
                                 "batch_size": config.batch_size, "lora": config.lora},
-            "val_grid": {f"lr={a:g},steps={b}": round(v, 4) for (a, b), v in grid.items()},
+            "val_grid": found["grid"], "grids": found["grids"], "moved": found["moved"], "edge": found["edge"],
             "per_concept": results}
 
 
 CONTROLS = ("control matched-random", "control no-contrast")
+PAPER_ROW = "SAUCE paper recipe"
+
+
+def _search_notes(chosen: dict) -> dict:
+    return {key: chosen[key] for key in ("grids", "moved", "edge") if key in chosen}
 
 
 def _sauce_setup(ctx: _Context, out: Path):
@@ -224,6 +273,36 @@ def _sauce_setup(ctx: _Context, out: Path):
         chosen = choose_hyperparameters(ctx.model, ctx.encoder, sae, sets, demo, ctx.layer, ctx.progress)
         chosen_path.write_text(json.dumps(chosen, indent=1))
     return sae, sets, chosen, time.time() - t0
+
+
+def _paper_row(ctx: _Context, out: Path) -> dict:
+    """The paper's exact recipe (`sauce.PAPER_RECIPE`): its own ReLU-L1 x64 SAE on the last token
+    of hidden state -2, eq. 4 on the last token, gamma -0.5, reconstruct; only k (which the paper
+    does not state) is chosen on validation, over the same k grid as the SAUCE row."""
+    from sauce_jax.intervention import unlearn
+
+    from .sauce import PAPER_RECIPE
+
+    demo, recipe = ctx.config.demo, PAPER_RECIPE
+    start = time.time()
+    layer = ctx.encoder.layer_index(recipe["layer"])
+    sae = train_concept_sae(ctx.encoder, out / "sae_paper", demo, layer, ctx.progress, paper=True)
+    fixed = dataclasses.replace(demo, gamma_grid=(recipe["gamma"],))
+    sets = select_all(sae, ctx.encoder, fixed, layer, ctx.progress, token=recipe["token"])
+    chosen = cached(out / "sauce_paper_chosen.json", lambda: choose_hyperparameters(
+        ctx.model, ctx.encoder, sae, sets, fixed, layer, ctx.progress, modes=("reconstruct",))["reconstruct"])
+    k, gamma = chosen["k"], recipe["gamma"]
+    results = []
+    for concept in tqdm(demo.concepts, desc=PAPER_ROW, disable=not ctx.progress, leave=False):
+        edited = unlearn(ctx.encoder, sae, sets[concept].top(k, gamma), layer=layer, gamma=gamma, mode="reconstruct")
+        result = ctx.test.run(concept, edited)
+        result["retain_examples"] = ctx.retain_examples(concept, unlearned=edited)
+        results.append(result)
+    return {"hyperparameters": {"k": k, "gamma": gamma, "layer": recipe["layer"], "token": recipe["token"],
+                                "sae": f"{recipe['architecture']} x{recipe['expansion']}",
+                                "val_objective": chosen["val_objective"]},
+            "val_grid": chosen["grid"], **_search_notes(chosen), "per_concept": results,
+            "seconds": time.time() - start}
 
 
 def _sauce_rows(ctx: _Context, out: Path, todo: list[str], prepared) -> dict[str, dict]:
@@ -245,7 +324,7 @@ def _sauce_rows(ctx: _Context, out: Path, todo: list[str], prepared) -> dict[str
             result["retain_examples"] = ctx.retain_examples(concept, unlearned=edited)
             results.append(result)
         rows[name] = {"hyperparameters": {"k": k, "gamma": gamma, "val_objective": chosen[mode]["val_objective"]},
-                      "val_grid": chosen[mode]["grid"], "per_concept": results,
+                      "val_grid": chosen[mode]["grid"], **_search_notes(chosen[mode]), "per_concept": results,
                       "seconds": time.time() - start, "setup_seconds": round(setup, 1)}
         _write_row(out, name, rows[name])
     return rows
@@ -370,7 +449,8 @@ def run(out_dir: str | Path, config: Table2Config | None = None, *, model_dir=No
     (out / "rows").mkdir(parents=True, exist_ok=True)
     _check_same_run(out, config)
     t0 = time.time()
-    wanted = ["original", *config.methods, *(f"SAUCE {m}" for m in MODES), *(CONTROLS if config.controls else ())]
+    sauce = ["SAUCE reconstruct", *([PAPER_ROW] if config.paper_row else []), "SAUCE delta"]
+    wanted = ["original", *config.methods, *sauce, *(CONTROLS if config.controls else ())]
     rows = {}
     for name in wanted:
         path = out / "rows" / f"{_slug(name)}.json"
@@ -388,7 +468,11 @@ def run(out_dir: str | Path, config: Table2Config | None = None, *, model_dir=No
         row["seconds"] = time.time() - start
         _write_row(out, name, row)
         rows[name] = json.loads((out / "rows" / f"{_slug(name)}.json").read_text())
-    sauce_todo = [name for name in todo if name.startswith("SAUCE")]
+    if PAPER_ROW in todo:
+        _say(progress, f"[{PAPER_ROW}]")
+        _write_row(out, PAPER_ROW, _paper_row(ctx, out))
+        rows[PAPER_ROW] = json.loads((out / "rows" / f"{_slug(PAPER_ROW)}.json").read_text())
+    sauce_todo = [name for name in todo if name.startswith("SAUCE") and name != PAPER_ROW]
     control_todo = [name for name in todo if name.startswith("control")]
     if sauce_todo or control_todo:
         prepared = _sauce_setup(ctx, out)

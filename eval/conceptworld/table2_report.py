@@ -16,13 +16,21 @@ def _pct(value, scale: float = 100.0) -> str:
     return "-" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{scale * value:.1f}"
 
 
-def _hyper(row: dict) -> str:
+def hyperparameters_text(row: dict) -> str:
+    """The chosen point; "moved" where the grid moved off an edge, "edge: <axes>" where the
+    chosen point still sits on one (the grid did not bracket it)."""
     h = row.get("hyperparameters", {})
     if "lr" in h:
-        return f"lr {h['lr']:g}, {h['steps']} steps"
-    if "k" in h:
-        return f"k {h['k']}, gamma {h['gamma']:g}"
-    return ""
+        text = f"lr {h['lr']:g}, {h['steps']} steps"
+    elif "k" in h:
+        text = f"k {h['k']}, gamma {h['gamma']:g}"
+    else:
+        return ""
+    if row.get("moved"):
+        text += ", moved"
+    if row.get("edge"):
+        text += ", edge: " + "/".join(f"{axis} {side}" for axis, side in row["edge"].items())
+    return text
 
 
 def markdown(results: dict) -> str:
@@ -34,7 +42,9 @@ def markdown(results: dict) -> str:
              f"concept, {demo['n_pool']} per concept in the retain pool, {demo['n_perception']} perception images."),
              ("Percent. UA and retain rates count only the cases the clean model had right; IRA and CRA average the "
              "yes/no and the description rate; utility is the perception questions' MME (acc + acc+)/2. "
-             "Hyperparameters were chosen on the validation split (mean of UA_d, UA_g, IRA_d, IRA_g, CRA_d, CRA_g). "
+             "Hyperparameters were chosen on the validation split by one declared objective for every method "
+             "(`sauce.objective`: half the mean of UA_d and UA_g, half the mean of the retain, selectivity and "
+             "utility rates), over grids of equal size moved once off an edge. "
              "Yes/no and perception answers are generated and parsed with MME's rule. Selectivity: COR, the other "
              "concepts of each forget image still shown (yes/no and description); BA, yes/no balanced accuracy over "
              "every other concept asked, present and absent (0.5 = yes to everything); HAL, descriptions naming a "
@@ -45,7 +55,7 @@ def markdown(results: dict) -> str:
     for name, table in results["table2"].items():
         for task, values in table.items():
             cells = [_pct(values.get(c), 1.0 if c == "utility" else 100.0) for c in COLUMNS + SELECTIVITY]
-            lines.append(f"| {name} | {_hyper(rows[name])} | {task} | " + " | ".join(cells) + " |")
+            lines.append(f"| {name} | {hyperparameters_text(rows[name])} | {task} | " + " | ".join(cells) + " |")
     lines += ["", "## Per concept (test)", "", "| concept | method | " + " | ".join(RATES) + " | utility |",
               "|---|---|" + "---|" * (len(RATES) + 1)]
     for name, row in rows.items():

@@ -26,6 +26,7 @@ from sauce_jax.errors import ConfigError
 from . import table2
 from .benchmark import SELECTIVITY, headline, selectivity
 from .intervals import bootstrap, excludes_zero
+from .table2_report import hyperparameters_text
 from .world import TASKS
 
 VALIDATION_SEEDS = (6, 7, 8, 9, 10)
@@ -50,8 +51,9 @@ def parse_seeds(text: str) -> tuple[int, ...]:
 
 
 def run(out_dir: str | Path, config: table2.Table2Config, seeds, *, open_test_seeds: bool = False,
-        model_dir=None, progress: bool = True) -> dict:
-    """Table 2 on every seed (resumable), then the aggregate; returns what `seeds.json` holds."""
+        model_dir=None, progress: bool = True, draw_concepts: bool = False) -> dict:
+    """Table 2 on every seed (resumable), then the aggregate; returns what `seeds.json` holds.
+    `draw_concepts`: each seed unlearns its own `table2.study_concepts(seed)`."""
     reserved = sorted(set(seeds) & set(TEST_SEEDS))
     if reserved and not open_test_seeds:
         raise ConfigError(f"seeds {reserved} are reserved test seeds, opened once for the final study run; "
@@ -61,7 +63,10 @@ def run(out_dir: str | Path, config: table2.Table2Config, seeds, *, open_test_se
     for seed in seeds:
         if progress:
             print(f"== seed {seed}", flush=True)
-        seeded = dataclasses.replace(config, demo=dataclasses.replace(config.demo, seed=seed))
+        demo = dataclasses.replace(config.demo, seed=seed)
+        if draw_concepts:
+            demo = dataclasses.replace(demo, concepts=table2.study_concepts(seed))
+        seeded = dataclasses.replace(config, demo=demo)
         per_seed[seed] = table2.run(out / f"seed-{seed}", seeded, model_dir=model_dir, progress=progress)
     summary = aggregate(per_seed)
     (out / "seeds.json").write_text(json.dumps(summary, indent=1, default=str))
@@ -110,7 +115,15 @@ def aggregate(per_seed: dict) -> dict:
                     reference = _matrix(per_seed, REFERENCE, task, column)
                     if reference.shape == values.shape:
                         paired.setdefault(method, {}).setdefault(task, {})[column] = bootstrap(reference - values)
-    return {"seeds": [int(s) for s in per_seed], "reference": REFERENCE, "cells": cells, "paired": paired}
+    tuning: dict = {}
+    for seed, results in per_seed.items():
+        for method, row in results["rows"].items():
+            if hyperparameters_text(row):
+                tuning.setdefault(method, {})[str(seed)] = hyperparameters_text(row)
+    concepts = {str(seed): results.get("config", {}).get("demo", {}).get("concepts", [])
+                for seed, results in per_seed.items()}
+    return {"seeds": [int(s) for s in per_seed], "reference": REFERENCE, "cells": cells, "paired": paired,
+            "tuning": tuning, "concepts": concepts}
 
 
 def _fmt(cell: dict, scale: float) -> str:
@@ -142,4 +155,11 @@ def markdown(summary: dict) -> str:
             cells = [_fmt(cols.get(c), scale[c]) + ("*" if cols.get(c) and excludes_zero(cols[c]) else "")
                      for c in COLUMNS]
             lines.append(f"| {method} | {task} | " + " | ".join(cells) + " |")
+    if summary.get("tuning"):
+        seeds = list(summary.get("concepts", {}))
+        lines += ["", "## Chosen on each seed's validation split", "",
+                  "Concepts: " + "; ".join(f"seed {s}: {', '.join(c)}" for s, c in summary["concepts"].items()) + ".",
+                  "", "| method | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---|" + "---|" * len(seeds)]
+        for method, chosen in summary["tuning"].items():
+            lines.append(f"| {method} | " + " | ".join(chosen.get(s, "-") for s in seeds) + " |")
     return "\n".join(lines) + "\n"

@@ -175,14 +175,20 @@ def add_fashion(exp_sub) -> None:
 
 
 def cmd_table2(args) -> int:
-    from sauce_jax.eval.conceptworld.table2 import Table2Config, quick_config, run
+    from sauce_jax.eval.conceptworld.table2 import TUNED_DEMO, Table2Config, quick_config, run, study_config
 
     apply_threads(args)
     concepts = concepts_arg(args)
+    if args.quick and args.study:
+        raise ConfigError("--quick and --study are two presets: give one")
     if args.quick:
         config = quick_config(concepts, seed=args.seed)
+    elif args.study:
+        config = study_config(args.seed)
+        if concepts:
+            config = dataclasses.replace(config, demo=dataclasses.replace(config.demo, concepts=concepts))
     else:
-        demo = DemoConfig(seed=args.seed, **({"concepts": concepts} if concepts else {}))
+        demo = dataclasses.replace(TUNED_DEMO, seed=args.seed, **({"concepts": concepts} if concepts else {}))
         config = Table2Config(demo=demo)
     if args.methods:
         config = dataclasses.replace(config, methods=_split(args.methods))
@@ -203,7 +209,7 @@ def cmd_table2(args) -> int:
             table2_seeds.report(args.out, seeds)
         else:
             table2_seeds.run(args.out, config, seeds, open_test_seeds=args.open_test_seeds, model_dir=model_dir_arg(args),
-                             progress=not args.no_progress)
+                             progress=not args.no_progress, draw_concepts=args.study and not concepts)
         print_report(args.out, "seeds.md", "seeds.md, seeds.json and seed-*/")
         return 0
     run(args.out, config, model_dir=model_dir_arg(args), progress=not args.no_progress)
@@ -226,6 +232,9 @@ def add_table2(exp_sub) -> None:
     t2.add_argument("--methods", help="comma-separated baselines among GA,GD,KL,PO (default: all)")
     t2.add_argument("--lora", action="store_true", help="train LoRA adapters instead of every weight (needs peft)")
     t2.add_argument("--quick", action="store_true", help="a reduced run (fewer images, one grid point)")
+    t2.add_argument("--study", action="store_true",
+                    help="the multi-seed study's preset: 12-configuration grids for every method, smaller "
+                         "splits, and with --seeds (and no --concepts) four concepts drawn per seed")
     t2.add_argument("--seeds", help="run every row on each seed and report means, 95%% bootstrap intervals and "
                                     "paired SAUCE-minus-row differences: 'validation' (6-10), 'test' (101-105, "
                                     "reserved) or a list like 6,7 (--seed is then ignored)")

@@ -16,8 +16,9 @@ import pytest
 
 from sauce_jax import sae as sae_lib
 from sauce_jax.eval.conceptworld.benchmark import Evaluation, make_suite
-from sauce_jax.eval.conceptworld.sauce import choose_hyperparameters, objective, prepare, quick_demo
-from sauce_jax.intervention import MODES, unlearn
+from sauce_jax.eval.conceptworld.sauce import MODES, choose_hyperparameters, objective, prepare, quick_demo
+from sauce_jax.eval.conceptworld.tuning import label
+from sauce_jax.intervention import unlearn
 
 # Two concepts the shipped model answers about reliably and the CI-sized SAE unlearns well,
 # from different domains (an object, a color).
@@ -142,9 +143,11 @@ def test_validation_chooses_the_best_grid_point(prepared):
             results = [evaluation.run(c, run.unlearned(c, mode, k=K, gamma=gamma)) for c in CONCEPTS]
             assert all(r["UA_d"]["n"] >= MIN_CASES for r in results)
             scores[gamma] = float(np.mean([objective(r) for r in results]))
-        if mode == "delta":  # no edit: UA 0 and every retain rate 1, so 4 of the 6 metrics
-            assert scores[1.0] == pytest.approx(4 / 6, abs=1e-12)
-        assert chosen[mode]["grid"] == pytest.approx({f"k={K},gamma={g}": v for g, v in scores.items()}, abs=6e-5)
+        if mode == "delta":  # gamma 1 edits nothing: the clean model's own score
+            clean = float(np.mean([objective(evaluation.run(c)) for c in CONCEPTS]))
+            assert scores[1.0] == pytest.approx(clean, abs=1e-12)
+        assert chosen[mode]["grid"] == pytest.approx({label({"k": K, "gamma": g}): v for g, v in scores.items()},
+                                                     abs=6e-5)
         ranked = sorted(scores, key=scores.get, reverse=True)
         assert ranked[0] == GAMMA and scores[ranked[0]] - scores[ranked[1]] > 0.01, (mode, scores)
         assert (chosen[mode]["k"], chosen[mode]["gamma"]) == (K, ranked[0]), (mode, chosen[mode], scores)

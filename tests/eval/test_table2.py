@@ -11,8 +11,8 @@ from sauce_jax.eval.conceptworld.table2 import Table2Config, run
 from sauce_jax import cli
 from sauce_jax.errors import ConfigError
 
-ROWS = ["original", "GA", "GD", "KL", "PO", "SAUCE reconstruct", "SAUCE delta", "control matched-random",
-        "control no-contrast"]
+ROWS = ["original", "GA", "GD", "KL", "PO", "SAUCE reconstruct", "SAUCE paper recipe", "SAUCE delta",
+        "control matched-random", "control no-contrast"]
 
 
 def _tiny_config(**changes) -> Table2Config:

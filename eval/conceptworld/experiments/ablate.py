@@ -35,10 +35,8 @@ from pathlib import Path
 import numpy as np
 
 from sauce_jax.errors import ConfigError
-from sauce_jax.intervention import MODES
-
 from ..benchmark import Evaluation, headline, make_suite, task_table
-from ..sauce import DemoConfig, load_model, select_all, train_concept_sae
+from ..sauce import MODES, DemoConfig, load_model, select_all, train_concept_sae
 from ..runs import (
     cached,
     check_same_run,

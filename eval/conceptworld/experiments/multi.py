@@ -31,10 +31,8 @@ import numpy as np
 
 from sauce_jax.eval.metrics import Rate, mean_rate, retain_accuracy, unlearning_accuracy, utility
 from sauce_jax.errors import ConfigError
-from sauce_jax.intervention import MODES
-
 from ..benchmark import Model, make_suite
-from ..sauce import DemoConfig, prepare, quick_demo
+from ..sauce import MODES, DemoConfig, prepare, quick_demo
 from ..world import CONCEPTS, DOMAIN_OF, DOMAINS, TASKS, rng_for
 from ..runs import (
     cached,

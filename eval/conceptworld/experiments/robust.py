@@ -37,10 +37,8 @@ from pathlib import Path
 import numpy as np
 
 from sauce_jax.errors import ConfigError
-from sauce_jax.intervention import MODES
-
 from ..benchmark import Evaluation, headline, make_suite
-from ..sauce import DemoConfig, prepare
+from ..sauce import MODES, DemoConfig, prepare
 from ..table2 import Table2Config
 from ..table2 import quick_config as table2_quick
 from ..world import DOMAINS, TASKS

@@ -44,7 +44,7 @@ class TransferConfig:
     n_drift: int = 200  # generic images the towers' activations are compared on
 
     def __post_init__(self):
-        from sauce_jax.intervention import MODES
+        from ..sauce import MODES
 
         if self.mode not in MODES:
             raise ConfigError(f"transfer mode {self.mode!r} is not one of {MODES}")
