@@ -84,7 +84,7 @@ def score_against_others(z_pos: Any, z_others: Mapping[str, Any], delta: float =
 def specific_features(z_pos: Any, z_refs: Mapping[str, Any], specificity: float) -> np.ndarray:
     """[d_sae] bool: the features whose mean activation on every reference set (the other
     concepts, or the negatives) is at most `specificity` times their mean on the positives.
-    A feature silent on the positives passes only if it is silent everywhere else too."""
+    A feature silent on the positives is not the concept's: it never passes."""
     pos = _activations("z_pos", z_pos)
     refs = _reference_sets(pos, z_refs, "z_refs")
     if isinstance(specificity, bool) or not isinstance(specificity, (int, float, np.floating, np.integer)) \
@@ -92,7 +92,7 @@ def specific_features(z_pos: Any, z_refs: Mapping[str, Any], specificity: float)
         raise ConfigError(f"specificity must be a finite number > 0, got {specificity!r}")
     mu_pos = pos.mean(axis=0)
     worst = np.max([z.mean(axis=0) for z in refs.values()], axis=0)  # [d_sae]
-    return worst <= specificity * mu_pos
+    return (worst <= specificity * mu_pos) & (mu_pos > 0)
 
 
 def replacement_targets(z_neg: Any, feature_ids: Any) -> np.ndarray:
@@ -233,7 +233,10 @@ def image_activations(sae: SAE, encoder, images: Any, *, layer: int, token: str 
     check_token_choice(token)
     if sae.config.d_in != encoder.config.hidden_size:
         raise InputError(f"SAE d_in={sae.config.d_in} differs from the encoder width {encoder.config.hidden_size}")
-    items = as_image_items(images)
+    try:
+        items = as_image_items(images)
+    except InputError as exc:  # say which of the image sets it is (positives, negatives, others[...])
+        raise InputError(f"{desc}: {exc}") from exc
     per_image = tokens_per_image(token, encoder.config.num_tokens)
     encode = jax.jit(lambda p, x: sae_lib.encode(p, x, sae.config))
     rows = []
