@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from sauce_jax.errors import CheckpointError, ConfigError, InputError
-from sauce_jax.intervention import MODES, WHERE, resolve_features
+from sauce_jax.intervention import WHERE, check_mode, resolve_edit
 from sauce_jax.sae import SAE
 from sauce_jax.scoring import FeatureSet
 
@@ -106,7 +106,8 @@ def _load_quietly(cls: type, checkpoint: Path, config: Any):
 
 def export_unlearned(checkpoint: str | os.PathLike, sae: Any, features: Any, out: str | os.PathLike, *,
                      layer: int | None = None, gamma: float | None = None, mode: str = "reconstruct",
-                     where: str = "all", overwrite: bool = False) -> Path:
+                     where: str = "all", threshold: float | None = None, targets: Any = None,
+                     overwrite: bool = False) -> Path:
     """Write a transformers model directory: `checkpoint` with the concept(s) unlearned.
 
     Args:
@@ -116,7 +117,10 @@ def export_unlearned(checkpoint: str | os.PathLike, sae: Any, features: Any, out
       features: a FeatureSet, its JSON file, a list of them (their union), or feature ids [k].
       out: the directory to create.
       layer, gamma: hidden-state index and scale; default to the FeatureSet's (else -2 and -0.5).
-      mode: "reconstruct" (the paper) or "delta"; where: "all", "patch" or "cls" tokens.
+      mode: "reconstruct" (the paper), "delta", "gated" or "replace" (see `sauce_jax.unlearn`);
+        where: "all", "patch" or "cls" tokens.
+      threshold, targets: the gate threshold (gated, replace) and the target latents (replace:
+        aligned with the ids, a {feature id: target} mapping, or "zero"), as `unlearn` takes them.
       overwrite: replace `out` if it exists (else that is an error).
 
     Returns `out`. Load it with `AutoModelForImageTextToText.from_pretrained(out,
@@ -133,24 +137,22 @@ def export_unlearned(checkpoint: str | os.PathLike, sae: Any, features: Any, out
 
     checkpoint, out = Path(checkpoint), Path(out)
     # -- every check first: nothing is written until they all pass ----------------------------
-    if mode not in MODES:
-        raise ConfigError(f"intervention mode {mode!r} is not one of {MODES}")
+    check_mode(mode)
     if where not in WHERE:
         raise ConfigError(f"token mask {where!r} is not one of {WHERE}")
     config = _checkpoint_config(checkpoint, modeling_sauce.EXPORTS)
     sae = _load_sae(sae)
     sets = _feature_sets(features)
-    ids, set_gamma, set_layer = resolve_features(sets, sae)  # ConfigError for another SAE's sets
-    if ids.ndim != 1:
-        raise InputError(f"an exported model applies one feature set to every image; got ids of shape {ids.shape}")
-    gamma = (set_gamma if set_gamma is not None else -0.5) if gamma is None else gamma
-    if not np.isfinite(gamma):
-        raise ConfigError(f"gamma must be finite, got {gamma!r}")
+    # ConfigError for another SAE's sets, an unknown mode, a non-finite gamma, missing targets
+    edit = resolve_edit(sets, sae, mode=mode, gamma=gamma, threshold=threshold, targets=targets)
+    if edit.ids.ndim != 1 or edit.gamma.ndim or edit.threshold.ndim:
+        raise InputError(f"an exported model applies one feature set, gamma and threshold to every image; got ids "
+                         f"of shape {edit.ids.shape}, gamma {edit.gamma.shape}, threshold {edit.threshold.shape}")
     width, num_states = _tower_shape(config)
     if sae.config.d_in != width:
         raise InputError(f"SAE d_in={sae.config.d_in} differs from the width {width} of {str(checkpoint)!r}'s "
                          "vision tower: the SAE was trained on another model")
-    layer = set_layer if layer is None else layer
+    layer = edit.layer if layer is None else layer
     layer = -2 if layer is None else layer
     if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not -num_states <= layer < num_states:
         raise ConfigError(f"hidden-state index {layer!r} is out of range for {num_states} hidden states "
@@ -162,7 +164,8 @@ def export_unlearned(checkpoint: str | os.PathLike, sae: Any, features: Any, out
     if out.resolve() == checkpoint.resolve():
         raise ConfigError(f"the export would replace its own checkpoint {str(checkpoint)!r}")
 
-    module = intervention_module(sae, ids, np.float32(gamma), mode, where)
+    module = intervention_module(sae, edit.ids, edit.gamma, mode, where, threshold=edit.threshold,
+                                 targets=edit.targets)
     concepts = [s.concept for s in (sets if isinstance(sets, list) else [sets]) if isinstance(s, FeatureSet)]
     cls, autos = modeling_sauce.EXPORTS[config.model_type]
     config.sauce = dict(module.spec(), layer=int(layer) % num_states, concepts=concepts)

@@ -9,6 +9,10 @@ The intervention (paper eq. 6) on one hidden state x [B, T, D] at the tokens a m
 
     reconstruct: x -> decode(z'),  z'_i = gamma * z_i for i in F, z'_i = z_i otherwise
     delta:       x -> x + sum_{i in F} (gamma - 1) z_i W_dec[i]
+    gated:       x -> x + g(x) sum_{i in F} (gamma - 1) z_i W_dec[i]
+    replace:     x -> x + g(x) sum_{i in F} (target_i - z_i) W_dec[i]
+
+    with the gate g(x) = 1 if max_{i in F} z_i > threshold else 0 (per token)
 
 Hidden-state index i follows sauce-jax (and transformers' `output_hidden_states`): 0 is the
 input of the first block, i the output of block i - 1. For Mllama the index runs through the
@@ -25,7 +29,8 @@ import torch
 from transformers import (CLIPVisionModel, Dinov2Model, LlavaForConditionalGeneration, MllamaForConditionalGeneration,
                           SiglipVisionModel)
 
-MODES = ("reconstruct", "delta")
+MODES = ("reconstruct", "delta", "gated", "replace")
+GATED_MODES = ("gated", "replace")  # edit only the tokens where the concept is active
 WHERE = ("all", "patch", "cls")
 ACTIVATIONS = ("standard", "topk", "batchtopk")
 
@@ -55,7 +60,9 @@ class SauceIntervention(torch.nn.Module):
       mode, where: as in `sauce_jax.unlearn`.
 
     Buffers (persistent, so `save_pretrained` writes them): W_enc [D, S], b_enc [S], W_dec [S, D],
-    b_dec [D], threshold [S] (batchtopk), feature_ids int64 [k] or [B, k] (-1 pads) and gamma.
+    b_dec [D], threshold [S] (batchtopk), feature_ids int64 [k] or [B, k] (-1 pads) and gamma;
+    for the gated modes gate_threshold ([] or [B]), and for replace targets (the ids' shape).
+    Only the buffers a mode uses exist, so the older modes' weights files are unchanged.
     """
 
     def __init__(self, d_in: int, d_sae: int, architecture: str = "standard", k: int | None = None,
@@ -75,6 +82,10 @@ class SauceIntervention(torch.nn.Module):
         ids_shape = (num_ids,) if per_image is None else (per_image, num_ids)
         self.register_buffer("feature_ids", torch.full(ids_shape, -1, dtype=torch.long))
         self.register_buffer("gamma", torch.zeros(() if per_image is None else (per_image,), **f32))
+        if mode in GATED_MODES:
+            self.register_buffer("gate_threshold", torch.zeros(() if per_image is None else (per_image,), **f32))
+        if mode == "replace":
+            self.register_buffer("targets", torch.zeros(ids_shape, **f32))
 
     def _apply(self, fn, recurse=True):
         """`.half()`, `.to(dtype)` and the like move the buffers but keep them float32: the
@@ -115,6 +126,29 @@ class SauceIntervention(torch.nn.Module):
         """Feature activations [..., d_sae] of x [..., d_in] (float32)."""
         return self._activate((x - self.b_dec) @ self.W_enc + self.b_enc)
 
+    def selected_latents(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """The latents of the selected ids [B, k] at every token of x [B, T, D] -> [B, T, k]."""
+        b, t, _ = x.shape
+        if self.architecture == "topk":
+            # Whether a latent survives TopK depends on all pre-activations: encode fully.
+            return torch.gather(self.encode(x), -1, ids[:, None, :].expand(b, t, -1))
+        w_enc = self.W_enc[:, ids].permute(1, 0, 2)  # [B, D, k]
+        z = torch.relu(torch.einsum("btd,bdk->btk", x - self.b_dec, w_enc) + self.b_enc[ids][:, None, :])
+        if self.architecture == "batchtopk":
+            z = torch.where(z > self.threshold[ids][:, None, :], z, torch.zeros_like(z))
+        return z
+
+    def _per_image(self, value: torch.Tensor, batch: int, name: str) -> torch.Tensor:
+        """A scalar or one value per image -> float32 [B]."""
+        value = value.float()
+        if value.ndim == 1 and value.shape[0] not in (1, batch):
+            raise ValueError(f"{name} has {value.shape[0]} values (one per image), the batch has {batch}")
+        return value.expand(batch)
+
+    def _per_image_targets(self, batch: int, k: int) -> torch.Tensor:
+        targets = self.targets.float()
+        return targets.reshape(-1, k).expand(batch, k)  # [k] or [1 | B, k] -> [B, k]
+
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """The rewritten hidden state [B, T, D] (same dtype as `hidden`)."""
         if hidden.ndim != 3 or hidden.shape[-1] != self.d_in:
@@ -122,10 +156,8 @@ class SauceIntervention(torch.nn.Module):
         b, t, _ = hidden.shape
         x = hidden.float()  # the SAE runs in float32, as in JAX
         ids, valid = self._selected(b)  # [B, k]
-        gamma = self.gamma.float()
-        if gamma.ndim == 1 and gamma.shape[0] not in (1, b):
-            raise ValueError(f"gamma has {gamma.shape[0]} values (one per image), the batch has {b}")
-        gamma = gamma.expand(b)  # [B]
+        gamma = self._per_image(self.gamma, b, "gamma")  # [B]
+        mask = token_mask(t, self.where, hidden.device)[None, :].expand(b, t)  # [B, T]
         if self.mode == "reconstruct":
             # Per-image scale of every latent: gamma on F, 1 elsewhere. [B, d_sae]. A max-scatter,
             # as in JAX: padding (clipped to id 0, invalid) must not clear a real id 0.
@@ -135,18 +167,18 @@ class SauceIntervention(torch.nn.Module):
             z = self.encode(x) * scale[:, None, :]  # [B, T, d_sae]
             edited = z @ self.W_dec + self.b_dec
         else:
-            if self.architecture == "topk":
-                # Whether a latent survives TopK depends on all pre-activations: encode fully.
-                z = torch.gather(self.encode(x), -1, ids[:, None, :].expand(b, t, -1))  # [B, T, k]
+            z = self.selected_latents(x, ids)  # [B, T, k]
+            if self.mode == "replace":
+                coeff = self._per_image_targets(b, ids.shape[-1])[:, None, :] - z
             else:
-                w_enc = self.W_enc[:, ids].permute(1, 0, 2)  # [B, D, k]
-                z = torch.relu(torch.einsum("btd,bdk->btk", x - self.b_dec, w_enc) + self.b_enc[ids][:, None, :])
-                if self.architecture == "batchtopk":
-                    z = torch.where(z > self.threshold[ids][:, None, :], z, torch.zeros_like(z))
-            coeff = torch.where(valid[:, None, :], (gamma[:, None, None] - 1.0) * z, torch.zeros_like(z))  # [B, T, k]
+                coeff = (gamma[:, None, None] - 1.0) * z
+            coeff = torch.where(valid[:, None, :], coeff, torch.zeros_like(coeff))  # [B, T, k]
             edited = x + torch.einsum("btk,bkd->btd", coeff, self.W_dec[ids])  # W_dec[ids]: [B, k, D]
-        mask = token_mask(t, self.where, hidden.device)  # [T]
-        return torch.where(mask[None, :, None], edited.to(hidden.dtype), hidden)
+            if self.mode in GATED_MODES:
+                # Only where the concept is active: a token none of F fires on stays bit-identical.
+                threshold = self._per_image(self.gate_threshold, b, "the gate threshold")  # [B]
+                mask = mask & (valid[:, None, :] & (z > threshold[:, None, None])).any(dim=-1)
+        return torch.where(mask[:, :, None], edited.to(hidden.dtype), hidden)
 
 
 # -- where the vision tower's hidden states are produced ----------------------------------

@@ -30,7 +30,7 @@ import jax
 import numpy as np
 
 from sauce_jax.errors import ConfigError, InputError, SauceError
-from sauce_jax.intervention import MODES, resolve_features, token_mask
+from sauce_jax.intervention import Edit, resolve_edit, token_mask
 from sauce_jax.sae import SAE
 
 try:
@@ -111,13 +111,13 @@ class TorchHook:
     it is used on.
     """
 
-    def __init__(self, sae: SAE, feature_ids: np.ndarray, gamma: Any, mode: str, where: str,
-                 default_layer: int | None):
+    def __init__(self, sae: SAE, edit: Edit, mode: str, where: str):
         self.config = sae.config
         self.mode, self.where = mode, where
-        self.default_layer = default_layer
-        self.feature_ids = feature_ids  # int32 [k] or [B, k]; -1 pads
-        self.module = intervention_module(sae, feature_ids, gamma, mode, where)
+        self.default_layer = edit.layer
+        self.feature_ids = edit.ids  # int32 [k] or [B, k]; -1 pads
+        self.module = intervention_module(sae, edit.ids, edit.gamma, mode, where, threshold=edit.threshold,
+                                          targets=edit.targets)
         self._on_device: dict[torch.device, SauceIntervention] = {}
 
     def _on(self, device: torch.device) -> SauceIntervention:
@@ -169,15 +169,20 @@ def check_layer(tower: Tower, layer: Any) -> int:
     return int(layer) % n
 
 
-def intervention_module(sae: SAE, feature_ids: np.ndarray, gamma: Any, mode: str, where: str) -> SauceIntervention:
-    """A `SauceIntervention` holding `sae`'s params (float32), the ids and gamma (checked by the caller)."""
+def intervention_module(sae: SAE, feature_ids: np.ndarray, gamma: Any, mode: str, where: str,
+                        threshold: Any = 0.0, targets: Any = None) -> SauceIntervention:
+    """A `SauceIntervention` holding `sae`'s params (float32), the ids, gamma and, for the
+    modes that use them, the gate threshold and targets (all checked by the caller)."""
     ids = np.asarray(feature_ids)
-    gamma = np.asarray(gamma, np.float32)
     module = SauceIntervention(sae.config.d_in, sae.config.d_sae, sae.config.architecture, sae.config.k,
                                num_ids=ids.shape[-1], mode=mode, where=where,
                                per_image=ids.shape[0] if ids.ndim == 2 else None)
-    module.gamma = torch.from_numpy(gamma.copy())  # scalar or [B]
+    module.gamma = torch.from_numpy(np.array(gamma, np.float32))  # scalar or [B]
     module.feature_ids = torch.from_numpy(ids.astype(np.int64))
+    if "gate_threshold" in module._buffers:
+        module.gate_threshold = torch.from_numpy(np.array(threshold, np.float32))  # scalar or [B]
+    if "targets" in module._buffers:
+        module.targets = torch.from_numpy(np.array(np.zeros(ids.shape) if targets is None else targets, np.float32))
     for name, value in sae.params.items():
         if name in ("W_enc", "b_enc", "W_dec", "b_dec", "threshold"):
             setattr(module, name, torch.from_numpy(np.array(jax.device_get(value), np.float32)))
@@ -185,7 +190,7 @@ def intervention_module(sae: SAE, feature_ids: np.ndarray, gamma: Any, mode: str
 
 
 def torch_hook(sae: SAE, features: Any, gamma: float | Any | None = None, mode: str = "reconstruct",
-               where: str = "all") -> TorchHook:
+               where: str = "all", threshold: Any = None, targets: Any = None) -> TorchHook:
     """The SAUCE intervention of `sauce_jax.unlearn`, for a transformers PyTorch model.
 
     Args:
@@ -194,20 +199,17 @@ def torch_hook(sae: SAE, features: Any, gamma: float | Any | None = None, mode: 
         union), feature ids [k], or ids [B, k] (one set per image, -1 pads).
       gamma: the scale of the selected activations; defaults to the FeatureSet's, else -0.5.
         A scalar, or one value per image [B].
-      mode: "reconstruct" (the paper) or "delta" (keeps the SAE's reconstruction error).
+      mode: "reconstruct" (the paper), "delta" (keeps the SAE's reconstruction error), "gated"
+        or "replace" (only at the tokens where the concept is active), as in `unlearn`.
       where: "all" tokens, "patch" tokens only, or the "cls" token only.
+      threshold, targets: the gate threshold (gated, replace) and the target latents
+        (replace), as `unlearn` takes them.
 
     Returns a `TorchHook`: `hook.register(model, layer)` applies it, `hook(hidden)` computes it.
     No JAX runs at inference.
     """
-    if mode not in MODES:
-        raise ConfigError(f"intervention mode {mode!r} is not one of {MODES}")
     token_mask(1, where)  # raises ConfigError for an unknown token mask
-    ids, set_gamma, set_layer = resolve_features(features, sae)
-    gamma = (set_gamma if set_gamma is not None else -0.5) if gamma is None else gamma
-    gamma_array = np.asarray(gamma, np.float64)
-    if gamma_array.ndim > 1 or not np.isfinite(gamma_array).all():
-        raise ConfigError(f"gamma must be a finite scalar or one value per image [B], got {gamma!r}")
+    edit = resolve_edit(features, sae, mode=mode, gamma=gamma, threshold=threshold, targets=targets)
     if sae.config.has_threshold and "threshold" not in sae.params:
         raise ConfigError("a batchtopk SAE needs its inference 'threshold' to be applied per image")
-    return TorchHook(sae, ids, gamma, mode, where, set_layer)
+    return TorchHook(sae, edit, mode, where)

@@ -273,13 +273,16 @@ def cmd_unlearn(args) -> int:
 
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
+    needs_targets(args)  # before any model is loaded
     # With --prompt the checkpoint is read once, as a transformers LLaVA or Mllama; its JAX tower is built
     # from that model in memory.
     answerer = _answerer(args.encoder, args.batch_size) if args.prompt else None
     encoder = answerer.encoder if answerer is not None else load_encoder(args.encoder)
     sae = load_sae(args.sae)
     sets = [FeatureSet.load(path) for path in args.features]
-    edited = unlearn(encoder, sae, sets, layer=args.layer, gamma=args.gamma, mode=args.mode, where=args.where)
+    targets = replace_targets_arg(args, sae, encoder, sets)
+    edited = unlearn(encoder, sae, sets, layer=args.layer, gamma=args.gamma, mode=args.mode, where=args.where,
+                     threshold=args.threshold, targets=targets)
     layer = encoder.layer_index(args.output_layer if args.output_layer is not None else sets[0].layer)
     items = as_image_items(args.images)
     names, outputs, answers = [], [], []
@@ -307,6 +310,41 @@ def cmd_unlearn(args) -> int:
     np.savez(args.out, features=np.concatenate(outputs), files=np.array(names), layer=layer)
     print(f"hidden state {layer} of {len(names)} images without {concepts!r} ({args.mode}) -> {args.out}")
     return 0
+
+
+def needs_targets(args) -> bool:
+    """Whether --targets-from is given, checked against --mode (replace needs it, nothing else takes it)."""
+    if args.targets_from is None and args.mode == "replace":
+        raise ConfigError("--mode replace needs --targets-from NEGATIVES_DIR (images without the concept: the "
+                          "selected features are set to their mean activation there)")
+    if args.targets_from is not None and args.mode != "replace":
+        raise ConfigError(f"--targets-from is for --mode replace, not {args.mode!r}")
+    return args.targets_from is not None
+
+
+def replace_targets_arg(args, sae, encoder, sets):
+    """`--targets-from NEGATIVES_DIR` as the targets of `--mode replace`: each selected
+    feature's mean activation over the folder's images (every token, or the class token with
+    --where cls: where the edit applies), aligned with the united sets' ids. None otherwise."""
+    from sauce_jax.intervention import resolve_features
+    from sauce_jax.scoring import image_activations, replacement_targets
+
+    if not needs_targets(args):
+        return None
+    ids, _, set_layer = resolve_features(sets, sae, mode=args.mode)
+    layer = args.layer if args.layer is not None else set_layer
+    z_neg = image_activations(sae, encoder, args.targets_from, layer=encoder.layer_index(layer), token="cls" if args.where == "cls" else "all",
+                              batch_size=args.batch_size, desc=f"--targets-from {args.targets_from}", progress=False)
+    return replacement_targets(z_neg, ids)
+
+
+def add_gate_arguments(parser) -> None:
+    """--threshold and --targets-from: the options of the gated modes."""
+    parser.add_argument("--threshold", type=float,
+                        help="gated, replace: edit a token only where a selected feature exceeds this (default 0)")
+    parser.add_argument("--targets-from", metavar="NEGATIVES_DIR",
+                        help="replace: folder of images without the concept; the selected features are set to "
+                             "their mean activation there")
 
 
 def _answerer(checkpoint: str, batch_size: int):
@@ -337,8 +375,11 @@ def add_unlearn(sub) -> None:
     unl.add_argument("--sae", required=True)
     unl.add_argument("--features", required=True, nargs="+", help="FeatureSet JSON file(s); several are united")
     unl.add_argument("--images", required=True, help="image folder")
-    unl.add_argument("--mode", default="reconstruct", choices=MODES)
+    unl.add_argument("--mode", default="reconstruct", choices=MODES,
+                     help="reconstruct (the paper), delta, gated (delta where the concept is active) or replace "
+                          "(its features set to --targets-from's mean there)")
     unl.add_argument("--where", default="all", choices=WHERE, help="tokens to edit")
+    add_gate_arguments(unl)
     unl.add_argument("--layer", type=int, help="hidden state to edit (default: the FeatureSet's)")
     unl.add_argument("--gamma", type=float, help="default: the FeatureSet's")
     unl.add_argument("--output-layer", type=int, help="hidden state to write (default: the edited one)")

@@ -4,12 +4,27 @@ from __future__ import annotations
 
 from sauce_jax.intervention import MODES, WHERE
 
+from .core import add_gate_arguments, needs_targets
+
 
 def cmd_export(args) -> int:
     from sauce_jax.export import export_unlearned
 
+    targets = None
+    if needs_targets(args):
+        # The targets are the checkpoint tower's SAE activations: computed in JAX, on this checkpoint.
+        from sauce_jax.loading import load_encoder
+        from sauce_jax.sae_io import load_sae
+        from sauce_jax.scoring import FeatureSet
+
+        from .core import replace_targets_arg
+
+        sae = args.sae = load_sae(args.sae)
+        sets = [FeatureSet.load(path) for path in args.features]
+        targets = replace_targets_arg(args, sae, load_encoder(args.checkpoint), sets)
     out = export_unlearned(args.checkpoint, args.sae, args.features, args.out, layer=args.layer, gamma=args.gamma,
-                           mode=args.mode, where=args.where, overwrite=args.overwrite)
+                           mode=args.mode, where=args.where, threshold=args.threshold, targets=targets,
+                           overwrite=args.overwrite)
     loader = "AutoModel" if _vision_only(out) else "AutoModelForImageTextToText"
     print(f"unlearned model -> {out}\nload it with transformers.{loader}.from_pretrained({str(out)!r}, "
           "trust_remote_code=True)")
@@ -37,6 +52,8 @@ def add_export(sub) -> None:
     exp.add_argument("--out", required=True, help="directory to create")
     exp.add_argument("--mode", default="reconstruct", choices=MODES)
     exp.add_argument("--where", default="all", choices=WHERE, help="tokens to edit")
+    add_gate_arguments(exp)
+    exp.add_argument("--batch-size", type=int, default=32, help="images per batch for --targets-from")
     exp.add_argument("--layer", type=int, help="hidden state to edit (default: the FeatureSet's)")
     exp.add_argument("--gamma", type=float, help="default: the FeatureSet's")
     exp.add_argument("--overwrite", action="store_true", help="replace --out if it exists")

@@ -179,10 +179,13 @@ def test_mllama_export_is_the_unlearned_model(tmp_path):
 
 # -- vision-only towers --------------------------------------------------------------------
 # Each family with its own hook point: a block's output (CLIP), the embeddings' output
-# (SigLIP's state 0) and the penultimate block, delta mode on the patch tokens (DINOv2).
+# (SigLIP's state 0) and the penultimate block, delta mode on the patch tokens (DINOv2); the
+# gated modes with their threshold and targets as buffers.
 @pytest.mark.parametrize("family,layer,mode,where", [("clip", 1, "reconstruct", "all"),
                                                      ("siglip", 0, "reconstruct", "all"),
-                                                     ("dinov2", -2, "delta", "patch")])
+                                                     ("dinov2", -2, "delta", "patch"),
+                                                     ("clip", -2, "replace", "patch"),
+                                                     ("siglip", 1, "gated", "all")])
 def test_vision_only_export(tmp_path, family, layer, mode, where):
     fields, make = {"clip": (SMALL, make_clip), "siglip": (SIGLIP_SMALL, make_siglip_vision),
                     "dinov2": (DINOV2_SMALL, make_dinov2_model)}[family]
@@ -192,11 +195,18 @@ def test_vision_only_export(tmp_path, family, layer, mode, where):
     pixels = random_pixels(fields, seed=4)
     sae = make_sae("batchtopk", fields["hidden_size"], seed=3)
     features = busiest_features(sae, encoder.hidden_state(pixels, layer))
+    extra = {"threshold": 0.05} if mode in ("gated", "replace") else {}
+    if mode == "replace":
+        extra["targets"] = {int(i): 0.1 * n for n, i in enumerate(features)}
     out = export_unlearned(tmp_path / "ckpt", sae, features, tmp_path / "out", layer=layer, gamma=0.25, mode=mode,
-                           where=where)
+                           where=where, **extra)
     exported = load(out, transformers.AutoModel)
     assert isinstance(exported, type(model))
-    ours = sauce_jax.unlearn(encoder, sae, features, layer=layer, gamma=0.25, mode=mode, where=where)(pixels)
+    assert exported.config.sauce["mode"] == mode
+    if mode == "replace":  # the targets travel as a buffer, in the ids' order
+        np.testing.assert_allclose(exported.sauce.targets.numpy(), 0.1 * np.arange(len(features)), rtol=1e-6)
+    ours = sauce_jax.unlearn(encoder, sae, features, layer=layer, gamma=0.25, mode=mode, where=where,
+                             **extra)(pixels)
     with torch.no_grad():
         ref = exported(pixel_values=torch.from_numpy(pixels).permute(0, 3, 1, 2), output_hidden_states=True)
         base = model(pixel_values=torch.from_numpy(pixels).permute(0, 3, 1, 2), output_hidden_states=True)
@@ -230,6 +240,7 @@ def test_bad_inputs_write_nothing(llava_export, tmp_path, capsys):
         (dict(checkpoint=tmp_path / "nowhere", features=good), CheckpointError, "no config.json"),
         (dict(features=good, layer=3), ConfigError, "out of range"),
         (dict(features=good, mode="scale"), ConfigError, "'scale'"),
+        (dict(features=good, mode="replace"), ConfigError, "needs targets"),
         (dict(features=good, out=tmp / "out"), ConfigError, "exists"),
         (dict(checkpoint=tmp / "out", features=good, out=tmp_path / "twice"), ConfigError, "already a sauce-jax export"),
     ]

@@ -145,6 +145,57 @@ def test_per_image_ids_and_gamma(clip3, architecture, mode):
     assert relative_error(swapped.hidden_states[-1][1], ref.hidden_states[-1][1]) > 1e-3
 
 
+def gate_threshold(sae, hidden, ids) -> float:
+    """A threshold between two distinct values of max_F z near their median: about half the
+    tokens have the concept, and none sits on the boundary where float32 noise could flip it."""
+    z = np.asarray(sauce_jax.sae.encode(sae.params, jnp.asarray(np.asarray(hidden)), sae.config))
+    values = np.unique(z[..., ids[ids >= 0]].max(axis=-1))
+    i = len(values) // 2
+    return float(values[i - 1] + values[i]) / 2
+
+
+# Gated and replace: each architecture, each at a layer of its own.
+GATED_COVER = [("standard", "gated", 1), ("topk", "gated", -1), ("batchtopk", "replace", 0),
+               ("standard", "replace", -2)]
+
+
+@pytest.mark.parametrize("architecture,mode,layer", GATED_COVER)
+def test_gated_modes_match_unlearn(clip3, architecture, mode, layer):
+    model, encoder, pixels, base = clip3
+    sae = make_sae(architecture, PARITY["hidden_size"], seed=6)
+    ids = busiest_features(sae, base.hidden_states[layer])
+    threshold = gate_threshold(sae, base.hidden_states[layer], ids)
+    extra = dict(threshold=threshold, gamma=-1.0)
+    if mode == "replace":
+        extra["targets"] = np.linspace(0.1, 0.6, len(ids))
+    ours = sauce_jax.unlearn(encoder, sae, ids, layer=layer, mode=mode, **extra)(pixels)
+    with torch_hook(sae, ids, mode=mode, **extra).register(model, layer):
+        ref = torch_forward(model, pixels)
+    assert max_error(ours, ref) <= TOL
+    # Not vacuous: some tokens were edited, the others are exactly the input.
+    hooked, before = ref.hidden_states[layer].numpy(), base.hidden_states[layer].numpy()
+    edited = np.abs(hooked - before).max(axis=-1) > 0  # [B, T]
+    assert edited.any() and not edited.all()
+
+
+@pytest.mark.parametrize("mode", ["gated", "replace"])
+def test_gated_modes_per_image(clip3, mode):
+    model, encoder, pixels, base = clip3
+    sae = make_sae("standard", PARITY["hidden_size"], seed=7)
+    busy = busiest_features(sae, base.hidden_states[2])
+    ids = np.array([busy[:3], [busy[3], -1, -1]], np.int32)  # [B, k], -1 pads
+    extra = dict(gamma=np.array([-0.5, 0.25], np.float32),
+                 threshold=np.array([gate_threshold(sae, base.hidden_states[2][:1], ids[0]),
+                                     gate_threshold(sae, base.hidden_states[2][1:], ids[1])]))
+    if mode == "replace":
+        extra["targets"] = np.array([[0.2, 0.4, 0.1], [0.3, 5.0, 5.0]])  # 5.0 at padding: ignored
+    ours = sauce_jax.unlearn(encoder, sae, ids, layer=2, mode=mode, **extra)(pixels)
+    with torch_hook(sae, ids, mode=mode, **extra).register(model, 2):
+        ref = torch_forward(model, pixels)
+    assert max_error(ours, ref) <= TOL
+    assert relative_error(ref.hidden_states[2].numpy(), base.hidden_states[2]) > 1e-3
+
+
 def test_feature_sets_give_layer_and_gamma(clip3):
     model, encoder, pixels, base = clip3
     sae = make_sae("standard", PARITY["hidden_size"], seed=4)
@@ -210,8 +261,8 @@ def test_hook_keeps_bfloat16():
     sae = make_sae("batchtopk", 32)
     hidden = torch.randn(2, 17, 32)
     ids = np.arange(K, dtype=np.int32)
-    for mode in ("reconstruct", "delta"):
-        hook = torch_hook(sae, ids, mode=mode)
+    for mode in ("reconstruct", "delta", "gated", "replace"):
+        hook = torch_hook(sae, ids, mode=mode, targets="zero" if mode == "replace" else None)
         low = hook(hidden.bfloat16())
         assert low.dtype == torch.bfloat16
         assert relative_error(low.float().numpy(), hook(hidden)) < 2e-2
@@ -313,6 +364,10 @@ def test_bad_arguments(clip3):
         torch_hook(sae, ids, where="tokens")
     with pytest.raises(ConfigError, match="gamma"):
         torch_hook(sae, ids, gamma=float("nan"))
+    with pytest.raises(ConfigError, match="needs targets"):
+        torch_hook(sae, ids, mode="replace")
+    with pytest.raises(ConfigError, match="threshold gates only"):
+        torch_hook(sae, ids, mode="delta", threshold=0.5)
     with pytest.raises(InputError, match="outside"):
         torch_hook(sae, [0, sae.config.d_sae])
     with pytest.raises(InputError, match="int array"):

@@ -13,7 +13,7 @@ import sauce_jax
 from tiny_models import SMALL, random_pixels
 from sauce_jax import ConfigError, FeatureSet, InputError
 from sauce_jax import encoder as encoder_module
-from sauce_jax.intervention import MODES, WHERE, make_hook
+from sauce_jax.intervention import GATED_MODES, MODES, WHERE, make_hook
 from sauce_jax.sae import SAE, SAEConfig, init_params
 
 
@@ -176,22 +176,26 @@ def test_reconstruct_matches_a_numpy_transcription(toy, small_encoder):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_switching_concept_sets_does_not_recompile(toy, small_encoder, mode):
-    """New ids, gammas, token masks and per-image sets of the shapes already compiled reuse the
-    compiled forward, in both modes."""
+    """New ids, gammas, token masks, per-image sets, thresholds and targets of the shapes
+    already compiled reuse the compiled forward, in every mode."""
     pixels = random_pixels(SMALL, batch=4)
 
-    def run(ids, gamma=-0.5, where="all"):
-        sauce_jax.unlearn(small_encoder, toy, np.array(ids), gamma=gamma, mode=mode, where=where).hidden_states(pixels)
+    def run(ids, gamma=-0.5, where="all", threshold=0.0, target=0.0):
+        ids = np.array(ids)
+        extra = {"threshold": threshold} if mode in GATED_MODES else {}
+        if mode == "replace":
+            extra["targets"] = np.full(ids.shape, target)
+        sauce_jax.unlearn(small_encoder, toy, ids, gamma=gamma, mode=mode, where=where, **extra).hidden_states(pixels)
 
     run([1, 2, 3])
     run([[1, 2, 3]] * 4)  # the per-image shape [B, k] compiles once too
     before = encoder_module._run._cache_size()
     for ids in ([7, 8, 9], [0, 50, 127], [5, -1, -1]):
-        for gamma in (-0.5, 0.0):
+        for gamma, threshold, target in ((-0.5, 0.0, 0.0), (0.0, 0.3, 0.7)):
             for where in WHERE:
-                run(ids, gamma, where)
-    run([[7, 8, 9], [0, 50, 127], [5, -1, -1], [-1, -1, -1]])
-    run([[1, -1, -1], [2, 3, -1], [9, 8, 7], [4, 5, 6]], gamma=1.5, where="patch")
+                run(ids, gamma, where, threshold, target)
+    run([[7, 8, 9], [0, 50, 127], [5, -1, -1], [-1, -1, -1]], threshold=1.5, target=-0.25)
+    run([[1, -1, -1], [2, 3, -1], [9, 8, 7], [4, 5, 6]], gamma=1.5, where="patch", threshold=0.01, target=2.0)
     assert encoder_module._run._cache_size() == before
     assert make_hook(mode, toy.config) is make_hook(mode, toy.config)
 
