@@ -21,6 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from sauce_jax.errors import ConfigError
+from sauce_jax.intervention import PAPER_MODES
 
 from .benchmark import Evaluation, Model, make_suite
 from .runs import cached, say
@@ -28,7 +29,7 @@ from .render import render_many
 from .world import check_concepts, concept_split, generic_stream
 
 # The intervention modes ConceptWorld's rows report: the paper's and the error-keeping variant.
-MODES = ("reconstruct", "delta")
+MODES = PAPER_MODES
 
 DEFAULT_CONCEPTS = ("star", "heart", "pool", "court", "red", "blue", "happy", "surprised", "wood", "glass")
 

@@ -21,7 +21,7 @@ from PIL import Image
 
 from sauce_jax.errors import ConfigError, InputError
 from sauce_jax.images import as_image_items, open_image
-from sauce_jax.intervention import MODES
+from sauce_jax.intervention import PAPER_MODES as MODES
 from sauce_jax.scoring import FeatureSet
 from sauce_jax.statistics import image_statistics
 

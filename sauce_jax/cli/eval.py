@@ -19,7 +19,7 @@ import numpy as np
 
 from sauce_jax.errors import ConfigError
 from sauce_jax.eval.llava_eval import EvalConfig
-from sauce_jax.intervention import MODES
+from sauce_jax.intervention import PAPER_MODES
 from sauce_jax.sae import ARCHITECTURES
 from sauce_jax.train.config import TrainConfig
 
@@ -196,7 +196,7 @@ def add_eval(sub) -> None:
     ev.add_argument("--sae-seed", type=int, default=field_default(EvalConfig, "seed"),
                     help="seed of the SAE's training images and selection split")
     ev.add_argument("--n-images", type=int, default=field_default(EvalConfig, "n_test"), help="test images per concept")
-    ev.add_argument("--mode", default=field_default(EvalConfig, "mode"), choices=MODES)
+    ev.add_argument("--mode", default=field_default(EvalConfig, "mode"), choices=PAPER_MODES)
     ev.add_argument("--k", type=int, default=field_default(EvalConfig, "k"))
     # ConceptWorld's validation-chosen gamma; EvalConfig keeps the paper's -0.5 for library callers.
     ev.add_argument("--gamma", type=float, default=-1.0)

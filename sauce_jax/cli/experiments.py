@@ -12,7 +12,7 @@ from sauce_jax.errors import ConfigError
 from sauce_jax.eval.conceptworld.sauce import DemoConfig
 from sauce_jax.eval.conceptworld.experiments import ablate, features, multi, robust, transfer
 from sauce_jax.eval.emoji import EmojiConfig
-from sauce_jax.intervention import MODES
+from sauce_jax.intervention import PAPER_MODES
 from sauce_jax.sae import ARCHITECTURES
 
 from .common import (
@@ -115,7 +115,7 @@ def _add_benchmark_options(parser, config_class) -> None:
     parser.add_argument("--epochs", type=float, default=default("epochs"))
     parser.add_argument("-k", type=int, default=default("k"), help="features per concept")
     parser.add_argument("--gamma", type=float, default=default("gamma"))
-    parser.add_argument("--mode", choices=MODES, default=default("mode"),
+    parser.add_argument("--mode", choices=PAPER_MODES, default=default("mode"),
                         help="eq. 6 as the paper applies it (reconstruct) or keeping the SAE's error (delta)")
     parser.add_argument("--random-draws", type=int, default=default("random_draws"),
                         help="matched-random feature sets per concept")
@@ -298,7 +298,7 @@ def add_multi(exp_sub) -> None:
     parser.add_argument("--counts", help=f"comma-separated numbers of concepts (default: {joined(default('counts'))})")
     parser.add_argument("--draws", type=int, help=f"seeded draws per count (default: {default('draws')}; "
                                                   f"--quick: {multi.quick_config().draws})")
-    parser.add_argument("--mode", choices=MODES, help=f"SAUCE mode (default: {default('mode')})")
+    parser.add_argument("--mode", choices=PAPER_MODES, help=f"SAUCE mode (default: {default('mode')})")
     parser.set_defaults(func=cmd_multi)
 
 

@@ -19,7 +19,7 @@ def cmd_inspect(args) -> int:
 
 def add_inspect(sub) -> None:
     from sauce_jax.eval.inspect.site import InspectConfig
-    from sauce_jax.intervention import MODES
+    from sauce_jax.intervention import PAPER_MODES
 
     def default(name):
         return field_default(InspectConfig, name)
@@ -38,7 +38,7 @@ def add_inspect(sub) -> None:
     ins.add_argument("--before-after", type=int, default=default("n_before_after"),
                      help="images per FeatureSet in the before/after view")
     ins.add_argument("--batch-size", type=int, default=default("batch_size"))
-    ins.add_argument("--mode", default=default("mode"), choices=MODES)
+    ins.add_argument("--mode", default=default("mode"), choices=PAPER_MODES)
     ins.add_argument("--prompt", default=default("prompt"), help="what a LLaVA or Mllama checkpoint is asked")
     ins.add_argument("--max-new-tokens", type=int, default=default("max_new_tokens"))
     ins.add_argument("--no-answers", action="store_true", help="do not load a LLaVA or Mllama checkpoint's language model")
