@@ -80,41 +80,52 @@ def quick_demo(concepts=None, seed: int = 0) -> DemoConfig:
 
 
 # The paper's SAE recipe (section 4.1): ReLU-L1, expansion 64, alpha 8e-5, lr 4e-4, batch 1024,
-# trained and selected on the last image token, on hidden state -2, applied with gamma -0.5.
+# trained and selected on the last image token, on hidden state -2, applied with gamma -0.5; 2
+# epochs of ImageNet-1k (1.28M images, one token each) are 2,500 optimizer steps.
 PAPER_RECIPE = {"architecture": "standard", "expansion": 64, "l1_coefficient": 8e-5, "lr": 4e-4, "token": "last",
-                "layer": -2, "gamma": -0.5}
+                "layer": -2, "gamma": -0.5, "steps": 2500}
 
 
-def train_concept_sae(encoder, out: Path, config: DemoConfig, layer: int, progress: bool, *, paper: bool = False):
-    """The SAE on every token of `layer` over the generic stream (resumes an interrupted run).
-
-    `paper=True` trains the paper's recipe (`PAPER_RECIPE`) instead, on the last token of each of
-    the same images. The paper's 2 epochs of ImageNet are 2.5M tokens; one token of each of our
-    images is far fewer, so it trains for as many optimizer steps as the all-token SAE does
-    (epochs x tokens per image) rather than for 2 epochs of a few thousand tokens."""
+def train_concept_sae(encoder, out: Path, config: DemoConfig, layer: int, progress: bool):
+    """The SAE on every token of `layer` over the generic stream (resumes an interrupted run)."""
     from sauce_jax.sae import SAEConfig
+
+    d = encoder.config.hidden_size
+    sae_config = SAEConfig(d_in=d, d_sae=config.expansion * d, architecture=config.sae_architecture,
+                           k=config.sae_k if config.sae_architecture != "standard" else None,
+                           l1_coefficient=config.l1_coefficient)
+    images = generic_stream(config.sae_images, seed=config.seed)
+    return _train(encoder, out, sae_config, images, layer, "all", config.sae_epochs, 1e-3, config.seed, progress)
+
+
+def train_paper_sae(encoder, out: Path, progress: bool, *, images: int = 4000, steps: int | None = None):
+    """The paper's SAE (`PAPER_RECIPE`) on the last token of hidden state -2 of `images` generic
+    images, for the paper's number of optimizer steps (`steps`, default 2,500), resumable. Its
+    images are a stream of their own ("paper-sae"), no seed's splits: one SAE serves every seed
+    of a study, as the paper's one ImageNet SAE serves every concept."""
+    from sauce_jax.sae import SAEConfig
+
+    r = PAPER_RECIPE
+    d = encoder.config.hidden_size
+    sae_config = SAEConfig(d_in=d, d_sae=r["expansion"] * d, architecture=r["architecture"],
+                           l1_coefficient=r["l1_coefficient"])
+    epochs = (steps or r["steps"]) * 1024 / images
+    return _train(encoder, out, sae_config, generic_stream(images, seed=0, stream="paper-sae"),
+                  encoder.layer_index(r["layer"]), r["token"], epochs, r["lr"], 0, progress)
+
+
+def _train(encoder, out: Path, sae_config, specs, layer: int, token: str, epochs: float, lr: float, seed: int,
+           progress: bool):
     from sauce_jax.sae_io import load_sae
     from sauce_jax.train import TrainConfig, train_sae
 
     if (out / "sae" / "cfg.json").is_file():
         return load_sae(out / "sae")
-    images = list(render_many(generic_stream(config.sae_images, seed=config.seed)))
-    d = encoder.config.hidden_size
-    if paper:
-        r = PAPER_RECIPE
-        sae_config = SAEConfig(d_in=d, d_sae=r["expansion"] * d, architecture=r["architecture"],
-                               l1_coefficient=r["l1_coefficient"])
-        epochs, lr, token = config.sae_epochs * encoder.config.num_tokens, r["lr"], r["token"]
-    else:
-        sae_config = SAEConfig(d_in=d, d_sae=config.expansion * d, architecture=config.sae_architecture,
-                               k=config.sae_k if config.sae_architecture != "standard" else None,
-                               l1_coefficient=config.l1_coefficient)
-        epochs, lr, token = config.sae_epochs, 1e-3, "all"
-    train_config = TrainConfig(batch_size=1024, epochs=epochs, lr=lr, lr_warmup_steps=50,
-                               l1_warmup_steps=100, seed=config.seed, log_every=50, checkpoint_every=200)
+    train_config = TrainConfig(batch_size=1024, epochs=epochs, lr=lr, lr_warmup_steps=50, l1_warmup_steps=100,
+                               seed=seed, log_every=50, checkpoint_every=200)
     resume = (out / "checkpoints").is_dir()
-    return train_sae(out, sae_config=sae_config, train_config=train_config, encoder=encoder, images=images,
-                     layer=layer, token=token, resume=resume, progress=progress)
+    return train_sae(out, sae_config=sae_config, train_config=train_config, encoder=encoder,
+                     images=list(render_many(specs)), layer=layer, token=token, resume=resume, progress=progress)
 
 
 def select_all(sae, encoder, config: DemoConfig, layer: int, progress: bool, token: str = "all",
@@ -188,7 +199,7 @@ def choose_hyperparameters(model: Model, encoder, sae, sets: dict, config: DemoC
         return {mode: {"k": config.k_grid[0], "gamma": config.gamma_grid[0], "val_objective": None, "grid": {}}
                 for mode in modes}
     evaluation = Evaluation(model, validation_suite(config))
-    kept = min(len(s.feature_ids) for s in sets.values())
+    kept = max(min(len(s.feature_ids) for s in sets.values()), max(config.k_grid))
     axes = [Axis("k", tuple(config.k_grid), low=1, high=kept, integer=True), Axis("gamma", tuple(config.gamma_grid))]
     chosen = {}
     for mode in modes:

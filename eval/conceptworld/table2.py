@@ -36,6 +36,7 @@ from .sauce import (
     train_concept_sae,
 )
 from .runs import cached
+from .selective import check_variants, row_name, variant_row
 from .tuning import Axis, label, search
 from .world import DOMAIN_OF
 
@@ -68,6 +69,10 @@ class Table2Config:
     controls: bool = True
     control_draws: int = 10
     paper_row: bool = True  # the paper's exact recipe as its own row (its own SAE)
+    # SAUCE variants beyond the paper (`selective.VARIANTS`), each its own tuned row.
+    variants: tuple[str, ...] = ()
+    paper_sae_images: int = 4000  # generic images (one token each) of the paper row's SAE
+    paper_sae_steps: int = 2500  # its optimizer steps: the paper's 2 epochs of ImageNet
     grid_moves: int = 1  # times the baselines' grid moves off an edge (SAUCE's: demo.grid_moves)
 
     def __post_init__(self):
@@ -80,11 +85,13 @@ class Table2Config:
             raise ConfigError(f"table2 lr_grid={self.lr_grid} must be non-empty, every value > 0")
         if not self.steps_grid or any(not isinstance(s, int) or s < 1 for s in self.steps_grid):
             raise ConfigError(f"table2 steps_grid={self.steps_grid} must be non-empty integers >= 1")
-        for name in ("n_forget", "n_retain_per_concept", "batch_size", "n_examples", "control_draws"):
+        for name in ("n_forget", "n_retain_per_concept", "batch_size", "n_examples", "control_draws",
+                     "paper_sae_images", "paper_sae_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"table2 {name}={getattr(self, name)} must be >= 1")
         if self.grid_moves < 0:
             raise ConfigError(f"table2 grid_moves={self.grid_moves} must be >= 0")
+        check_variants(self.variants)
 
     def baseline(self, method: str, lr: float, steps: int):
         from sauce_jax.eval.baselines import BaselineConfig
@@ -275,18 +282,20 @@ def _sauce_setup(ctx: _Context, out: Path):
     return sae, sets, chosen, time.time() - t0
 
 
-def _paper_row(ctx: _Context, out: Path) -> dict:
+def _paper_row(ctx: _Context, out: Path, sae_dir: Path) -> dict:
     """The paper's exact recipe (`sauce.PAPER_RECIPE`): its own ReLU-L1 x64 SAE on the last token
-    of hidden state -2, eq. 4 on the last token, gamma -0.5, reconstruct; only k (which the paper
-    does not state) is chosen on validation, over the same k grid as the SAUCE row."""
+    of hidden state -2 (trained at `sae_dir` if not there yet), eq. 4 on the last token, gamma
+    -0.5, reconstruct; only k (which the paper does not state) is chosen on validation, over the
+    same k grid as the SAUCE row."""
     from sauce_jax.intervention import unlearn
 
-    from .sauce import PAPER_RECIPE
+    from .sauce import PAPER_RECIPE, train_paper_sae
 
     demo, recipe = ctx.config.demo, PAPER_RECIPE
     start = time.time()
     layer = ctx.encoder.layer_index(recipe["layer"])
-    sae = train_concept_sae(ctx.encoder, out / "sae_paper", demo, layer, ctx.progress, paper=True)
+    sae = train_paper_sae(ctx.encoder, sae_dir, ctx.progress, images=ctx.config.paper_sae_images,
+                          steps=ctx.config.paper_sae_steps)
     fixed = dataclasses.replace(demo, gamma_grid=(recipe["gamma"],))
     sets = select_all(sae, ctx.encoder, fixed, layer, ctx.progress, token=recipe["token"])
     chosen = cached(out / "sauce_paper_chosen.json", lambda: choose_hyperparameters(
@@ -442,14 +451,17 @@ def _check_same_run(out: Path, config: Table2Config) -> None:
     path.write_text(json.dumps(mine, indent=1))
 
 
-def run(out_dir: str | Path, config: Table2Config | None = None, *, model_dir=None, progress: bool = True) -> dict:
-    """Run (or resume) the experiment; returns what `results.json` holds."""
+def run(out_dir: str | Path, config: Table2Config | None = None, *, model_dir=None, progress: bool = True,
+        paper_sae_dir=None) -> dict:
+    """Run (or resume) the experiment; returns what `results.json` holds. The paper row's SAE is
+    trained at `paper_sae_dir` (default `OUT/sae_paper`), or reused from there."""
     config = config or Table2Config()
     out = Path(out_dir)
     (out / "rows").mkdir(parents=True, exist_ok=True)
     _check_same_run(out, config)
     t0 = time.time()
-    sauce = ["SAUCE reconstruct", *([PAPER_ROW] if config.paper_row else []), "SAUCE delta"]
+    variant_names = {row_name(v): v for v in config.variants}
+    sauce = ["SAUCE reconstruct", *([PAPER_ROW] if config.paper_row else []), "SAUCE delta", *variant_names]
     wanted = ["original", *config.methods, *sauce, *(CONTROLS if config.controls else ())]
     rows = {}
     for name in wanted:
@@ -470,11 +482,13 @@ def run(out_dir: str | Path, config: Table2Config | None = None, *, model_dir=No
         rows[name] = json.loads((out / "rows" / f"{_slug(name)}.json").read_text())
     if PAPER_ROW in todo:
         _say(progress, f"[{PAPER_ROW}]")
-        _write_row(out, PAPER_ROW, _paper_row(ctx, out))
+        _write_row(out, PAPER_ROW, _paper_row(ctx, out, Path(paper_sae_dir or out / "sae_paper")))
         rows[PAPER_ROW] = json.loads((out / "rows" / f"{_slug(PAPER_ROW)}.json").read_text())
-    sauce_todo = [name for name in todo if name.startswith("SAUCE") and name != PAPER_ROW]
+    sauce_todo = [name for name in todo if name.startswith("SAUCE") and name != PAPER_ROW
+                  and name not in variant_names]
+    variant_todo = [name for name in todo if name in variant_names]
     control_todo = [name for name in todo if name.startswith("control")]
-    if sauce_todo or control_todo:
+    if sauce_todo or control_todo or variant_todo:
         prepared = _sauce_setup(ctx, out)
         if sauce_todo:
             _say(progress, "[SAUCE]")
@@ -482,7 +496,10 @@ def run(out_dir: str | Path, config: Table2Config | None = None, *, model_dir=No
         if control_todo:
             _say(progress, "[controls]")
             _control_rows(ctx, out, control_todo, prepared)
-        for name in sauce_todo + control_todo:
+        for name in variant_todo:
+            _say(progress, f"[{name}]")
+            _write_row(out, name, variant_row(variant_names[name], ctx, prepared, progress))
+        for name in sauce_todo + control_todo + variant_todo:
             rows[name] = json.loads((out / "rows" / f"{_slug(name)}.json").read_text())
     rows = {name: rows[name] for name in wanted}
     tables = {name: row["table2"] for name, row in rows.items()}

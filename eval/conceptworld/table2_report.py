@@ -23,7 +23,7 @@ def hyperparameters_text(row: dict) -> str:
     if "lr" in h:
         text = f"lr {h['lr']:g}, {h['steps']} steps"
     elif "k" in h:
-        text = f"k {h['k']}, gamma {h['gamma']:g}"
+        text = f"k {h['k']}" + (f", gamma {h['gamma']:g}" if h.get("gamma") is not None else "")
     else:
         return ""
     if row.get("moved"):

@@ -1,0 +1,131 @@
+"""SAUCE variants beyond the paper, as Table 2 rows (`experiment table2 --variants ...`).
+
+Each variant changes how the features are chosen, how they are edited, or both, and is tuned
+like every other row: a 12-point grid on the validation split, moved once off an edge, scored
+by `sauce.objective`.
+
+- `gated`: eq. 4's features, the delta edit only at tokens where one of them is active
+  (`unlearn(mode="gated")`); grid k x gamma.
+- `replace`: eq. 4's features set to their mean activation on the concept's train negatives at
+  the tokens where one is active (`mode="replace"`): the edited token is moved to where tokens
+  without the concept sit instead of past zero; grid over k alone (gamma plays no part).
+- `specific`: features scored against every other concept (`select_features(contrast="others")`,
+  a few train images of each) and kept only if no other concept activates them more than their
+  own positives do (`specificity=1`); the paper's reconstruct edit; grid k x gamma.
+- `specific gated`: the specific features with the gated edit; grid k x gamma.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+from tqdm import tqdm
+
+from sauce_jax.errors import ConfigError
+
+from .render import render_many
+from .sauce import kept_features, objective, say
+from .tuning import Axis, label, search
+from .world import CONCEPTS, concept_split
+
+# variant -> (selection, intervention mode)
+VARIANTS = {"gated": ("eq4", "gated"), "replace": ("eq4", "replace"), "specific": ("specific", "reconstruct"),
+            "specific gated": ("specific", "gated")}
+SPECIFICITY = 1.0  # a feature stays only if no other concept activates it more than the concept does
+OTHERS_PER_CONCEPT = 8  # train images of each other concept the specific score contrasts with
+REPLACE_K = (2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96)  # replace's 12 configurations: k alone
+
+
+def check_variants(names) -> tuple[str, ...]:
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise ConfigError(f"unknown SAUCE variants {unknown}; choose among {', '.join(VARIANTS)}")
+    return tuple(names)
+
+
+def row_name(variant: str) -> str:
+    return f"SAUCE {variant}"
+
+
+def specific_sets(sae, encoder, demo, layer: int, progress: bool) -> dict:
+    """Each concept's features scored against the other concepts, with the specificity filter."""
+    from sauce_jax.scoring import select_features
+
+    others_images = {c: list(render_many(concept_split(c, "train", OTHERS_PER_CONCEPT, seed=demo.seed, stream="others")))
+                     for c in CONCEPTS}
+    sets = {}
+    for concept in tqdm(demo.concepts, desc="specific selection", disable=not progress, leave=False):
+        pos = list(render_many(concept_split(concept, "train", demo.n_select, seed=demo.seed)))
+        neg = list(render_many(concept_split(concept, "train", demo.n_select, seed=demo.seed, positive=False)))
+        others = {c: images for c, images in others_images.items() if c != concept}
+        sets[concept] = select_features(sae, encoder, pos, neg, k=kept_features(demo, sae), layer=layer,
+                                        concept=concept, token="all", batch_size=demo.n_select, progress=False,
+                                        contrast="others", others=others, specificity=SPECIFICITY)
+    return sets
+
+
+def negative_activations(sae, encoder, demo, layer: int) -> dict:
+    """{concept: [N, d_sae]} per-image mean activations of its train negatives (replace's targets)."""
+    from sauce_jax.scoring import image_activations
+
+    return {c: image_activations(sae, encoder, list(render_many(concept_split(c, "train", demo.n_select,
+                                                                              seed=demo.seed, positive=False))),
+                                 layer=layer, token="all", batch_size=demo.n_select, progress=False)
+            for c in demo.concepts}
+
+
+def editor(variant: str, sae, encoder, sets: dict, layer: int, z_neg: dict | None) -> Callable:
+    """(concept, point) -> the unlearned encoder of `variant` at grid point {k, gamma}."""
+    from sauce_jax.intervention import unlearn
+    from sauce_jax.scoring import replacement_targets
+
+    mode = VARIANTS[variant][1]
+
+    def edit(concept: str, point: dict):
+        features = sets[concept].top(point["k"], point.get("gamma"))
+        if mode == "replace":
+            targets = replacement_targets(z_neg[concept], np.asarray(features.feature_ids))
+            return unlearn(encoder, sae, features, layer=layer, mode="replace", targets=targets)
+        return unlearn(encoder, sae, features, layer=layer, gamma=point["gamma"], mode=mode)
+
+    return edit
+
+
+def axes_for(variant: str, demo, sets: dict) -> list[Axis]:
+    kept = max(min(len(s.feature_ids) for s in sets.values()), max(demo.k_grid))
+    if VARIANTS[variant][1] == "replace":
+        return [Axis("k", tuple(k for k in REPLACE_K if k <= kept), low=1, high=kept, integer=True)]
+    return [Axis("k", tuple(demo.k_grid), low=1, high=kept, integer=True), Axis("gamma", tuple(demo.gamma_grid))]
+
+
+def variant_row(variant: str, ctx, prepared, progress: bool) -> dict:
+    """One variant's row: its grid on the validation split, then the test split once."""
+    demo = ctx.config.demo
+    sae = prepared[0]
+    start = time.time()
+    selection, mode = VARIANTS[variant]
+    sets = prepared[1] if selection == "eq4" else specific_sets(sae, ctx.encoder, demo, ctx.layer, progress)
+    z_neg = negative_activations(sae, ctx.encoder, demo, ctx.layer) if mode == "replace" else None
+    edit = editor(variant, sae, ctx.encoder, sets, ctx.layer, z_neg)
+
+    def score(point):
+        value = float(np.mean([objective(ctx.val.run(c, edit(c, point))) for c in demo.concepts]))
+        say(progress, f"  val {row_name(variant)} {label(point)}: {value:.3f}")
+        return value
+
+    found = search(axes_for(variant, demo, sets), score, moves=demo.grid_moves)
+    results = []
+    for concept in tqdm(demo.concepts, desc=row_name(variant), disable=not progress, leave=False):
+        edited = edit(concept, found["best"])
+        result = ctx.test.run(concept, edited)
+        result["retain_examples"] = ctx.retain_examples(concept, unlearned=edited)
+        result["features"] = len(sets[concept].top(found["best"]["k"]).feature_ids)
+        results.append(result)
+    hyper = dict(found["best"], mode=mode, selection=selection, val_objective=round(found["score"], 4))
+    if selection == "specific":
+        hyper["specificity"] = SPECIFICITY
+    return {"hyperparameters": hyper, "val_grid": found["grid"], "grids": found["grids"], "moved": found["moved"],
+            "edge": found["edge"], "per_concept": results, "seconds": time.time() - start}
+
