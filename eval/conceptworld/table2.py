@@ -444,10 +444,14 @@ def _write_row(out: Path, name: str, row: dict) -> None:
 
 
 def _check_same_run(out: Path, config: Table2Config) -> None:
+    """Refuse a folder holding another configuration. The SAUCE variants are not part of a run's
+    identity: each is a row of its own, so a variant added later only adds its row."""
     path = out / "config.json"
     mine = json.loads(json.dumps(dataclasses.asdict(config), default=str))
-    if path.is_file() and json.loads(path.read_text()) != mine:
-        raise ConfigError(f"{out} holds a table2 run with another config ({path}); use a new folder")
+    if path.is_file():
+        theirs = json.loads(path.read_text())
+        if {k: v for k, v in theirs.items() if k != "variants"} != {k: v for k, v in mine.items() if k != "variants"}:
+            raise ConfigError(f"{out} holds a table2 run with another config ({path}); use a new folder")
     path.write_text(json.dumps(mine, indent=1))
 
 

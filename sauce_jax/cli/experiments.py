@@ -194,6 +194,8 @@ def cmd_table2(args) -> int:
         config = dataclasses.replace(config, methods=_split(args.methods))
     if args.lora:
         config = dataclasses.replace(config, lora=True)
+    if args.variants:
+        config = dataclasses.replace(config, variants=_split(args.variants))
     sizes = {name: getattr(args, name) for name in ("n_test", "n_pool", "n_perception", "sae_images")
              if getattr(args, name) is not None}
     if sizes:
@@ -231,6 +233,8 @@ def add_table2(exp_sub) -> None:
     t2.add_argument("--seed", type=int, default=field_default(DemoConfig, "seed"))
     t2.add_argument("--methods", help="comma-separated baselines among GA,GD,KL,PO (default: all)")
     t2.add_argument("--lora", action="store_true", help="train LoRA adapters instead of every weight (needs peft)")
+    t2.add_argument("--variants", help="comma-separated SAUCE variants beyond the paper, each its own tuned row: "
+                                       "gated, replace, specific, 'specific gated'")
     t2.add_argument("--quick", action="store_true", help="a reduced run (fewer images, one grid point)")
     t2.add_argument("--study", action="store_true",
                     help="the multi-seed study's preset: 12-configuration grids for every method, smaller "
@@ -298,7 +302,8 @@ def add_multi(exp_sub) -> None:
     parser.add_argument("--counts", help=f"comma-separated numbers of concepts (default: {joined(default('counts'))})")
     parser.add_argument("--draws", type=int, help=f"seeded draws per count (default: {default('draws')}; "
                                                   f"--quick: {multi.quick_config().draws})")
-    parser.add_argument("--mode", choices=PAPER_MODES, help=f"SAUCE mode (default: {default('mode')})")
+    parser.add_argument("--mode", choices=multi.MULTI_MODES, help=f"SAUCE mode (default: {default('mode')}; gated: "
+                                                                  "edit only tokens where a feature is active)")
     parser.set_defaults(func=cmd_multi)
 
 

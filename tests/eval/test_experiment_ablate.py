@@ -25,12 +25,15 @@ def test_registered():
 def test_plan_varies_one_choice_around_shared_defaults():
     config = AblateConfig()
     table = plan(config, llava_layer=4)
-    assert list(table) == ["layer", "k_gamma", "token", "mode", "architecture"]
+    assert list(table) == ["layer", "k_gamma", "token", "mode", "architecture", "selection"]
+    assert [label for _, label, _ in table["mode"]][-1] == "replace"  # one point: gamma plays no part
+    assert {p.mode for _, _, p in table["mode"]} == {"reconstruct", "delta", "gated", "replace"}
+    assert [p.selection for _, _, p in table["selection"]] == ["eq4", "specific"]
     assert len(table["k_gamma"]) == len(config.k_values) * len(config.gamma_values)
     keys = {name: {p.key for _, _, p in entries} for name, entries in table.items()}
     default = next(p for _, label, p in table["layer"] if label == "layer 4")
     # The default point is one evaluation shared by every ablation scored with descriptions.
-    for name in ("layer", "token", "mode", "architecture"):
+    for name in ("layer", "token", "mode", "architecture", "selection"):
         assert default.key in keys[name]
     assert not any(p.generative for _, _, p in table["k_gamma"])  # the grid is yes/no only by default
     assert {p.layer for _, _, p in table["layer"]} == {1, 2, 3, 4}
@@ -59,7 +62,7 @@ def test_bad_config_is_refused(change):
 
 @pytest.mark.slow
 def test_ablate_end_to_end_and_resume(tmp_path):
-    config = dataclasses.replace(quick_config(), ablations=("layer", "token"))
+    config = dataclasses.replace(quick_config(), ablations=("layer", "token", "mode", "selection"))
     results = run(tmp_path, config, progress=False)
     assert results["llava_layer"] == 4
     by_label = {name: {r["label"]: r["scores"]["all"] for r in rows} for name, rows in results["ablations"].items()}
@@ -82,6 +85,11 @@ def test_ablate_end_to_end_and_resume(tmp_path):
                  "saes/layer2-topk/sae/cfg.json", "saes/layer4-topk/sae/cfg.json"):
         assert (tmp_path / name).is_file(), name
     assert "## Layer" in (tmp_path / "report.md").read_text()
+    # The variants beyond the paper are points like the others, each with its own part.
+    for label in ("gated gamma=-1", "replace"):
+        assert 0.0 <= by_label["mode"][label]["unlearning"] <= 1.0, label
+    assert by_label["selection"]["eq4"] == default and "specific" in by_label["selection"]
+    assert (tmp_path / "parts/features/layer4-topk-all-specific.json").is_file()
 
     parts = sorted((tmp_path / "parts").rglob("*.json")) + sorted((tmp_path / "saes").rglob("*.json"))
     stamps = {p: p.stat().st_mtime_ns for p in parts}

@@ -12,14 +12,15 @@ from sauce_jax import cli
 from sauce_jax.errors import ConfigError
 
 ROWS = ["original", "GA", "GD", "KL", "PO", "SAUCE reconstruct", "SAUCE paper recipe", "SAUCE delta",
-        "control matched-random", "control no-contrast"]
+        "SAUCE replace", "control matched-random", "control no-contrast"]
 
 
 def _tiny_config(**changes) -> Table2Config:
     demo = DemoConfig(concepts=("star", "red"), sae_images=600, sae_epochs=1.0, n_select=20, n_val=4, n_test=6,
                       n_pool=1, n_perception=6, k_grid=(32,), gamma_grid=(-1.0,))
     config = Table2Config(demo=demo, n_forget=6, n_retain_per_concept=2, lr_grid=(3e-4,), steps_grid=(4,),
-                          n_examples=1, control_draws=2, paper_sae_images=300, paper_sae_steps=10)
+                          n_examples=1, control_draws=2, paper_sae_images=300, paper_sae_steps=10,
+                          variants=("replace",))
     return dataclasses.replace(config, **changes)
 
 
@@ -39,6 +40,12 @@ def test_reduced_table2_runs_end_to_end_and_resumes(tmp_path):
         assert (tmp_path / "rows" / f"{name.replace(' ', '-')}.json").is_file()
     for row in results["rows"]["original"]["per_concept"]:
         assert row["UA_g"]["value"] == 0.0 and row["IRA_g"]["value"] == 1.0  # the clean model is its reference
+    paper = results["rows"]["SAUCE paper recipe"]["hyperparameters"]
+    assert (paper["gamma"], paper["layer"], paper["token"], paper["sae"]) == (-0.5, -2, "last", "standard x64")
+    assert (tmp_path / "sae_paper" / "sae" / "cfg.json").is_file()
+    replace = results["rows"]["SAUCE replace"]
+    assert replace["hyperparameters"]["mode"] == "replace" and "gamma" not in replace["hyperparameters"]
+    assert set(replace["val_grid"]) == {f"k={k}" for k in (2, 3, 4, 6, 8, 12, 16, 24, 32)}  # k alone, <= 32 kept
     for method in ("GA", "GD", "KL", "PO"):
         row = results["rows"][method]
         assert row["hyperparameters"]["lr"] == 3e-4 and row["hyperparameters"]["steps"] == 4

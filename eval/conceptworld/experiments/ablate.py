@@ -14,7 +14,13 @@ tokens):
   intervention edits (`unlearn(where=)`);
 - mode: reconstruct (the paper: the SAE's reconstruction replaces the activation) against
   delta (only the selected features' contribution changes), each over gamma;
-- architecture: ReLU-L1 ("standard"), TopK and BatchTopK SAEs at the LLaVA's layer.
+- architecture: ReLU-L1 ("standard"), TopK and BatchTopK SAEs at the LLaVA's layer;
+- selection: eq. 4 against features scored against every other concept and filtered for
+  specificity (`selective.specific_sets`), at the default mode, k and gamma.
+
+The mode ablation covers the paper's two modes and the on-manifold ones beyond it: "gated" (the
+delta edit only where a selected feature is active) and "replace" (selected latents set to their
+mean on the concept's train negatives, gamma unused: one point).
 
 SAEs are trained once each into `out/saes/<name>/` (resumable; `--sae` supplies the TopK one at
 the LLaVA's layer), feature sets are kept in `out/parts/features/`, every evaluated point in
@@ -45,7 +51,9 @@ from ..runs import (
 )
 
 NAME = "ablate"
-ABLATIONS = ("layer", "k_gamma", "token", "mode", "architecture")
+ABLATIONS = ("layer", "k_gamma", "token", "mode", "architecture", "selection")
+ABLATE_MODES = (*MODES, "gated", "replace")
+SELECTIONS = ("eq4", "specific")
 ARCHITECTURES = ("standard", "topk", "batchtopk")
 SELECT_TOKENS = ("all", "mean", "cls", "last")
 WHERE = ("all", "patch", "cls")
@@ -94,8 +102,8 @@ class AblateConfig:
         subset("architectures", ARCHITECTURES)
         subset("select_tokens", SELECT_TOKENS)
         subset("wheres", WHERE)
-        if self.mode not in MODES:
-            raise ConfigError(f"ablate mode={self.mode!r} is not one of {MODES}")
+        if self.mode not in ABLATE_MODES:
+            raise ConfigError(f"ablate mode={self.mode!r} is not one of {ABLATE_MODES}")
         if self.architecture not in ARCHITECTURES:
             raise ConfigError(f"ablate architecture={self.architecture!r} is not one of {ARCHITECTURES}")
         if self.token not in SELECT_TOKENS or self.where not in WHERE:
@@ -141,6 +149,7 @@ class Point:
     k: int
     gamma: float
     generative: bool
+    selection: str = "eq4"
 
     @property
     def sae_name(self) -> str:
@@ -148,7 +157,8 @@ class Point:
 
     @property
     def key(self) -> str:
-        return (f"{self.sae_name}-sel_{self.token}-at_{self.where}-{self.mode}-k{self.k}-g{self.gamma:+g}"
+        chosen = "" if self.selection == "eq4" else f"-{self.selection}"  # eq. 4 keys predate the option
+        return (f"{self.sae_name}-sel_{self.token}{chosen}-at_{self.where}-{self.mode}-k{self.k}-g{self.gamma:+g}"
                 f"-{'describe' if self.generative else 'yesno'}")
 
 
@@ -163,8 +173,10 @@ def plan(config: AblateConfig, llava_layer: int) -> dict[str, list[tuple[str, st
                     for k in config.k_values for g in config.gamma_values],
         "token": [("selection tokens (edit all)", f"select {t}", at(base, token=t)) for t in config.select_tokens]
         + [("edited tokens (select all)", f"edit {w}", at(base, where=w)) for w in config.wheres],
-        "mode": [(m, f"{m} gamma={g:g}", at(base, mode=m, gamma=g)) for m in MODES for g in config.mode_gammas],
+        "mode": [(m, f"{m} gamma={g:g}", at(base, mode=m, gamma=g)) for m in (*MODES, "gated")
+                 for g in config.mode_gammas] + [("replace", "replace", at(base, mode="replace"))],
         "architecture": [("architecture", a, at(base, architecture=a)) for a in config.architectures],
+        "selection": [("selection", s, at(base, selection=s)) for s in SELECTIONS],
     }
     return {name: table[name] for name in config.ablations}
 
@@ -218,15 +230,16 @@ class _Context:
             self._saes[name] = sae
         return self._saes[name]
 
-    def feature_sets(self, layer: int, architecture: str, token: str) -> dict:
+    def feature_sets(self, layer: int, architecture: str, token: str, selection: str = "eq4") -> dict:
         """concept -> FeatureSet (the most features any point asks for), selected on the train split."""
         from sauce_jax.scoring import FeatureSet
 
-        key = (layer, architecture, token)
+        key = (layer, architecture, token, selection)
         if key not in self._sets:
             sae = self.sae(layer, architecture)
-            path = self.out / "parts" / "features" / f"layer{layer}-{architecture}-{token}.json"
-            raw = cached(path, lambda: self._select(sae, layer, token))
+            chosen = "" if selection == "eq4" else f"-{selection}"
+            path = self.out / "parts" / "features" / f"layer{layer}-{architecture}-{token}{chosen}.json"
+            raw = cached(path, lambda: self._select(sae, layer, token, selection))
             sets = {c: FeatureSet(**{k: tuple(v) if isinstance(v, list) else v for k, v in s.items()})
                     for c, s in raw.items()}
             for s in sets.values():
@@ -234,9 +247,13 @@ class _Context:
             self._sets[key] = sets
         return self._sets[key]
 
-    def _select(self, sae, layer: int, token: str) -> dict:
+    def _select(self, sae, layer: int, token: str, selection: str) -> dict:
+        from ..selective import specific_sets
+
         demo = dataclasses.replace(self.config.demo, k_grid=(max(self.config.k, *self.config.k_values),))
-        return {c: dataclasses.asdict(s) for c, s in select_all(sae, self.encoder, demo, layer, False, token).items()}
+        sets = select_all(sae, self.encoder, demo, layer, False, token) if selection == "eq4" else \
+            specific_sets(sae, self.encoder, demo, layer, False)
+        return {c: dataclasses.asdict(s) for c, s in sets.items()}
 
     def evaluation(self, generative: bool) -> Evaluation:
         if generative not in self._evaluations:
@@ -249,15 +266,25 @@ class _Context:
     def evaluate(self, point: Point) -> dict:
         from sauce_jax.intervention import unlearn
 
+        from sauce_jax.scoring import replacement_targets
+
+        from ..selective import negative_activations
+
         sae = self.sae(point.layer, point.architecture)
-        sets = self.feature_sets(point.layer, point.architecture, point.token)
+        sets = self.feature_sets(point.layer, point.architecture, point.token, point.selection)
         evaluation = self.evaluation(point.generative)
         t0 = time.time()
+        z_neg = negative_activations(sae, self.encoder, self.config.demo, point.layer) if point.mode == "replace" \
+            else None
         results = []
         for concept in self.config.demo.concepts:
             features = sets[concept].top(point.k, point.gamma)
-            edited = unlearn(self.encoder, sae, features, layer=point.layer, gamma=point.gamma, mode=point.mode,
-                             where=point.where)
+            if point.mode == "replace":  # gamma plays no part: the latents go to the negatives' mean
+                edit = {"targets": replacement_targets(z_neg[concept], np.asarray(features.feature_ids))}
+            else:
+                edit = {"gamma": point.gamma}
+            edited = unlearn(self.encoder, sae, features, layer=point.layer, mode=point.mode, where=point.where,
+                             **edit)
             result = evaluation.run(concept, edited)
             result["examples"] = result["examples"][:1]
             results.append(result)
@@ -310,7 +337,8 @@ def run(out_dir: str | Path, config: AblateConfig | None = None, *, model_dir=No
 # ------------------------------------------------------------------------------------ report
 
 TITLES = {"layer": "Layer (SAE trained and applied at hidden state l)", "k_gamma": "k x gamma (yes/no scores)",
-          "token": "Token choice", "mode": "Mode", "architecture": "SAE architecture"}
+          "token": "Token choice", "mode": "Mode", "architecture": "SAE architecture",
+          "selection": "Selection (eq. 4, or against every other concept with the specificity filter)"}
 
 
 def markdown(results: dict) -> str:

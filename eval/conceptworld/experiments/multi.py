@@ -43,6 +43,9 @@ from ..runs import (
 
 NAME = "multi"
 SETTINGS = ("within", "across")
+# The union of the concepts' sets edits each shared feature once; "gated" also edits a token only
+# where one of the union's features is active, so concepts absent from an image leave it alone.
+MULTI_MODES = (*MODES, "gated")
 
 
 def _full_demo() -> DemoConfig:
@@ -76,8 +79,8 @@ class MultiConfig:
             raise ConfigError(f"multi tasks={self.tasks} must be a non-empty subset of {tuple(TASKS)}")
         if not self.settings or any(s not in SETTINGS for s in self.settings):
             raise ConfigError(f"multi settings={self.settings} must be a non-empty subset of {SETTINGS}")
-        if self.mode not in MODES:
-            raise ConfigError(f"multi mode={self.mode!r} must be one of {MODES}")
+        if self.mode not in MULTI_MODES:
+            raise ConfigError(f"multi mode={self.mode!r} must be one of {MULTI_MODES}")
         if not 1 <= self.k <= max(self.demo.k_grid):
             raise ConfigError(f"multi k={self.k} must be in [1, max(demo.k_grid)={max(self.demo.k_grid)}] "
                               "(only that many features are selected per concept)")
