@@ -25,6 +25,7 @@ from sauce_jax.errors import ConfigError
 
 from . import table2
 from .benchmark import SELECTIVITY, headline, selectivity
+from .sauce import objective
 from .intervals import bootstrap, excludes_zero
 from .table2_report import hyperparameters_text
 from .world import TASKS
@@ -32,7 +33,9 @@ from .world import TASKS
 VALIDATION_SEEDS = (6, 7, 8, 9, 10)
 TEST_SEEDS = (101, 102, 103, 104, 105)
 REFERENCE = "SAUCE reconstruct"  # the pre-declared SAUCE row every other row is compared with
-COLUMNS = ("UA_g", "UA_d", "IRA", "CRA", "utility", *SELECTIVITY)
+# "objective": the declared validation objective (`sauce.objective`) read on the test split, the
+# one number that says which baseline is best overall.
+COLUMNS = ("UA_g", "UA_d", "IRA", "CRA", "utility", *SELECTIVITY, "objective")
 
 
 def parse_seeds(text: str) -> tuple[int, ...]:
@@ -89,12 +92,16 @@ def report(out_dir: str | Path, seeds) -> dict:
     return summary
 
 
+def _columns(result: dict) -> dict[str, float]:
+    return headline(result) | selectivity(result) | {"objective": objective(result)}
+
+
 def _matrix(per_seed: dict, method: str, task: str, column: str) -> np.ndarray:
     """[S, C] per-concept values of one cell (NaN where missing), concepts aligned across seeds."""
     rows = []
     for results in per_seed.values():
         per_concept = results["rows"].get(method, {}).get("per_concept", [])
-        rows.append([(headline(r) | selectivity(r))[column] for r in per_concept if r["domain"] in TASKS[task]])
+        rows.append([_columns(r)[column] for r in per_concept if r["domain"] in TASKS[task]])
     width = max((len(r) for r in rows), default=0)
     return np.array([r + [np.nan] * (width - len(r)) for r in rows], float)
 

@@ -79,6 +79,11 @@ def test_reduced_table2_runs_end_to_end_and_resumes(tmp_path):
     assert set(now) == set(stamps) and all(now[n] == stamps[n] for n in now if n != "original.json")
     with pytest.raises(ConfigError, match="another config"):
         run(tmp_path, _tiny_config(steps_grid=(5,)), progress=False)
+    # Variants are rows of their own, not part of the folder's identity: without them the
+    # folder still serves every other row, computing nothing.
+    fewer = run(tmp_path, _tiny_config(variants=()), progress=False)
+    assert list(fewer["table2"]) == [r for r in ROWS if r != "SAUCE replace"]
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "rows").iterdir()} == now
 
 
 def test_table2_config_and_command_line_errors(tmp_path, capsys):
