@@ -13,7 +13,9 @@ SAE's latents of x at each token and F the concept's features:
 `delta` keeps the SAE's reconstruction error, so gamma = 1 is exactly the identity, and for
 standard and BatchTopK SAEs it computes only the k selected latents. `gated` is `delta` only
 at the tokens where the concept is active: every other token is returned bit-identical, so an
-image without the concept is not moved off the data manifold. `replace` sets the selected
+image without the concept is not moved off the data manifold. At threshold 0 it computes what
+`delta` does (a latent at 0 adds nothing to delta's edit either); the gate changes the edit
+only above 0, where it leaves weakly active tokens alone. `replace` sets the selected
 latents to `target_i` (their mean activation on images without the concept, see
 `sauce_jax.scoring.replacement_targets`) instead of scaling them, at the same tokens.
 

@@ -4,15 +4,19 @@ Each variant changes how the features are chosen, how they are edited, or both, 
 like every other row: a 12-point grid on the validation split, moved once off an edge, scored
 by `sauce.objective`.
 
-- `gated`: eq. 4's features, the delta edit only at tokens where one of them is active
-  (`unlearn(mode="gated")`); grid k x gamma.
+- `gated`: eq. 4's features, the delta edit only at tokens where one of them is active above a
+  threshold (`unlearn(mode="gated")`). At threshold 0 that is delta itself, so the threshold is
+  a grid axis, set per concept and k as the activation the gate lets through on a fraction
+  `open` of the concept's train-negative tokens (`gate_threshold`); grid k {16, 64} x gamma
+  {-1, -2} x open {0.1, 0.01, 0.001}.
 - `replace`: eq. 4's features set to their mean activation on the concept's train negatives at
   the tokens where one is active (`mode="replace"`): the edited token is moved to where tokens
-  without the concept sit instead of past zero; grid over k alone (gamma plays no part).
+  without the concept sit instead of past zero; grid k {8, 16, 32, 64} x open (gamma plays no
+  part).
 - `specific`: features scored against every other concept (`select_features(contrast="others")`,
   a few train images of each) and kept only if no other concept activates them more than their
   own positives do (`specificity=1`); the paper's reconstruct edit; grid k x gamma.
-- `specific gated`: the specific features with the gated edit; grid k x gamma.
+- `specific gated`: the specific features with the gated edit; the gated grid.
 """
 
 from __future__ import annotations
@@ -35,7 +39,10 @@ VARIANTS = {"gated": ("eq4", "gated"), "replace": ("eq4", "replace"), "specific"
             "specific gated": ("specific", "gated")}
 SPECIFICITY = 1.0  # a feature stays only if no other concept activates it more than the concept does
 OTHERS_PER_CONCEPT = 8  # train images of each other concept the specific score contrasts with
-REPLACE_K = (2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96)  # replace's 12 configurations: k alone
+# The gated grids (12 configurations each). `open`: the fraction of the concept's train-negative
+# tokens on which the gate would open (the threshold is that quantile of their max_F z_i).
+GATED_K, GATED_GAMMA, OPEN = (16, 64), (-1.0, -2.0), (0.1, 0.01, 0.001)
+REPLACE_K = (8, 16, 32, 64)
 
 
 def check_variants(names) -> tuple[str, ...]:
@@ -76,8 +83,33 @@ def negative_activations(sae, encoder, demo, layer: int) -> dict:
             for c in demo.concepts}
 
 
-def editor(variant: str, sae, encoder, sets: dict, layer: int, z_neg: dict | None) -> Callable:
-    """(concept, point) -> the unlearned encoder of `variant` at grid point {k, gamma}."""
+def negative_tokens(sae, encoder, demo, layer: int) -> dict:
+    """{concept: [N * T, d_sae]} SAE latents of every token of its train negatives (gate thresholds)."""
+    import jax
+
+    from sauce_jax import sae as sae_lib
+    from sauce_jax.image_processor import preprocess
+
+    encode = jax.jit(lambda p, x: sae_lib.encode(p, x, sae.config))
+    out = {}
+    for c in demo.concepts:
+        images = list(render_many(concept_split(c, "train", demo.n_select, seed=demo.seed, positive=False)))
+        hidden = encoder.hidden_state(preprocess(images, encoder), layer)  # [N, T, D]
+        out[c] = np.asarray(encode(sae.params, hidden)).reshape(-1, sae.config.d_sae)  # [N * T, d_sae]
+    return out
+
+
+def gate_threshold(tokens: np.ndarray, feature_ids, open_fraction: float) -> float:
+    """The gate threshold that opens on `open_fraction` of the negative tokens [M, d_sae]: that
+    quantile of max over the features of z_i (0 when the features are silent there)."""
+    top = tokens[:, np.asarray(feature_ids)].max(axis=1)  # [M]
+    return float(np.quantile(top, 1.0 - open_fraction))
+
+
+def editor(variant: str, sae, encoder, sets: dict, layer: int, z_neg: dict | None,
+           neg_tokens: dict | None = None) -> Callable:
+    """(concept, point) -> the unlearned encoder of `variant` at grid point {k, gamma, open}
+    (`open` absent: threshold 0)."""
     from sauce_jax.intervention import unlearn
     from sauce_jax.scoring import replacement_targets
 
@@ -85,19 +117,32 @@ def editor(variant: str, sae, encoder, sets: dict, layer: int, z_neg: dict | Non
 
     def edit(concept: str, point: dict):
         features = sets[concept].top(point["k"], point.get("gamma"))
+        ids = np.asarray(features.feature_ids)
+        gate = {}
+        if mode in ("gated", "replace"):
+            gate["threshold"] = gate_threshold(neg_tokens[concept], ids, point["open"]) if "open" in point else 0.0
         if mode == "replace":
-            targets = replacement_targets(z_neg[concept], np.asarray(features.feature_ids))
-            return unlearn(encoder, sae, features, layer=layer, mode="replace", targets=targets)
-        return unlearn(encoder, sae, features, layer=layer, gamma=point["gamma"], mode=mode)
+            return unlearn(encoder, sae, features, layer=layer, mode="replace",
+                           targets=replacement_targets(z_neg[concept], ids), **gate)
+        return unlearn(encoder, sae, features, layer=layer, gamma=point["gamma"], mode=mode, **gate)
 
     return edit
 
 
 def axes_for(variant: str, demo, sets: dict) -> list[Axis]:
     kept = max(min(len(s.feature_ids) for s in sets.values()), max(demo.k_grid))
-    if VARIANTS[variant][1] == "replace":
-        return [Axis("k", tuple(k for k in REPLACE_K if k <= kept), low=1, high=kept, integer=True)]
-    return [Axis("k", tuple(demo.k_grid), low=1, high=kept, integer=True), Axis("gamma", tuple(demo.gamma_grid))]
+
+    def k_axis(values):
+        values = tuple(k for k in values if k <= kept) or (kept,)  # a set may hold fewer features
+        return Axis("k", values, low=1, high=kept, integer=True)
+
+    mode = VARIANTS[variant][1]
+    fraction = Axis("open", OPEN, low=1e-5, high=0.5)
+    if mode == "replace":
+        return [k_axis(REPLACE_K), fraction]
+    if mode == "gated":
+        return [k_axis(GATED_K), Axis("gamma", GATED_GAMMA), fraction]
+    return [k_axis(demo.k_grid), Axis("gamma", tuple(demo.gamma_grid))]
 
 
 def variant_row(variant: str, ctx, prepared, progress: bool) -> dict:
@@ -108,7 +153,8 @@ def variant_row(variant: str, ctx, prepared, progress: bool) -> dict:
     selection, mode = VARIANTS[variant]
     sets = prepared[1] if selection == "eq4" else specific_sets(sae, ctx.encoder, demo, ctx.layer, progress)
     z_neg = negative_activations(sae, ctx.encoder, demo, ctx.layer) if mode == "replace" else None
-    edit = editor(variant, sae, ctx.encoder, sets, ctx.layer, z_neg)
+    neg_tokens = negative_tokens(sae, ctx.encoder, demo, ctx.layer) if mode in ("gated", "replace") else None
+    edit = editor(variant, sae, ctx.encoder, sets, ctx.layer, z_neg, neg_tokens)
 
     def score(point):
         value = float(np.mean([objective(ctx.val.run(c, edit(c, point))) for c in demo.concepts]))

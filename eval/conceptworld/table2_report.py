@@ -23,7 +23,8 @@ def hyperparameters_text(row: dict) -> str:
     if "lr" in h:
         text = f"lr {h['lr']:g}, {h['steps']} steps"
     elif "k" in h:
-        text = f"k {h['k']}" + (f", gamma {h['gamma']:g}" if h.get("gamma") is not None else "")
+        text = f"k {h['k']}" + (f", gamma {h['gamma']:g}" if h.get("gamma") is not None else "") \
+            + (f", gate open on {h['open']:g} of negative tokens" if h.get("open") is not None else "")
     else:
         return ""
     if row.get("moved"):

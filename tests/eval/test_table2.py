@@ -45,7 +45,8 @@ def test_reduced_table2_runs_end_to_end_and_resumes(tmp_path):
     assert (tmp_path / "sae_paper" / "sae" / "cfg.json").is_file()
     replace = results["rows"]["SAUCE replace"]
     assert replace["hyperparameters"]["mode"] == "replace" and "gamma" not in replace["hyperparameters"]
-    assert set(replace["val_grid"]) == {f"k={k}" for k in (2, 3, 4, 6, 8, 12, 16, 24, 32)}  # k alone, <= 32 kept
+    # k x the gate's opening fraction (k <= the 32 features kept), gamma plays no part.
+    assert set(replace["val_grid"]) == {f"k={k},open={o:g}" for k in (8, 16, 32) for o in (0.1, 0.01, 0.001)}
     for method in ("GA", "GD", "KL", "PO"):
         row = results["rows"][method]
         assert row["hyperparameters"]["lr"] == 3e-4 and row["hyperparameters"]["steps"] == 4
