@@ -153,23 +153,23 @@ def make_hook(mode: str, config: SAEConfig):
         edit = _decoded_edit(args.params, (gamma[:, None, None] - 1.0) * z_f, ids, valid)
         return _apply_at(hidden, sae_lib.decode(args.params, z) + edit, args.token_mask)
 
-    def delta(hidden: jax.Array, args: InterventionArgs) -> jax.Array:
+    def scaled(hidden: jax.Array, args: InterventionArgs):
+        """x [B, T, D] in float32, the selected latents z [B, T, k], their validity [B, k] and
+        delta's edit sum_F (gamma - 1) z_i W_dec[i] [B, T, D]."""
         b = hidden.shape[0]
         x = hidden.astype(jnp.float32)
         ids, valid = _selected(args.feature_ids, config.d_sae, b)  # [B, k]
         gamma = _per_image(args.gamma, b, "gamma")
         z = _selected_latents(args.params, x, ids, config)  # [B, T, k]
-        edit = _decoded_edit(args.params, (gamma[:, None, None] - 1.0) * z, ids, valid)
+        return x, z, valid, _decoded_edit(args.params, (gamma[:, None, None] - 1.0) * z, ids, valid)
+
+    def delta(hidden: jax.Array, args: InterventionArgs) -> jax.Array:
+        x, _, _, edit = scaled(hidden, args)
         return _apply_at(hidden, x + edit, args.token_mask)
 
     def gated(hidden: jax.Array, args: InterventionArgs) -> jax.Array:
-        b = hidden.shape[0]
-        x = hidden.astype(jnp.float32)
-        ids, valid = _selected(args.feature_ids, config.d_sae, b)  # [B, k]
-        gamma = _per_image(args.gamma, b, "gamma")
-        z = _selected_latents(args.params, x, ids, config)  # [B, T, k]
-        edit = _decoded_edit(args.params, (gamma[:, None, None] - 1.0) * z, ids, valid)
-        active = _concept_active(z, valid, _per_image(args.threshold, b, "threshold"))  # [B, T]
+        x, z, valid, edit = scaled(hidden, args)
+        active = _concept_active(z, valid, _per_image(args.threshold, hidden.shape[0], "threshold"))  # [B, T]
         return _apply_at(hidden, x + edit, args.token_mask[None, :] & active)
 
     def replace(hidden: jax.Array, args: InterventionArgs) -> jax.Array:

@@ -37,3 +37,20 @@ def busiest_features(sae: SAE, hidden) -> np.ndarray:
     on_cls = [int(i) for i in np.argsort(-z[:, 0].mean(axis=0))[:2]]
     overall = [int(i) for i in np.argsort(-z.mean(axis=(0, 1))) if i not in on_cls]
     return np.array(on_cls + overall[:K - 2], np.int32)
+
+
+def toy_sae(d_in: int, d_sae: int, seed: int) -> SAE:
+    """A random standard SAE whose latents fire readily (encoder bias lifted)."""
+    config = SAEConfig(d_in=d_in, d_sae=d_sae)
+    params = init_params(jax.random.key(seed), config)
+    params["b_enc"] = params["b_enc"] + 0.05
+    return SAE(params, config)
+
+
+def square_images(seed: int, n: int, color=None) -> np.ndarray:
+    """[n, 40, 40, 3] uint8 noise images, with a colored square (the "concept") when `color` is given."""
+    rng = np.random.default_rng(seed)
+    out = rng.integers(0, 256, (n, 40, 40, 3), dtype=np.uint8)
+    if color is not None:
+        out[:, 10:30, 10:30] = color
+    return out

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 
-import jax
 import numpy as np
 import pytest
 
 import sauce_jax
 from tiny_models import SMALL
+from tiny_saes import square_images, toy_sae
 from sauce_jax import ConfigError, FeatureSet, InputError
-from sauce_jax.sae import SAE, SAEConfig, init_params
 from sauce_jax.scoring import image_activations
 
 
@@ -84,18 +83,10 @@ def test_bad_scoring_input(call, error, match):
 
 @pytest.fixture(scope="module")
 def toy(small_encoder):
-    cfg = SAEConfig(d_in=SMALL["hidden_size"], d_sae=64)
-    params = init_params(jax.random.key(1), cfg)
-    params["b_enc"] = params["b_enc"] + 0.05
-    return SAE(params, cfg)
+    return toy_sae(SMALL["hidden_size"], 64, seed=1)
 
 
-def images(seed, n, color=None):
-    rng = np.random.default_rng(seed)
-    out = rng.integers(0, 256, (n, 40, 40, 3), dtype=np.uint8)
-    if color is not None:
-        out[:, 10:30, 10:30] = color
-    return out
+images = square_images
 
 
 def test_select_features_with_options_and_the_recorded_selection(toy, small_encoder, tmp_path):

@@ -15,6 +15,7 @@ from sauce_jax import ConfigError, FeatureSet, InputError
 from sauce_jax import encoder as encoder_module
 from sauce_jax.intervention import GATED_MODES, MODES, WHERE, make_hook
 from sauce_jax.sae import SAE, SAEConfig, init_params
+from tiny_saes import square_images, toy_sae
 
 
 def numpy_eq4(z_pos, z_neg, delta):
@@ -58,18 +59,10 @@ def test_top_k_finds_planted_concept_features():
 
 @pytest.fixture(scope="module")
 def toy(small_encoder):
-    cfg = SAEConfig(d_in=SMALL["hidden_size"], d_sae=128)
-    params = init_params(jax.random.key(0), cfg)
-    params["b_enc"] = params["b_enc"] + 0.05
-    return SAE(params, cfg)
+    return toy_sae(SMALL["hidden_size"], 128, seed=0)
 
 
-def images(seed, n, color=None):
-    rng = np.random.default_rng(seed)
-    out = rng.integers(0, 256, (n, 40, 40, 3), dtype=np.uint8)
-    if color is not None:
-        out[:, 10:30, 10:30] = color  # the "concept": a colored square
-    return out
+images = square_images
 
 
 def test_select_features_and_featureset_io(toy, small_encoder, tmp_path):
