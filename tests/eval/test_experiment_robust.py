@@ -190,7 +190,8 @@ def test_robust_config_and_command_line_errors(tmp_path, capsys):
         RobustConfig(hyperparameters=(("GA", 0.0, 10),))
     assert RobustConfig().concepts == ("star", "circle", "square", "triangle", "heart", "cross", "moon", "arrow",
                                        "court", "field", "pool", "track", "rink", "beach")  # the concrete task
-    assert RobustConfig().lr_steps("GA") == (1e-4, 10)  # table2's grids' first point
+    grids = RobustConfig().table2
+    assert RobustConfig().lr_steps("GA") == (grids.lr_grid[0], grids.steps_grid[0])  # table2's grids' first point
     assert RobustConfig(hyperparameters=(("GA", 3e-4, 30),)).lr_steps("GA") == (3e-4, 30)
     table2 = _fake_table2(tmp_path / "t2")
     assert hyperparameters_from_table2(table2, ("GA", "GD")) == (("GA", 3e-4, 6), ("GD", 1e-3, 8))
