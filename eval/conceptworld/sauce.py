@@ -186,11 +186,12 @@ def objective(result: dict) -> float:
 
 
 def choose_hyperparameters(model: Model, encoder, sae, sets: dict, config: DemoConfig, layer: int,
-                           progress: bool, modes=MODES) -> dict:
+                           progress: bool, modes=MODES, evaluation: Evaluation | None = None) -> dict:
     """Per mode, the (k, gamma) with the best `objective` (mean over the concepts) on the
     validation split, by `tuning.search` over k_grid x gamma_grid (moved off an edge up to
     `config.grid_moves` times). A grid of one point has nothing to choose: it is taken without
-    scoring (val_objective None)."""
+    scoring (val_objective None). `evaluation`: an `Evaluation` of `validation_suite(config)`
+    whose clean answers are already computed (Table 2 shares one across its rows)."""
     from sauce_jax.intervention import unlearn
 
     from .tuning import Axis, label, search
@@ -198,9 +199,8 @@ def choose_hyperparameters(model: Model, encoder, sae, sets: dict, config: DemoC
     if len(config.k_grid) == len(config.gamma_grid) == 1:
         return {mode: {"k": config.k_grid[0], "gamma": config.gamma_grid[0], "val_objective": None, "grid": {}}
                 for mode in modes}
-    evaluation = Evaluation(model, validation_suite(config))
-    kept = max(min(len(s.feature_ids) for s in sets.values()), max(config.k_grid))
-    axes = [Axis("k", tuple(config.k_grid), low=1, high=kept, integer=True), Axis("gamma", tuple(config.gamma_grid))]
+    evaluation = evaluation or Evaluation(model, validation_suite(config))
+    axes = [k_axis(config.k_grid, sets, config), Axis("gamma", tuple(config.gamma_grid))]
     chosen = {}
     for mode in modes:
         def score(point, mode=mode):
@@ -216,6 +216,15 @@ def choose_hyperparameters(model: Model, encoder, sae, sets: dict, config: DemoC
                         "val_objective": round(found["score"], 4), "grid": found["grid"],
                         "grids": found["grids"], "moved": found["moved"], "edge": found["edge"]}
     return chosen
+
+
+def k_axis(values, sets: dict, config: DemoConfig):
+    """The k axis of a grid over `values`, bounded by the features the concepts' sets hold (or
+    max(k_grid), whichever is larger); values above the bound are dropped (a set may hold fewer)."""
+    from .tuning import Axis
+
+    kept = max(min(len(s.feature_ids) for s in sets.values()), max(config.k_grid))
+    return Axis("k", tuple(k for k in values if k <= kept) or (kept,), low=1, high=kept, integer=True)
 
 
 def validation_suite(config: DemoConfig):

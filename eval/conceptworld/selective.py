@@ -30,7 +30,7 @@ from tqdm import tqdm
 from sauce_jax.errors import ConfigError
 
 from .render import render_many
-from .sauce import kept_features, objective, say
+from .sauce import k_axis, kept_features, objective, say
 from .tuning import Axis, label, search
 from .world import CONCEPTS, concept_split
 
@@ -73,18 +73,9 @@ def specific_sets(sae, encoder, demo, layer: int, progress: bool) -> dict:
     return sets
 
 
-def negative_activations(sae, encoder, demo, layer: int) -> dict:
-    """{concept: [N, d_sae]} per-image mean activations of its train negatives (replace's targets)."""
-    from sauce_jax.scoring import image_activations
-
-    return {c: image_activations(sae, encoder, list(render_many(concept_split(c, "train", demo.n_select,
-                                                                              seed=demo.seed, positive=False))),
-                                 layer=layer, token="all", batch_size=demo.n_select, progress=False)
-            for c in demo.concepts}
-
-
 def negative_tokens(sae, encoder, demo, layer: int) -> dict:
-    """{concept: [N * T, d_sae]} SAE latents of every token of its train negatives (gate thresholds)."""
+    """{concept: [N, T, d_sae]} SAE latents of every token of its train negatives (the gate
+    thresholds read them per token, replace's targets per image: `negative_activations`)."""
     import jax
 
     from sauce_jax import sae as sae_lib
@@ -95,14 +86,20 @@ def negative_tokens(sae, encoder, demo, layer: int) -> dict:
     for c in demo.concepts:
         images = list(render_many(concept_split(c, "train", demo.n_select, seed=demo.seed, positive=False)))
         hidden = encoder.hidden_state(preprocess(images, encoder), layer)  # [N, T, D]
-        out[c] = np.asarray(encode(sae.params, hidden)).reshape(-1, sae.config.d_sae)  # [N * T, d_sae]
+        out[c] = np.asarray(encode(sae.params, hidden))  # [N, T, d_sae]
     return out
 
 
+def negative_activations(tokens: dict) -> dict:
+    """{concept: [N, d_sae]} each negative image's mean latents over its tokens (replace's targets,
+    as `image_activations(token="all")` gives them) from `negative_tokens`."""
+    return {c: z.mean(axis=1) for c, z in tokens.items()}
+
+
 def gate_threshold(tokens: np.ndarray, feature_ids, open_fraction: float) -> float:
-    """The gate threshold that opens on `open_fraction` of the negative tokens [M, d_sae]: that
-    quantile of max over the features of z_i (0 when the features are silent there)."""
-    top = tokens[:, np.asarray(feature_ids)].max(axis=1)  # [M]
+    """The gate threshold that opens on `open_fraction` of the negative tokens ([..., d_sae]):
+    that quantile of max over the features of z_i (0 when the features are silent there)."""
+    top = tokens.reshape(-1, tokens.shape[-1])[:, np.asarray(feature_ids)].max(axis=1)  # [M]
     return float(np.quantile(top, 1.0 - open_fraction))
 
 
@@ -130,19 +127,13 @@ def editor(variant: str, sae, encoder, sets: dict, layer: int, z_neg: dict | Non
 
 
 def axes_for(variant: str, demo, sets: dict) -> list[Axis]:
-    kept = max(min(len(s.feature_ids) for s in sets.values()), max(demo.k_grid))
-
-    def k_axis(values):
-        values = tuple(k for k in values if k <= kept) or (kept,)  # a set may hold fewer features
-        return Axis("k", values, low=1, high=kept, integer=True)
-
     mode = VARIANTS[variant][1]
     fraction = Axis("open", OPEN, low=1e-5, high=0.5)
     if mode == "replace":
-        return [k_axis(REPLACE_K), fraction]
+        return [k_axis(REPLACE_K, sets, demo), fraction]
     if mode == "gated":
-        return [k_axis(GATED_K), Axis("gamma", GATED_GAMMA), fraction]
-    return [k_axis(demo.k_grid), Axis("gamma", tuple(demo.gamma_grid))]
+        return [k_axis(GATED_K, sets, demo), Axis("gamma", GATED_GAMMA), fraction]
+    return [k_axis(demo.k_grid, sets, demo), Axis("gamma", tuple(demo.gamma_grid))]
 
 
 def variant_row(variant: str, ctx, prepared, progress: bool) -> dict:
@@ -152,8 +143,8 @@ def variant_row(variant: str, ctx, prepared, progress: bool) -> dict:
     start = time.time()
     selection, mode = VARIANTS[variant]
     sets = prepared[1] if selection == "eq4" else specific_sets(sae, ctx.encoder, demo, ctx.layer, progress)
-    z_neg = negative_activations(sae, ctx.encoder, demo, ctx.layer) if mode == "replace" else None
     neg_tokens = negative_tokens(sae, ctx.encoder, demo, ctx.layer) if mode in ("gated", "replace") else None
+    z_neg = negative_activations(neg_tokens) if mode == "replace" else None  # the same images, encoded once
     edit = editor(variant, sae, ctx.encoder, sets, ctx.layer, z_neg, neg_tokens)
 
     def score(point):

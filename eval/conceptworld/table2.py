@@ -34,6 +34,7 @@ from .sauce import (
     objective,
     select_all,
     train_concept_sae,
+    validation_suite,
 )
 from .runs import cached
 from .selective import check_variants, row_name, variant_row
@@ -164,10 +165,7 @@ class _Context:
     def val(self) -> Evaluation:
         # The same validation suite the demo's SAUCE grid uses.
         if self._val is None:
-            d = self.config.demo
-            self._val = Evaluation(self.model, make_suite(d.concepts, seed=d.seed, split="val", n_forget=d.n_val,
-                                                          n_pool_per_concept=max(1, d.n_pool // 2),
-                                                          n_perception=d.n_val))
+            self._val = Evaluation(self.model, validation_suite(self.config.demo))
         return self._val
 
     def data(self, concept: str):
@@ -277,7 +275,8 @@ def _sauce_setup(ctx: _Context, out: Path):
     if chosen_path.is_file():
         chosen = json.loads(chosen_path.read_text())
     else:
-        chosen = choose_hyperparameters(ctx.model, ctx.encoder, sae, sets, demo, ctx.layer, ctx.progress)
+        chosen = choose_hyperparameters(ctx.model, ctx.encoder, sae, sets, demo, ctx.layer, ctx.progress,
+                                        evaluation=ctx.val)
         chosen_path.write_text(json.dumps(chosen, indent=1))
     return sae, sets, chosen, time.time() - t0
 
@@ -299,7 +298,8 @@ def _paper_row(ctx: _Context, out: Path, sae_dir: Path) -> dict:
     fixed = dataclasses.replace(demo, gamma_grid=(recipe["gamma"],))
     sets = select_all(sae, ctx.encoder, fixed, layer, ctx.progress, token=recipe["token"])
     chosen = cached(out / "sauce_paper_chosen.json", lambda: choose_hyperparameters(
-        ctx.model, ctx.encoder, sae, sets, fixed, layer, ctx.progress, modes=("reconstruct",))["reconstruct"])
+        ctx.model, ctx.encoder, sae, sets, fixed, layer, ctx.progress, modes=("reconstruct",),
+        evaluation=ctx.val)["reconstruct"])
     k, gamma = chosen["k"], recipe["gamma"]
     results = []
     for concept in tqdm(demo.concepts, desc=PAPER_ROW, disable=not ctx.progress, leave=False):

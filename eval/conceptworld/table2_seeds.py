@@ -126,8 +126,8 @@ def aggregate(per_seed: dict) -> dict:
     tuning: dict = {}
     for seed, results in per_seed.items():
         for method, row in results["rows"].items():
-            if hyperparameters_text(row):
-                tuning.setdefault(method, {})[str(seed)] = hyperparameters_text(row)
+            if text := hyperparameters_text(row):
+                tuning.setdefault(method, {})[str(seed)] = text
     concepts = {str(seed): results.get("config", {}).get("demo", {}).get("concepts", [])
                 for seed, results in per_seed.items()}
     return {"seeds": [int(s) for s in per_seed], "reference": REFERENCE, "cells": cells, "paired": paired,

@@ -172,7 +172,7 @@ def test_variants_edit_what_their_equations_say(prepared, test_evaluation):
     assert not np.allclose(a, np.asarray(run.encoder.hidden_state(pixels, run.layer)))
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(np.abs(b).max()))
     # The replace editor's targets are the features' mean on the concept's train negatives.
-    z_neg = selective.negative_activations(run.sae, run.encoder, demo, run.layer)
+    z_neg = selective.negative_activations(selective.negative_tokens(run.sae, run.encoder, demo, run.layer))
     edited = selective.editor("replace", run.sae, run.encoder, run.sets, run.layer, z_neg)(concept, {"k": K})
     by_hand = unlearn(run.encoder, run.sae, features, layer=run.layer, mode="replace",
                       targets=z_neg[concept].mean(axis=0)[np.asarray(features.feature_ids)])

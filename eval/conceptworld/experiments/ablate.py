@@ -268,14 +268,15 @@ class _Context:
 
         from sauce_jax.scoring import replacement_targets
 
-        from ..selective import negative_activations
+        from ..selective import negative_activations, negative_tokens
 
         sae = self.sae(point.layer, point.architecture)
         sets = self.feature_sets(point.layer, point.architecture, point.token, point.selection)
         evaluation = self.evaluation(point.generative)
         t0 = time.time()
-        z_neg = negative_activations(sae, self.encoder, self.config.demo, point.layer) if point.mode == "replace" \
-            else None
+        z_neg = None
+        if point.mode == "replace":
+            z_neg = negative_activations(negative_tokens(sae, self.encoder, self.config.demo, point.layer))
         results = []
         for concept in self.config.demo.concepts:
             features = sets[concept].top(point.k, point.gamma)
