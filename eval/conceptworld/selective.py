@@ -17,6 +17,12 @@ by `sauce.objective`.
   a few train images of each) and kept only if no other concept activates them more than their
   own positives do (`specificity=1`); the paper's reconstruct edit; grid k x gamma.
 - `specific gated`: the specific features with the gated edit; the gated grid.
+
+`SAUCE per concept` (`per_concept_row`) chooses per concept instead of per seed: each concept
+runs every candidate's grid (`PER_CONCEPT_CANDIDATES`: the paper's edits and the variants, each
+with its own axes and move rule) on its own validation images and keeps the candidate and point
+with its best objective. Its search budget is the candidates' grids together, per concept; a
+baseline's is one 12-point grid per seed.
 """
 
 from __future__ import annotations
@@ -37,6 +43,10 @@ from .world import CONCEPTS, concept_split
 # variant -> (selection, intervention mode)
 VARIANTS = {"gated": ("eq4", "gated"), "replace": ("eq4", "replace"), "specific": ("specific", "reconstruct"),
             "specific gated": ("specific", "gated")}
+# Every recipe a row can tune: the paper's two edits (eq. 4, k x gamma) and the variants.
+RECIPES = {"reconstruct": ("eq4", "reconstruct"), "delta": ("eq4", "delta"), **VARIANTS}
+PER_CONCEPT = "SAUCE per concept"
+PER_CONCEPT_CANDIDATES = tuple(RECIPES)
 SPECIFICITY = 1.0  # a feature stays only if no other concept activates it more than the concept does
 OTHERS_PER_CONCEPT = 8  # train images of each other concept the specific score contrasts with
 # The gated grids (12 configurations each). `open`: the fraction of the concept's train-negative
@@ -46,9 +56,16 @@ REPLACE_K = (8, 16, 32, 64)
 
 
 def check_variants(names) -> tuple[str, ...]:
-    unknown = [n for n in names if n not in VARIANTS]
+    unknown = [n for n in names if n not in VARIANTS and n != "per concept"]
     if unknown:
-        raise ConfigError(f"unknown SAUCE variants {unknown}; choose among {', '.join(VARIANTS)}")
+        raise ConfigError(f"unknown SAUCE variants {unknown}; choose among {', '.join(VARIANTS)}, 'per concept'")
+    return tuple(names)
+
+
+def check_candidates(names) -> tuple[str, ...]:
+    unknown = [n for n in names if n not in RECIPES]
+    if unknown or not names:
+        raise ConfigError(f"per-concept candidates {list(names)}: give some of {', '.join(RECIPES)}")
     return tuple(names)
 
 
@@ -110,7 +127,7 @@ def editor(variant: str, sae, encoder, sets: dict, layer: int, z_neg: dict | Non
     from sauce_jax.intervention import unlearn
     from sauce_jax.scoring import replacement_targets
 
-    mode = VARIANTS[variant][1]
+    mode = RECIPES[variant][1]
 
     def edit(concept: str, point: dict):
         features = sets[concept].top(point["k"], point.get("gamma"))
@@ -127,7 +144,7 @@ def editor(variant: str, sae, encoder, sets: dict, layer: int, z_neg: dict | Non
 
 
 def axes_for(variant: str, demo, sets: dict) -> list[Axis]:
-    mode = VARIANTS[variant][1]
+    mode = RECIPES[variant][1]
     fraction = Axis("open", OPEN, low=1e-5, high=0.5)
     if mode == "replace":
         return [k_axis(REPLACE_K, sets, demo), fraction]
@@ -136,16 +153,36 @@ def axes_for(variant: str, demo, sets: dict) -> list[Axis]:
     return [k_axis(demo.k_grid, sets, demo), Axis("gamma", tuple(demo.gamma_grid))]
 
 
+def _editors(names, ctx, prepared, progress: bool) -> dict:
+    """{recipe: (edit, its feature sets)} for `names`, sharing what they need: the specific
+    selection and the negatives' latents are computed once, only when a recipe reads them."""
+    demo, sae, eq4_sets = ctx.config.demo, prepared[0], prepared[1]
+    modes = {RECIPES[n][1] for n in names}
+    specific = specific_sets(sae, ctx.encoder, demo, ctx.layer, progress) \
+        if any(RECIPES[n][0] == "specific" for n in names) else None
+    neg_tokens = negative_tokens(sae, ctx.encoder, demo, ctx.layer) if modes & {"gated", "replace"} else None
+    z_neg = negative_activations(neg_tokens) if "replace" in modes else None  # the same images, encoded once
+    out = {}
+    for name in names:
+        sets = specific if RECIPES[name][0] == "specific" else eq4_sets
+        out[name] = (editor(name, sae, ctx.encoder, sets, ctx.layer, z_neg, neg_tokens), sets)
+    return out
+
+
+def _test_result(ctx, concept: str, edited, features: int) -> dict:
+    result = ctx.test.run(concept, edited)
+    result["retain_examples"] = ctx.retain_examples(concept, unlearned=edited)
+    result["features"] = features
+    return result
+
+
 def variant_row(variant: str, ctx, prepared, progress: bool) -> dict:
-    """One variant's row: its grid on the validation split, then the test split once."""
+    """One variant's row: its grid on the validation split (mean over the seed's concepts), then
+    the test split once."""
     demo = ctx.config.demo
-    sae = prepared[0]
     start = time.time()
     selection, mode = VARIANTS[variant]
-    sets = prepared[1] if selection == "eq4" else specific_sets(sae, ctx.encoder, demo, ctx.layer, progress)
-    neg_tokens = negative_tokens(sae, ctx.encoder, demo, ctx.layer) if mode in ("gated", "replace") else None
-    z_neg = negative_activations(neg_tokens) if mode == "replace" else None  # the same images, encoded once
-    edit = editor(variant, sae, ctx.encoder, sets, ctx.layer, z_neg, neg_tokens)
+    edit, sets = _editors([variant], ctx, prepared, progress)[variant]
 
     def score(point):
         value = float(np.mean([objective(ctx.val.run(c, edit(c, point))) for c in demo.concepts]))
@@ -153,16 +190,42 @@ def variant_row(variant: str, ctx, prepared, progress: bool) -> dict:
         return value
 
     found = search(axes_for(variant, demo, sets), score, moves=demo.grid_moves)
-    results = []
-    for concept in tqdm(demo.concepts, desc=row_name(variant), disable=not progress, leave=False):
-        edited = edit(concept, found["best"])
-        result = ctx.test.run(concept, edited)
-        result["retain_examples"] = ctx.retain_examples(concept, unlearned=edited)
-        result["features"] = len(sets[concept].top(found["best"]["k"]).feature_ids)
-        results.append(result)
+    results = [_test_result(ctx, c, edit(c, found["best"]), len(sets[c].top(found["best"]["k"]).feature_ids))
+               for c in tqdm(demo.concepts, desc=row_name(variant), disable=not progress, leave=False)]
     hyper = dict(found["best"], mode=mode, selection=selection, val_objective=round(found["score"], 4))
     if selection == "specific":
         hyper["specificity"] = SPECIFICITY
     return {"hyperparameters": hyper, "val_grid": found["grid"], "grids": found["grids"], "moved": found["moved"],
             "edge": found["edge"], "per_concept": results, "seconds": time.time() - start}
 
+
+def per_concept_row(ctx, prepared, progress: bool, candidates=PER_CONCEPT_CANDIDATES) -> dict:
+    """`SAUCE per concept`: for each concept, every candidate recipe's grid searched on that
+    concept's validation objective alone (`tuning.search`, the same axes and move rule as the
+    recipe's own row); the best candidate and point (ties: the earlier candidate) is read on the
+    test split once."""
+    demo = ctx.config.demo
+    start = time.time()
+    editors = _editors(check_candidates(candidates), ctx, prepared, progress)
+    chosen, grids, results = {}, {}, []
+    for concept in tqdm(demo.concepts, desc=PER_CONCEPT, disable=not progress, leave=False):
+        best = None
+        for name, (edit, sets) in editors.items():
+            def score(point, edit=edit, name=name):
+                value = objective(ctx.val.run(concept, edit(concept, point)))
+                say(progress, f"  val {PER_CONCEPT} {concept} {name} {label(point)}: {value:.3f}")
+                return value
+
+            found = search(axes_for(name, demo, sets), score, moves=demo.grid_moves)
+            grids.setdefault(concept, {})[name] = {key: found[key] for key in ("grid", "moved", "edge")}
+            if best is None or found["score"] > best[1]["score"]:
+                best = (name, found)
+        name, found = best
+        edit, sets = editors[name]
+        chosen[concept] = {"recipe": name, **found["best"], "val_objective": round(found["score"], 4),
+                           "moved": found["moved"], "edge": found["edge"]}
+        results.append(_test_result(ctx, concept, edit(concept, found["best"]),
+                                    len(sets[concept].top(found["best"]["k"]).feature_ids)))
+    hyper = {"per_concept": chosen, "candidates": list(editors),
+             "val_objective": round(float(np.mean([c["val_objective"] for c in chosen.values()])), 4)}
+    return {"hyperparameters": hyper, "val_grids": grids, "per_concept": results, "seconds": time.time() - start}

@@ -37,7 +37,8 @@ from .sauce import (
     validation_suite,
 )
 from .runs import cached
-from .selective import check_variants, row_name, variant_row
+from .selective import PER_CONCEPT, PER_CONCEPT_CANDIDATES, check_candidates, check_variants, per_concept_row, \
+    row_name, variant_row
 from .tuning import Axis, label, search
 from .world import DOMAIN_OF
 
@@ -70,8 +71,10 @@ class Table2Config:
     controls: bool = True
     control_draws: int = 10
     paper_row: bool = True  # the paper's exact recipe as its own row (its own SAE)
-    # SAUCE variants beyond the paper (`selective.VARIANTS`), each its own tuned row.
+    # SAUCE variants beyond the paper (`selective.VARIANTS`), each its own tuned row, and "per
+    # concept": the row that chooses recipe and point per concept among `per_concept_candidates`.
     variants: tuple[str, ...] = ()
+    per_concept_candidates: tuple[str, ...] = PER_CONCEPT_CANDIDATES
     paper_sae_images: int = 4000  # generic images (one token each) of the paper row's SAE
     paper_sae_steps: int = 2500  # its optimizer steps: the paper's 2 epochs of ImageNet
     grid_moves: int = 1  # times the baselines' grid moves off an edge (SAUCE's: demo.grid_moves)
@@ -93,6 +96,7 @@ class Table2Config:
         if self.grid_moves < 0:
             raise ConfigError(f"table2 grid_moves={self.grid_moves} must be >= 0")
         check_variants(self.variants)
+        check_candidates(self.per_concept_candidates)
 
     def baseline(self, method: str, lr: float, steps: int):
         from sauce_jax.eval.baselines import BaselineConfig
@@ -443,14 +447,18 @@ def _write_row(out: Path, name: str, row: dict) -> None:
     tmp.replace(path)  # a row file is complete or absent: a rerun trusts what it finds
 
 
+# Options of rows of their own, not part of a run's identity: a variant added later only adds its row.
+_ROW_OPTIONS = ("variants", "per_concept_candidates")
+
+
 def _check_same_run(out: Path, config: Table2Config) -> None:
-    """Refuse a folder holding another configuration. The SAUCE variants are not part of a run's
-    identity: each is a row of its own, so a variant added later only adds its row."""
+    """Refuse a folder holding another configuration (`_ROW_OPTIONS` aside)."""
     path = out / "config.json"
     mine = json.loads(json.dumps(dataclasses.asdict(config), default=str))
     if path.is_file():
         theirs = json.loads(path.read_text())
-        if {k: v for k, v in theirs.items() if k != "variants"} != {k: v for k, v in mine.items() if k != "variants"}:
+        if {k: v for k, v in theirs.items() if k not in _ROW_OPTIONS} != \
+                {k: v for k, v in mine.items() if k not in _ROW_OPTIONS}:
             raise ConfigError(f"{out} holds a table2 run with another config ({path}); use a new folder")
     path.write_text(json.dumps(mine, indent=1))
 
@@ -502,7 +510,9 @@ def run(out_dir: str | Path, config: Table2Config | None = None, *, model_dir=No
             _control_rows(ctx, out, control_todo, prepared)
         for name in variant_todo:
             _say(progress, f"[{name}]")
-            _write_row(out, name, variant_row(variant_names[name], ctx, prepared, progress))
+            row = per_concept_row(ctx, prepared, progress, config.per_concept_candidates) if name == PER_CONCEPT \
+                else variant_row(variant_names[name], ctx, prepared, progress)
+            _write_row(out, name, row)
         for name in sauce_todo + control_todo + variant_todo:
             rows[name] = json.loads((out / "rows" / f"{_slug(name)}.json").read_text())
     rows = {name: rows[name] for name in wanted}

@@ -20,11 +20,14 @@ def hyperparameters_text(row: dict) -> str:
     """The chosen point; "moved" where the grid moved off an edge, "edge: <axes>" where the
     chosen point still sits on one (the grid did not bracket it)."""
     h = row.get("hyperparameters", {})
+    if "per_concept" in h:  # the per-concept row: each concept's recipe and point
+        return "; ".join(f"{concept}: {c['recipe']} {_point_text(c)}" + (", moved" if c.get("moved") else "")
+                         + (", edge: " + "/".join(f"{a} {s}" for a, s in c["edge"].items()) if c.get("edge") else "")
+                         for concept, c in h["per_concept"].items())
     if "lr" in h:
         text = f"lr {h['lr']:g}, {h['steps']} steps"
     elif "k" in h:
-        text = f"k {h['k']}" + (f", gamma {h['gamma']:g}" if h.get("gamma") is not None else "") \
-            + (f", gate open on {h['open']:g} of negative tokens" if h.get("open") is not None else "")
+        text = _point_text(h)
     else:
         return ""
     if row.get("moved"):
@@ -32,6 +35,11 @@ def hyperparameters_text(row: dict) -> str:
     if row.get("edge"):
         text += ", edge: " + "/".join(f"{axis} {side}" for axis, side in row["edge"].items())
     return text
+
+
+def _point_text(h: dict) -> str:
+    return f"k {h['k']}" + (f", gamma {h['gamma']:g}" if h.get("gamma") is not None else "") \
+        + (f", gate open on {h['open']:g} of negative tokens" if h.get("open") is not None else "")
 
 
 def markdown(results: dict) -> str:

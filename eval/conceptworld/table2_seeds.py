@@ -9,8 +9,9 @@ bootstrap interval (`intervals.bootstrap`: seeds, then concepts), and the paired
 SAUCE reconstruct minus every other row with its interval.
 
 Seeds are split in advance: `VALIDATION_SEEDS` for design and debugging, `TEST_SEEDS` reserved
-for the one final study run (refused unless asked for with `open_test_seeds`). Seeds 0-5 were
-read while the benchmark was developed and belong to neither.
+for the one final study run, `SELECTIVE_TEST_SEEDS` for the one read of the selective recipes
+chosen after it (both refused unless asked for with `open_test_seeds`). Seeds 0-5 were read
+while the benchmark was developed and belong to none.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from .world import TASKS
 
 VALIDATION_SEEDS = (6, 7, 8, 9, 10)
 TEST_SEEDS = (101, 102, 103, 104, 105)
+SELECTIVE_TEST_SEEDS = (106, 107, 108, 109, 110)
+RESERVED = TEST_SEEDS + SELECTIVE_TEST_SEEDS
 REFERENCE = "SAUCE reconstruct"  # the pre-declared SAUCE row every other row is compared with
 # "objective": the declared validation objective (`sauce.objective`) read on the test split, the
 # one number that says which baseline is best overall.
@@ -39,25 +42,24 @@ COLUMNS = ("UA_g", "UA_d", "IRA", "CRA", "utility", *SELECTIVITY, "objective")
 
 
 def parse_seeds(text: str) -> tuple[int, ...]:
-    """"validation", "test" or a comma-separated list of integers."""
-    if text == "validation":
-        return VALIDATION_SEEDS
-    if text == "test":
-        return TEST_SEEDS
+    """"validation", "test", "selective-test" or a comma-separated list of integers."""
+    named = {"validation": VALIDATION_SEEDS, "test": TEST_SEEDS, "selective-test": SELECTIVE_TEST_SEEDS}
+    if text in named:
+        return named[text]
     try:
         seeds = tuple(int(s) for s in text.split(",") if s.strip())
     except ValueError:
-        raise ConfigError(f"--seeds {text!r}: give 'validation', 'test' or integers like 6,7,8") from None
+        raise ConfigError(f"--seeds {text!r}: give 'validation', 'test', 'selective-test' or integers like 6,7,8") from None
     if not seeds or len(set(seeds)) != len(seeds):
         raise ConfigError(f"--seeds {text!r}: give at least one seed, each once")
     return seeds
 
 
 def run(out_dir: str | Path, config: table2.Table2Config, seeds, *, open_test_seeds: bool = False,
-        model_dir=None, progress: bool = True, draw_concepts: bool = False) -> dict:
+        model_dir=None, progress: bool = True, draw_concepts: bool = False, reference: str = REFERENCE) -> dict:
     """Table 2 on every seed (resumable), then the aggregate; returns what `seeds.json` holds.
     `draw_concepts`: each seed unlearns its own `table2.study_concepts(seed)`."""
-    reserved = sorted(set(seeds) & set(TEST_SEEDS))
+    reserved = sorted(set(seeds) & set(RESERVED))
     if reserved and not open_test_seeds:
         raise ConfigError(f"seeds {reserved} are reserved test seeds, opened once for the final study run; "
                           "pass --open-test-seeds to run them")
@@ -72,13 +74,13 @@ def run(out_dir: str | Path, config: table2.Table2Config, seeds, *, open_test_se
         seeded = dataclasses.replace(config, demo=demo)
         per_seed[seed] = table2.run(out / f"seed-{seed}", seeded, model_dir=model_dir, progress=progress,
                                     paper_sae_dir=out / "sae_paper")  # one paper SAE for every seed
-    summary = aggregate(per_seed)
+    summary = aggregate(per_seed, reference)
     (out / "seeds.json").write_text(json.dumps(summary, indent=1, default=str))
     (out / "seeds.md").write_text(markdown(summary))
     return summary
 
 
-def report(out_dir: str | Path, seeds) -> dict:
+def report(out_dir: str | Path, seeds, reference: str = REFERENCE) -> dict:
     """The aggregate over the seeds of `seeds` whose run folder is finished (`seed-<s>/results.json`),
     without computing anything: how a long study is read while it runs. `missing` lists the rest."""
     out = Path(out_dir)
@@ -86,7 +88,7 @@ def report(out_dir: str | Path, seeds) -> dict:
                 if (out / f"seed-{s}" / "results.json").is_file()}
     if not per_seed:
         raise ConfigError(f"no finished seed among {list(seeds)} in {out}")
-    summary = aggregate(per_seed) | {"missing": [int(s) for s in seeds if s not in per_seed]}
+    summary = aggregate(per_seed, reference) | {"missing": [int(s) for s in seeds if s not in per_seed]}
     (out / "seeds.json").write_text(json.dumps(summary, indent=1, default=str))
     (out / "seeds.md").write_text(markdown(summary))
     return summary
@@ -106,9 +108,10 @@ def _matrix(per_seed: dict, method: str, task: str, column: str) -> np.ndarray:
     return np.array([r + [np.nan] * (width - len(r)) for r in rows], float)
 
 
-def aggregate(per_seed: dict) -> dict:
-    """{"seeds", "cells": {method: {task: {column: bootstrap}}}, "paired": {method: {task: {column:
-    bootstrap of REFERENCE minus method}}}} over `per_seed` = {seed: table2 results}."""
+def aggregate(per_seed: dict, reference: str = REFERENCE) -> dict:
+    """{"seeds", "reference", "cells": {method: {task: {column: bootstrap}}}, "paired": {method:
+    {task: {column: bootstrap of `reference` minus method}}}} over `per_seed` = {seed: table2
+    results}."""
     methods = list(dict.fromkeys(m for results in per_seed.values() for m in results["rows"]))
     cells: dict = {}
     paired: dict = {}
@@ -119,10 +122,10 @@ def aggregate(per_seed: dict) -> dict:
                 if values.size == 0:
                     continue
                 cells.setdefault(method, {}).setdefault(task, {})[column] = bootstrap(values)
-                if method != REFERENCE and REFERENCE in methods:
-                    reference = _matrix(per_seed, REFERENCE, task, column)
-                    if reference.shape == values.shape:
-                        paired.setdefault(method, {}).setdefault(task, {})[column] = bootstrap(reference - values)
+                if method != reference and reference in methods:
+                    base = _matrix(per_seed, reference, task, column)
+                    if base.shape == values.shape:
+                        paired.setdefault(method, {}).setdefault(task, {})[column] = bootstrap(base - values)
     tuning: dict = {}
     for seed, results in per_seed.items():
         for method, row in results["rows"].items():
@@ -130,7 +133,7 @@ def aggregate(per_seed: dict) -> dict:
                 tuning.setdefault(method, {})[str(seed)] = text
     concepts = {str(seed): results.get("config", {}).get("demo", {}).get("concepts", [])
                 for seed, results in per_seed.items()}
-    return {"seeds": [int(s) for s in per_seed], "reference": REFERENCE, "cells": cells, "paired": paired,
+    return {"seeds": [int(s) for s in per_seed], "reference": reference, "cells": cells, "paired": paired,
             "tuning": tuning, "concepts": concepts}
 
 

@@ -196,6 +196,10 @@ def cmd_table2(args) -> int:
         config = dataclasses.replace(config, lora=True)
     if args.variants:
         config = dataclasses.replace(config, variants=_split(args.variants))
+    if args.candidates:
+        config = dataclasses.replace(config, per_concept_candidates=_split(args.candidates))
+    if args.no_paper_row:
+        config = dataclasses.replace(config, paper_row=False)
     sizes = {name: getattr(args, name) for name in ("n_test", "n_pool", "n_perception", "sae_images")
              if getattr(args, name) is not None}
     if sizes:
@@ -208,10 +212,11 @@ def cmd_table2(args) -> int:
 
         seeds = table2_seeds.parse_seeds(args.seeds)
         if args.report_only:
-            table2_seeds.report(args.out, seeds)
+            table2_seeds.report(args.out, seeds, reference=args.reference)
         else:
             table2_seeds.run(args.out, config, seeds, open_test_seeds=args.open_test_seeds, model_dir=model_dir_arg(args),
-                             progress=not args.no_progress, draw_concepts=args.study and not concepts)
+                             progress=not args.no_progress, draw_concepts=args.study and not concepts,
+                             reference=args.reference)
         print_report(args.out, "seeds.md", "seeds.md, seeds.json and seed-*/")
         return 0
     run(args.out, config, model_dir=model_dir_arg(args), progress=not args.no_progress)
@@ -234,15 +239,22 @@ def add_table2(exp_sub) -> None:
     t2.add_argument("--methods", help="comma-separated baselines among GA,GD,KL,PO (default: all)")
     t2.add_argument("--lora", action="store_true", help="train LoRA adapters instead of every weight (needs peft)")
     t2.add_argument("--variants", help="comma-separated SAUCE variants beyond the paper, each its own tuned row: "
-                                       "gated, replace, specific, 'specific gated'")
+                                       "gated, replace, specific, 'specific gated', and 'per concept' (recipe "
+                                       "and point chosen per concept among --candidates)")
+    t2.add_argument("--candidates", help="the recipes the 'per concept' row chooses among (default: all of "
+                                         "reconstruct, delta, gated, replace, specific, 'specific gated')")
+    t2.add_argument("--no-paper-row", action="store_true", help="skip the paper's exact recipe (and its SAE)")
+    t2.add_argument("--reference", default="SAUCE reconstruct",
+                    help="with --seeds: the row every other row's paired difference is taken from")
     t2.add_argument("--quick", action="store_true", help="a reduced run (fewer images, one grid point)")
     t2.add_argument("--study", action="store_true",
                     help="the multi-seed study's preset: 12-configuration grids for every method, smaller "
                          "splits, and with --seeds (and no --concepts) four concepts drawn per seed")
     t2.add_argument("--seeds", help="run every row on each seed and report means, 95%% bootstrap intervals and "
                                     "paired SAUCE-minus-row differences: 'validation' (6-10), 'test' (101-105, "
-                                    "reserved) or a list like 6,7 (--seed is then ignored)")
-    t2.add_argument("--open-test-seeds", action="store_true", help="allow the reserved test seeds 101-105")
+                                    "reserved), 'selective-test' (106-110, reserved) or a list like 6,7 "
+                                    "(--seed is then ignored)")
+    t2.add_argument("--open-test-seeds", action="store_true", help="allow the reserved test seeds (101-110)")
     t2.add_argument("--report-only", action="store_true", help="with --seeds: aggregate the seeds already "
                                                                "finished in --out, computing nothing")
     for name, what in (("n-test", "test images per concept"), ("n-pool", "retain-pool images per concept"),

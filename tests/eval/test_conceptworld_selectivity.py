@@ -192,8 +192,12 @@ def test_reserved_test_seeds_are_refused(tmp_path):
 
     assert not set(table2_seeds.VALIDATION_SEEDS) & set(table2_seeds.TEST_SEEDS)
     assert not set(table2_seeds.TEST_SEEDS) & set(range(6))
-    with pytest.raises(ConfigError, match="reserved test seeds"):
-        table2_seeds.run(tmp_path, Table2Config(), (6, table2_seeds.TEST_SEEDS[0]))
+    # The selective recipes' test seeds are fresh: neither validation seeds nor the first study's.
+    assert not set(table2_seeds.SELECTIVE_TEST_SEEDS) & set(table2_seeds.TEST_SEEDS + table2_seeds.VALIDATION_SEEDS)
+    for reserved in (table2_seeds.TEST_SEEDS[0], table2_seeds.SELECTIVE_TEST_SEEDS[-1]):
+        with pytest.raises(ConfigError, match="reserved test seeds"):
+            table2_seeds.run(tmp_path, Table2Config(), (6, reserved))
+    assert table2_seeds.parse_seeds("selective-test") == table2_seeds.SELECTIVE_TEST_SEEDS
     assert not any(tmp_path.iterdir())
     assert table2_seeds.parse_seeds("6,7") == (6, 7)
     with pytest.raises(ConfigError):
@@ -224,3 +228,8 @@ def test_seed_report_aggregates_finished_seeds_and_pairs_methods(tmp_path):
     diff = summary["paired"]["GD"]["concrete"]["UA_d"]
     assert diff["mean"] == pytest.approx(0.3) and diff["lo"] == pytest.approx(0.2) and diff["hi"] == pytest.approx(0.4)
     assert excludes_zero(diff) and "(not yet finished: 8)" in (tmp_path / "seeds.md").read_text()
+    # Another reference row: the differences are taken from it.
+    other = table2_seeds.report(tmp_path, (6, 7), reference="GD")
+    assert other["reference"] == "GD" and set(other["paired"]) == {"SAUCE reconstruct"}
+    assert other["paired"]["SAUCE reconstruct"]["concrete"]["UA_d"]["mean"] == pytest.approx(-0.3)
+    assert "GD minus each row" in (tmp_path / "seeds.md").read_text()

@@ -42,3 +42,50 @@ def test_every_variant_gets_a_twelve_point_grid():
 def test_unknown_variants_are_refused():
     with pytest.raises(ConfigError, match="erase"):
         selective.check_variants(("gated", "erase"))
+
+
+class _Evaluation:
+    """A validation or test split whose objective per (concept, recipe, k) is a given table."""
+
+    def __init__(self, table):
+        self.table, self.calls = table, []
+
+    def run(self, concept, edited):
+        self.calls.append(edited)
+        recipe, _, point = edited
+        return {"value": self.table[(concept, recipe)].get(point["k"], 0.0)}
+
+
+def test_the_per_concept_row_chooses_recipe_and_k_for_each_concept_alone(monkeypatch):
+    """Star is best forgotten by delta at k 16, red by reconstruct at k 64; the best single
+    choice for both (the mean over concepts a per-seed row maximises) is neither."""
+    from types import SimpleNamespace
+
+    demo = type(quick_demo())(**{**quick_demo().__dict__, "concepts": ("star", "red"), "k_grid": (16, 32, 64),
+                                 "gamma_grid": (-1.0,)})
+    val = _Evaluation({("star", "reconstruct"): {16: 0.6, 32: 0.7, 64: 0.5},
+                       ("star", "delta"): {16: 0.9, 32: 0.7, 64: 0.2},
+                       ("red", "reconstruct"): {16: 0.3, 32: 0.6, 64: 0.8},
+                       ("red", "delta"): {16: 0.2, 32: 0.6, 64: 0.5}})
+    test = _Evaluation(val.table)
+    monkeypatch.setattr(selective, "objective", lambda result: result["value"])
+    monkeypatch.setattr(selective, "editor", lambda name, *a, **k: lambda concept, point: (name, concept, point))
+    ctx = SimpleNamespace(config=SimpleNamespace(demo=demo), val=val, test=test, encoder=None, layer=0,
+                          retain_examples=lambda concept, unlearned: [])
+    sets = {"star": _SetTop(64), "red": _SetTop(64)}
+    row = selective.per_concept_row(ctx, (None, sets), progress=False, candidates=("reconstruct", "delta"))
+    chosen = row["hyperparameters"]["per_concept"]
+    assert (chosen["star"]["recipe"], chosen["star"]["k"]) == ("delta", 16)
+    assert (chosen["red"]["recipe"], chosen["red"]["k"]) == ("reconstruct", 64)
+    assert row["hyperparameters"]["val_objective"] == pytest.approx((0.9 + 0.8) / 2)
+    # The test split is read once per concept, with the chosen edit only.
+    assert [(recipe, concept, point["k"]) for recipe, concept, point in test.calls] == \
+        [("delta", "star", 16), ("reconstruct", "red", 64)]
+    assert set(row["val_grids"]["red"]) == {"reconstruct", "delta"}
+    with pytest.raises(ConfigError, match="erase"):
+        selective.per_concept_row(ctx, (None, sets), progress=False, candidates=("erase",))
+
+
+class _SetTop(_Set):
+    def top(self, k, gamma=None):
+        return _Set(k)

@@ -12,7 +12,7 @@ from sauce_jax import cli
 from sauce_jax.errors import ConfigError
 
 ROWS = ["original", "GA", "GD", "KL", "PO", "SAUCE reconstruct", "SAUCE paper recipe", "SAUCE delta",
-        "SAUCE replace", "control matched-random", "control no-contrast"]
+        "SAUCE replace", "SAUCE per concept", "control matched-random", "control no-contrast"]
 
 
 def _tiny_config(**changes) -> Table2Config:
@@ -20,7 +20,7 @@ def _tiny_config(**changes) -> Table2Config:
                       n_pool=1, n_perception=6, k_grid=(32,), gamma_grid=(-1.0,))
     config = Table2Config(demo=demo, n_forget=6, n_retain_per_concept=2, lr_grid=(3e-4,), steps_grid=(4,),
                           n_examples=1, control_draws=2, paper_sae_images=300, paper_sae_steps=10,
-                          variants=("replace",))
+                          variants=("replace", "per concept"), per_concept_candidates=("reconstruct", "replace"))
     return dataclasses.replace(config, **changes)
 
 
@@ -47,6 +47,8 @@ def test_reduced_table2_runs_end_to_end_and_resumes(tmp_path):
     assert replace["hyperparameters"]["mode"] == "replace" and "gamma" not in replace["hyperparameters"]
     # k x the gate's opening fraction (k <= the 32 features kept), gamma plays no part.
     assert set(replace["val_grid"]) == {f"k={k},open={o:g}" for k in (8, 16, 32) for o in (0.1, 0.01, 0.001)}
+    chosen = results["rows"]["SAUCE per concept"]["hyperparameters"]["per_concept"]
+    assert set(chosen) == {"star", "red"} and {c["recipe"] for c in chosen.values()} <= {"reconstruct", "replace"}
     for method in ("GA", "GD", "KL", "PO"):
         row = results["rows"][method]
         assert row["hyperparameters"]["lr"] == 3e-4 and row["hyperparameters"]["steps"] == 4
@@ -83,7 +85,7 @@ def test_reduced_table2_runs_end_to_end_and_resumes(tmp_path):
     # Variants are rows of their own, not part of the folder's identity: without them the
     # folder still serves every other row, computing nothing.
     fewer = run(tmp_path, _tiny_config(variants=()), progress=False)
-    assert list(fewer["table2"]) == [r for r in ROWS if r != "SAUCE replace"]
+    assert list(fewer["table2"]) == [r for r in ROWS if r not in ("SAUCE replace", "SAUCE per concept")]
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "rows").iterdir()} == now
 
 
