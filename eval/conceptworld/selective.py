@@ -46,6 +46,7 @@ VARIANTS = {"gated": ("eq4", "gated"), "replace": ("eq4", "replace"), "specific"
 # Every recipe a row can tune: the paper's two edits (eq. 4, k x gamma) and the variants.
 RECIPES = {"reconstruct": ("eq4", "reconstruct"), "delta": ("eq4", "delta"), **VARIANTS}
 PER_CONCEPT = "SAUCE per concept"
+PER_CONCEPT_CONTROL = "control per concept matched-random"
 PER_CONCEPT_CANDIDATES = tuple(RECIPES)
 SPECIFICITY = 1.0  # a feature stays only if no other concept activates it more than the concept does
 OTHERS_PER_CONCEPT = 8  # train images of each other concept the specific score contrasts with
@@ -122,15 +123,16 @@ def gate_threshold(tokens: np.ndarray, feature_ids, open_fraction: float) -> flo
 
 def editor(variant: str, sae, encoder, sets: dict, layer: int, z_neg: dict | None,
            neg_tokens: dict | None = None) -> Callable:
-    """(concept, point) -> the unlearned encoder of `variant` at grid point {k, gamma, open}
-    (`open` absent: threshold 0)."""
+    """(concept, point[, features]) -> the unlearned encoder of `variant` at grid point {k, gamma,
+    open} (`open` absent: threshold 0), editing `features` (a FeatureSet; default: the concept's
+    top k, the set a control replaces)."""
     from sauce_jax.intervention import unlearn
     from sauce_jax.scoring import replacement_targets
 
     mode = RECIPES[variant][1]
 
-    def edit(concept: str, point: dict):
-        features = sets[concept].top(point["k"], point.get("gamma"))
+    def edit(concept: str, point: dict, features=None):
+        features = sets[concept].top(point["k"], point.get("gamma")) if features is None else features
         ids = np.asarray(features.feature_ids)
         gate = {}
         if mode in ("gated", "replace"):
@@ -199,15 +201,18 @@ def variant_row(variant: str, ctx, prepared, progress: bool) -> dict:
             "edge": found["edge"], "per_concept": results, "seconds": time.time() - start}
 
 
-def per_concept_row(ctx, prepared, progress: bool, candidates=PER_CONCEPT_CANDIDATES) -> dict:
-    """`SAUCE per concept`: for each concept, every candidate recipe's grid searched on that
-    concept's validation objective alone (`tuning.search`, the same axes and move rule as the
-    recipe's own row); the best candidate and point (ties: the earlier candidate) is read on the
-    test split once."""
+def per_concept_rows(ctx, prepared, progress: bool, candidates=PER_CONCEPT_CANDIDATES,
+                     control_draws: int = 0) -> dict:
+    """{PER_CONCEPT: row[, PER_CONCEPT_CONTROL: row]}. `SAUCE per concept`: for each concept,
+    every candidate recipe's grid searched on that concept's validation objective alone
+    (`tuning.search`, the same axes and move rule as the recipe's own row); the best candidate
+    and point (ties: the earlier candidate) is read on the test split once. With
+    `control_draws`, its control in the same run: the chosen recipe and point applied to that
+    many draws of matched-random features (`table2.control_sets`) in place of the chosen ones."""
     demo = ctx.config.demo
     start = time.time()
     editors = _editors(check_candidates(candidates), ctx, prepared, progress)
-    chosen, grids, results = {}, {}, []
+    chosen, grids, results, controls = {}, {}, [], []
     for concept in tqdm(demo.concepts, desc=PER_CONCEPT, disable=not progress, leave=False):
         best = None
         for name, (edit, sets) in editors.items():
@@ -224,8 +229,30 @@ def per_concept_row(ctx, prepared, progress: bool, candidates=PER_CONCEPT_CANDID
         edit, sets = editors[name]
         chosen[concept] = {"recipe": name, **found["best"], "val_objective": round(found["score"], 4),
                            "moved": found["moved"], "edge": found["edge"]}
-        results.append(_test_result(ctx, concept, edit(concept, found["best"]),
-                                    len(sets[concept].top(found["best"]["k"]).feature_ids)))
+        features = sets[concept].top(found["best"]["k"], found["best"].get("gamma"))
+        results.append(_test_result(ctx, concept, edit(concept, found["best"]), len(features.feature_ids)))
+        if control_draws:
+            controls.append(_matched_random(ctx, prepared[0], concept, features, control_draws,
+                                            lambda f: edit(concept, found["best"], f)))
     hyper = {"per_concept": chosen, "candidates": list(editors),
              "val_objective": round(float(np.mean([c["val_objective"] for c in chosen.values()])), 4)}
-    return {"hyperparameters": hyper, "val_grids": grids, "per_concept": results, "seconds": time.time() - start}
+    rows = {PER_CONCEPT: {"hyperparameters": hyper, "val_grids": grids, "per_concept": results,
+                          "seconds": time.time() - start}}
+    if control_draws:
+        rows[PER_CONCEPT_CONTROL] = {"hyperparameters": {"draws": control_draws, "val_objective": None},
+                                     "per_concept": controls}
+    return rows
+
+
+def _matched_random(ctx, sae, concept: str, features, draws: int, edit: Callable) -> dict:
+    """The concept's test result averaged over `draws` matched-random replacements of `features`."""
+    from sauce_jax.scoring import image_activations
+
+    from .table2 import control_sets, mean_results
+
+    demo = ctx.config.demo
+    pos = list(render_many(concept_split(concept, "train", demo.n_select, seed=demo.seed)))
+    mean = image_activations(sae, ctx.encoder, pos, layer=ctx.layer, token="all", batch_size=demo.n_select,
+                             progress=False).mean(axis=0)  # [d_sae]
+    drawn = control_sets(features, mean, draws, demo.seed)["matched-random"]
+    return mean_results([ctx.test.run(concept, edit(f)) for f in drawn])

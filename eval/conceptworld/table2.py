@@ -37,8 +37,16 @@ from .sauce import (
     validation_suite,
 )
 from .runs import cached
-from .selective import PER_CONCEPT, PER_CONCEPT_CANDIDATES, check_candidates, check_variants, per_concept_row, \
-    row_name, variant_row
+from .selective import (
+    PER_CONCEPT,
+    PER_CONCEPT_CANDIDATES,
+    PER_CONCEPT_CONTROL,
+    check_candidates,
+    check_variants,
+    per_concept_rows,
+    row_name,
+    variant_row,
+)
 from .tuning import Axis, label, search
 from .world import DOMAIN_OF
 
@@ -474,7 +482,8 @@ def run(out_dir: str | Path, config: Table2Config | None = None, *, model_dir=No
     t0 = time.time()
     variant_names = {row_name(v): v for v in config.variants}
     sauce = ["SAUCE reconstruct", *([PAPER_ROW] if config.paper_row else []), "SAUCE delta", *variant_names]
-    wanted = ["original", *config.methods, *sauce, *(CONTROLS if config.controls else ())]
+    controls = [*CONTROLS, *([PER_CONCEPT_CONTROL] if PER_CONCEPT in variant_names else [])] if config.controls else []
+    wanted = ["original", *config.methods, *sauce, *controls]
     rows = {}
     for name in wanted:
         path = out / "rows" / f"{_slug(name)}.json"
@@ -499,7 +508,9 @@ def run(out_dir: str | Path, config: Table2Config | None = None, *, model_dir=No
     sauce_todo = [name for name in todo if name.startswith("SAUCE") and name != PAPER_ROW
                   and name not in variant_names]
     variant_todo = [name for name in todo if name in variant_names]
-    control_todo = [name for name in todo if name.startswith("control")]
+    if PER_CONCEPT_CONTROL in todo and PER_CONCEPT not in variant_todo:  # the two are computed together
+        variant_todo.append(PER_CONCEPT)
+    control_todo = [name for name in todo if name in CONTROLS]
     if sauce_todo or control_todo or variant_todo:
         prepared = _sauce_setup(ctx, out)
         if sauce_todo:
@@ -510,10 +521,14 @@ def run(out_dir: str | Path, config: Table2Config | None = None, *, model_dir=No
             _control_rows(ctx, out, control_todo, prepared)
         for name in variant_todo:
             _say(progress, f"[{name}]")
-            row = per_concept_row(ctx, prepared, progress, config.per_concept_candidates) if name == PER_CONCEPT \
-                else variant_row(variant_names[name], ctx, prepared, progress)
-            _write_row(out, name, row)
-        for name in sauce_todo + control_todo + variant_todo:
+            if name == PER_CONCEPT:
+                made = per_concept_rows(ctx, prepared, progress, config.per_concept_candidates,
+                                        config.control_draws if config.controls else 0)
+            else:
+                made = {name: variant_row(variant_names[name], ctx, prepared, progress)}
+            for made_name, row in made.items():
+                _write_row(out, made_name, row)
+        for name in sauce_todo + control_todo + variant_todo + [n for n in todo if n == PER_CONCEPT_CONTROL]:
             rows[name] = json.loads((out / "rows" / f"{_slug(name)}.json").read_text())
     rows = {name: rows[name] for name in wanted}
     tables = {name: row["table2"] for name, row in rows.items()}

@@ -73,7 +73,9 @@ def test_the_per_concept_row_chooses_recipe_and_k_for_each_concept_alone(monkeyp
     ctx = SimpleNamespace(config=SimpleNamespace(demo=demo), val=val, test=test, encoder=None, layer=0,
                           retain_examples=lambda concept, unlearned: [])
     sets = {"star": _SetTop(64), "red": _SetTop(64)}
-    row = selective.per_concept_row(ctx, (None, sets), progress=False, candidates=("reconstruct", "delta"))
+    rows = selective.per_concept_rows(ctx, (None, sets), progress=False, candidates=("reconstruct", "delta"))
+    assert list(rows) == [selective.PER_CONCEPT]  # no control asked for
+    row = rows[selective.PER_CONCEPT]
     chosen = row["hyperparameters"]["per_concept"]
     assert (chosen["star"]["recipe"], chosen["star"]["k"]) == ("delta", 16)
     assert (chosen["red"]["recipe"], chosen["red"]["k"]) == ("reconstruct", 64)
@@ -83,7 +85,7 @@ def test_the_per_concept_row_chooses_recipe_and_k_for_each_concept_alone(monkeyp
         [("delta", "star", 16), ("reconstruct", "red", 64)]
     assert set(row["val_grids"]["red"]) == {"reconstruct", "delta"}
     with pytest.raises(ConfigError, match="erase"):
-        selective.per_concept_row(ctx, (None, sets), progress=False, candidates=("erase",))
+        selective.per_concept_rows(ctx, (None, sets), progress=False, candidates=("erase",))
 
 
 class _SetTop(_Set):

@@ -12,7 +12,8 @@ from sauce_jax import cli
 from sauce_jax.errors import ConfigError
 
 ROWS = ["original", "GA", "GD", "KL", "PO", "SAUCE reconstruct", "SAUCE paper recipe", "SAUCE delta",
-        "SAUCE replace", "SAUCE per concept", "control matched-random", "control no-contrast"]
+        "SAUCE replace", "SAUCE per concept", "control matched-random", "control no-contrast",
+        "control per concept matched-random"]
 
 
 def _tiny_config(**changes) -> Table2Config:
@@ -49,6 +50,9 @@ def test_reduced_table2_runs_end_to_end_and_resumes(tmp_path):
     assert set(replace["val_grid"]) == {f"k={k},open={o:g}" for k in (8, 16, 32) for o in (0.1, 0.01, 0.001)}
     chosen = results["rows"]["SAUCE per concept"]["hyperparameters"]["per_concept"]
     assert set(chosen) == {"star", "red"} and {c["recipe"] for c in chosen.values()} <= {"reconstruct", "replace"}
+    # Its control: the chosen recipe and point on matched-random features, every draw on the same images.
+    for result in results["rows"]["control per concept matched-random"]["per_concept"]:
+        assert len(result["draws"]) == 2
     for method in ("GA", "GD", "KL", "PO"):
         row = results["rows"][method]
         assert row["hyperparameters"]["lr"] == 3e-4 and row["hyperparameters"]["steps"] == 4
@@ -85,7 +89,8 @@ def test_reduced_table2_runs_end_to_end_and_resumes(tmp_path):
     # Variants are rows of their own, not part of the folder's identity: without them the
     # folder still serves every other row, computing nothing.
     fewer = run(tmp_path, _tiny_config(variants=()), progress=False)
-    assert list(fewer["table2"]) == [r for r in ROWS if r not in ("SAUCE replace", "SAUCE per concept")]
+    assert list(fewer["table2"]) == [r for r in ROWS if r not in ("SAUCE replace", "SAUCE per concept",
+                                                                  "control per concept matched-random")]
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "rows").iterdir()} == now
 
 
