@@ -277,14 +277,15 @@ class Prepared:
         return self.sets[concept].top(k, gamma)
 
     def unlearned(self, concepts, mode: str = "reconstruct", k: int | None = None, gamma: float | None = None,
-                  encoder=None):
-        """The tower with every concept in `concepts` unlearned at once (the union of their sets)."""
+                  encoder=None, **options):
+        """The tower with every concept in `concepts` unlearned at once (the union of their sets);
+        `options` go to `unlearn` (a gated mode's `threshold`, replace's `targets`)."""
         from sauce_jax.intervention import unlearn
 
         concepts = [concepts] if isinstance(concepts, str) else list(concepts)
         sets = [self.features(c, mode, k, gamma) for c in concepts]
         gamma = self.chosen[mode]["gamma"] if gamma is None else gamma
-        return unlearn(encoder or self.encoder, self.sae, sets, layer=self.layer, gamma=gamma, mode=mode)
+        return unlearn(encoder or self.encoder, self.sae, sets, layer=self.layer, gamma=gamma, mode=mode, **options)
 
 
 def load_model(model_dir=None, *, tower: str | None = None):

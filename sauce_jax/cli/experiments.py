@@ -294,6 +294,10 @@ def cmd_multi(args) -> int:
         changes["draws"] = args.draws
     if args.mode:
         changes["mode"] = args.mode
+    if args.nested:
+        changes["nested"] = True
+    if args.open is not None:
+        changes["open"] = args.open
     config = dataclasses.replace(config, **changes)
     multi.run(args.out, config, model_dir=model_dir_arg(args), sae_dir=args.sae, progress=not args.no_progress)
     print_report(args.out)
@@ -316,6 +320,11 @@ def add_multi(exp_sub) -> None:
                                                   f"--quick: {multi.quick_config().draws})")
     parser.add_argument("--mode", choices=multi.MULTI_MODES, help=f"SAUCE mode (default: {default('mode')}; gated: "
                                                                   "edit only tokens where a feature is active)")
+    parser.add_argument("--open", type=float, help="gated: the fraction of the group's negative tokens the gate opens "
+                                                   f"on (default {default('open')})")
+    parser.add_argument("--nested", action="store_true",
+                        help="one fixed retain set per chain: counts 1, 2, 4, 8 unlearn prefixes of one draw and are "
+                             "scored on the same images (none showing any of the chain's concepts)")
     parser.set_defaults(func=cmd_multi)
 
 

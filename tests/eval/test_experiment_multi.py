@@ -137,3 +137,65 @@ def test_command_line_registers_multi_and_rejects_bad_options(tmp_path, capsys):
     assert cli.main(["experiment", "multi", "--out", str(tmp_path), "--quick", "--counts", "1,two"]) == 2
     assert cli.main(["experiment", "multi", "--out", str(tmp_path), "--concepts", "unicorn"]) == 2
     assert parse_counts("1, 2,4") == (1, 2, 4)
+
+
+def test_nested_chains_share_one_retain_set_and_draw_prefixes():
+    rows = plan(MultiConfig(nested=True))
+    chains: dict = {}
+    for row in rows:
+        chains.setdefault((row["task"], row["setting"], row["draw"]), []).append(row)
+    for (task, setting, _), chain in chains.items():
+        without = chain[0]["retain_without"]
+        assert all(r["retain_without"] == without for r in chain)  # one retain set for every count
+        assert [r["count"] for r in chain] == sorted(r["count"] for r in chain) and chain[-1]["concepts"] == without
+        for small, large in zip(chain, chain[1:]):
+            assert set(small["concepts"]) < set(large["concepts"])  # each count a prefix of the next
+        if setting == "across":  # every prefix still takes the task's domains in turn
+            for r in chain:
+                per_domain = [sum(DOMAIN_OF[c] == d for c in r["concepts"]) for d in TASKS[task]]
+                assert max(per_domain) - min(per_domain) <= 1, r
+        else:
+            assert len({DOMAIN_OF[c] for c in without}) == 1
+    # Both tasks reach 8 in both settings; the concepts are those of the ordinary 8-concept draw.
+    assert {(r["task"], r["setting"]) for r in rows if r["count"] == 8} == {(t, s) for t in TASKS
+                                                                          for s in ("within", "across")}
+    eight = next(r for r in rows if r["count"] == 8 and r["setting"] == "across" and r["task"] == "abstract")
+    assert tuple(eight["concepts"]) == draw_concepts(CONCEPTS, "abstract", "across", 8, eight["draw"], seed=0)
+
+
+def test_a_fixed_retain_set_scores_every_count_on_the_same_questions():
+    pool = [_spec("court", ("star", "red")), _spec("pool", ("heart", "blue")), _spec("court", ("moon", "green"))]
+    asked = [[i, c] for i, s in enumerate(pool) for c in sorted(s.concepts)]
+    clean = {"asked": asked, "yes": [True] * len(asked), "named": [True] * len(asked)}
+    edited = {"asked": asked, "yes": [c != "court" for _, c in asked], "named": [True] * len(asked)}
+    forget = {"red": {"yes": [True], "named": [True]}}
+    perception = {"existence": {"acc": 100.0, "acc_plus": 100.0, "score": 200.0}}
+    one = score_group(("red",), forget, forget, pool, clean, edited, perception)
+    fixed = score_group(("red",), forget, forget, pool, clean, edited, perception, exclude=("red", "heart"))
+    assert one["pool_images_kept"] == 2 and fixed["pool_images_kept"] == 1  # only the moon / green image
+    # Retention: every question on the kept images; the court question is lost on yes/no.
+    assert fixed["RET_d"] == {"value": 0.75, "n": 4} and fixed["retention"] == pytest.approx((0.75 + 1) / 2)
+    assert one["RET_d"]["n"] == 8
+    rows = [{"task": "abstract", "setting": "across", "draw": 0, "count": n, "result": {"retention": v, "utility": u}}
+            for n, v, u in ((1, 0.8, 90.0), (2, 0.6, 45.0))]
+    multi.relative_to_one(rows)
+    assert rows[1]["result"]["retention_vs_one"] == pytest.approx(0.75)
+    assert rows[1]["result"]["utility_vs_one"] == pytest.approx(0.5) and rows[0]["result"]["retention_vs_one"] == 1.0
+
+
+@pytest.mark.slow
+def test_reduced_nested_gated_multi_scores_every_count_on_one_retain_set(tmp_path):
+    import torch
+
+    torch.set_num_threads(1)
+    config = dataclasses.replace(_tiny_config(), nested=True, mode="gated", tasks=("abstract",), settings=("across",))
+    results = run(tmp_path, config, progress=False)
+    one, two = results["draws"]
+    assert one["retain_without"] == two["retain_without"] == two["concepts"] and one["concepts"][0] in two["concepts"]
+    assert one["result"]["pool_images_kept"] == two["result"]["pool_images_kept"] > 0
+    assert one["result"]["RET_d"]["n"] == two["result"]["RET_d"]["n"] > 0  # the same questions
+    # The gate opens on 1% of the group's negative tokens: a positive threshold, not delta's 0.
+    assert one["result"]["threshold"] > 0 and two["result"]["threshold"] > 0
+    assert two["result"]["retention_vs_one"] == pytest.approx(
+        two["result"]["retention"] / one["result"]["retention"], abs=1e-4)
+    assert "retention vs one" in (tmp_path / "report.md").read_text()

@@ -15,8 +15,16 @@ unlearns them all at once with the union of their feature sets (`Prepared.unlear
   (e.g. CRA when the draw covers every domain) is left out of the mean and reported as such.
 
 The clean model is the reference: unlearning score 0 by definition, utility score
-(1 + 1 + its utility / 100) / 3. The clean answers (`parts/clean/`) and each draw's scores
-(`parts/draws/`) are resumable parts; `results.json`, `report.md` and `figure6.png` are written
+(1 + 1 + its utility / 100) / 3.
+
+`nested` holds the retain images fixed across counts, so 1, 2, 4 and 8 concepts are compared on
+the same questions: each (task, setting, draw) draws one chain of the largest count, the smaller
+counts unlearn its first 1, 2, 4 concepts, and every count is scored on the pool images that show
+none of the chain's concepts. `retention` (mean of the yes/no and description retain rates over
+every question on those images, whatever its domain) and utility are then also reported relative
+to the chain's one-concept figure (`retention_vs_one`, `utility_vs_one`).
+
+The clean answers (`parts/clean/`) and each draw's scores (`parts/draws/`) are resumable parts; `results.json`, `report.md` and `figure6.png` are written
 at the end.
 """
 
@@ -68,6 +76,10 @@ class MultiConfig:
     mode: str = "reconstruct"
     k: int = 16  # features per concept (the union of the concepts' sets is unlearned)
     gamma: float = -1.0
+    nested: bool = False  # one fixed retain set per chain of draws (see the module docstring)
+    # gated: the gate opens on this fraction of the group's train-negative tokens (its threshold is
+    # that quantile of max over the union's features, `selective.gate_threshold`).
+    open: float = 0.01
 
     def __post_init__(self):
         if not self.counts or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in self.counts) \
@@ -81,6 +93,8 @@ class MultiConfig:
             raise ConfigError(f"multi settings={self.settings} must be a non-empty subset of {SETTINGS}")
         if self.mode not in MULTI_MODES:
             raise ConfigError(f"multi mode={self.mode!r} must be one of {MULTI_MODES}")
+        if not 0.0 < self.open < 1.0:
+            raise ConfigError(f"multi open={self.open} must be a fraction in (0, 1)")
         if not 1 <= self.k <= max(self.demo.k_grid):
             raise ConfigError(f"multi k={self.k} must be in [1, max(demo.k_grid)={max(self.demo.k_grid)}] "
                               "(only that many features are selected per concept)")
@@ -102,18 +116,25 @@ def draw_concepts(concepts, task: str, setting: str, count: int, index: int, see
     concepts do not allow it. `within`: all from one domain (drawn among the domains with enough
     concepts); `across`: the task's domains in a drawn order, one concept from each in turn. A
     single concept is the same draw in both settings."""
+    drawn = ordered_draw(concepts, task, setting, count, index, seed)
+    return None if drawn is None else tuple(sorted(drawn))
+
+
+def ordered_draw(concepts, task: str, setting: str, count: int, index: int, seed: int) -> list[str] | None:
+    """`draw_concepts`' concepts in the order drawn: any prefix of an `across` draw still takes
+    the domains in turn, any prefix of a `within` draw stays in its domain (a nested chain)."""
     available = {d: [c for c in DOMAINS[d] if c in concepts] for d in TASKS[task]}
     available = {d: names for d, names in available.items() if names}
     rng = rng_for(seed, "multi", task, "single" if count == 1 else setting, count, index)
     if count == 1:
         pool = [c for names in available.values() for c in names]
-        return (pool[int(rng.integers(len(pool)))],) if pool else None
+        return [pool[int(rng.integers(len(pool)))]] if pool else None
     if setting == "within":
         domains = [d for d, names in available.items() if len(names) >= count]
         if not domains:
             return None
         names = available[domains[int(rng.integers(len(domains)))]]
-        return tuple(sorted(str(c) for c in rng.choice(names, count, replace=False)))
+        return [str(c) for c in rng.choice(names, count, replace=False)]
     if len(available) < 2 or sum(map(len, available.values())) < count:
         return None
     queues = [list(rng.permutation(available[d])) for d in rng.permutation(sorted(available))]
@@ -122,11 +143,14 @@ def draw_concepts(concepts, task: str, setting: str, count: int, index: int, see
         for queue in queues:
             if queue and len(drawn) < count:
                 drawn.append(str(queue.pop()))
-    return tuple(sorted(drawn))
+    return drawn
 
 
 def plan(config: MultiConfig) -> list[dict]:
-    """Every (task, setting, count, draw) with its concepts; impossible combinations left out."""
+    """Every (task, setting, count, draw) with its concepts; impossible combinations left out.
+    `nested`: each row also names `retain_without`, its chain's concepts (see the docstring)."""
+    if config.nested:
+        return _nested_plan(config)
     rows = []
     for task in config.tasks:
         for setting in config.settings:
@@ -139,8 +163,30 @@ def plan(config: MultiConfig) -> list[dict]:
     return rows
 
 
+def _nested_plan(config: MultiConfig) -> list[dict]:
+    demo, rows = config.demo, []
+    for task in config.tasks:
+        for setting in config.settings:
+            for index in range(config.draws):
+                # The chain: the largest count this setting can draw; smaller counts are its prefixes.
+                chain = next((d for count in sorted(config.counts, reverse=True)
+                              if (d := ordered_draw(demo.concepts, task, setting, count, index, demo.seed))), None)
+                if chain is None:
+                    continue
+                for count in (c for c in config.counts if c <= len(chain)):
+                    rows.append({"task": task, "setting": setting, "count": count, "draw": index,
+                                 "concepts": sorted(chain[:count]), "retain_without": sorted(chain)})
+    return rows
+
+
 def _slug(concepts) -> str:
     return "+".join(sorted(concepts))
+
+
+def _part_name(row: dict) -> str:
+    """A draw's part file: its concepts, and in a nested run the chain its retain set excludes."""
+    name = _slug(row["concepts"])
+    return name + (f"--without-{_slug(row['retain_without'])}" if "retain_without" in row else "")
 
 
 # ------------------------------------------------------------------------------------ scoring
@@ -161,10 +207,11 @@ def _mean_of(*rates: Rate) -> float | None:
 
 
 def score_group(concepts, clean_forget: dict, forget: dict, pool, clean_pool: dict, edited_pool: dict,
-                perception: dict) -> dict:
+                perception: dict, exclude=None) -> dict:
     """The scores of one multi-concept variant from the clean and the edited answers: per
-    concept UA, retained IRA / CRA over the pool images without any unlearned concept, utility,
-    and the unlearning and utility scores."""
+    concept UA, retained IRA / CRA over the pool images without any of `exclude` (default: the
+    unlearned concepts), retention over every question on those images, utility, and the
+    unlearning and utility scores."""
     per_concept = {}
     for c in concepts:
         clean_yes, clean_named = _arrays(clean_forget[c])
@@ -174,13 +221,13 @@ def score_group(concepts, clean_forget: dict, forget: dict, pool, clean_pool: di
     ua_g = mean_rate([r["UA_g"] for r in per_concept.values()])
 
     domains = {DOMAIN_OF[c] for c in concepts}
-    kept_images = [not any(spec.has(c) for c in concepts) for spec in pool]  # [N_pool]
+    kept_images = [not any(spec.has(c) for c in (exclude or concepts)) for spec in pool]  # [N_pool]
     asked = clean_pool["asked"]
     keep = np.array([kept_images[i] for i, _ in asked], bool)
     same = np.array([DOMAIN_OF[c] in domains for _, c in asked], bool)
     (clean_yes, clean_named), (yes, named) = _arrays(clean_pool), _arrays(edited_pool)
     rates = {}
-    for name, mask in (("IRA", keep & same), ("CRA", keep & ~same)):
+    for name, mask in (("IRA", keep & same), ("CRA", keep & ~same), ("RET", keep)):
         rates[f"{name}_d"] = retain_accuracy(clean_yes[mask], yes[mask])
         rates[f"{name}_g"] = retain_accuracy(clean_named[mask], named[mask])
     ira, cra = _mean_of(rates["IRA_d"], rates["IRA_g"]), _mean_of(rates["CRA_d"], rates["CRA_g"])
@@ -191,7 +238,8 @@ def score_group(concepts, clean_forget: dict, forget: dict, pool, clean_pool: di
         "concepts": list(concepts),
         "per_concept": {c: {k: v.as_dict() for k, v in r.items()} for c, r in per_concept.items()},
         "UA_d": ua_d.as_dict(), "UA_g": ua_g.as_dict(), **{k: v.as_dict() for k, v in rates.items()},
-        "IRA": ira, "CRA": cra, "utility": util, "perception": perception,
+        "IRA": ira, "CRA": cra, "retention": _mean_of(rates["RET_d"], rates["RET_g"]), "utility": util,
+        "perception": perception,
         "pool_images_kept": int(sum(kept_images)),
         "unlearning_score": unlearning, "utility_score": float(np.mean(utility_parts)),
     }
@@ -224,13 +272,31 @@ class GroupEvaluation:
     def clean_perception(self) -> dict:
         return cached(self.parts / "clean" / "perception.json", self._perception)
 
-    def run(self, concepts, unlearned) -> dict:
+    def run(self, concepts, unlearned, exclude=None) -> dict:
         return score_group(concepts, {c: self.clean_forget(c) for c in concepts},
                            {c: self._forget(c, unlearned) for c in concepts}, self.suite.pool, self.clean_pool(),
-                           self._pool(unlearned), self._perception(unlearned))
+                           self._pool(unlearned), self._perception(unlearned), exclude)
 
 
 # ------------------------------------------------------------------------------------ run
+
+_NEGATIVE_TOKENS: dict = {}  # (SAE id, seed, concept) -> its train negatives' latents
+
+
+def group_threshold(prepared, demo: DemoConfig, concepts, config: MultiConfig) -> float:
+    """The gated union's threshold: it opens on `config.open` of the group's train-negative
+    tokens (every concept's negatives together, max over the union's features)."""
+    from ..selective import gate_threshold, negative_tokens
+
+    tokens = []
+    for c in concepts:
+        key = (id(prepared.sae), demo.seed, c)
+        if key not in _NEGATIVE_TOKENS:
+            one = dataclasses.replace(demo, concepts=(c,))
+            _NEGATIVE_TOKENS[key] = negative_tokens(prepared.sae, prepared.encoder, one, prepared.layer)[c]
+        tokens.append(_NEGATIVE_TOKENS[key])
+    ids = sorted({i for c in concepts for i in prepared.features(c, config.mode, config.k, config.gamma).feature_ids})
+    return gate_threshold(np.concatenate(tokens), ids, config.open)
 
 def _summary(values) -> dict:
     kept = [v for v in values if v is not None]
@@ -238,15 +304,30 @@ def _summary(values) -> dict:
             "std": round(float(np.std(kept)), 4) if kept else None, "n": len(kept)}
 
 
+COLUMNS = ("unlearning_score", "utility_score", "UA_d", "UA_g", "IRA", "CRA", "retention", "utility")
+RELATIVE = ("retention", "utility")  # reported relative to the chain's one-concept figure when nested
+
+
+def relative_to_one(rows: list[dict]) -> None:
+    """Nested rows: add `<column>_vs_one` = the row's value / its chain's one-concept value (the
+    same retain images), for each of `RELATIVE`."""
+    ones = {(r["task"], r["setting"], r["draw"]): r["result"] for r in rows if r["count"] == 1}
+    for row in rows:
+        one = ones.get((row["task"], row["setting"], row["draw"]))
+        for name in RELATIVE:
+            mine, base = row["result"].get(name), None if one is None else one.get(name)
+            row["result"][f"{name}_vs_one"] = None if mine is None or not base else round(mine / base, 4)
+
+
 def aggregate(rows: list[dict]) -> dict:
     """task -> setting -> count -> mean / std over the draws of each score and column."""
     table: dict = {}
     for row in rows:
         table.setdefault(row["task"], {}).setdefault(row["setting"], {}).setdefault(str(row["count"]), []).append(row)
-    columns = ("unlearning_score", "utility_score", "UA_d", "UA_g", "IRA", "CRA", "utility")
+    columns = COLUMNS + tuple(f"{n}_vs_one" for n in RELATIVE if any(f"{n}_vs_one" in r["result"] for r in rows))
 
     def value(result, name):
-        v = result[name]
+        v = result.get(name)
         return v["value"] if isinstance(v, dict) else v
 
     return {task: {setting: {count: {name: _summary([value(r["result"], name) for r in group]) for name in columns}
@@ -273,19 +354,22 @@ def run(out_dir: str | Path, config: MultiConfig | None = None, *, model_dir=Non
                            n_perception=demo.n_perception)
         return prepared, GroupEvaluation(prepared.model, suite, out / "parts")
 
-    def variant(concepts):
+    def variant(row):
         prepared, evaluation = context()
         start = time.time()
-        edited = prepared.unlearned(concepts, config.mode, config.k, config.gamma)
-        result = evaluation.run(concepts, edited)
+        concepts = row["concepts"]
+        gate = {"threshold": group_threshold(prepared, demo, concepts, config)} if config.mode == "gated" else {}
+        edited = prepared.unlearned(concepts, config.mode, config.k, config.gamma, **gate)
+        result = evaluation.run(concepts, edited, row.get("retain_without"))
         say(progress, f"  {_slug(concepts)}: unlearning {result['unlearning_score']:.3f}, "
                       f"utility {result['utility_score']:.3f} ({time.time() - start:.0f} s)")
-        return {**result, "seconds": round(time.time() - start, 1)}
+        return {**result, **gate, "seconds": round(time.time() - start, 1)}
 
     say(progress, f"[multi] {len(rows)} draws, {len({_slug(r['concepts']) for r in rows})} distinct concept sets")
     for row in rows:
-        row["result"] = cached(out / "parts" / "draws" / f"{_slug(row['concepts'])}.json",
-                               functools.partial(variant, row["concepts"]))
+        row["result"] = cached(out / "parts" / "draws" / f"{_part_name(row)}.json", functools.partial(variant, row))
+    if config.nested:
+        relative_to_one(rows)
     clean_perception = cached(out / "parts" / "clean" / "perception.json",
                               lambda: context()[1].clean_perception())
     clean_utility = utility(clean_perception)
@@ -311,7 +395,9 @@ def _fmt(summary: dict, percent: bool = False) -> str:
 def markdown_report(results: dict, config: MultiConfig) -> str:
     clean = results["clean"]
     lines = ["# Unlearning several concepts at once (Figure 6)", "",
-             (f"SAUCE {config.mode}, k={config.k} features per concept (their union unlearned), gamma={config.gamma}; "
+             (f"SAUCE {config.mode}, k={config.k} features per concept (their union unlearned), gamma={config.gamma}"
+              + (f", the gate open on {config.open:g} of the group's negative tokens" if config.mode == "gated" else "")
+              + "; "
              f"seed {config.demo.seed}; {config.draws} seeded draw(s) per count; {config.demo.n_test} test images per "
              f"unlearned concept, {config.demo.n_pool} retain-pool images per concept, {config.demo.n_perception} "
              "perception images."),
@@ -320,15 +406,23 @@ def markdown_report(results: dict, config: MultiConfig) -> str:
              "left out: `-`). Mean ± std over the draws."), "",
              (f"Clean model (reference): unlearning score {clean['unlearning_score']:.3f}, utility score "
              f"{clean['utility_score']:.3f} (IRA = CRA = 1 by definition, utility {clean['utility']:.1f})."), "",
-             "| task | setting | count | unlearning score | utility score | UA_d % | UA_g % | IRA % | CRA % | utility |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             *(["Nested: every count of a chain is scored on the same retain images, those showing none of "
+                "the chain's concepts; 'vs one' is the value over the chain's one-concept value."]
+               if config.nested else []),
+             "",
+             "| task | setting | count | unlearning score | utility score | UA_d % | UA_g % | IRA % | CRA % | "
+             "retention % | utility |" + (" retention vs one | utility vs one |" if config.nested else ""),
+             "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if config.nested else "")]
     for task, by_setting in results["summary"].items():
         for setting, by_count in by_setting.items():
             for count, s in by_count.items():
                 util = "-" if s["utility"]["mean"] is None else f"{s['utility']['mean']:.1f}"
-                lines.append(f"| {task} | {setting} | {count} | {_fmt(s['unlearning_score'])} | "
-                             f"{_fmt(s['utility_score'])} | {_fmt(s['UA_d'], True)} | {_fmt(s['UA_g'], True)} | "
-                             f"{_fmt(s['IRA'], True)} | {_fmt(s['CRA'], True)} | {util} |")
+                line = (f"| {task} | {setting} | {count} | {_fmt(s['unlearning_score'])} | "
+                        f"{_fmt(s['utility_score'])} | {_fmt(s['UA_d'], True)} | {_fmt(s['UA_g'], True)} | "
+                        f"{_fmt(s['IRA'], True)} | {_fmt(s['CRA'], True)} | {_fmt(s['retention'], True)} | {util} |")
+                if config.nested:
+                    line += f" {_fmt(s['retention_vs_one'])} | {_fmt(s['utility_vs_one'])} |"
+                lines.append(line)
     lines += ["", "## Draws", "", "| task | setting | count | concepts | unlearning | utility | pool images kept |",
               "|---|---|---|---|---|---|---|"]
     for row in results["draws"]:
