@@ -371,17 +371,21 @@ def plot_top_images(z: np.ndarray, show: Callable[[int], Any], selected: dict, p
 
 
 def sae_quality(sae, acts: np.ndarray, batch: int = 4096) -> dict:
-    """Explained variance and mean L0 of `sae` on activations [N, D]."""
+    """Explained variance, mean L0 and the fraction of dead features (never active) of `sae` on
+    activations [N, D]."""
     from sauce_jax.sae import forward
 
     sse, l0 = 0.0, 0.0
+    fired = np.zeros(sae.config.d_sae, bool)
     for start in range(0, len(acts), batch):
         x = jnp.asarray(acts[start:start + batch])
         out = forward(sae.params, x, sae.config)
         sse += float(jnp.sum((x - out.x_hat) ** 2))
         l0 += float(jnp.sum(out.z > 0))
+        fired |= np.asarray(jnp.any(out.z > 0, axis=0))
     sst = float(((acts - acts.mean(0)) ** 2).sum())
-    return {"explained_variance": round(1.0 - sse / max(sst, 1e-30), 4), "l0": round(l0 / len(acts), 2)}
+    return {"explained_variance": round(1.0 - sse / max(sst, 1e-30), 4), "l0": round(l0 / len(acts), 2),
+            "dead_fraction": round(1.0 - float(fired.mean()), 4)}
 
 
 def _cell(rate: dict) -> str:

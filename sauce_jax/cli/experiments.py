@@ -463,7 +463,8 @@ def cmd_ablate(args) -> int:
         changes["ablations"] = _split(args.ablations)
     if args.n_test:
         changes["demo"] = dataclasses.replace(config.demo, n_test=args.n_test)
-    for name, kind in (("layers", int), ("k_values", int), ("gamma_values", float)):
+    for name, kind in (("layers", int), ("k_values", int), ("gamma_values", float), ("expansions", int),
+                       ("sae_image_counts", int), ("dictionary_ks", int)):
         if getattr(args, name):
             changes[name] = tuple(kind(v) for v in getattr(args, name).split(",") if v.strip())
     if args.sae:
@@ -481,12 +482,17 @@ def add_ablate(exp_sub) -> None:
     p = exp_sub.add_parser("ablate", help="ablations of SAUCE: layer, k x gamma, token choice, mode, SAE architecture",
                            description="Vary one of SAUCE's choices at a time (the tower layer the SAE is trained "
                                        "and applied at, k and gamma, selection and intervention tokens, "
-                                       "reconstruct/delta, the SAE architecture), unlearn each concept and plot "
+                                       "reconstruct/delta, the SAE architecture, the selection, the SAE's size and data), unlearn each concept and plot "
                                        "the unlearning score against the utility score per task (ablate.png, "
                                        "report.md, results.json). SAEs are kept in OUT/saes/, points in OUT/parts/; "
                                        "rerunning the command resumes.")
     add_common_arguments(p)
     p.add_argument("--ablations", help=f"comma-separated among {joined(ablate.ABLATIONS)} (default: all)")
+    for name, what in (("expansions", "SAE expansions (d_sae / d_in)"),
+                       ("sae-image-counts", "generic training images per SAE"),
+                       ("dictionary-ks", "features per concept")):
+        p.add_argument(f"--{name}", help=f"the dictionary ablation's comma-separated {what} "
+                                         f"(default {joined(default(name.replace('-', '_')))})")
     p.add_argument("--n-test", type=int, help=f"test images per concept (default {default('demo').n_test}; "
                                               f"quick {ablate.quick_config().demo.n_test})")
     p.add_argument("--layers", help=f"comma-separated hidden states of the layer ablation "

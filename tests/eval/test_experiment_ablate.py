@@ -25,7 +25,7 @@ def test_registered():
 def test_plan_varies_one_choice_around_shared_defaults():
     config = AblateConfig()
     table = plan(config, llava_layer=4)
-    assert list(table) == ["layer", "k_gamma", "token", "mode", "architecture", "selection"]
+    assert list(table) == ["layer", "k_gamma", "token", "mode", "architecture", "selection", "dictionary"]
     assert [label for _, label, _ in table["mode"]][-1] == "replace"  # one point: gamma plays no part
     assert {p.mode for _, _, p in table["mode"]} == {"reconstruct", "delta", "gated", "replace"}
     assert [p.selection for _, _, p in table["selection"]] == ["eq4", "specific"]
@@ -33,8 +33,12 @@ def test_plan_varies_one_choice_around_shared_defaults():
     keys = {name: {p.key for _, _, p in entries} for name, entries in table.items()}
     default = next(p for _, label, p in table["layer"] if label == "layer 4")
     # The default point is one evaluation shared by every ablation scored with descriptions.
-    for name in ("layer", "token", "mode", "architecture", "selection"):
+    for name in ("layer", "token", "mode", "architecture", "selection", "dictionary"):
         assert default.key in keys[name]
+    # The dictionary ablation: every expansion x image count x k, each other SAE a name of its own.
+    assert len(table["dictionary"]) == 2 * 2 * 2
+    assert {p.sae_name for _, _, p in table["dictionary"]} == {
+        "layer4-topk", "layer4-topk-n16000", "layer4-topk-x64", "layer4-topk-x64-n16000"}
     assert not any(p.generative for _, _, p in table["k_gamma"])  # the grid is yes/no only by default
     assert {p.layer for _, _, p in table["layer"]} == {1, 2, 3, 4}
 
@@ -54,7 +58,8 @@ def test_scores_fall_back_to_yes_no_rates_without_descriptions():
 
 @pytest.mark.parametrize("change", [{"ablations": ("layer", "nope")}, {"layers": (-1,)}, {"k_values": ()},
                                     {"mode": "erase"}, {"architectures": ("topk", "topk")},
-                                    {"gamma_values": (float("nan"),)}, {"wheres": ("last",)}])
+                                    {"gamma_values": (float("nan"),)}, {"wheres": ("last",)}, {"expansions": (0,)},
+                                    {"dictionary_ks": ()}])
 def test_bad_config_is_refused(change):
     with pytest.raises(ConfigError):
         AblateConfig(**change)
@@ -62,7 +67,7 @@ def test_bad_config_is_refused(change):
 
 @pytest.mark.slow
 def test_ablate_end_to_end_and_resume(tmp_path):
-    config = dataclasses.replace(quick_config(), ablations=("layer", "token", "mode", "selection"))
+    config = dataclasses.replace(quick_config(), ablations=("layer", "token", "mode", "selection", "dictionary"))
     results = run(tmp_path, config, progress=False)
     assert results["llava_layer"] == 4
     by_label = {name: {r["label"]: r["scores"]["all"] for r in rows} for name, rows in results["ablations"].items()}
@@ -90,6 +95,14 @@ def test_ablate_end_to_end_and_resume(tmp_path):
         assert 0.0 <= by_label["mode"][label]["unlearning"] <= 1.0, label
     assert by_label["selection"]["eq4"] == default and "specific" in by_label["selection"]
     assert (tmp_path / "parts/features/layer4-topk-all-specific.json").is_file()
+    # Bigger dictionaries and more data are SAEs of their own, each measured on held-out images.
+    saes = {r["series"]: r["sae"] for r in results["ablations"]["dictionary"]}
+    assert [q["d_sae"] for q in saes.values()] == [4 * 128, 4 * 128, 16 * 128, 16 * 128]
+    for q in saes.values():
+        assert 0 < q["explained_variance"] <= 1 and q["l0"] <= 16 + 1e-6 and 0 <= q["dead_fraction"] < 1
+    assert by_label["dictionary"]["x16, 300 images, k=16"] == default  # the default SAE, not retrained
+    assert (tmp_path / "saes/layer4-topk-x4-n600/sae/cfg.json").is_file()
+    assert "| SAE | d_sae | explained variance" in (tmp_path / "report.md").read_text()
 
     parts = sorted((tmp_path / "parts").rglob("*.json")) + sorted((tmp_path / "saes").rglob("*.json"))
     stamps = {p: p.stat().st_mtime_ns for p in parts}

@@ -16,7 +16,10 @@ tokens):
   delta (only the selected features' contribution changes), each over gamma;
 - architecture: ReLU-L1 ("standard"), TopK and BatchTopK SAEs at the LLaVA's layer;
 - selection: eq. 4 against features scored against every other concept and filtered for
-  specificity (`selective.specific_sets`), at the default mode, k and gamma.
+  specificity (`selective.specific_sets`), at the default mode, k and gamma;
+- dictionary: the SAE's dictionary size (expansion) x its training images from the generic
+  stream, each SAE at `dictionary_ks` features per concept; every SAE's explained variance,
+  L0 and dead features are measured on held-out generic images (`sae_quality`).
 
 The mode ablation covers the paper's two modes and the on-manifold ones beyond it: "gated" (the
 delta edit only where a selected feature is active) and "replace" (selected latents set to their
@@ -51,7 +54,7 @@ from ..runs import (
 )
 
 NAME = "ablate"
-ABLATIONS = ("layer", "k_gamma", "token", "mode", "architecture", "selection")
+ABLATIONS = ("layer", "k_gamma", "token", "mode", "architecture", "selection", "dictionary")
 ABLATE_MODES = (*MODES, "gated", "replace")
 SELECTIONS = ("eq4", "specific")
 ARCHITECTURES = ("standard", "topk", "batchtopk")
@@ -88,6 +91,10 @@ class AblateConfig:
     select_tokens: tuple[str, ...] = SELECT_TOKENS
     wheres: tuple[str, ...] = WHERE
     architectures: tuple[str, ...] = ARCHITECTURES
+    expansions: tuple[int, ...] = (16, 64)  # d_sae / d_in
+    sae_image_counts: tuple[int, ...] = (4000, 16000)  # generic images the SAE trains on (x every token)
+    dictionary_ks: tuple[int, ...] = (16, 64)
+    quality_images: int = 200  # held-out generic images an SAE's quality is measured on
     generative: bool = True  # describe images (UA_g, IRA_g, CRA_g) at every point but the grid's
     grid_generative: bool = False  # the k x gamma grid: yes/no questions only
     sae: str | None = None  # a trained SAE for (LLaVA's layer, architecture); trained here if None
@@ -115,6 +122,12 @@ class AblateConfig:
         gammas = (self.gamma, *self.gamma_values, *self.mode_gammas)
         if not self.gamma_values or not self.mode_gammas or not all(math.isfinite(g) for g in gammas):
             raise ConfigError(f"ablate gamma values {gammas} must be non-empty and finite")
+        for name in ("expansions", "sae_image_counts", "dictionary_ks"):
+            values = getattr(self, name)
+            if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
+                raise ConfigError(f"ablate {name}={values} must be integers >= 1")
+        if self.quality_images < 1:
+            raise ConfigError(f"ablate quality_images={self.quality_images} must be >= 1")
         if not self.layers or any(isinstance(x, bool) or not isinstance(x, int) or x < 0 for x in self.layers):
             raise ConfigError(f"ablate layers={self.layers} must be hidden-state indices >= 0 (0: embeddings)")
 
@@ -132,7 +145,8 @@ def quick_config(concepts=None, seed: int = 0) -> AblateConfig:
     demo = DemoConfig(seed=seed, concepts=tuple(concepts) if concepts else ("star", "red"), sae_images=300,
                       sae_epochs=2.0, n_select=24, n_val=4, n_test=10, n_pool=1, n_perception=12)
     return AblateConfig(demo=demo, layers=(2, 4), k_values=(16,), gamma_values=(0.0, -1.0), mode_gammas=(-1.0,),
-                        select_tokens=("all", "cls"), wheres=("all", "cls"), architectures=("topk", "standard"))
+                        select_tokens=("all", "cls"), wheres=("all", "cls"), architectures=("topk", "standard"),
+                        expansions=(4, 16), sae_image_counts=(300, 600), dictionary_ks=(16,), quality_images=20)
 
 
 # ------------------------------------------------------------------------------------ points
@@ -150,10 +164,13 @@ class Point:
     gamma: float
     generative: bool
     selection: str = "eq4"
+    expansion: int = 0  # 0: the demo's
+    sae_images: int = 0  # 0: the demo's
 
     @property
     def sae_name(self) -> str:
-        return f"layer{self.layer}-{self.architecture}"
+        return f"layer{self.layer}-{self.architecture}" + (f"-x{self.expansion}" if self.expansion else "") \
+            + (f"-n{self.sae_images}" if self.sae_images else "")
 
     @property
     def key(self) -> str:
@@ -177,6 +194,11 @@ def plan(config: AblateConfig, llava_layer: int) -> dict[str, list[tuple[str, st
                  for g in config.mode_gammas] + [("replace", "replace", at(base, mode="replace"))],
         "architecture": [("architecture", a, at(base, architecture=a)) for a in config.architectures],
         "selection": [("selection", s, at(base, selection=s)) for s in SELECTIONS],
+        # The demo's own size is written as 0 so its SAE and points are the default's, shared.
+        "dictionary": [(f"x{e}, {n} images", f"x{e}, {n} images, k={k}",
+                        at(base, k=k, expansion=0 if e == config.demo.expansion else e,
+                           sae_images=0 if n == config.demo.sae_images else n))
+                       for e in config.expansions for n in config.sae_image_counts for k in config.dictionary_ks],
     }
     return {name: table[name] for name in config.ablations}
 
@@ -212,33 +234,37 @@ class _Context:
         self._sets: dict = {}
         self._evaluations: dict = {}
 
-    def sae(self, layer: int, architecture: str):
+    def sae(self, point: Point):
         from sauce_jax.errors import InputError
         from sauce_jax.sae_io import load_sae
 
-        name = f"layer{layer}-{architecture}"
+        layer, architecture, name = point.layer, point.architecture, point.sae_name
         if name not in self._saes:
-            if self.config.sae and layer == self.layer and architecture == self.config.architecture:
+            if self.config.sae and layer == self.layer and architecture == self.config.architecture \
+                    and not point.expansion and not point.sae_images:
                 sae = load_sae(self.config.sae)
                 if sae.config.d_in != self.encoder.config.hidden_size or sae.config.architecture != architecture:
                     raise InputError(f"SAE at {self.config.sae} ({sae.config.architecture}, d_in={sae.config.d_in}) "
                                      f"is not a {architecture} SAE of width {self.encoder.config.hidden_size}")
             else:
                 say(self.progress, f"  SAE {name}: training (or resuming) in {self.out / 'saes' / name}")
-                demo = dataclasses.replace(self.config.demo, sae_architecture=architecture)
+                demo = dataclasses.replace(self.config.demo, sae_architecture=architecture,
+                                           expansion=point.expansion or self.config.demo.expansion,
+                                           sae_images=point.sae_images or self.config.demo.sae_images)
                 sae = train_concept_sae(self.encoder, self.out / "saes" / name, demo, layer, self.progress)
             self._saes[name] = sae
         return self._saes[name]
 
-    def feature_sets(self, layer: int, architecture: str, token: str, selection: str = "eq4") -> dict:
+    def feature_sets(self, point: Point) -> dict:
         """concept -> FeatureSet (the most features any point asks for), selected on the train split."""
         from sauce_jax.scoring import FeatureSet
 
-        key = (layer, architecture, token, selection)
+        layer, token, selection = point.layer, point.token, point.selection
+        key = (point.sae_name, token, selection)
         if key not in self._sets:
-            sae = self.sae(layer, architecture)
+            sae = self.sae(point)
             chosen = "" if selection == "eq4" else f"-{selection}"
-            path = self.out / "parts" / "features" / f"layer{layer}-{architecture}-{token}{chosen}.json"
+            path = self.out / "parts" / "features" / f"{point.sae_name}-{token}{chosen}.json"
             raw = cached(path, lambda: self._select(sae, layer, token, selection))
             sets = {c: FeatureSet(**{k: tuple(v) if isinstance(v, list) else v for k, v in s.items()})
                     for c, s in raw.items()}
@@ -250,7 +276,8 @@ class _Context:
     def _select(self, sae, layer: int, token: str, selection: str) -> dict:
         from ..selective import specific_sets
 
-        demo = dataclasses.replace(self.config.demo, k_grid=(max(self.config.k, *self.config.k_values),))
+        demo = dataclasses.replace(self.config.demo, k_grid=(max(self.config.k, *self.config.k_values,
+                                                                 *self.config.dictionary_ks),))
         sets = select_all(sae, self.encoder, demo, layer, False, token) if selection == "eq4" else \
             specific_sets(sae, self.encoder, demo, layer, False)
         return {c: dataclasses.asdict(s) for c, s in sets.items()}
@@ -270,8 +297,8 @@ class _Context:
 
         from ..selective import negative_activations, negative_tokens
 
-        sae = self.sae(point.layer, point.architecture)
-        sets = self.feature_sets(point.layer, point.architecture, point.token, point.selection)
+        sae = self.sae(point)
+        sets = self.feature_sets(point)
         evaluation = self.evaluation(point.generative)
         t0 = time.time()
         z_neg = None
@@ -291,6 +318,21 @@ class _Context:
             results.append(result)
         return {"point": dataclasses.asdict(point), "per_concept": results, "scores": scores(results),
                 "seconds": round(time.time() - t0, 1)}
+
+    def quality(self, point: Point) -> dict:
+        """The point's SAE on held-out generic images (a stream no SAE trains on): explained
+        variance, mean L0 per token, and the fraction of features never active there."""
+        from sauce_jax.image_processor import preprocess
+
+        from ...image_benchmark import sae_quality
+        from ..render import render_many
+        from ..world import generic_stream
+
+        sae = self.sae(point)
+        specs = generic_stream(self.config.quality_images, seed=self.config.demo.seed, stream="sae-quality")
+        hidden = np.asarray(self.encoder.hidden_state(preprocess(list(render_many(specs)), self.encoder),
+                                                      point.layer))  # [N, T, D]
+        return {"d_sae": sae.config.d_sae, **sae_quality(sae, hidden.reshape(-1, hidden.shape[-1]))}
 
     def clean(self, generative: bool) -> dict:
         results = [self.evaluation(generative).run(c) for c in self.config.demo.concepts]
@@ -321,11 +363,15 @@ def run(out_dir: str | Path, config: AblateConfig | None = None, *, model_dir=No
             s = points[point.key]["scores"]["all"]
             say(progress, f"  {label:28s} unlearning {s['unlearning']:.3f}  utility {s['utility_score']:.3f}  "
                           f"({points[point.key]['seconds']:.0f} s)")
+    quality = {p.sae_name: cached(out / "parts" / "sae_quality" / f"{p.sae_name}.json", lambda p=p: ctx.quality(p))
+               for _, _, p in ablations.get("dictionary", [])}
     generative_kinds = sorted({p.generative for entries in ablations.values() for _, _, p in entries})
     clean = {("describe" if g else "yesno"): cached(out / "parts" / "points" / f"clean-{'describe' if g else 'yesno'}.json",
                                                     lambda g=g: ctx.clean(g)) for g in generative_kinds}
     summary = {name: [{"series": series, "label": label, "key": point.key, "generative": point.generative,
-                       "scores": points[point.key]["scores"]} for series, label, point in entries]
+                       "scores": points[point.key]["scores"],
+                       **({"sae": quality[point.sae_name]} if name == "dictionary" else {})}
+                      for series, label, point in entries]
                for name, entries in ablations.items()}
     results = {"config": json.loads(json.dumps(dataclasses.asdict(config), default=str)), "llava_layer": ctx.layer,
                "ablations": summary, "clean": {k: v["scores"] for k, v in clean.items()},
@@ -339,7 +385,8 @@ def run(out_dir: str | Path, config: AblateConfig | None = None, *, model_dir=No
 
 TITLES = {"layer": "Layer (SAE trained and applied at hidden state l)", "k_gamma": "k x gamma (yes/no scores)",
           "token": "Token choice", "mode": "Mode", "architecture": "SAE architecture",
-          "selection": "Selection (eq. 4, or against every other concept with the specificity filter)"}
+          "selection": "Selection (eq. 4, or against every other concept with the specificity filter)",
+          "dictionary": "SAE dictionary size x training images (quality on held-out generic images)"}
 
 
 def markdown(results: dict) -> str:
@@ -362,6 +409,12 @@ def markdown(results: dict) -> str:
             lines.append(_row(f"clean ({kind})", results["clean"][kind]))
         for r in rows:
             lines.append(_row(r["label"], r["scores"]))
+        if name == "dictionary":
+            lines += ["", "| SAE | d_sae | explained variance | L0 | dead features |", "|---|---|---|---|---|"]
+            for r in {r["series"]: r for r in rows}.values():
+                q = r["sae"]
+                lines.append(f"| {r['series']} | {q['d_sae']} | {q['explained_variance']:.3f} | {q['l0']:.1f} | "
+                             f"{100 * q['dead_fraction']:.1f}% |")
         lines.append("")
     lines.append(f"Run time (this invocation): {results['meta']['seconds_this_run']:.0f} s.")
     return "\n".join(lines) + "\n"
