@@ -18,7 +18,7 @@ by `sauce.objective`.
   own positives do (`specificity=1`); the paper's reconstruct edit; grid k x gamma.
 - `specific gated`: the specific features with the gated edit; the gated grid.
 
-`SAUCE per concept` (`per_concept_row`) chooses per concept instead of per seed: each concept
+`SAUCE per concept` (`per_concept_rows`) chooses per concept instead of per seed: each concept
 runs every candidate's grid (`PER_CONCEPT_CANDIDATES`: the paper's edits and the variants, each
 with its own axes and move rule) on its own validation images and keeps the candidate and point
 with its best objective. Its search budget is the candidates' grids together, per concept; a
