@@ -482,9 +482,9 @@ def add_ablate(exp_sub) -> None:
     p = exp_sub.add_parser("ablate", help="ablations of SAUCE: layer, k x gamma, token choice, mode, SAE architecture",
                            description="Vary one of SAUCE's choices at a time (the tower layer the SAE is trained "
                                        "and applied at, k and gamma, selection and intervention tokens, "
-                                       "reconstruct/delta, the SAE architecture, the selection, the SAE's size and data), unlearn each concept and plot "
-                                       "the unlearning score against the utility score per task (ablate.png, "
-                                       "report.md, results.json). SAEs are kept in OUT/saes/, points in OUT/parts/; "
+                                       "the mode, the SAE architecture, the selection, the SAE's size and data), "
+                                       "unlearn each concept and plot the unlearning score against the utility "
+                                       "score per task (ablate.png, report.md, results.json). SAEs are kept in OUT/saes/, points in OUT/parts/; "
                                        "rerunning the command resumes.")
     add_common_arguments(p)
     p.add_argument("--ablations", help=f"comma-separated among {joined(ablate.ABLATIONS)} (default: all)")

@@ -24,8 +24,8 @@ none of the chain's concepts. `retention` (mean of the yes/no and description re
 every question on those images, whatever its domain) and utility are then also reported relative
 to the chain's one-concept figure (`retention_vs_one`, `utility_vs_one`).
 
-The clean answers (`parts/clean/`) and each draw's scores (`parts/draws/`) are resumable parts; `results.json`, `report.md` and `figure6.png` are written
-at the end.
+The clean answers (`parts/clean/`) and each draw's scores (`parts/draws/`) are resumable parts;
+`results.json`, `report.md` and `figure6.png` are written at the end.
 """
 
 from __future__ import annotations
