@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from sauce_jax.errors import ConfigError
 
+from .controls import control_sets, mean_results, positives_mean
 from .render import render_many
 from .sauce import k_axis, kept_features, objective, say
 from .tuning import Axis, label, search
@@ -208,7 +209,7 @@ def per_concept_rows(ctx, prepared, progress: bool, candidates=PER_CONCEPT_CANDI
     (`tuning.search`, the same axes and move rule as the recipe's own row); the best candidate
     and point (ties: the earlier candidate) is read on the test split once. With
     `control_draws`, its control in the same run: the chosen recipe and point applied to that
-    many draws of matched-random features (`table2.control_sets`) in place of the chosen ones."""
+    many draws of matched-random features (`controls.control_sets`) in place of the chosen ones."""
     demo = ctx.config.demo
     start = time.time()
     editors = _editors(check_candidates(candidates), ctx, prepared, progress)
@@ -246,13 +247,7 @@ def per_concept_rows(ctx, prepared, progress: bool, candidates=PER_CONCEPT_CANDI
 
 def _matched_random(ctx, sae, concept: str, features, draws: int, edit: Callable) -> dict:
     """The concept's test result averaged over `draws` matched-random replacements of `features`."""
-    from sauce_jax.scoring import image_activations
-
-    from .table2 import control_sets, mean_results
-
     demo = ctx.config.demo
-    pos = list(render_many(concept_split(concept, "train", demo.n_select, seed=demo.seed)))
-    mean = image_activations(sae, ctx.encoder, pos, layer=ctx.layer, token="all", batch_size=demo.n_select,
-                             progress=False).mean(axis=0)  # [d_sae]
+    mean = positives_mean(sae, ctx.encoder, demo, ctx.layer, concept)  # [d_sae]
     drawn = control_sets(features, mean, draws, demo.seed)["matched-random"]
     return mean_results([ctx.test.run(concept, edit(f)) for f in drawn])

@@ -168,7 +168,7 @@ def test_bootstrap_interval_and_paired_difference():
 
 
 def test_controls_feature_draws():
-    from sauce_jax.eval.conceptworld.table2 import control_sets
+    from sauce_jax.eval.conceptworld.controls import control_sets
     from sauce_jax.scoring import FeatureSet
 
     mean = np.random.default_rng(1).random(200)
