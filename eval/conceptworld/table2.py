@@ -393,9 +393,13 @@ def _brief(result: dict) -> str:
     return ", ".join(f"{k} {v:.2f}" for k, v in headline(result).items())
 
 
+def _row_path(out: Path, name: str) -> Path:
+    return out / "rows" / f"{_slug(name)}.json"
+
+
 def _write_row(out: Path, name: str, row: dict) -> None:
     row = {"method": name, **row, "table2": task_table(row["per_concept"])}
-    path = out / "rows" / f"{_slug(name)}.json"
+    path = _row_path(out, name)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(row, indent=1, default=str))
     tmp.replace(path)  # a row file is complete or absent: a rerun trusts what it finds
@@ -430,13 +434,12 @@ def run(out_dir: str | Path, config: Table2Config | None = None, *, model_dir=No
     sauce = ["SAUCE reconstruct", *([PAPER_ROW] if config.paper_row else []), "SAUCE delta", *variant_names]
     controls = [*CONTROLS, *([PER_CONCEPT_CONTROL] if PER_CONCEPT in variant_names else [])] if config.controls else []
     wanted = ["original", *config.methods, *sauce, *controls]
-    rows = {}
+    todo = []
     for name in wanted:
-        path = out / "rows" / f"{_slug(name)}.json"
-        if path.is_file():
-            rows[name] = json.loads(path.read_text())
+        if _row_path(out, name).is_file():
             _say(progress, f"{name}: done in an earlier run, skipped")
-    todo = [name for name in wanted if name not in rows]
+        else:
+            todo.append(name)
     ctx = _Context(config, model_dir, progress) if todo else None
     for name in todo:
         if name.startswith(("SAUCE", "control")):
@@ -446,11 +449,9 @@ def run(out_dir: str | Path, config: Table2Config | None = None, *, model_dir=No
         row = _original_row(ctx) if name == "original" else _baseline_row(ctx, name)
         row["seconds"] = time.time() - start
         _write_row(out, name, row)
-        rows[name] = json.loads((out / "rows" / f"{_slug(name)}.json").read_text())
     if PAPER_ROW in todo:
         _say(progress, f"[{PAPER_ROW}]")
         _write_row(out, PAPER_ROW, _paper_row(ctx, out, Path(paper_sae_dir or out / "sae_paper")))
-        rows[PAPER_ROW] = json.loads((out / "rows" / f"{_slug(PAPER_ROW)}.json").read_text())
     sauce_todo = [name for name in todo if name.startswith("SAUCE") and name != PAPER_ROW
                   and name not in variant_names]
     variant_todo = [name for name in todo if name in variant_names]
@@ -474,9 +475,7 @@ def run(out_dir: str | Path, config: Table2Config | None = None, *, model_dir=No
                 made = {name: variant_row(variant_names[name], ctx, prepared, progress)}
             for made_name, row in made.items():
                 _write_row(out, made_name, row)
-        for name in sauce_todo + control_todo + variant_todo + [n for n in todo if n == PER_CONCEPT_CONTROL]:
-            rows[name] = json.loads((out / "rows" / f"{_slug(name)}.json").read_text())
-    rows = {name: rows[name] for name in wanted}
+    rows = {name: json.loads(_row_path(out, name).read_text()) for name in wanted}  # as written, old and new
     tables = {name: row["table2"] for name, row in rows.items()}
     results = {"config": json.loads((out / "config.json").read_text()), "table2": tables, "rows": rows,
                "meta": {"seconds_this_run": round(time.time() - t0, 1),

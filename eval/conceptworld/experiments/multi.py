@@ -280,23 +280,19 @@ class GroupEvaluation:
 
 # ------------------------------------------------------------------------------------ run
 
-_NEGATIVE_TOKENS: dict = {}  # (SAE id, seed, concept) -> its train negatives' latents
-
-
-def group_threshold(prepared, demo: DemoConfig, concepts, config: MultiConfig) -> float:
+def group_threshold(prepared, demo: DemoConfig, concepts, config: MultiConfig, negatives: dict) -> float:
     """The gated union's threshold: it opens on `config.open` of the group's train-negative
-    tokens (every concept's negatives together, max over the union's features)."""
+    tokens (every concept's negatives together, max over the union's features). `negatives`:
+    {concept: its negatives' latents [N, T, d_sae]}, filled here once per concept of the run."""
     from ..selective import gate_threshold, negative_tokens
 
-    tokens = []
-    for c in concepts:
-        key = (id(prepared.sae), demo.seed, c)
-        if key not in _NEGATIVE_TOKENS:
-            one = dataclasses.replace(demo, concepts=(c,))
-            _NEGATIVE_TOKENS[key] = negative_tokens(prepared.sae, prepared.encoder, one, prepared.layer)[c]
-        tokens.append(_NEGATIVE_TOKENS[key])
+    missing = tuple(c for c in concepts if c not in negatives)
+    if missing:
+        negatives.update(negative_tokens(prepared.sae, prepared.encoder, dataclasses.replace(demo, concepts=missing),
+                                         prepared.layer))
     ids = sorted({i for c in concepts for i in prepared.features(c, config.mode, config.k, config.gamma).feature_ids})
-    return gate_threshold(np.concatenate(tokens), ids, config.open)
+    return gate_threshold(np.concatenate([negatives[c] for c in concepts]), ids, config.open)
+
 
 def _summary(values) -> dict:
     kept = [v for v in values if v is not None]
@@ -354,11 +350,14 @@ def run(out_dir: str | Path, config: MultiConfig | None = None, *, model_dir=Non
                            n_perception=demo.n_perception)
         return prepared, GroupEvaluation(prepared.model, suite, out / "parts")
 
+    negatives: dict = {}  # concept -> its train negatives' SAE latents (the gated threshold's)
+
     def variant(row):
         prepared, evaluation = context()
         start = time.time()
         concepts = row["concepts"]
-        gate = {"threshold": group_threshold(prepared, demo, concepts, config)} if config.mode == "gated" else {}
+        gate = {"threshold": group_threshold(prepared, demo, concepts, config, negatives)} \
+            if config.mode == "gated" else {}
         edited = prepared.unlearned(concepts, config.mode, config.k, config.gamma, **gate)
         result = evaluation.run(concepts, edited, row.get("retain_without"))
         say(progress, f"  {_slug(concepts)}: unlearning {result['unlearning_score']:.3f}, "
