@@ -1,10 +1,11 @@
-"""The suite's results as Markdown: results.md, and the performance table of the README.
+"""The suite's results as Markdown: results.md, and the table of the site's performance page.
 
     python -m benchmarks.report benchmarks/results/2026-11-30-cpu.json               # print the Markdown
-    python -m benchmarks.report benchmarks/results/2026-11-30-cpu.json --readme README.md
+    python -m benchmarks.report benchmarks/results/2026-11-30-cpu.json --page docs/performance.md
 
-With --readme, the table between the README's `<!-- suite-results:begin -->` and
-`<!-- suite-results:end -->` markers is replaced by the table of that results.json.
+With --page, the table between the page's `<!-- suite-results:begin -->` and
+`<!-- suite-results:end -->` markers is replaced by the table of that results.json (`--readme`
+is the old name of the option, kept as an alias).
 """
 
 from __future__ import annotations
@@ -99,26 +100,30 @@ def render_markdown(results: dict) -> str:
     ])
 
 
-def update_readme(readme: Path, results: dict, source: str) -> None:
-    """Replace the README's table between the markers with this run's table."""
-    text = readme.read_text()
+def update_page(page: Path, results: dict, source: str) -> None:
+    """Replace the table between the markers of `page` (docs/performance.md) with this run's table."""
+    text = page.read_text()
     if BEGIN not in text or END not in text:
-        raise SystemExit(f"{readme}: no {BEGIN} ... {END} markers")
+        raise SystemExit(f"{page}: no {BEGIN} ... {END} markers")
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
     star = "" if results.get("size") == "gpu" else "\n\n\\* a verdict for reference only: the targets are set for the gpu size."
     block = f"{BEGIN}\nFrom `{source}` ({device_line(results)}):\n\n{render_table(results)}{star}\n{END}"
-    readme.write_text(head + block + tail)
+    page.write_text(head + block + tail)
+
+
+update_readme = update_page  # the old name, from when the table lived in the README
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", type=Path, help="a results.json written by benchmarks.suite")
-    parser.add_argument("--readme", type=Path, help="rewrite this README's performance table")
+    parser.add_argument("--page", "--readme", dest="page", type=Path,
+                        help="rewrite the table between the markers of this page (docs/performance.md)")
     args = parser.parse_args(argv)
     results = json.loads(args.results.read_text())
-    if args.readme:
-        update_readme(args.readme, results, args.results.as_posix())
+    if args.page:
+        update_page(args.page, results, args.results.as_posix())
     else:
         sys.stdout.write(render_markdown(results))
     return 0
