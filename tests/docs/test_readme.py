@@ -88,3 +88,20 @@ def test_the_readme_example_runs(tmp_path, monkeypatch, capsys):
     exported = transformers.AutoModelForImageTextToText.from_pretrained(tmp_path / "llava-no-cat", trust_remote_code=True)
     assert type(exported).__name__ == "SauceLlavaForConditionalGeneration"
     assert exported.config.sauce["concepts"] == ["cat"]
+
+
+TOP = ("sauce_jax/", "ports/", "train/", "eval/", "tests/", "benchmarks/", "docs/", "mutation/", ".ci/")
+
+
+def stale_paths(markdown: str) -> list[str]:
+    """Repository files named in backticks (`eval/metrics.py`) that do not exist."""
+    named = re.findall(r"`([\w./-]+\.(?:py|md|sh|json|toml|yml))`", markdown)
+    return sorted({p for p in named if p.startswith(TOP) and not (ROOT / p).exists()})
+
+
+def test_the_files_the_documentation_names_exist():
+    """A module moved or renamed without its documentation fails here."""
+    pages = [README, *sorted((ROOT / "docs").rglob("*.md"))]
+    stale = {page.relative_to(ROOT).as_posix(): stale_paths(page.read_text()) for page in pages}
+    assert {page: paths for page, paths in stale.items() if paths} == {}
+    assert stale_paths("see `eval/no_such_module.py` and `eval/metrics.py`") == ["eval/no_such_module.py"]  # control
