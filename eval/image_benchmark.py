@@ -20,12 +20,14 @@ probe got right, so nothing is rewarded for forgetting what it never knew):
 - `ua`: among c's test images the probe labelled c before, the share it no longer does;
 - `ira`: among the other classes' test images the probe labelled right before, the share it
   still does under c's intervention;
-- `ua_random`: `ua` for k features drawn at random (`random_draws` seeded draws, averaged per
-  image) among the features that fire on c's training images, same gamma: the matched-random
-  control that shows it is the selected features, not any edit of k live features, that carry c;
-- `ua_no_contrast`, `ira_no_contrast`: the k features with the highest normalised mean
-  activation on c alone (eq. 4 without its second term): the control that shows what the
-  contrast with the other classes buys (mainly IRA);
+- `ua_random`: `ua` for k matched-random features (`random_draws` seeded draws, averaged per
+  image; `sauce_jax.scoring.control_sets`): each selected feature replaced by one drawn among
+  the 10 unselected features nearest to it in mean activation on c's training images, same
+  gamma: the control that shows it is the selected features, not any edit of k features as
+  active on c, that carry c (the same definition as ConceptWorld's);
+- `ua_no_contrast`, `ira_no_contrast`: the k features with the highest mean activation on c
+  alone (eq. 4 without its second term): the control that shows what the contrast with the
+  other classes buys (mainly IRA);
 - `ua_minus_random`: the paired per-image difference `ua - ua_random`.
 
 Every figure carries a 95% percentile bootstrap interval over test images (`bootstrap`
@@ -41,10 +43,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 
 from sauce_jax.errors import ConfigError, InputError
 from sauce_jax.eval.conceptworld.runs import cached, check_same_run, say
@@ -158,6 +157,8 @@ def pooled(encoder, hidden: np.ndarray, layer: int, hook=None, *, rows: np.ndarr
     [R], default all), with an optional intervention hook (fn, InterventionArgs) at `layer`;
     `ids` [R, k] gives each row its own feature set. Batches are padded to one shape, so one
     compiled function serves every set and every control."""
+    import jax.numpy as jnp
+
     from sauce_jax.encoder import pad_batch
 
     rows = np.arange(len(hidden)) if rows is None else np.asarray(rows)
@@ -177,6 +178,9 @@ def pooled(encoder, hidden: np.ndarray, layer: int, hook=None, *, rows: np.ndarr
 def image_features(sae, hidden: np.ndarray, batch: int = 256) -> np.ndarray:
     """Per-image SAE activations [N, d_sae]: the mean over an image's tokens (what
     `sauce_jax.scoring.image_activations` computes with token "all"), from cached [N, T, D]."""
+    import jax
+    import jax.numpy as jnp
+
     from sauce_jax.sae import encode
 
     run = jax.jit(lambda p, x: encode(p, x, sae.config).mean(axis=1))
@@ -189,6 +193,10 @@ def image_features(sae, hidden: np.ndarray, batch: int = 256) -> np.ndarray:
 
 def fit_probe(x: np.ndarray, y: np.ndarray, num_classes: int, *, steps: int = 500, l2: float = 1e-3):
     """Multinomial logistic regression on standardized features: returns probe(x) -> labels."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
     mean, std = x.mean(0), x.std(0) + 1e-6
     xs = jnp.asarray((x - mean) / std)  # [N, D]
     params = {"w": jnp.zeros((x.shape[1], num_classes)), "b": jnp.zeros(num_classes)}
@@ -231,34 +239,20 @@ def interval(groups: Sequence[np.ndarray], resamples: int = 1000, seed: int = 0)
     return {"value": round(value, 4), "lo": round(float(lo), 4), "hi": round(float(hi), 4), "n": int(n)}
 
 
-def concept_only_scores(z_pos: np.ndarray, delta: float = 1e-6) -> np.ndarray:
-    """Eq. 4 without its contrast term: each feature's share of the mean activation on the
-    concept's images (z_pos [N_c, d_sae] -> [d_sae]), the no-contrast control's ranking."""
-    mu = np.asarray(z_pos, np.float64).mean(axis=0)
-    return mu / (mu.sum() + delta)
-
-
 # ------------------------------------------------------------------------------ the run
 
 METRICS = ("recall_before", "ua", "ua_random", "ua_minus_random", "ua_no_contrast", "ira", "ira_no_contrast")
 
 
-def _train_or_load_sae(out: Path, acts: np.ndarray, config: BenchmarkConfig, layer: int, benchmark: str,
-                       progress: bool):
-    """The SAE on every training token: loaded when an earlier run finished it, else trained
-    (resuming from its last checkpoint)."""
-    from sauce_jax.sae_io import load_sae
-    from sauce_jax.train import TrainConfig, train_sae
+def _sae(out: Path, acts: np.ndarray, config: BenchmarkConfig, layer: int, benchmark: str, progress: bool):
+    """The SAE on every training token, in `out/sae_run` (trained once, resumed, then loaded)."""
+    from sauce_jax.train import TrainConfig, train_or_load
 
-    run_dir = out / "sae_run"
-    if (run_dir / "sae" / "cfg.json").is_file():
-        return load_sae(run_dir / "sae")
     cfg = TrainConfig(lr=config.lr, batch_size=min(config.batch_size, len(acts)), epochs=config.epochs,
                       seed=config.seed, log_every=50, checkpoint_every=500, sparse_decode=config.architecture != "standard")
-    return train_sae(run_dir, activations=acts, expansion=config.expansion, train_config=cfg,
-                     architecture=config.architecture, resume=True,
-                     k=config.sae_k if config.architecture != "standard" else None, progress=progress,
-                     metadata={"layer": layer, "token": "all", "benchmark": benchmark})
+    return train_or_load(out / "sae_run", activations=acts, expansion=config.expansion, train_config=cfg,
+                         architecture=config.architecture, k=config.sae_k if config.architecture != "standard" else None,
+                         progress=progress, metadata={"layer": layer, "token": "all", "benchmark": benchmark})
 
 
 def run(out_dir: str | Path, encoder, data: LabelledImages, config: BenchmarkConfig, *, benchmark: str,
@@ -266,7 +260,7 @@ def run(out_dir: str | Path, encoder, data: LabelledImages, config: BenchmarkCon
     """Run the benchmark on `data`; write `results.json`, `results.md` and `figure5.png` to
     `out_dir` and return the results. A rerun on the same folder and config resumes."""
     from sauce_jax.intervention import intervention_args, make_hook
-    from sauce_jax.scoring import FeatureSet, score_features, top_features
+    from sauce_jax.scoring import FeatureSet, control_sets, select_one_vs_rest
 
     out = Path(out_dir)
     check_same_run(out, benchmark, config)
@@ -282,7 +276,7 @@ def run(out_dir: str | Path, encoder, data: LabelledImages, config: BenchmarkCon
     test_h = cached_hidden_states(encoder, data.test_x, layer, cache / "test", encode_batch=config.encode_batch,
                                   progress=progress)  # [M, T, D]
     acts = train_h.reshape(-1, train_h.shape[-1])  # [N * T, D]
-    sae = _train_or_load_sae(out, acts, config, layer, benchmark, progress)
+    sae = _sae(out, acts, config, layer, benchmark, progress)
     z = image_features(sae, train_h)  # [N, d_sae]
 
     say(progress, "linear probe on the untouched encoder's output")
@@ -294,15 +288,15 @@ def run(out_dir: str | Path, encoder, data: LabelledImages, config: BenchmarkCon
                           sae_fingerprint=sae.fingerprint(), gamma=config.gamma, token="all")
     base = (hook, intervention_args(sae, features, gamma=config.gamma, num_tokens=encoder.config.num_tokens))
 
+    selected_sets = select_one_vs_rest(z, np.asarray(names)[train_y], names, config.k, layer=layer,
+                                       sae_fingerprint=sae.fingerprint(), gamma=config.gamma, token="all")
+
     def one_class(label: int) -> dict:
-        own_train = train_y == label
-        selected = top_features(score_features(z[own_train], z[~own_train]), config.k, concept=names[label],
-                                layer=layer, sae_fingerprint=sae.fingerprint(), token="all").feature_ids
-        no_contrast = np.argsort(-concept_only_scores(z[own_train]), kind="stable")[:config.k]
-        live = np.flatnonzero(z[own_train].max(axis=0) > 0)  # features that fire on the class at all
-        pool = live if len(live) >= config.k else np.arange(sae.config.d_sae)
-        rng = np.random.default_rng([config.seed, label])
-        draws = [rng.choice(pool, config.k, replace=False) for _ in range(config.random_draws)]
+        chosen = selected_sets[names[label]]
+        controls = control_sets(chosen, z[train_y == label].mean(axis=0), config.random_draws, config.seed)
+        selected = np.asarray(chosen.feature_ids)
+        no_contrast = np.asarray(controls["no-contrast"].feature_ids)
+        draws = [np.asarray(s.feature_ids) for s in controls["matched-random"]]
         known = np.flatnonzero((test_y == label) & (before == label))  # c's images the probe knew
         kept = np.flatnonzero((test_y != label) & (before == test_y))  # other images the probe knew
         everyone = np.concatenate([known, kept])
@@ -316,7 +310,6 @@ def run(out_dir: str | Path, encoder, data: LabelledImages, config: BenchmarkCon
         random_forgot = (labels[2 * n:].reshape(config.random_draws, m) != label).mean(axis=0)  # [m]
         forgot = after[:m] != label
         return {"selected": [int(i) for i in selected], "no_contrast": [int(i) for i in no_contrast],
-                "random_pool": int(len(pool)),
                 "images": {"recall_before": (before[test_y == label] == label).astype(int),
                            "ua": forgot.astype(int), "ua_random": random_forgot,
                            "ua_minus_random": forgot - random_forgot,
@@ -373,6 +366,8 @@ def plot_top_images(z: np.ndarray, show: Callable[[int], Any], selected: dict, p
 def sae_quality(sae, acts: np.ndarray, batch: int = 4096) -> dict:
     """Explained variance, mean L0 and the fraction of dead features (never active) of `sae` on
     activations [N, D]."""
+    import jax.numpy as jnp
+
     from sauce_jax.sae import forward
 
     sse, l0 = 0.0, 0.0

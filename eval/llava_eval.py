@@ -157,42 +157,12 @@ def _draw(paths: Sequence[Path], n: int | None, rng: np.random.Generator) -> lis
     return [paths[i] for i in sorted(rng.choice(len(paths), n, replace=False))]
 
 
-def image_activations(sae, answerer, paths: Sequence[Path], layer: int, token: str) -> np.ndarray:
-    """Per-image SAE activations [N, d_sae] (mean over the token choice's activations) at
-    `layer`, in batches padded to the answerer's batch size so the tower compiles once."""
-    import jax
-
-    from sauce_jax import sae as sae_lib
-    from sauce_jax.encoder import pad_batch
-    from sauce_jax.image_processor import preprocess
-    from sauce_jax.images import open_image
-    from sauce_jax.tokens import check_token_choice, select_tokens, tokens_per_image
-
-    check_token_choice(token)
-    encoder, batch = answerer.encoder, answerer.batch_size
-    if sae.config.d_in != encoder.config.hidden_size:
-        raise ConfigError(f"the SAE's d_in={sae.config.d_in} differs from the vision tower's width "
-                          f"{encoder.config.hidden_size}")
-    per_image = tokens_per_image(token, encoder.config.num_tokens)
-    encode = jax.jit(lambda params, x: sae_lib.encode(params, x, sae.config))
-    upto = max(layer, answerer.layer)  # the forward the LLaVA features use: one compiled tower
-    rows = []
-    for start in range(0, len(paths), batch):
-        chunk = paths[start:start + batch]
-        px = preprocess([open_image(p, rgb=True, strict=True) for p in chunk], encoder)  # [b, H, W, C]
-        px = pad_batch(px, batch)  # [batch, H, W, C]
-        hidden = encoder.hidden_states(px, upto=upto)[layer]  # [batch, T, D]
-        acts = select_tokens(hidden, token, jax.random.key(start))  # [batch * per_image, D]
-        z = encode(sae.params, acts).reshape(batch, per_image, -1).mean(axis=1)  # [batch, d_sae]
-        rows.append(np.asarray(z[:len(chunk)]))
-    return np.concatenate(rows)
-
-
 def select_all(sae, answerer, dirs: ConceptDirs, targets: Sequence[str], config: EvalConfig, layer: int,
                token: str | None = None) -> dict:
     """Each target's k features (eq. 4): its train images against every other concept's. The
-    train images are encoded once for all targets."""
-    from sauce_jax.scoring import score_features, top_features
+    train images are encoded once for all targets, in batches padded to the answerer's batch
+    size through the forward its answers use, so the tower compiles once."""
+    from sauce_jax.scoring import image_activations, select_one_vs_rest
 
     if config.k > sae.config.d_sae:
         raise ConfigError(f"k={config.k} exceeds the SAE's {sae.config.d_sae} features")
@@ -200,13 +170,12 @@ def select_all(sae, answerer, dirs: ConceptDirs, targets: Sequence[str], config:
     rng = np.random.default_rng(config.seed)
     train = {name: _draw(c.images("train"), config.n_select, rng) for name, c in dirs.concepts.items()}
     owner = np.array([name for name, paths in train.items() for _ in paths])
-    z = image_activations(sae, answerer, [p for paths in train.values() for p in paths], layer, token)  # [N, d_sae]
-    sets = {}
-    for target in targets:
-        scores = score_features(z[owner == target], z[owner != target])  # [d_sae]
-        sets[target] = top_features(scores, config.k, concept=target, layer=layer,
-                                    sae_fingerprint=sae.fingerprint(), gamma=config.gamma, token=token)
-    return sets
+    batch = answerer.batch_size
+    z = image_activations(sae, answerer.encoder, [p for paths in train.values() for p in paths], layer=layer,
+                          token=token, batch_size=batch, pad_to=batch, upto=max(layer, answerer.layer), rgb=True,
+                          strict=True, progress=False)  # [N, d_sae]
+    return select_one_vs_rest(z, owner, targets, config.k, layer=layer, sae_fingerprint=sae.fingerprint(),
+                              gamma=config.gamma, token=token)
 
 
 def evaluate(answerer, sae, dirs: ConceptDirs, judge, config: EvalConfig, *, targets: Sequence[str] | None = None,

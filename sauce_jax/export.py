@@ -25,6 +25,7 @@ import numpy as np
 
 from sauce_jax.errors import CheckpointError, ConfigError, InputError
 from sauce_jax.intervention import WHERE, check_mode, resolve_edit
+from sauce_jax.permissions import as_if_new
 from sauce_jax.sae import SAE
 from sauce_jax.scoring import FeatureSet
 
@@ -184,6 +185,7 @@ def export_unlearned(checkpoint: str | os.PathLike, sae: Any, features: Any, out
         for path in _other_files(checkpoint):
             if not (partial / path.name).exists():
                 shutil.copy2(path, partial / path.name)
+        as_if_new(partial)  # mkdtemp's 0o700 (and safetensors' 0o600) would hide it from a server's user
         if out.exists():  # overwrite: the old export goes only once the new one is complete
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
             os.replace(out, old / out.name)

@@ -37,12 +37,8 @@ import numpy as np
 from sauce_jax import sae as sae_lib
 from sauce_jax.errors import ConfigError, InputError
 from sauce_jax.sae import SAE, SAEConfig
+from sauce_jax.modes import GATED_MODES, MODES, WHERE
 from sauce_jax.scoring import FeatureSet
-
-MODES = ("reconstruct", "delta", "gated", "replace")
-PAPER_MODES = ("reconstruct", "delta")  # scale by gamma at every masked token; need nothing but gamma
-GATED_MODES = ("gated", "replace")  # edit only the tokens where the concept is active
-WHERE = ("all", "patch", "cls")
 
 
 class InterventionArgs(NamedTuple):

@@ -18,15 +18,15 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from sauce_jax import sae as sae_lib
 from sauce_jax.errors import ConfigError, InputError
-from sauce_jax.sae import SAE
+
+if TYPE_CHECKING:  # the selection maths and FeatureSet need no jax: only image_activations loads it
+    from sauce_jax.sae import SAE
 
 
 def _activations(name: str, z: Any) -> np.ndarray:
@@ -135,6 +135,72 @@ def top_features(scores: Any, k: int, *, concept: str, layer: int, sae_fingerpri
                       sae_fingerprint=sae_fingerprint, gamma=gamma, token=token, selection=dict(selection or {}))
 
 
+def select_one_vs_rest(z: Any, owners: Any, targets: Any, k: int, *, layer: int, sae_fingerprint: str,
+                       gamma: float = -0.5, token: str = "all") -> dict[str, "FeatureSet"]:
+    """Each target's F_c by eq. 4 from precomputed per-image activations: its own images
+    against every other image. z: [N, d_sae] (`image_activations`); owners: [N] the concept
+    each row shows. Images are encoded once, however many targets are scored."""
+    z = _activations("z", z)
+    owners = np.asarray(owners)
+    if owners.shape != (len(z),):
+        raise InputError(f"owners has shape {owners.shape}, expected ({len(z)},): one concept per row of z")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= z.shape[1]:
+        raise ConfigError(f"k must be an integer in [1, d_sae={z.shape[1]}], got {k!r}")
+    sets = {}
+    for target in targets:
+        own = owners == target
+        if not own.any() or own.all():
+            raise InputError(f"concept {target!r} needs images of its own and of other concepts among the rows")
+        scores = score_features(z[own], z[~own])  # [d_sae]
+        sets[target] = top_features(scores, k, concept=str(target), layer=layer, sae_fingerprint=sae_fingerprint,
+                                    gamma=gamma, token=token)
+    return sets
+
+
+def control_sets(features: "FeatureSet", positives_mean: Any, draws: int, seed: int, near: int = 10) -> dict:
+    """The controls every SAUCE figure is compared with in the same run, for one concept's set
+    `features` (k ids, gamma), from every feature's mean activation on the concept's
+    positives [d_sae]:
+
+    - "no-contrast": the k features most active on the positives (eq. 4 without its second term);
+    - "matched-random": `draws` sets, each replacing every selected feature by one drawn at
+      random among the `near` unselected features nearest to it in that activation's rank, so
+      the control edits features as active on the concept as the selected ones.
+
+    The draws are a stable stream of (seed, concept, draw)."""
+    import dataclasses as dc
+
+    from sauce_jax.seeds import rng_for
+
+    mean = np.asarray(positives_mean, np.float64)
+    if mean.ndim != 1 or not np.isfinite(mean).all():
+        raise InputError(f"positives_mean must be a finite [d_sae] vector, got shape {mean.shape}")
+    k, chosen = features.k, set(features.feature_ids)
+    if len(mean) - len(chosen) < near:
+        raise ConfigError(f"matched-random needs at least {near} unselected features; the SAE has {len(mean)} "
+                          f"and {len(chosen)} are selected")
+    order = np.argsort(-mean, kind="stable")  # most active first
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    others = np.array([f for f in order if f not in chosen])  # unselected, most active first
+    others_rank = rank[others]
+    random_sets = []
+    for d in range(draws):
+        rng = rng_for(seed, "matched-random", features.concept, d)
+        taken: set[int] = set()
+        ids = []
+        for f in features.feature_ids:
+            nearest = [int(o) for o in others[np.argsort(np.abs(others_rank - rank[f]), kind="stable")[:near + k]]
+                       if int(o) not in taken][:near]
+            pick = nearest[int(rng.integers(len(nearest)))]
+            taken.add(pick)
+            ids.append(pick)
+        random_sets.append(dc.replace(features, feature_ids=tuple(ids), scores=(0.0,) * k))
+    top = tuple(int(f) for f in order[:k])
+    return {"no-contrast": dc.replace(features, feature_ids=top, scores=tuple(float(mean[f]) for f in top)),
+            "matched-random": random_sets}
+
+
 @dataclasses.dataclass(frozen=True)
 class FeatureSet:
     """The SAE features of a concept, and how to apply them."""
@@ -224,15 +290,30 @@ class FeatureSet:
 
 
 def image_activations(sae: SAE, encoder, images: Any, *, layer: int, token: str = "last", batch_size: int = 32,
-                      desc: str = "images", progress: bool = True) -> np.ndarray:
-    """Per-image SAE activations [N, d_sae]: the token choice's activations, mean over an image's tokens."""
+                      desc: str = "images", progress: bool = True, pad_to: int | None = None,
+                      upto: int | None = None, rgb: bool = False, strict: bool = False) -> np.ndarray:
+    """Per-image SAE activations [N, d_sae]: the token choice's activations, mean over an image's tokens.
+
+    Args:
+      pad_to: pad every batch to this many images, so the tower compiles once for any count.
+      upto: run the tower through hidden state `upto` (>= `layer`) and read `layer`: the forward
+        another caller already compiled (a VLM's answerer reads its own layer) is reused.
+      rgb, strict: as `sauce_jax.images.open_image`: convert files to RGB; raise on an
+        unreadable image instead of skipping it.
+    """
+    import jax
+
+    from sauce_jax import sae as sae_lib
+    from sauce_jax.encoder import pad_batch
+    from sauce_jax.image_processor import preprocess
     from sauce_jax.images import as_image_items, open_image
     from sauce_jax.tokens import check_token_choice, select_tokens, tokens_per_image
-    from sauce_jax.image_processor import preprocess
 
     check_token_choice(token)
     if sae.config.d_in != encoder.config.hidden_size:
         raise InputError(f"SAE d_in={sae.config.d_in} differs from the encoder width {encoder.config.hidden_size}")
+    if pad_to is not None and pad_to < batch_size:
+        raise ConfigError(f"pad_to={pad_to} is smaller than batch_size={batch_size}")
     try:
         items = as_image_items(images)
     except InputError as exc:  # say which of the image sets it is (positives, negatives, others[...])
@@ -242,14 +323,20 @@ def image_activations(sae: SAE, encoder, images: Any, *, layer: int, token: str 
     rows = []
     key = jax.random.key(0)
     for start in tqdm(range(0, len(items), batch_size), desc=desc, disable=not progress, leave=False):
-        opened = [open_image(item) for item in items[start : start + batch_size]]
+        opened = [open_image(item, rgb=rgb, strict=strict) for item in items[start : start + batch_size]]
         opened = [image for image in opened if image is not None]
         if not opened:
             continue
-        hidden = encoder.hidden_state(preprocess(opened, encoder), layer)  # [b, T, D]
-        acts = select_tokens(hidden, token, jax.random.fold_in(key, start))  # [b * per_image, D]
-        z = encode(sae.params, acts).reshape(len(opened), per_image, -1).mean(axis=1)  # [b, d_sae]
-        rows.append(np.asarray(z))
+        pixels = preprocess(opened, encoder)  # [b, H, W, C]
+        if pad_to is not None:
+            pixels = pad_batch(pixels, pad_to)  # [pad_to, H, W, C]
+        if upto is None:
+            hidden = encoder.hidden_state(pixels, layer)  # [b', T, D]
+        else:
+            hidden = encoder.hidden_states(pixels, upto=upto)[encoder.layer_index(layer)]  # [b', T, D]
+        acts = select_tokens(hidden, token, jax.random.fold_in(key, start))  # [b' * per_image, D]
+        z = encode(sae.params, acts).reshape(len(pixels), per_image, -1).mean(axis=1)  # [b', d_sae]
+        rows.append(np.asarray(z[:len(opened)]))
     if not rows:
         raise InputError(f"no readable images among the {len(items)} {desc}")
     return np.concatenate(rows)

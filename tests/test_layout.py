@@ -193,3 +193,42 @@ def test_no_private_name_crosses_a_module_boundary():
                 if private and (node.level or (node.module or "").startswith("sauce_jax")):
                     crossing.append(f"{name}: from {'.' * node.level}{node.module or ''} import {', '.join(private)}")
     assert not crossing, "\n".join(crossing)
+
+
+def _calls(path: Path) -> dict[str, set[str]]:
+    """{function name: the names it calls (f(...) and obj.f(...))} of every function in a file."""
+    found = {}
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            names = set()
+            for call in ast.walk(node):
+                if isinstance(call, ast.Call):
+                    func = call.func
+                    names.add(func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", ""))
+            found[node.name] = names
+    return found
+
+
+def test_each_sauce_step_has_one_home():
+    """The steps every evaluation stack shares are written once: "load the finished SAE, else
+    train" in `sauce_jax.train` (`train_or_load`); eq. 4's scoring in the core (`scoring`:
+    `select_features`, `select_one_vs_rest`, `control_sets`); choosing an answerer by the
+    checkpoint's family in `eval/vlm/registry.py`; ConceptWorld's studies under
+    `conceptworld/experiments/`."""
+    repeated = []
+    for name, path in _modules().items():
+        calls = _calls(path)
+        if _layer(name) != "train":
+            repeated += [f"{name}.{f}: trains and loads an SAE itself (use train_or_load)"
+                         for f, called in calls.items() if {"train_sae", "load_sae"} <= called]
+        if name != "sauce_jax.scoring":
+            repeated += [f"{name}.{f}: scores eq. 4 itself (use sauce_jax.scoring)"
+                         for f, called in calls.items() if called & {"score_features", "top_features"}]
+        if not name.startswith("sauce_jax.eval.vlm"):
+            imported = _imports(name, path, _modules())
+            if {"sauce_jax.eval.vlm.llava_answerer", "sauce_jax.eval.vlm.mllama_answerer"} <= imported:
+                repeated.append(f"{name}: chooses between answerers (use sauce_jax.eval.vlm.registry)")
+    studies = [p.name for p in (ROOT / "eval" / "conceptworld").glob("*.py")
+               if p.stem in ("demo", "selective") or p.stem.startswith("table2")]
+    repeated += [f"eval/conceptworld/{s}: a study outside conceptworld/experiments/" for s in studies]
+    assert not repeated, "\n".join(repeated)

@@ -14,7 +14,6 @@ import copy
 import dataclasses
 from typing import Any
 
-import jax.numpy as jnp
 import numpy as np
 
 from sauce_jax.eval.metrics import (
@@ -79,6 +78,7 @@ class Model:
 
     def features(self, specs: list[Spec], unlearned=None):
         """Projected image features [N, T, D_text] (torch)."""
+        import jax.numpy as jnp
         import torch
 
         from sauce_jax.eval.vlm.llava_bridge import llava_image_features

@@ -1,6 +1,5 @@
-"""The controls every SAUCE row is compared with in the same run: features drawn at random
-among those as active on the concept's positives as the selected ones ("matched-random"), and
-the most active ones without eq. 4's contrast ("no-contrast")."""
+"""What ConceptWorld's controls need beyond their definition (`sauce_jax.scoring.control_sets`):
+each concept's positives' mean activation, and one result from several control draws."""
 
 from __future__ import annotations
 
@@ -19,39 +18,6 @@ def positives_mean(sae, encoder, demo, layer: int, concept: str) -> np.ndarray:
     pos = list(render_many(concept_split(concept, "train", demo.n_select, seed=demo.seed)))
     return image_activations(sae, encoder, pos, layer=layer, token="all", batch_size=demo.n_select,
                              progress=False).mean(axis=0)
-
-
-def control_sets(features, positives_mean: np.ndarray, draws: int, seed: int) -> dict:
-    """The controls' feature sets for one concept, from its SAUCE set `features` (k ids, gamma)
-    and every SAE feature's mean activation on the concept's train positives [d_sae]:
-    "no-contrast", the k most active on positives (eq. 4 without its negative term), and
-    "matched-random", `draws` sets each replacing every selected feature by one drawn at random
-    among the 10 unselected features nearest to it in that activation's rank."""
-    import dataclasses as dc
-
-    from .world import rng_for
-
-    k, chosen = features.k, set(features.feature_ids)
-    order = np.argsort(-positives_mean, kind="stable")  # most active first
-    rank = np.empty_like(order)
-    rank[order] = np.arange(len(order))
-    others = np.array([f for f in order if f not in chosen])  # unselected, most active first
-    others_rank = rank[others]
-    random_sets = []
-    for d in range(draws):
-        rng = rng_for(seed, "matched-random", features.concept, d)
-        taken: set[int] = set()
-        ids = []
-        for f in features.feature_ids:
-            near = [int(o) for o in others[np.argsort(np.abs(others_rank - rank[f]), kind="stable")[:10 + k]]
-                    if int(o) not in taken][:10]
-            pick = near[int(rng.integers(len(near)))]
-            taken.add(pick)
-            ids.append(pick)
-        random_sets.append(dc.replace(features, feature_ids=tuple(ids), scores=(0.0,) * k))
-    top = tuple(int(f) for f in order[:k])
-    return {"no-contrast": dc.replace(features, feature_ids=top, scores=tuple(float(positives_mean[f]) for f in top)),
-            "matched-random": random_sets}
 
 
 def mean_results(results: list[dict]) -> dict:

@@ -21,7 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from sauce_jax.errors import ConfigError
-from sauce_jax.intervention import PAPER_MODES
+from sauce_jax.modes import PAPER_MODES
 
 from .benchmark import Evaluation, Model, make_suite
 from .runs import cached, say
@@ -116,16 +116,12 @@ def train_paper_sae(encoder, out: Path, progress: bool, *, images: int = 4000, s
 
 def _train(encoder, out: Path, sae_config, specs, layer: int, token: str, epochs: float, lr: float, seed: int,
            progress: bool):
-    from sauce_jax.sae_io import load_sae
-    from sauce_jax.train import TrainConfig, train_sae
+    from sauce_jax.train import TrainConfig, train_or_load
 
-    if (out / "sae" / "cfg.json").is_file():
-        return load_sae(out / "sae")
     train_config = TrainConfig(batch_size=1024, epochs=epochs, lr=lr, lr_warmup_steps=50, l1_warmup_steps=100,
                                seed=seed, log_every=50, checkpoint_every=200)
-    resume = (out / "checkpoints").is_dir()
-    return train_sae(out, sae_config=sae_config, train_config=train_config, encoder=encoder,
-                     images=list(render_many(specs)), layer=layer, token=token, resume=resume, progress=progress)
+    return train_or_load(out, sae_config=sae_config, train_config=train_config, encoder=encoder, layer=layer,
+                         token=token, progress=progress, lazy=lambda: {"images": list(render_many(specs))})
 
 
 def select_all(sae, encoder, config: DemoConfig, layer: int, progress: bool, token: str = "all",

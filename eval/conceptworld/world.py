@@ -10,12 +10,12 @@ same seed gives the same specs on any machine and Python version.
 from __future__ import annotations
 
 import dataclasses
-import zlib
 from collections.abc import Sequence
 
 import numpy as np
 
 from sauce_jax.errors import ConfigError
+from sauce_jax.seeds import rng_for
 
 DOMAINS: dict[str, tuple[str, ...]] = {
     "object": ("star", "circle", "square", "triangle", "heart", "cross", "moon", "arrow"),
@@ -74,19 +74,6 @@ def check_concepts(concepts: Sequence[str]) -> list[str]:
 def parse_concepts(text: str) -> tuple[str, ...]:
     """A comma-separated concept list ("star, red,happy"), blanks dropped, each name checked."""
     return tuple(check_concepts([c.strip() for c in text.split(",") if c.strip()]))
-
-
-def key(*words: int | str) -> int:
-    """A stable 32-bit key from ints and names (crc32 of the names: not Python's salted hash)."""
-    value = 0
-    for word in words:
-        part = zlib.crc32(word.encode()) if isinstance(word, str) else int(word) & 0xFFFFFFFF
-        value = zlib.crc32(part.to_bytes(4, "little"), value)
-    return value
-
-
-def rng_for(*words: int | str) -> np.random.Generator:
-    return np.random.Generator(np.random.PCG64(key(*words)))
 
 
 def _random_item(rng: np.random.Generator) -> Item:

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sauce_jax.errors import ConfigError
+from sauce_jax.permissions import as_if_new
 
 MARKER = "sauce-jax-site.json"
 
@@ -39,12 +40,10 @@ def write_site(out: str | os.PathLike, write: Callable[[Path], None], marker: di
     `out` is left as it was."""
     out = check_target(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0o700 would hide the site from other users
     try:
         write(tmp)
         (tmp / MARKER).write_text(json.dumps(marker, indent=1))
+        as_if_new(tmp)  # mkdtemp's 0o700 would hide the site from other users
         if out.exists():
             # Rename the old site aside first: two renames on one file system, then the delete.
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))

@@ -9,7 +9,6 @@ written into a temporary folder and renamed into place (`.output`).
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 import time
@@ -21,7 +20,6 @@ from PIL import Image
 
 from sauce_jax.errors import ConfigError, InputError
 from sauce_jax.images import as_image_items, open_image
-from sauce_jax.intervention import PAPER_MODES as MODES
 from sauce_jax.scoring import FeatureSet
 from sauce_jax.statistics import image_statistics
 
@@ -29,34 +27,11 @@ from ..conceptworld.experiments.features import overlaps
 from . import pages
 from .activations import Pass, model_view, run_pass
 from .before_after import before_after, fit_probe, folder_labels
+from .config import InspectConfig
 from .graphics import heat_overlay, histogram_svg
 from .output import check_target, write_site
 
 THUMB = 128  # pixels of every picture on the site
-DEFAULT_PROMPT = "Describe all the objects in this image."
-
-
-@dataclasses.dataclass(frozen=True)
-class InspectConfig:
-    """How much the site shows."""
-
-    n_top: int = 8  # top-activating images (and false alarms) per feature
-    n_before_after: int = 4  # images per FeatureSet in the before/after view
-    batch_size: int = 32
-    mode: str = "reconstruct"  # the intervention of the before/after view (eq. 6)
-    prompt: str = DEFAULT_PROMPT  # asked of a LLaVA or Mllama checkpoint, clean and unlearned
-    max_new_tokens: int = 24
-    answers: bool = True  # with a LLaVA or Mllama checkpoint, show its answers (needs torch)
-
-    def __post_init__(self):
-        for name in ("n_top", "n_before_after", "batch_size", "max_new_tokens"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"inspect {name}={value!r} must be an integer >= 1")
-        if self.mode not in MODES:
-            raise ConfigError(f"inspect mode {self.mode!r} is not one of {MODES}")
-
-
 def _load_sets(feature_sets, sae) -> list[FeatureSet]:
     sets = [s if isinstance(s, FeatureSet) else FeatureSet.load(s) for s in feature_sets]
     if not sets:
@@ -76,23 +51,13 @@ def _load_model(encoder, answers: bool):
     checkpoint is read once, as a transformers model whose tower becomes the JAX encoder."""
     if not isinstance(encoder, (str, os.PathLike)):
         return encoder, None
+    from sauce_jax.eval.vlm.registry import answerer_family
     from sauce_jax.loading import load_encoder
-    from sauce_jax.ports.weights import read_json, resolve_checkpoint_dir
 
-    text = str(encoder)
-    if answers and not (text.startswith("onnx:") or text.lower().endswith(".onnx")):
-        directory = resolve_checkpoint_dir(encoder)
-        model_type = read_json(directory / "config.json").get("model_type")
-        if model_type == "llava":
-            from sauce_jax.eval.vlm.llava_answerer import LlavaAnswerer
-
-            answerer = LlavaAnswerer(directory)
-            return answerer.encoder, answerer
-        if model_type == "mllama":
-            from sauce_jax.eval.vlm.mllama_answerer import MllamaAnswerer
-
-            answerer = MllamaAnswerer(directory)
-            return answerer.encoder, answerer
+    family = answerer_family(encoder) if answers else None
+    if family is not None:
+        answerer = family.load(encoder)
+        return answerer.encoder, answerer
     return load_encoder(encoder), None
 
 

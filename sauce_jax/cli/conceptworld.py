@@ -14,7 +14,7 @@ from .common import add_tower_argument, concepts_arg, field_default, model_dir_a
 
 
 def cmd_demo(args) -> int:
-    from sauce_jax.eval.conceptworld.demo import run
+    from sauce_jax.eval.conceptworld.experiments.demo import run
     from sauce_jax.eval.conceptworld.sauce import quick_demo
 
     concepts = concepts_arg(args)

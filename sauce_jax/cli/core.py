@@ -6,8 +6,8 @@ import json
 import sys
 
 from sauce_jax.errors import ConfigError, InputError
-from sauce_jax.intervention import MODES, WHERE
-from sauce_jax.sae import ARCHITECTURES, SAEConfig
+from sauce_jax.modes import MODES, WHERE
+from sauce_jax.sae_config import ARCHITECTURES, SAEConfig
 from sauce_jax.train.config import COMPUTE_DTYPES, LR_DECAYS, TrainConfig
 
 from .common import field_default
@@ -276,7 +276,12 @@ def cmd_unlearn(args) -> int:
     needs_targets(args)  # before any model is loaded
     # With --prompt the checkpoint is read once, as a transformers LLaVA or Mllama; its JAX tower is built
     # from that model in memory.
-    answerer = _answerer(args.encoder, args.batch_size) if args.prompt else None
+    if args.prompt:
+        from sauce_jax.eval.vlm.registry import load_answerer
+
+        answerer = load_answerer(args.encoder, what="--prompt", batch_size=args.batch_size)
+    else:
+        answerer = None
     encoder = answerer.encoder if answerer is not None else load_encoder(args.encoder)
     sae = load_sae(args.sae)
     sets = [FeatureSet.load(path) for path in args.features]
@@ -345,26 +350,6 @@ def add_gate_arguments(parser) -> None:
     parser.add_argument("--targets-from", metavar="NEGATIVES_DIR",
                         help="replace: folder of images without the concept; the selected features are set to "
                              "their mean activation there")
-
-
-def _answerer(checkpoint: str, batch_size: int):
-    """The LLaVA or Mllama checkpoint `--prompt` asks, refused early for any other checkpoint."""
-    from sauce_jax.ports.weights import read_json, resolve_checkpoint_dir
-
-    if str(checkpoint).startswith("onnx:") or str(checkpoint).lower().endswith(".onnx"):
-        directory, model_type = None, "onnx"
-    else:
-        directory = resolve_checkpoint_dir(checkpoint)
-        model_type = read_json(directory / "config.json").get("model_type")
-    if model_type == "llava":
-        from sauce_jax.eval.vlm.llava_answerer import LlavaAnswerer
-
-        return LlavaAnswerer(directory, batch_size=batch_size)
-    if model_type == "mllama":
-        from sauce_jax.eval.vlm.mllama_answerer import MllamaAnswerer
-
-        return MllamaAnswerer(directory, batch_size=batch_size)
-    raise ConfigError(f"--prompt needs a LLaVA or Mllama checkpoint; {checkpoint!r} is {model_type!r}")
 
 
 def add_unlearn(sub) -> None:

@@ -19,8 +19,8 @@ import numpy as np
 
 from sauce_jax.errors import ConfigError
 from sauce_jax.eval.llava_eval import EvalConfig
-from sauce_jax.intervention import PAPER_MODES
-from sauce_jax.sae import ARCHITECTURES
+from sauce_jax.modes import PAPER_MODES
+from sauce_jax.sae_config import ARCHITECTURES
 from sauce_jax.train.config import TrainConfig
 
 from .common import add_tower_argument, comma_list, field_default, pct
@@ -118,7 +118,8 @@ def obtain_sae(args, answerer, dirs, progress: bool):
 
     if args.sae:
         return load_sae(args.sae)
-    from sauce_jax.train import train_sae
+    from sauce_jax.train import train_or_load
+    from sauce_jax.train.reuse import finished_sae
 
     images = args.sae_images or [p for c in dirs.concepts.values() for p in c.images("train")]
     d = answerer.encoder.config.hidden_size
@@ -130,12 +131,10 @@ def obtain_sae(args, answerer, dirs, progress: bool):
                                                            [str(p) for p in images]),
                       answerer.layer, repr(sae_config), repr(train_config)])
     out = Path(args.work or CHECKPOINT_WORK) / f"sae-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
-    if (out / "sae" / "cfg.json").is_file():
-        print(f"reusing the SAE in {out}")
-        return load_sae(out / "sae")
-    print(f"training an SAE on hidden state {answerer.layer} -> {out}")
-    return train_sae(out, sae_config=sae_config, train_config=train_config, encoder=answerer.encoder, images=images,
-                     layer=answerer.layer, token="all", resume=(out / "checkpoints").is_dir(), progress=progress)
+    if finished_sae(out) is None:
+        print(f"training an SAE on hidden state {answerer.layer} -> {out}")
+    return train_or_load(out, sae_config=sae_config, train_config=train_config, encoder=answerer.encoder,
+                         images=images, layer=answerer.layer, token="all", progress=progress)
 
 
 def _eval_checkpoint(args) -> int:

@@ -1,5 +1,5 @@
 """`sauce-jax experiment NAME`: each benchmark experiment's options and handler. The experiments'
-own modules (`sauce_jax.eval.emoji`, `sauce_jax.eval.fashion`, `sauce_jax.eval.conceptworld.table2`,
+own modules (`sauce_jax.eval.emoji`, `sauce_jax.eval.fashion`, `sauce_jax.eval.conceptworld.experiments.table2`,
 `sauce_jax.eval.conceptworld.experiments.*`) hold
 their configs and `run`; this module turns options into those configs."""
 
@@ -12,8 +12,8 @@ from sauce_jax.errors import ConfigError
 from sauce_jax.eval.conceptworld.sauce import DemoConfig
 from sauce_jax.eval.conceptworld.experiments import ablate, features, multi, robust, transfer
 from sauce_jax.eval.emoji import EmojiConfig
-from sauce_jax.intervention import PAPER_MODES
-from sauce_jax.sae import ARCHITECTURES
+from sauce_jax.modes import PAPER_MODES
+from sauce_jax.sae_config import ARCHITECTURES
 
 from .common import (
     add_common_arguments,
@@ -175,7 +175,7 @@ def add_fashion(exp_sub) -> None:
 
 
 def cmd_table2(args) -> int:
-    from sauce_jax.eval.conceptworld.table2 import TUNED_DEMO, Table2Config, quick_config, run, study_config
+    from sauce_jax.eval.conceptworld.experiments.table2 import TUNED_DEMO, Table2Config, quick_config, run, study_config
 
     apply_threads(args)
     concepts = concepts_arg(args)
@@ -208,7 +208,7 @@ def cmd_table2(args) -> int:
         config = dataclasses.replace(config, controls=not args.no_controls,
                                      control_draws=args.control_draws or config.control_draws)
     if args.seeds:
-        from sauce_jax.eval.conceptworld import table2_seeds
+        from sauce_jax.eval.conceptworld.experiments import table2_seeds
 
         seeds = table2_seeds.parse_seeds(args.seeds)
         if args.report_only:
@@ -332,7 +332,7 @@ def add_multi(exp_sub) -> None:
 
 
 def cmd_robust(args) -> int:
-    from sauce_jax.eval.conceptworld.table2 import Table2Config
+    from sauce_jax.eval.conceptworld.experiments.table2 import Table2Config
 
     apply_threads(args)
     concepts = concepts_arg(args)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sauce_jax.intervention import MODES, WHERE
+from sauce_jax.modes import MODES, WHERE
 
 from .core import add_gate_arguments, needs_targets
 

@@ -18,8 +18,8 @@ def cmd_inspect(args) -> int:
 
 
 def add_inspect(sub) -> None:
-    from sauce_jax.eval.inspect.site import InspectConfig
-    from sauce_jax.intervention import PAPER_MODES
+    from sauce_jax.eval.inspect.config import InspectConfig
+    from sauce_jax.modes import PAPER_MODES
 
     def default(name):
         return field_default(InspectConfig, name)

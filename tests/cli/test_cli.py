@@ -10,6 +10,16 @@ import pytest
 from sauce_jax import cli
 
 
+def test_building_the_parser_loads_no_jax():
+    """`sauce-jax --help` answers at once: the parser (every command, nested subcommands too)
+    takes its choices and defaults from jax-free modules; jax loads only in a handler."""
+    code = ("import sys; from sauce_jax.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('jax', 'jaxlib', 'flax', 'torch', 'transformers') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]", result.stdout
+
+
 def test_help_lists_subcommands():
     result = subprocess.run([sys.executable, "-m", "sauce_jax.cli", "--help"], capture_output=True, text=True)
     assert result.returncode == 0

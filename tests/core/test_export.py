@@ -7,6 +7,8 @@ anything is written; an interrupted export leaves nothing behind."""
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -280,3 +282,23 @@ def test_interrupted_export_leaves_nothing(llava_export, tmp_path, monkeypatch, 
     assert sorted(p.name for p in tmp_path.iterdir()) == (["out"] if existing else [])
     if existing:
         assert [p.name for p in out.iterdir()] == ["config.json"]
+
+
+# -- permissions ---------------------------------------------------------------------------
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_export_is_readable_as_the_umask_allows(tmp_path, umask):
+    """The exported folder and every file in it get what the umask gives a new folder or file
+    (0o755 / 0o644 under 022), not mkdtemp's 0o700 nor safetensors' 0o600: a server running as
+    another user can load it."""
+    model = make_clip(SMALL, seed=5)
+    model.save_pretrained(tmp_path / "ckpt")
+    sae = make_sae("topk", SMALL["hidden_size"])
+    old = os.umask(umask)
+    try:
+        out = export_unlearned(tmp_path / "ckpt", sae, [1, 2], tmp_path / "out", layer=1, gamma=-1.0)
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [out, *out.rglob("*")]}
+    assert "model.safetensors" in modes and len(modes) >= 4, modes
+    assert modes[out.name] == 0o777 & ~umask
+    assert all(mode == 0o666 & ~umask for name, mode in modes.items() if name != out.name), modes

@@ -144,3 +144,70 @@ def test_an_others_folder_without_readable_images(toy, small_encoder, tmp_path):
     with pytest.raises(InputError, match="dogs"):
         sauce_jax.select_features(toy, small_encoder, images(0, 2), images(1, 2), k=2, progress=False,
                                   contrast="others", others={"dogs": tmp_path / "dogs"})
+
+
+# -- the steps every evaluation stack shares ------------------------------------------------
+def test_one_vs_rest_selection_is_eq4_per_target():
+    """`select_one_vs_rest` on precomputed activations: each target's own rows against every
+    other row, by eq. 4, as `score_features` + `top_features` give it concept by concept."""
+    from sauce_jax.scoring import score_features, select_one_vs_rest, top_features
+
+    z = planted()
+    rows = np.concatenate([z["pos"], z["dog"], z["car"]])
+    owners = np.array(["pos"] * 20 + ["dog"] * 20 + ["car"] * 20)
+    sets = select_one_vs_rest(rows, owners, ["pos", "dog"], 3, layer=2, sae_fingerprint="f", gamma=-1.0)
+    for target in ("pos", "dog"):
+        own = owners == target
+        expected = top_features(score_features(rows[own], rows[~own]), 3, concept=target, layer=2,
+                                sae_fingerprint="f", gamma=-1.0, token="all")
+        assert sets[target] == expected
+    assert set(sets["pos"].feature_ids[:2]) == {3, 8}  # the planted features, not the one "dog" shares
+    assert 5 in sets["dog"].feature_ids
+    with pytest.raises(InputError, match="owners"):
+        select_one_vs_rest(rows, owners[:10], ["pos"], 3, layer=2, sae_fingerprint="f")
+    with pytest.raises(InputError, match="'cat'"):
+        select_one_vs_rest(rows, owners, ["cat"], 3, layer=2, sae_fingerprint="f")
+    with pytest.raises(ConfigError, match="k must"):
+        select_one_vs_rest(rows, owners, ["pos"], 0, layer=2, sae_fingerprint="f")
+
+
+def test_matched_random_controls_are_rank_matched_and_stable():
+    """Each matched-random feature is one of the 10 unselected features nearest in rank of
+    mean activation on the positives to the feature it replaces; no draw repeats a feature; the
+    stream is a function of (seed, concept, draw); no-contrast is the k most active."""
+    from sauce_jax.scoring import control_sets
+
+    rng = np.random.default_rng(0)
+    mean = rng.exponential(1.0, 200)
+    features = FeatureSet(concept="cat", feature_ids=(5, 17, 42, 99), scores=(1.0,) * 4, layer=1,
+                          sae_fingerprint="f", gamma=-1.0)
+    made = control_sets(features, mean, draws=20, seed=3)
+    order = np.argsort(-mean, kind="stable")
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    others = [int(f) for f in order if f not in features.feature_ids]
+    for drawn in made["matched-random"]:
+        assert len(set(drawn.feature_ids)) == 4 and not set(drawn.feature_ids) & set(features.feature_ids)
+        assert drawn.gamma == -1.0 and drawn.concept == "cat"
+        for chosen, replacement in zip(features.feature_ids, drawn.feature_ids):
+            distance = sorted(abs(rank[o] - rank[chosen]) for o in others)
+            assert abs(rank[replacement] - rank[chosen]) <= distance[9 + 4]  # 10 nearest, minus those taken
+    assert len({d.feature_ids for d in made["matched-random"]}) > 10  # the draws vary
+    assert made == control_sets(features, mean, draws=20, seed=3)
+    assert made["matched-random"] != control_sets(features, mean, draws=20, seed=4)["matched-random"]
+    assert made["no-contrast"].feature_ids == tuple(int(i) for i in order[:4])
+    with pytest.raises(InputError, match="positives_mean"):
+        control_sets(features, np.full(200, np.nan), draws=2, seed=0)
+
+
+def test_padded_activations_through_a_deeper_forward_equal_the_plain_ones(toy, small_encoder):
+    """`image_activations` with `pad_to` (one compiled batch shape) and `upto` (the forward a
+    VLM's answerer already runs) gives the plain per-image activations."""
+    images = square_images(0, 5, (255, 0, 0))
+    plain = image_activations(toy, small_encoder, images, layer=-2, token="all", batch_size=2, progress=False)
+    padded = image_activations(toy, small_encoder, images, layer=-2, token="all", batch_size=2, pad_to=4,
+                               upto=-1, progress=False)
+    assert plain.shape == (5, toy.config.d_sae)
+    np.testing.assert_allclose(padded, plain, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ConfigError, match="pad_to"):
+        image_activations(toy, small_encoder, images, layer=-2, batch_size=4, pad_to=2, progress=False)

@@ -168,7 +168,7 @@ def test_bootstrap_interval_and_paired_difference():
 
 
 def test_controls_feature_draws():
-    from sauce_jax.eval.conceptworld.controls import control_sets
+    from sauce_jax.scoring import control_sets
     from sauce_jax.scoring import FeatureSet
 
     mean = np.random.default_rng(1).random(200)
@@ -187,8 +187,8 @@ def test_controls_feature_draws():
 
 
 def test_reserved_test_seeds_are_refused(tmp_path):
-    from sauce_jax.eval.conceptworld import table2_seeds
-    from sauce_jax.eval.conceptworld.table2 import Table2Config
+    from sauce_jax.eval.conceptworld.experiments import table2_seeds
+    from sauce_jax.eval.conceptworld.experiments.table2 import Table2Config
 
     assert not set(table2_seeds.VALIDATION_SEEDS) & set(table2_seeds.TEST_SEEDS)
     assert not set(table2_seeds.TEST_SEEDS) & set(range(6))
@@ -214,7 +214,7 @@ def _result(concept, domain, value):
 def test_seed_report_aggregates_finished_seeds_and_pairs_methods(tmp_path):
     import json
 
-    from sauce_jax.eval.conceptworld import table2_seeds
+    from sauce_jax.eval.conceptworld.experiments import table2_seeds
 
     for seed, (sauce, baseline) in {6: (0.9, 0.5), 7: (0.8, 0.6)}.items():
         rows = {name: {"per_concept": [_result("star", "object", v), _result("red", "color", v - 0.1)]}

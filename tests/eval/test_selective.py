@@ -1,10 +1,10 @@
-"""The SAUCE variants' grids and gate thresholds (`eval/conceptworld/selective.py`)."""
+"""The SAUCE variants' grids and gate thresholds (`eval/conceptworld/experiments/selective.py`)."""
 
 import numpy as np
 import pytest
 
 from sauce_jax.errors import ConfigError
-from sauce_jax.eval.conceptworld import selective
+from sauce_jax.eval.conceptworld.experiments import selective
 from sauce_jax.eval.conceptworld.sauce import quick_demo
 
 

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from sauce_jax.eval.conceptworld.sauce import DemoConfig
-from sauce_jax.eval.conceptworld.table2 import Table2Config, run
+from sauce_jax.eval.conceptworld.experiments.table2 import Table2Config, run
 from sauce_jax import cli
 from sauce_jax.errors import ConfigError
 

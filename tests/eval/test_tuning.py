@@ -6,7 +6,7 @@ import pytest
 
 from sauce_jax.errors import ConfigError
 from sauce_jax.eval.conceptworld.sauce import objective
-from sauce_jax.eval.conceptworld.table2 import study_concepts, study_config
+from sauce_jax.eval.conceptworld.experiments.table2 import study_concepts, study_config
 from sauce_jax.eval.conceptworld.tuning import Axis, label, search
 from sauce_jax.eval.conceptworld.world import DOMAIN_OF, TASKS
 

@@ -274,7 +274,7 @@ class _Context:
         return self._sets[key]
 
     def _select(self, sae, layer: int, token: str, selection: str) -> dict:
-        from ..selective import specific_sets
+        from .selective import specific_sets
 
         demo = dataclasses.replace(self.config.demo, k_grid=(max(self.config.k, *self.config.k_values,
                                                                  *self.config.dictionary_ks),))
@@ -295,7 +295,7 @@ class _Context:
 
         from sauce_jax.scoring import replacement_targets
 
-        from ..selective import negative_activations, negative_tokens
+        from .selective import negative_activations, negative_tokens
 
         sae = self.sae(point)
         sets = self.feature_sets(point)

@@ -284,7 +284,7 @@ def group_threshold(prepared, demo: DemoConfig, concepts, config: MultiConfig, n
     """The gated union's threshold: it opens on `config.open` of the group's train-negative
     tokens (every concept's negatives together, max over the union's features). `negatives`:
     {concept: its negatives' latents [N, T, d_sae]}, filled here once per concept of the run."""
-    from ..selective import gate_threshold, negative_tokens
+    from .selective import gate_threshold, negative_tokens
 
     missing = tuple(c for c in concepts if c not in negatives)
     if missing:

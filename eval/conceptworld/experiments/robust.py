@@ -39,8 +39,8 @@ import numpy as np
 from sauce_jax.errors import ConfigError
 from ..benchmark import Evaluation, headline, make_suite
 from ..sauce import MODES, DemoConfig, prepare
-from ..table2 import Table2Config
-from ..table2 import quick_config as table2_quick
+from .table2 import Table2Config
+from .table2 import quick_config as table2_quick
 from ..world import DOMAINS, TASKS
 from ..runs import (
     cached,

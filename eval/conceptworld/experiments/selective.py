@@ -34,12 +34,14 @@ import numpy as np
 from tqdm import tqdm
 
 from sauce_jax.errors import ConfigError
+from sauce_jax.scoring import control_sets
 
-from .controls import control_sets, mean_results, positives_mean
-from .render import render_many
-from .sauce import k_axis, kept_features, objective, say
-from .tuning import Axis, label, search
-from .world import CONCEPTS, concept_split
+
+from ..controls import mean_results, positives_mean
+from ..render import render_many
+from ..sauce import k_axis, kept_features, objective, say
+from ..tuning import Axis, label, search
+from ..world import CONCEPTS, concept_split
 
 # variant -> (selection, intervention mode)
 VARIANTS = {"gated": ("eq4", "gated"), "replace": ("eq4", "replace"), "specific": ("specific", "reconstruct"),

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .benchmark import SELECTIVITY, task_table
-from .runs import say
-from .sauce import MODES, DemoConfig, choose_hyperparameters, evaluate_test, load_model, select_all, train_concept_sae
+from ..benchmark import SELECTIVITY, task_table
+from ..runs import say
+from ..sauce import MODES, DemoConfig, choose_hyperparameters, evaluate_test, load_model, select_all, train_concept_sae
 
 
 def markdown_report(tables: dict, rows: dict, chosen: dict, config: DemoConfig, meta: dict) -> str:

@@ -26,8 +26,10 @@ import numpy as np
 from tqdm import tqdm
 
 from sauce_jax.errors import ConfigError
-from .benchmark import Evaluation, Model, example_indices, headline, make_suite, task_table
-from .sauce import (
+from sauce_jax.scoring import control_sets
+
+from ..benchmark import Evaluation, Model, example_indices, headline, make_suite, task_table
+from ..sauce import (
     MODES,
     DemoConfig,
     choose_hyperparameters,
@@ -36,8 +38,8 @@ from .sauce import (
     train_concept_sae,
     validation_suite,
 )
-from .controls import control_sets, mean_results, positives_mean
-from .runs import cached
+from ..controls import mean_results, positives_mean
+from ..runs import cached
 from .selective import (
     PER_CONCEPT,
     PER_CONCEPT_CANDIDATES,
@@ -48,8 +50,8 @@ from .selective import (
     row_name,
     variant_row,
 )
-from .tuning import Axis, label, search
-from .world import DOMAIN_OF
+from ..tuning import Axis, label, search
+from ..world import DOMAIN_OF
 
 
 # SAUCE's side of the matched budget: 4 k x 3 gamma = 12 configurations, moved off an edge once.
@@ -129,7 +131,7 @@ def study_concepts(seed: int) -> tuple[str, ...]:
     """The concepts a seed of the multi-seed study unlearns, drawn with the seed (so the study
     covers many concepts, none chosen by hand): one concrete concept (an object or a scene) and
     one abstract one (a color, an emotion or a material)."""
-    from .world import DOMAINS, TASKS, rng_for
+    from ..world import DOMAINS, TASKS, rng_for
 
     rng = rng_for(seed, "study-concepts")
     return tuple(str(rng.choice([c for d in TASKS[task] for c in DOMAINS[d]])) for task in ("concrete", "abstract"))
@@ -155,7 +157,7 @@ class _Context:
     def __init__(self, config: Table2Config, model_dir, progress: bool):
         from sauce_jax.loading import load_encoder
 
-        from . import vlm
+        from .. import vlm
 
         self.config, self.progress = config, progress
         self.llava, self.processor = vlm.load(model_dir)
@@ -201,8 +203,8 @@ class _Context:
         return self._retain_specs[concept]
 
     def retain_examples(self, concept: str, variant: Model | None = None, unlearned=None) -> list[dict]:
-        from . import text as T
-        from .answers import describe
+        from .. import text as T
+        from ..answers import describe
 
         specs = self.retain_specs(concept)
         clean = describe(self.llava, self.processor.tokenizer, self.model.features(specs))
@@ -301,7 +303,7 @@ def _paper_row(ctx: _Context, out: Path, sae_dir: Path) -> dict:
     same k grid as the SAUCE row."""
     from sauce_jax.intervention import unlearn
 
-    from .sauce import PAPER_RECIPE, train_paper_sae
+    from ..sauce import PAPER_RECIPE, train_paper_sae
 
     demo, recipe = ctx.config.demo, PAPER_RECIPE
     start = time.time()

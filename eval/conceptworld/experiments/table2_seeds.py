@@ -25,11 +25,11 @@ import numpy as np
 from sauce_jax.errors import ConfigError
 
 from . import table2
-from .benchmark import SELECTIVITY, headline, selectivity
-from .sauce import objective
-from .intervals import bootstrap, excludes_zero
+from ..benchmark import SELECTIVITY, headline, selectivity
+from ..sauce import objective
+from ..intervals import bootstrap, excludes_zero
 from .table2_report import hyperparameters_text
-from .world import TASKS
+from ..world import TASKS
 
 VALIDATION_SEEDS = (6, 7, 8, 9, 10)
 TEST_SEEDS = (101, 102, 103, 104, 105)
