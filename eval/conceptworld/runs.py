@@ -42,13 +42,29 @@ def _jsonable(value):
     return str(value)
 
 
+# Config fields added after run folders were written, with the default that computes what the
+# folder computed without them: a folder whose config.json lacks one matches a config holding
+# that default (so an older run still resumes), and only that default.
+ADDED_FIELDS = {"sae_steps": None, "objective": "compensatory"}
+
+
+def same_config(theirs, mine) -> bool:
+    """Is `mine` (a config as JSON) the config `theirs` was written with? Fields of
+    `ADDED_FIELDS` that `theirs` lacks count as equal when `mine` holds their default."""
+    if isinstance(theirs, dict) and isinstance(mine, dict):
+        keys = set(theirs) | {k for k in mine if not (k not in theirs and k in ADDED_FIELDS
+                                                     and mine[k] == ADDED_FIELDS[k])}
+        return all(k in theirs and k in mine and same_config(theirs[k], mine[k]) for k in keys)
+    return theirs == mine
+
+
 def check_same_run(out: str | Path, name: str, config) -> None:
     """Refuse a run folder that holds this experiment under another config (or another experiment)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "config.json"
     mine = {"experiment": name, "config": json.loads(json.dumps(dataclasses.asdict(config), default=str))}
-    if path.is_file() and json.loads(path.read_text()) != mine:
+    if path.is_file() and not same_config(json.loads(path.read_text()), mine):
         raise ConfigError(f"{out} holds another run ({path}: not `{name}` with this config); use a new folder")
     path.write_text(json.dumps(mine, indent=1))
 

@@ -49,6 +49,10 @@ class DemoConfig:
     sae_k: int = 16
     l1_coefficient: float = 8e-5  # for sae_architecture="standard"
     sae_epochs: float = 2.0
+    # The SAE's optimizer steps (batch 1,024 tokens), decoupled from the image count; None keeps
+    # the epochs-derived budget, floor(sae_epochs x sae_images x 37 tokens / 1,024) (108 steps for
+    # 1,500 images, 289 for 4,000). The paper's SAE gets about 2,500.
+    sae_steps: int | None = None
     n_select: int = 100  # train-split positives and negatives per concept
     n_val: int = 20
     n_test: int = 50
@@ -66,15 +70,24 @@ class DemoConfig:
         for name in ("sae_images", "expansion", "n_select", "n_val", "n_test", "n_pool", "n_perception"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"demo {name}={getattr(self, name)} must be >= 1")
+        if self.sae_steps is not None and (isinstance(self.sae_steps, bool) or not isinstance(self.sae_steps, int)
+                                           or self.sae_steps < 1):
+            raise ConfigError(f"demo sae_steps={self.sae_steps!r} must be None (epochs decide) or an integer >= 1")
         if not self.k_grid or not self.gamma_grid:
             raise ConfigError("k_grid and gamma_grid must not be empty")
         if self.grid_moves < 0:
             raise ConfigError(f"demo grid_moves={self.grid_moves} must be >= 0")
 
 
+# The CI presets' SAE budget: the 108 steps that 2 epochs of 1,500 images (x 37 tokens, batch
+# 1,024) always gave them, now stated rather than derived.
+QUICK_SAE_STEPS = 108
+
+
 def quick_demo(concepts=None, seed: int = 0) -> DemoConfig:
-    """The CI-sized SAUCE setup: few images everywhere, one point in the k / gamma grid."""
-    demo = DemoConfig(seed=seed, sae_images=1500, n_select=40, n_val=8, n_test=16, n_pool=2, n_perception=30,
+    """The CI-sized SAUCE setup: few images everywhere, one point in the k / gamma grid, and an
+    explicit SAE budget of `QUICK_SAE_STEPS` (whatever the default budget becomes)."""
+    demo = DemoConfig(seed=seed, sae_images=1500, sae_steps=QUICK_SAE_STEPS, n_select=40, n_val=8, n_test=16, n_pool=2, n_perception=30,
                       k_grid=(32,), gamma_grid=(-1.0,))
     return dataclasses.replace(demo, concepts=tuple(concepts)) if concepts else demo
 
@@ -87,7 +100,8 @@ PAPER_RECIPE = {"architecture": "standard", "expansion": 64, "l1_coefficient": 8
 
 
 def train_concept_sae(encoder, out: Path, config: DemoConfig, layer: int, progress: bool):
-    """The SAE on every token of `layer` over the generic stream (resumes an interrupted run)."""
+    """The SAE on every token of `layer` over the generic stream (resumes an interrupted run), for
+    `config.sae_steps` optimizer steps (None: `config.sae_epochs` passes over its images)."""
     from sauce_jax.sae import SAEConfig
 
     d = encoder.config.hidden_size
@@ -95,7 +109,8 @@ def train_concept_sae(encoder, out: Path, config: DemoConfig, layer: int, progre
                            k=config.sae_k if config.sae_architecture != "standard" else None,
                            l1_coefficient=config.l1_coefficient)
     images = generic_stream(config.sae_images, seed=config.seed)
-    return _train(encoder, out, sae_config, images, layer, "all", config.sae_epochs, 1e-3, config.seed, progress)
+    return _train(encoder, out, sae_config, images, layer, "all", config.sae_epochs, 1e-3, config.seed, progress,
+                  steps=config.sae_steps)
 
 
 def train_paper_sae(encoder, out: Path, progress: bool, *, images: int = 4000, steps: int | None = None):
@@ -115,11 +130,11 @@ def train_paper_sae(encoder, out: Path, progress: bool, *, images: int = 4000, s
 
 
 def _train(encoder, out: Path, sae_config, specs, layer: int, token: str, epochs: float, lr: float, seed: int,
-           progress: bool):
+           progress: bool, steps: int | None = None):
     from sauce_jax.train import TrainConfig, train_or_load
 
-    train_config = TrainConfig(batch_size=1024, epochs=epochs, lr=lr, lr_warmup_steps=50, l1_warmup_steps=100,
-                               seed=seed, log_every=50, checkpoint_every=200)
+    train_config = TrainConfig(batch_size=1024, steps=steps, epochs=epochs, lr=lr, lr_warmup_steps=50,
+                               l1_warmup_steps=100, seed=seed, log_every=50, checkpoint_every=200)
     return train_or_load(out, sae_config=sae_config, train_config=train_config, encoder=encoder, layer=layer,
                          token=token, progress=progress, lazy=lambda: {"images": list(render_many(specs))})
 

@@ -8,6 +8,10 @@ from pathlib import Path
 from typing import Any
 
 
+SAE_STEPS_HELP = ("optimizer steps of SAUCE's SAE (batch 1,024 tokens), whatever its image count (default: "
+                  "2 epochs over its images; --quick: 108)")
+
+
 def field_default(config_class: type, name: str) -> Any:
     """The default of one field of a config dataclass, so an option's default is declared once:
     in the config that receives it."""

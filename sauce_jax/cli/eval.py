@@ -60,14 +60,17 @@ def _eval_conceptworld(args) -> int:
     from sauce_jax.intervention import unlearn
 
     model_dir = resolve_model_dir(None if args.model == "conceptworld" else args.model, args.tower)
-    config = DemoConfig(concepts=parse_concepts(args.concepts), seed=args.sae_seed, n_test=args.n_images)
+    config = DemoConfig(concepts=parse_concepts(args.concepts), seed=args.sae_seed, n_test=args.n_images,
+                        sae_steps=args.sae_steps)
     llava, processor = vlm.load(model_dir)
     encoder = load_encoder(llava)
     layer = encoder.layer_index(llava.config.vision_feature_layer)
     # One SAE per model: another model's tower has other activations (the default keeps its old name).
     model_key = "" if model_dir is None else hashlib.sha256(str(Path(model_dir).resolve()).encode()).hexdigest()[:8]
     model_key += "-" if model_key else ""
-    work = Path(args.work or CONCEPTWORLD_WORK) / f"sae-{model_key}seed{args.sae_seed}"
+    # An SAE trained for --sae-steps has its own folder (the epochs-derived one keeps the old name).
+    steps_key = "" if args.sae_steps is None else f"-steps{args.sae_steps}"
+    work = Path(args.work or CONCEPTWORLD_WORK) / f"sae-{model_key}seed{args.sae_seed}{steps_key}"
     sae = train_concept_sae(encoder, work, config, layer, progress=not args.no_progress)
     sets = select_all(sae, encoder, dataclasses.replace(config, k_grid=(args.k,)), layer, progress=not args.no_progress)
     suite = make_suite(config.concepts, seed=args.seed, split="test", n_forget=args.n_images,
@@ -125,7 +128,7 @@ def obtain_sae(args, answerer, dirs, progress: bool):
     d = answerer.encoder.config.hidden_size
     sae_config = SAEConfig(d_in=d, d_sae=args.sae_expansion * d, architecture=args.sae_architecture,
                            k=args.sae_k if args.sae_architecture != "standard" else None)
-    train_config = TrainConfig(batch_size=args.sae_batch_size, epochs=args.sae_epochs, lr=1e-3,
+    train_config = TrainConfig(batch_size=args.sae_batch_size, steps=args.sae_steps, epochs=args.sae_epochs, lr=1e-3,
                                lr_warmup_steps=50, seed=args.sae_seed, log_every=50, checkpoint_every=500)
     key = json.dumps([str(Path(args.model).resolve()), str(images if isinstance(images, str) else
                                                            [str(p) for p in images]),
@@ -202,6 +205,9 @@ def add_eval(sub) -> None:
     ev.add_argument("--language", default="en", choices=["en", "es"], help="language of the prompts")
     ev.add_argument("--work", help="where the SAE is trained once and reused (default ~/.cache/sauce-jax/"
                                    "conceptworld, or .../checkpoint-eval for a checkpoint dir)")
+    ev.add_argument("--sae-steps", type=int, help="optimizer steps of the SAE trained here, whatever its image "
+                                                 "count (default: its epochs, --sae-epochs on a checkpoint, 2 on "
+                                                 "ConceptWorld); an SAE of another budget gets its own folder")
     ev.add_argument("--json", help="write the metrics to this file")
     ev.add_argument("--no-progress", action="store_true")
     _add_checkpoint_arguments(ev)

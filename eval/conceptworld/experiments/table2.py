@@ -31,6 +31,7 @@ from sauce_jax.scoring import control_sets
 from ..benchmark import Evaluation, Model, example_indices, headline, make_suite, task_table
 from ..sauce import (
     MODES,
+    QUICK_SAE_STEPS,
     DemoConfig,
     choose_hyperparameters,
     objective,
@@ -39,7 +40,7 @@ from ..sauce import (
     validation_suite,
 )
 from ..controls import mean_results, positives_mean
-from ..runs import cached
+from ..runs import cached, same_config
 from .selective import (
     PER_CONCEPT,
     PER_CONCEPT_CANDIDATES,
@@ -120,8 +121,8 @@ class Table2Config:
 
 def quick_config(concepts=None, seed: int = 0) -> Table2Config:
     """The CI-sized run: few images everywhere, one point in each grid."""
-    demo = DemoConfig(seed=seed, sae_images=1500, n_select=40, n_val=8, n_test=16, n_pool=2, n_perception=30,
-                      k_grid=(32,), gamma_grid=(-1.0,))
+    demo = DemoConfig(seed=seed, sae_images=1500, sae_steps=QUICK_SAE_STEPS, n_select=40, n_val=8, n_test=16,
+                      n_pool=2, n_perception=30, k_grid=(32,), gamma_grid=(-1.0,))
     if concepts:
         demo = dataclasses.replace(demo, concepts=tuple(concepts))
     return Table2Config(demo=demo, n_forget=16, n_retain_per_concept=4, lr_grid=(3e-4,), steps_grid=(10,))
@@ -417,8 +418,8 @@ def _check_same_run(out: Path, config: Table2Config) -> None:
     mine = json.loads(json.dumps(dataclasses.asdict(config), default=str))
     if path.is_file():
         theirs = json.loads(path.read_text())
-        if {k: v for k, v in theirs.items() if k not in _ROW_OPTIONS} != \
-                {k: v for k, v in mine.items() if k not in _ROW_OPTIONS}:
+        if not same_config({k: v for k, v in theirs.items() if k not in _ROW_OPTIONS},
+                           {k: v for k, v in mine.items() if k not in _ROW_OPTIONS}):
             raise ConfigError(f"{out} holds a table2 run with another config ({path}); use a new folder")
     path.write_text(json.dumps(mine, indent=1))
 
