@@ -35,7 +35,7 @@ def compare_variants(d_in: int, d_sae: int, batch: int, k: int, compute_dtype: s
         architecture, sparse = VARIANTS[name]
         config = sae_lib.SAEConfig(d_in=d_in, d_sae=d_sae, architecture=architecture,
                                    k=None if architecture == "standard" else k)
-        cfg = TrainConfig(batch_size=batch, compute_dtype=compute_dtype, sparse_decode=sparse,
+        cfg = TrainConfig(batch_size=batch, compute_dtype=compute_dtype, decode="sparse" if sparse else "dense",
                           model_parallel=model_parallel)
         optimizer = make_optimizer(cfg, 10**6)
         holder = {"state": shard_state(init_state(sae_lib.init_params(jax.random.key(0), config), optimizer,

@@ -14,6 +14,7 @@ training; a threshold at inference), both with the AuxK loss of Gao et al. for d
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 from typing import Any, NamedTuple
 
@@ -70,34 +71,89 @@ def _mm(a: jax.Array, b: jax.Array, compute_dtype) -> jax.Array:
     return jnp.matmul(a.astype(compute_dtype), b.astype(compute_dtype), preferred_element_type=jnp.float32)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _centred_matmul(x: jax.Array, b_dec: jax.Array, w_enc: jax.Array, compute_dtype) -> jax.Array:
+    """(x - b_dec) @ W_enc. Its gradient for b_dec is -W_enc @ (the cotangent summed over rows), a
+    matrix-vector product, where autodiff would multiply the whole [N, d_sae] cotangent by W_enc^T
+    first: one [N, d_sae] x [d_sae, d_in] product less per train step, same values."""
+    return _mm(x - b_dec, w_enc, compute_dtype)
+
+
+def _centred_matmul_fwd(x, b_dec, w_enc, compute_dtype):
+    return _mm(x - b_dec, w_enc, compute_dtype), (x, b_dec, w_enc)
+
+
+def _centred_matmul_bwd(compute_dtype, residuals, g):
+    x, b_dec, w_enc = residuals
+    xc = (x - b_dec).reshape(-1, x.shape[-1])  # [N, d_in]
+    g2 = g.reshape(-1, g.shape[-1])  # [N, d_sae]
+    d_w = _mm(xc.T, g2, compute_dtype).astype(w_enc.dtype)
+    d_b = -jnp.matmul(w_enc.astype(jnp.float32), jnp.sum(g2, axis=0)).astype(b_dec.dtype)
+    d_x = _mm(g, w_enc.T, compute_dtype).astype(x.dtype)  # unused by training: jit drops it
+    return d_x, d_b, d_w
+
+
+_centred_matmul.defvjp(_centred_matmul_fwd, _centred_matmul_bwd)
+
+
 def pre_activations(params: Params, x: jax.Array, compute_dtype=jnp.float32) -> jax.Array:
     """(x - b_dec) @ W_enc + b_enc. [..., d_in] -> [..., d_sae]"""
-    return _mm(x - params["b_dec"], params["W_enc"], compute_dtype) + params["b_enc"]
+    return _centred_matmul(x, params["b_dec"], params["W_enc"], compute_dtype) + params["b_enc"]
 
 
-def _topk_mask(pre: jax.Array, k: int) -> jax.Array:
+def _top_k_indices(pre: jax.Array, k: int, recall_target: float = 1.0) -> jax.Array:
+    """Indices of the k largest entries of each row of [N, d]: exact (`lax.top_k`), or with
+    `recall_target` < 1 through `lax.approx_max_k` (faster on TPU; exact elsewhere)."""
+    if recall_target < 1.0:
+        return jax.lax.approx_max_k(pre, k, recall_target=recall_target)[1]
+    return jax.lax.top_k(pre, k)[1]
+
+
+def _topk_mask(pre: jax.Array, k: int, recall_target: float = 1.0) -> jax.Array:
     """Exactly k True per row of [..., d_sae]: the k largest pre-activations."""
-    flat = pre.reshape(-1, pre.shape[-1])  # [N, d_sae]
-    _, idx = jax.lax.top_k(flat, k)  # [N, k]
+    flat = jax.lax.stop_gradient(pre).reshape(-1, pre.shape[-1])  # [N, d_sae]
+    idx = _top_k_indices(flat, k, recall_target)  # [N, k]
     mask = jnp.zeros(flat.shape, bool).at[jnp.arange(flat.shape[0])[:, None], idx].set(True)
     return mask.reshape(pre.shape)
 
 
+def _kth_largest(values: jax.Array, kept: int) -> jax.Array:
+    """The kept-th largest of the non-negative float32 `values` (any shape), exactly: a bisection on
+    their bit patterns (ordered like the values for non-negative floats), 31 passes of a compare
+    and a count. It replaces `lax.top_k(values.ravel(), kept)[0][-1]`, which XLA turns into a full
+    sort of the batch (100 ms on one CPU core at 256 x 2,048, against 3 ms)."""
+    keys = jax.lax.bitcast_convert_type(jax.lax.stop_gradient(values).astype(jnp.float32), jnp.int32)
+    keys = jnp.maximum(keys, 0)  # -0.0 counts as 0
+
+    def body(_, bounds):
+        low, high = bounds  # count(keys >= low) >= kept > count(keys >= high)
+        mid = low + (high - low) // 2
+        enough = jnp.sum(keys >= mid) >= kept
+        return jnp.where(enough, mid, low), jnp.where(enough, high, mid)
+
+    low, _ = jax.lax.fori_loop(0, 32, body, (jnp.int32(0), jnp.int32(0x7F800001)))
+    return jax.lax.bitcast_convert_type(low, jnp.float32)
+
+
+def _batch_kept(config: SAEConfig, n_tokens: int) -> int:
+    """How many activations BatchTopK keeps in a batch of n_tokens: k per token on average."""
+    return min(config.k * n_tokens, n_tokens * config.d_sae)
+
+
 def activate(pre: jax.Array, config: SAEConfig, *, threshold: jax.Array | None = None,
-             training: bool = False) -> tuple[jax.Array, jax.Array]:
+             training: bool = False, recall_target: float = 1.0) -> tuple[jax.Array, jax.Array]:
     """Feature activations from pre-activations; also returns batchtopk's kth value."""
     relu = jax.nn.relu(pre)
     if config.uses_l1:
         return relu, jnp.zeros((), pre.dtype)
     if config.is_topk:
-        return jnp.where(_topk_mask(pre, config.k), relu, 0.0), jnp.zeros((), pre.dtype)
+        return jnp.where(_topk_mask(pre, config.k, recall_target), relu, 0.0), jnp.zeros((), pre.dtype)
     # batchtopk: while training, the k * N largest activations of the whole batch survive, so
     # busy tokens get more latents and quiet ones fewer; at inference a fixed threshold
     # (learned as a running mean of the smallest kept value) replaces the batch.
     if training or threshold is None:
-        flat = relu.reshape(-1)
-        kept = min(config.k * (flat.shape[0] // config.d_sae), flat.shape[0])
-        kth = jax.lax.top_k(flat, kept)[0][-1]
+        kept = _batch_kept(config, relu.size // config.d_sae)
+        kth = _kth_largest(relu, kept)
         return jnp.where(relu >= jnp.maximum(kth, 1e-30), relu, 0.0), kth
     return jnp.where(relu > threshold, relu, 0.0), jnp.zeros((), pre.dtype)
 
@@ -120,26 +176,61 @@ def forward(params: Params, x: jax.Array, config: SAEConfig, compute_dtype=jnp.f
 
 
 # -- loss ---------------------------------------------------------------------------------
+# Dense decoding multiplies the [N, d_sae] latents by W_dec three times per step (forward, the
+# latents' gradient, W_dec's gradient) and the encoder's gradient is one more [N, d_sae] product;
+# sparse decoding gathers and scatter-adds N * k rows of d_in instead. The ratio d_sae / k above
+# which sparse costs less depends on how fast a backend multiplies matrices against how fast it
+# gathers and scatters rows. CPU (one core, jax 0.10, benchmarks/sae_step.py): sparse level with
+# dense at d_sae / k = 64 (256 x 2,048, k 32), 1.8x at 512 (128 x 16,384, k 32), and 5x slower
+# at 16 (AuxK's aux_k = 128 over 2,048). GPU: an estimate from matmul throughput against
+# scatter-add bandwidth, not yet measured; TPU: high, its gathers are slow.
+SPARSE_BREAK_EVEN = {"cpu": 64, "gpu": 2048, "tpu": 4096}
+
+
+def sparse_pays(config: SAEConfig, k: int | None = None, backend: str | None = None) -> bool:
+    """Whether decoding from the k active latents of each token costs less than the dense decode
+    on `backend` (default: JAX's default backend): d_sae >= SPARSE_BREAK_EVEN[backend] * k.
+    Never for the standard SAE, whose latents are not k per token."""
+    if not config.uses_k:
+        return False
+    backend = backend or jax.default_backend()
+    return config.d_sae >= SPARSE_BREAK_EVEN.get(backend, SPARSE_BREAK_EVEN["gpu"]) * (k or config.k)
+
+
 def loss(params: Params, x: jax.Array, config: SAEConfig, *, l1_coefficient: jax.Array | float | None = None,
-         dead: jax.Array | None = None, compute_dtype=jnp.float32, sparse: bool = False) -> LossOutput:
+         dead: jax.Array | None = None, compute_dtype=jnp.float32, sparse: bool | None = None,
+         recall_target: float = 1.0) -> LossOutput:
     """The training loss on a batch of activations x [N, d_in].
 
     `l1_coefficient` overrides the config's (for an L1 warm-up); `dead` [d_sae] marks the
-    latents the AuxK loss may use. `sparse` (topk, batchtopk): decode from the active latents
-    only (gather + segment-sum), so the decoder and its gradient touch k rows per token and the
-    decode cost no longer grows with d_sae; the result equals the dense path.
+    latents the AuxK loss may use (None: no AuxK term; with no latent dead the term is 0, and
+    the train step then takes the gradient of the loss without it, see `loss_and_grad`).
+    `sparse` (topk, batchtopk): work from the active latents only: the decoder, its gradient and
+    the encoder's gradient touch k rows per token (gather + scatter-add), so nothing but the
+    encoder's forward product grows with d_sae; the result equals the dense path. None (the
+    default) chooses by cost (`sparse_pays`). `recall_target` < 1 (topk): select the k latents
+    with `lax.approx_max_k` at that recall (a TPU speed-up; exact on CPU and GPU).
     """
     x = x.astype(jnp.float32)
-    pre = pre_activations(params, x, compute_dtype)  # [N, d_sae]
-    if sparse and config.uses_k:
-        values, rows, cols, kth = _active_latents(pre, config)  # [M] each
-        x_hat = _sparse_decode(params["W_dec"], values, rows, cols, x.shape[0], compute_dtype) + params["b_dec"]
+    n = x.shape[0]
+    if sparse is None:
+        sparse = sparse_pays(config)
+    sparse = bool(sparse) and config.uses_k
+    if sparse:
+        pre = jax.lax.stop_gradient(pre_activations(params, x, compute_dtype))  # [N, d_sae], selection only
+        rows, cols, valid, kth = _active_latents(pre, config, recall_target)  # [M] each
+        values = jax.nn.relu(_picked_pre(x, params["b_dec"], params["W_enc"], params["b_enc"], pre, rows, cols))
+        if valid is not None:
+            values = jnp.where(valid, values, 0.0)
+        x_hat = _sparse_decode(params["W_dec"], values, rows, cols, n, config.k if config.is_topk else None,
+                               compute_dtype) + params["b_dec"]
         weight = jnp.linalg.norm(params["W_dec"], axis=-1)[cols] if config.l1_decoder_norm else 1.0
-        l1 = jnp.sum(jnp.abs(values) * weight) / x.shape[0]
-        l0 = jnp.sum(values > 0) / x.shape[0]
+        l1 = jnp.sum(jnp.abs(values) * weight) / n
+        l0 = jnp.sum(values > 0) / n
         fired = jnp.zeros((config.d_sae,), bool).at[cols].max(values > 0)
     else:
-        z, kth = activate(pre, config, training=True)
+        pre = pre_activations(params, x, compute_dtype)  # [N, d_sae]
+        z, kth = activate(pre, config, training=True, recall_target=recall_target)
         x_hat = decode(params, z, compute_dtype)  # [N, d_in]
         norms = jnp.linalg.norm(params["W_dec"], axis=-1) if config.l1_decoder_norm else 1.0
         l1 = jnp.mean(jnp.sum(jnp.abs(z) * norms, axis=-1))
@@ -153,7 +244,8 @@ def loss(params: Params, x: jax.Array, config: SAEConfig, *, l1_coefficient: jax
         total = total + alpha * l1
     auxk = jnp.zeros((), jnp.float32)
     if config.uses_auxk and dead is not None:
-        auxk = _auxk_loss(params, pre, jax.lax.stop_gradient(residual), dead, config, compute_dtype, sparse)
+        auxk = _auxk_loss(params, x, pre, jax.lax.stop_gradient(residual), dead, config=config,
+                          compute_dtype=compute_dtype, sparse=sparse, recall_target=recall_target)
         total = total + config.aux_coefficient * auxk
     sst = jnp.sum((x - x.mean(axis=0)) ** 2)
     return LossOutput(
@@ -163,40 +255,96 @@ def loss(params: Params, x: jax.Array, config: SAEConfig, *, l1_coefficient: jax
     )
 
 
-def _active_latents(pre: jax.Array, config: SAEConfig):
-    """The latents TopK / BatchTopK keep, as (values, token rows, feature cols, kth value)."""
+def loss_and_grad(loss_fn, trainable, dead: jax.Array | None, config: SAEConfig):
+    """`jax.value_and_grad(loss_fn, has_aux=True)(trainable, dead)` for a `loss_fn(trainable,
+    dead)` returning (loss, LossOutput), with the AuxK work only where it counts: while no
+    latent is dead, a `lax.cond` takes the branch that calls `loss_fn(trainable, None)`, which
+    computes no AuxK at all (the term is 0 then, by its min(#dead / aux_k, 1) scale). Both
+    branches are compiled; one runs. (A cond inside the loss would not do: its gradient
+    carries the AuxK branch's intermediates out of both branches, zero-filled in the idle one.)"""
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if dead is None or not config.uses_auxk:
+        return grad_fn(trainable, None)
+    return jax.lax.cond(jnp.any(dead), lambda t: grad_fn(t, dead), lambda t: grad_fn(t, None), trainable)
+
+
+def _active_latents(pre: jax.Array, config: SAEConfig, recall_target: float = 1.0):
+    """The latents TopK / BatchTopK keep, as (token rows, feature cols, valid or None, kth value),
+    flat [M]: TopK's M = N * k, row by row; BatchTopK's M = k * N slots, of which the first
+    `count` hold the kept (row, col) pairs in row-major order and the rest are padding."""
     n, d_sae = pre.shape
     if config.is_topk:
-        values, cols = jax.lax.top_k(pre, config.k)  # [N, k]
+        cols = _top_k_indices(pre, config.k, recall_target)  # [N, k]
         rows = jnp.broadcast_to(jnp.arange(n)[:, None], cols.shape)
-        return jax.nn.relu(values).reshape(-1), rows.reshape(-1), cols.reshape(-1), jnp.zeros((), pre.dtype)
-    kept = min(config.k * n, n * d_sae)
-    values, flat = jax.lax.top_k(jax.nn.relu(pre).reshape(-1), kept)  # [k * N]
-    kth = values[-1]
-    values = jnp.where(values >= jnp.maximum(kth, 1e-30), values, 0.0)
-    return values, flat // d_sae, flat % d_sae, kth
+        return rows.reshape(-1), cols.reshape(-1), None, jnp.zeros((), pre.dtype)
+    relu = jax.nn.relu(pre)
+    kept = _batch_kept(config, n)
+    kth = _kth_largest(relu, kept)
+    mask = (relu >= jnp.maximum(kth, 1e-30)).reshape(-1)
+    flat = jnp.nonzero(mask, size=kept, fill_value=0)[0]  # [kept], row-major: rows come sorted
+    valid = jnp.arange(kept) < jnp.sum(mask)
+    return flat // d_sae, flat % d_sae, valid, kth
 
 
-def _sparse_decode(w_dec, values, rows, cols, n: int, compute_dtype) -> jax.Array:
-    """sum over active (row, col) of values * W_dec[col], per row: [N, d_in] without d_sae work."""
+@jax.custom_vjp
+def _picked_pre(x, b_dec, w_enc, b_enc, pre, rows, cols):
+    """pre[rows, cols] of pre = (x - b_dec) @ W_enc + b_enc (passed in, already computed), with
+    the gradient of that formula taken sparsely: W_enc's and b_enc's by a scatter-add of the M
+    picked entries, b_dec's as -W_enc @ (b_enc's gradient); no [N, d_sae] array in the backward."""
+    return pre[rows, cols]
+
+
+def _picked_pre_fwd(x, b_dec, w_enc, b_enc, pre, rows, cols):
+    return pre[rows, cols], (x, b_dec, w_enc, b_enc, pre, rows, cols)
+
+
+def _picked_pre_bwd(residuals, g):
+    x, b_dec, w_enc, b_enc, pre, rows, cols = residuals
+    g = g.astype(jnp.float32)
+    # Scatter-add into W_enc^T's layout (rows of d_in, as the gather of W_dec), then transpose.
+    d_w = jnp.zeros(w_enc.shape[::-1], jnp.float32).at[cols].add((x - b_dec)[rows] * g[:, None]).T
+    d_b_enc = jnp.zeros(b_enc.shape, jnp.float32).at[cols].add(g)
+    d_b_dec = -jnp.matmul(w_enc.astype(jnp.float32), d_b_enc)
+    d_x = jnp.zeros(x.shape, jnp.float32).at[rows].add(g[:, None] * w_enc.T[cols])  # unused by training: dropped
+    return (d_x.astype(x.dtype), d_b_dec.astype(b_dec.dtype), d_w.astype(w_enc.dtype), d_b_enc.astype(b_enc.dtype),
+            jnp.zeros_like(pre), None, None)
+
+
+_picked_pre.defvjp(_picked_pre_fwd, _picked_pre_bwd)
+
+
+def _sparse_decode(w_dec, values, rows, cols, n: int, per_row: int | None, compute_dtype) -> jax.Array:
+    """sum over active (row, col) of values * W_dec[col], per row: [N, d_in] without d_sae work.
+    `per_row`: every row has exactly that many entries, in order (TopK): a sum over them;
+    otherwise (BatchTopK) a segment sum over the sorted rows."""
     contrib = values.astype(compute_dtype)[:, None] * jnp.take(w_dec, cols, axis=0).astype(compute_dtype)  # [M, d_in]
-    return jax.ops.segment_sum(contrib.astype(jnp.float32), rows, num_segments=n)
+    contrib = contrib.astype(jnp.float32)
+    if per_row is not None:
+        return jnp.sum(contrib.reshape(n, per_row, -1), axis=1)
+    return jax.ops.segment_sum(contrib, rows, num_segments=n, indices_are_sorted=True)
 
 
-def _auxk_loss(params, pre, residual, dead, config: SAEConfig, compute_dtype, sparse: bool = False) -> jax.Array:
-    """Reconstruct the residual from the top aux_k dead latents (Gao et al. 2024)."""
-    masked = jnp.where(dead, pre, -jnp.inf)  # [N, d_sae]
+def _auxk_loss(params, x, pre, residual, dead, *, config: SAEConfig, compute_dtype, sparse: bool = False,
+               recall_target: float = 1.0) -> jax.Array:
+    """Reconstruct the residual from the top aux_k dead latents (Gao et al. 2024). `pre` carries
+    its gradient on the dense path; on the sparse path it is selection-only, and the AuxK term
+    (which runs only on steps with dead latents) recomputes it with its dense gradient: aux_k is
+    d_in / 2, far above k, where gathering aux_k rows per token costs more than the products.
+    The decode is sparse only where `sparse_pays` for aux_k."""
+    aux_k = config.resolved_aux_k
+    n = pre.shape[0]
     if sparse:
-        values, cols = jax.lax.top_k(masked, config.resolved_aux_k)  # [N, aux_k]
-        values = jnp.where(dead[cols], jax.nn.relu(values), 0.0)
-        rows = jnp.broadcast_to(jnp.arange(pre.shape[0])[:, None], cols.shape)
-        recon = _sparse_decode(params["W_dec"], values.reshape(-1), rows.reshape(-1), cols.reshape(-1),
-                               pre.shape[0], compute_dtype)
+        pre = pre_activations(params, x, compute_dtype)
+    masked = jnp.where(dead, jax.lax.stop_gradient(pre), -jnp.inf)  # [N, d_sae]
+    if sparse and sparse_pays(config, k=aux_k):
+        cols = _top_k_indices(masked, aux_k, recall_target)  # [N, aux_k]
+        values = jnp.where(dead[cols], jax.nn.relu(jnp.take_along_axis(pre, cols, axis=1)), 0.0)
+        recon = _sparse_decode(params["W_dec"], values.reshape(-1), None, cols.reshape(-1), n, aux_k, compute_dtype)
     else:
-        z_aux = jnp.where(_topk_mask(masked, config.resolved_aux_k) & dead, jax.nn.relu(pre), 0.0)
+        z_aux = jnp.where(_topk_mask(masked, aux_k, recall_target) & dead, jax.nn.relu(pre), 0.0)
         recon = _mm(z_aux, params["W_dec"], compute_dtype)
     err = recon - residual
-    scale = jnp.minimum(jnp.sum(dead) / config.resolved_aux_k, 1.0)
+    scale = jnp.minimum(jnp.sum(dead) / aux_k, 1.0)
     return scale * jnp.mean(jnp.sum(err**2, axis=-1))
 
 

@@ -7,6 +7,7 @@ import dataclasses
 from sauce_jax.errors import ConfigError
 
 COMPUTE_DTYPES = ("float32", "bfloat16")
+DECODES = ("auto", "dense", "sparse")
 LR_DECAYS = ("none", "linear", "cosine")
 
 
@@ -27,7 +28,15 @@ class TrainConfig:
     compute_dtype: str = "float32"  # matmul inputs; params and optimizer state stay float32
     normalize_decoder: bool = False  # renormalize decoder rows to unit norm after each step
     model_parallel: int = 1  # devices the feature axis (d_sae) is split over; the rest split the batch
-    sparse_decode: bool = False  # topk/batchtopk: decode from the k active latents only
+    # topk/batchtopk: "sparse" works from the k active latents of each token only (decoder, its
+    # gradient and the encoder's gradient), "dense" multiplies the whole [batch, d_sae] latents;
+    # "auto" picks the cheaper for d_sae, k and the backend (`sauce_jax.sae.sparse_pays`), and dense
+    # when the feature axis is split over devices. The results are the same either way.
+    decode: str = "auto"
+    sparse_decode: bool = False  # the older switch: True means decode="sparse"
+    # topk: None selects the k latents exactly (`lax.top_k`); a recall in (0, 1) uses
+    # `lax.approx_max_k` with that recall_target, which is faster on TPUs (exact on CPU and GPU).
+    topk_recall: float | None = None
     dead_after_steps: int = 1000  # a latent silent this many steps counts as dead (AuxK, metrics)
     threshold_decay: float = 0.99  # batchtopk: EMA decay of the inference threshold
     geometric_median_samples: int = 4096  # activations used to initialise b_dec
@@ -59,8 +68,26 @@ class TrainConfig:
             raise ConfigError(f"train config compute_dtype={self.compute_dtype!r} is not one of {COMPUTE_DTYPES}")
         if self.lr_decay not in LR_DECAYS:
             raise ConfigError(f"train config lr_decay={self.lr_decay!r} is not one of {LR_DECAYS}")
+        if self.decode not in DECODES:
+            raise ConfigError(f"train config decode={self.decode!r} is not one of {DECODES}")
+        if self.topk_recall is not None and not (isinstance(self.topk_recall, (int, float))
+                                                 and not isinstance(self.topk_recall, bool)
+                                                 and 0 < self.topk_recall <= 1):
+            raise ConfigError(f"train config topk_recall={self.topk_recall!r} must be None or in (0, 1]")
         if not 0 <= self.threshold_decay < 1:
             raise ConfigError(f"train config threshold_decay={self.threshold_decay!r} must be in [0, 1)")
 
     # Fields that may change between a run and its --resume without changing what is computed.
-    RESUMABLE_CHANGES = ("log_every", "checkpoint_every", "keep_checkpoints", "model_parallel")
+    # (dense and sparse decoding compute the same step.)
+    RESUMABLE_CHANGES = ("log_every", "checkpoint_every", "keep_checkpoints", "model_parallel", "decode",
+                         "sparse_decode")
+
+    def sparse(self, sae_config) -> bool:
+        """Whether the step decodes sparsely for `sae_config` on JAX's default backend."""
+        from sauce_jax.sae import sparse_pays
+
+        if not sae_config.uses_k or self.decode == "dense":
+            return False
+        if self.decode == "sparse" or self.sparse_decode:
+            return True
+        return self.model_parallel == 1 and sparse_pays(sae_config)

@@ -231,7 +231,7 @@ def train_sae(out_dir: str | Path, *, source=None, sae_config: SAEConfig | None 
         sae_config = SAEConfig(d_in=source.d_in, d_sae=expansion * source.d_in, architecture=architecture, k=k)
     mesh = make_mesh(cfg.model_parallel)
     _check_setting(sae_config, source, cfg, mesh)
-    plan = memory_plan(sae_config, cfg.batch_size, mesh, sparse=cfg.sparse_decode)
+    plan = memory_plan(sae_config, cfg.batch_size, mesh, sparse=cfg.sparse(sae_config))
     if progress and jax.process_index() == 0:
         print(f"memory plan: {plan.describe()}")
     check_fits(plan, memory_limit if memory_limit is not None else device_memory_bytes())
@@ -314,7 +314,7 @@ def train_saes(out_dir: str | Path, settings: list[Setting], *, encoder, images,
     plans = []
     for setting in settings:
         _check_setting(setting.sae_config, inner, cfg, mesh)
-        plans.append(memory_plan(setting.sae_config, cfg.batch_size, mesh, sparse=cfg.sparse_decode))
+        plans.append(memory_plan(setting.sae_config, cfg.batch_size, mesh, sparse=cfg.sparse(setting.sae_config)))
     plan = combined_plan(plans)
     if progress and index == 0:
         print(f"memory plan ({len(settings)} SAEs): {plan.describe()}")

@@ -60,15 +60,18 @@ def train_step(state: TrainState, batch: jax.Array, *, sae_config: SAEConfig, cf
     if cfg.l1_warmup_steps:
         alpha = alpha * jnp.minimum(1.0, (step + 1) / cfg.l1_warmup_steps)
     dead = state.since_fired >= cfg.dead_after_steps
+    sparse = cfg.sparse(sae_config)
     frozen = {k: v for k, v in state.params.items() if k not in TRAINABLE}
 
-    def loss_fn(trainable):
+    def loss_fn(trainable, dead):
         out = sae_lib.loss({**trainable, **frozen}, batch, sae_config, l1_coefficient=alpha, dead=dead,
-                           compute_dtype=compute_dtype, sparse=cfg.sparse_decode)
+                           compute_dtype=compute_dtype, sparse=sparse,
+                           recall_target=1.0 if cfg.topk_recall is None else cfg.topk_recall)
         return out.loss, out
 
     trainable = {k: state.params[k] for k in TRAINABLE}
-    (_, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+    # AuxK only on steps where some latent is dead; the others skip its work entirely.
+    (_, out), grads = sae_lib.loss_and_grad(loss_fn, trainable, dead, sae_config)
     updates, opt_state = optimizer.update(grads, state.opt_state, trainable)
     trainable = optax.apply_updates(trainable, updates)
     if cfg.normalize_decoder:
