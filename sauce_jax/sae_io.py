@@ -48,6 +48,11 @@ from sauce_jax import sparsify_format
 
 CFG_FILENAME = "cfg.json"
 WEIGHTS_FILENAME = "sae_weights.safetensors"
+# SAELens' training writes the log10 feature density beside the weights under this name and key
+# (sae_lens.constants.SPARSITY_FILENAME; SAETrainer.log_feature_sparsity: log10(density + 1e-10)).
+SPARSITY_FILENAME = "sparsity.safetensors"
+SPARSITY_KEY = "sparsity"
+SPARSITY_EPS = 1e-10
 
 # SAELens reads a cfg.json that names no sae_lens_version as its pre-6 layout and rebuilds the
 # metadata from a fixed list of keys, which would drop ours: declare the layout we write.
@@ -125,6 +130,29 @@ def save_sae(sae: SAE, directory: str | os.PathLike, *, format: str = "saelens")
     })
     (path / other).unlink(missing_ok=True)  # so the directory holds one SAE, in one format
     return path
+
+
+def save_sparsity(feature_density: np.ndarray, directory: str | os.PathLike) -> Path:
+    """Write `sparsity.safetensors` as SAELens does: {"sparsity": log10(density + 1e-10)}, float32
+    [d_sae], where density is each feature's share of tokens with a non-zero activation."""
+    density = np.asarray(feature_density, np.float64).reshape(-1)
+    arrays = {SPARSITY_KEY: np.ascontiguousarray(np.log10(density + SPARSITY_EPS).astype(np.float32))}
+    path = Path(directory).expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    header = _safetensors_header(arrays)
+    _replace_files(path, {SPARSITY_FILENAME: lambda f: _write_safetensors(f, header, arrays)})
+    return path / SPARSITY_FILENAME
+
+
+def load_sparsity(directory: str | os.PathLike) -> np.ndarray:
+    """The log10 feature density of `directory`'s `sparsity.safetensors` (ours or SAELens')."""
+    path = Path(directory).expanduser() / SPARSITY_FILENAME
+    if not path.is_file():
+        raise CheckpointError(f"{str(path)!r} does not exist")
+    tensors = read_safetensors(path)
+    if SPARSITY_KEY not in tensors:
+        raise CheckpointError(f"{str(path)!r} has no {SPARSITY_KEY!r} tensor (found {sorted(tensors)})")
+    return np.array(tensors[SPARSITY_KEY], np.float32)
 
 
 def export_arrays(sae: SAE) -> dict[str, np.ndarray]:

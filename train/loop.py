@@ -17,13 +17,16 @@ from tqdm.auto import tqdm
 from sauce_jax import sae as sae_lib
 from sauce_jax.errors import ConfigError, InputError, SauceError
 from sauce_jax.sae import SAE, SAEConfig
-from sauce_jax.statistics import feature_statistics, plot_feature_statistics
+from sauce_jax.statistics import core_metrics, plot_feature_statistics, sae_eval_record, write_sae_eval
 from sauce_jax.train.activations import ArraySource, CachedSource, EncoderSource, SharedPass, batches
 from sauce_jax.train.checkpoint import RunCheckpoints, check_resumable
 from sauce_jax.train.config import TrainConfig
 from sauce_jax.train.metrics import JsonlLog, TensorBoardLog
 from sauce_jax.train.sharding import check_fits, combined_plan, device_memory_bytes, make_mesh, memory_plan, shard_state, state_shardings
 from sauce_jax.train.step import global_batch, init_state, jit_train_step, make_optimizer
+
+
+SAE_EVAL_FILENAME = "sae_eval.json"
 
 
 class TrainingDiverged(SauceError):
@@ -190,7 +193,8 @@ class _Run:
                   metadata={**origin, **(self.metadata or {}), "source": described, "steps": self.total_steps,
                             "skipped_images": skipped, "mesh": dict(self.mesh.shape), "param_shard_shapes": shards,
                             # 0 for a fresh run; a resumed one ran only total_steps - resumed_from_step
-                            "resumed_from_step": self.start_step})
+                            "resumed_from_step": self.start_step,
+                            "training_tokens": self.total_steps * self.cfg.batch_size})
         if jax.process_index() == 0:
             _write_outputs(self.out_dir, sae, self.source)
         return sae
@@ -351,12 +355,21 @@ def train_saes(out_dir: str | Path, settings: list[Setting], *, encoder, images,
 
 
 def _write_outputs(out_dir: Path, sae: SAE, source) -> None:
-    from sauce_jax.sae_io import save_sae
+    """The trained SAE and its report, from one pass over the training activations: `sae/`
+    (SAELens format; cfg.json's metadata gains the final `l0`, `num_dead_features` and
+    `training_tokens` as SAELens 6 records them, and `sparsity.safetensors` the log10 feature
+    density), `feature_stats.npz` / `.png` (eq. 7-8, Figure 4), `sae_eval.json` (SAEBench's
+    `core` keys) and `summary.json`."""
+    from sauce_jax.sae_io import save_sae, save_sparsity
 
-    fs, fmav, rows = feature_statistics(sae.params, sae.config,
-                                        (source.chunk(0, i) for i in range(source.num_chunks())))
+    metrics = core_metrics(sae.params, sae.config, (source.chunk(0, i) for i in range(source.num_chunks())))
+    fs, fmav, rows = metrics["fs"], metrics["fmav"], metrics["tokens"]
     np.savez(out_dir / "feature_stats.npz", fs=fs, fmav=fmav, rows=rows)
     plot_feature_statistics(fs, fmav, out_dir / "feature_stats.png")
-    sae.metadata.update(dead_features=int((fs == 0).sum()), statistics_rows=int(rows))
+    dead = int((fs == 0).sum())
+    sae.metadata.update(dead_features=dead, statistics_rows=int(rows), l0=float(metrics["l0"]), num_dead_features=dead)
     save_sae(sae, out_dir / "sae")
+    save_sparsity(fs, out_dir / "sae")
+    write_sae_eval(out_dir / SAE_EVAL_FILENAME,
+                   sae_eval_record(sae, metrics, activations="the run's training activations (epoch 0, every chunk)"))
     (out_dir / "summary.json").write_text(json.dumps(sae.metadata, indent=1, default=str))

@@ -16,6 +16,7 @@ from sauce_jax.errors import SauceError
 from . import conceptworld, core, experiments, fetch, inspect
 from . import export as exporting
 from . import eval as evaluation  # not to shadow the builtin
+from .sae_eval import add_sae_eval
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     conceptworld.add_conceptworld(sub)
     inspect.add_inspect(sub)
     fetch.add_fetch(sub)
+    add_sae_eval(sub)
     return parser
 
 
