@@ -52,6 +52,15 @@ def make_suite(concepts, *, seed: int, split: str = "test", n_forget: int = 50, 
     return Suite(forget, pool, perception, split, seed)
 
 
+@dataclasses.dataclass
+class _CleanAnswers:
+    """One model's clean answers: (image, question) -> (parsed yes, first-token margin), and
+    (image, language) -> description."""
+
+    yes: dict = dataclasses.field(default_factory=dict)
+    texts: dict = dataclasses.field(default_factory=dict)
+
+
 class Model:
     """The ConceptWorld LLaVA with its vision tower in JAX: features from a clean or unlearned
     `VisionEncoder`, language model in PyTorch."""
@@ -60,12 +69,14 @@ class Model:
         self.model, self.tokenizer, self.encoder = model, processor.tokenizer, encoder
         self.batch_size = batch_size
         self._pixels: dict[int, Any] = {}
+        self._memo = _CleanAnswers()
 
     def with_language_model(self, llava) -> Model:
         """The same JAX tower (clean, and its pixel cache) in front of another PyTorch LLaVA's
         projector and language model: how a weight-editing baseline's unlearned model is scored."""
         other = copy.copy(self)
         other.model = llava
+        other._memo = _CleanAnswers()  # its own clean tower's answers come from its own language model
         return other
 
     def pixels(self, specs: list[Spec]):
@@ -98,30 +109,73 @@ class Model:
         """Generated yes/no answers about `concepts_of(spec)` for each image, and its description's
         mentions of those concepts: {"asked": [(image, concept)], "present": [bool], "yes": [bool],
         "margin": [float], "named": [bool], "texts": [...]}. With `generative=False` no
-        description is generated ("named" is then all False, "texts" empty)."""
-        feats = self.features(specs, unlearned)
+        description is generated ("named" is then all False, "texts" empty).
+
+        The clean tower's answers (`unlearned` None) are remembered per (image, question) and
+        description: every concept's evaluation asks the same retain-pool and perception
+        images, so each is answered once per model."""
         asked = [(i, c) for i, spec in enumerate(specs) for c in concepts_of(spec)]
         questions = [T.question(c, language) for _, c in asked]
-        rows = feats[[i for i, _ in asked]] if asked else feats[:0]
-        said = yes_no(self.model, self.tokenizer, rows, questions, self.batch_size)
-        texts = describe(self.model, self.tokenizer, feats, language) if generative else []
+        feats = self._features_once(specs, unlearned)
+        said = self._yes_no(specs, [i for i, _ in asked], questions, unlearned, feats)
+        texts = self._describe(specs, language, unlearned, feats) if generative else []
         named = np.array([T.mentions(texts[i], c) for i, c in asked] if generative else [False] * len(asked), bool)
         return {"asked": asked, "present": np.array([specs[i].has(c) for i, c in asked], bool),
                 "yes": said["yes"], "margin": said["margin"], "named": named, "texts": texts}
+
+    def _features_once(self, specs: list[Spec], unlearned):
+        """() -> `features(specs, unlearned)`, computed on the first call only (a clean tower's
+        may not be needed at all when every answer is remembered)."""
+        computed = []
+
+        def feats():
+            if not computed:
+                computed.append(self.features(specs, unlearned))
+            return computed[0]
+        return feats
+
+    def _yes_no(self, specs: list[Spec], rows: list[int], questions: list[str], unlearned, feats) -> dict:
+        """`yes_no` of questions[j] about image specs[rows[j]]: {"yes": [J] bool, "margin": [J]}."""
+        if unlearned is not None:
+            return yes_no(self.model, self.tokenizer, feats()[rows] if rows else feats()[:0], questions,
+                          self.batch_size)
+        keys = [(specs[i], q) for i, q in zip(rows, questions)]
+        first: dict = {}  # each missing (image, question) once, at its first row
+        for j, key in enumerate(keys):
+            if key not in self._memo.yes:
+                first.setdefault(key, j)
+        missing = list(first.values())
+        if missing:
+            said = yes_no(self.model, self.tokenizer, feats()[[rows[j] for j in missing]],
+                          [questions[j] for j in missing], self.batch_size)
+            for n, j in enumerate(missing):
+                self._memo.yes[keys[j]] = (bool(said["yes"][n]), float(said["margin"][n]))
+        answers = [self._memo.yes[key] for key in keys]
+        return {"yes": np.array([a[0] for a in answers], bool),
+                "margin": np.array([a[1] for a in answers], np.float32)}
+
+    def _describe(self, specs: list[Spec], language: str, unlearned, feats) -> list[str]:
+        """`describe` of every image of `specs`."""
+        if unlearned is not None:
+            return describe(self.model, self.tokenizer, feats(), language)
+        missing = list(dict.fromkeys(i for i, spec in enumerate(specs) if (spec, language) not in self._memo.texts))
+        if missing:
+            for i, text in zip(missing, describe(self.model, self.tokenizer, feats()[missing], language)):
+                self._memo.texts.setdefault((specs[i], language), text)
+        return [self._memo.texts[(spec, language)] for spec in specs]
 
     def perception(self, specs: list[Spec], language: str = "en", unlearned=None, exclude=(),
                    seed: int = 0) -> dict[str, dict]:
         """MME scores of every `T.PERCEPTION_SUBTASKS` subtask (those with an image to ask), its
         questions naming no concept in `exclude`; answers generated and parsed like every yes/no."""
-        feats = self.features(specs, unlearned)
         pairs = {sub: [(i, T.utility_questions(spec, sub, language, exclude, seed)) for i, spec in enumerate(specs)]
                  for sub in T.PERCEPTION_SUBTASKS}
         pairs = {sub: [(i, p) for i, p in rows if p] for sub, rows in pairs.items()}
         flat = [(sub, i, q, truth) for sub, rows in pairs.items() for i, pair in rows for q, truth in pair]
         if not flat:
             return {}
-        said = yes_no(self.model, self.tokenizer, feats[[i for _, i, _, _ in flat]], [q for _, _, q, _ in flat],
-                      self.batch_size)["yes"]
+        said = self._yes_no(specs, [i for _, i, _, _ in flat], [q for _, _, q, _ in flat], unlearned,
+                            self._features_once(specs, unlearned))["yes"]
         right = said == np.array([t for *_, t in flat], bool)
         subs = np.array([sub for sub, *_ in flat])
         ids = np.array([i for _, i, _, _ in flat])

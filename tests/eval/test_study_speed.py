@@ -1,0 +1,94 @@
+"""The study's speed-ups give the same numbers: each is checked against its plain version,
+kept here (not in the package), on reduced inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sauce_jax.eval.conceptworld import text as T
+from sauce_jax.eval.conceptworld.answers import describe, yes_no
+from sauce_jax.eval.conceptworld.benchmark import Evaluation, Model, make_suite
+from sauce_jax.eval.metrics import mme_score
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest
+
+
+class PlainModel(Model):
+    """`Model` as it answered before the clean tower's answers were remembered: every call
+    asks the language model again."""
+
+    def answers(self, specs, concepts_of, language="en", unlearned=None, generative=True):
+        feats = self.features(specs, unlearned)
+        asked = [(i, c) for i, spec in enumerate(specs) for c in concepts_of(spec)]
+        questions = [T.question(c, language) for _, c in asked]
+        rows = feats[[i for i, _ in asked]] if asked else feats[:0]
+        said = yes_no(self.model, self.tokenizer, rows, questions, self.batch_size)
+        texts = describe(self.model, self.tokenizer, feats, language) if generative else []
+        named = np.array([T.mentions(texts[i], c) for i, c in asked] if generative else [False] * len(asked), bool)
+        return {"asked": asked, "present": np.array([specs[i].has(c) for i, c in asked], bool),
+                "yes": said["yes"], "margin": said["margin"], "named": named, "texts": texts}
+
+    def perception(self, specs, language="en", unlearned=None, exclude=(), seed=0):
+        feats = self.features(specs, unlearned)
+        pairs = {sub: [(i, T.utility_questions(spec, sub, language, exclude, seed)) for i, spec in enumerate(specs)]
+                 for sub in T.PERCEPTION_SUBTASKS}
+        pairs = {sub: [(i, p) for i, p in rows if p] for sub, rows in pairs.items()}
+        flat = [(sub, i, q, truth) for sub, rows in pairs.items() for i, pair in rows for q, truth in pair]
+        if not flat:
+            return {}
+        said = yes_no(self.model, self.tokenizer, feats[[i for _, i, _, _ in flat]], [q for _, _, q, _ in flat],
+                      self.batch_size)["yes"]
+        right = said == np.array([t for *_, t in flat], bool)
+        subs = np.array([sub for sub, *_ in flat])
+        ids = np.array([i for _, i, _, _ in flat])
+        return {sub: mme_score(right[subs == sub], ids[subs == sub]) for sub in T.PERCEPTION_SUBTASKS
+                if (subs == sub).any()}
+
+
+def _equal(a, b, path=""):
+    """Nested results equal: numbers to 1e-6, everything else exactly."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for key in a:
+            _equal(a[key], b[key], f"{path}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            _equal(x, y, f"{path}[{i}]")
+    elif isinstance(a, float) or isinstance(b, float):
+        assert (a is None and b is None) or abs(a - b) <= 1e-6, (path, a, b)
+    else:
+        assert a == b, (path, a, b)
+
+
+def test_remembered_clean_answers_give_the_plain_results(conceptworld_sae):
+    """Every concept's evaluation, clean and unlearned, equals the plain model's, while the
+    remembered clean answers ask the language model less."""
+    from sauce_jax.intervention import unlearn
+    from sauce_jax.sae_io import load_sae
+    from sauce_jax.eval.conceptworld.sauce import load_model
+
+    llava, processor, encoder, layer, _ = load_model()
+    sae = load_sae(conceptworld_sae)
+    concepts = ("star", "court", "red")
+    suite = make_suite(concepts, seed=6, split="val", n_forget=3, n_pool_per_concept=1, n_perception=4)
+    fast, plain = Model(llava, processor, encoder), PlainModel(llava, processor, encoder)
+    asked = {"fast": 0, "plain": 0}
+
+    def counting(model, name):
+        original = model.features
+
+        def features(specs, unlearned=None):
+            asked[name] += len(specs)
+            return original(specs, unlearned)
+        model.features = features
+
+    counting(fast, "fast")
+    counting(plain, "plain")
+    runs = {"fast": Evaluation(fast, suite), "plain": Evaluation(plain, suite)}
+    edit = unlearn(encoder, sae, list(range(16)), layer=layer, gamma=-1.0)
+    for concept in concepts:
+        for edited in (None, edit):
+            _equal(runs["fast"].run(concept, edited), runs["plain"].run(concept, edited), concept)
+    assert asked["fast"] < asked["plain"], asked  # the remembered answers were used
