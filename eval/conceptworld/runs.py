@@ -8,9 +8,11 @@ refused), `parts/*.json` (each finished unit of work, written atomically; a reru
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -80,3 +82,22 @@ def say(progress: bool, message: str) -> None:
     """Print `message` (flushed, so it shows in a piped log at once) if `progress`."""
     if progress:
         print(message, flush=True)
+
+
+class Phases:
+    """Wall and CPU seconds (this process, every thread) of a run's named phases, in order:
+    `with phases("SAE"): ...`; `phases.seconds` is JSON-able."""
+
+    def __init__(self):
+        self.seconds: dict[str, dict[str, float]] = {}
+
+    def __call__(self, name: str):
+        @contextlib.contextmanager
+        def timed():
+            wall, cpu = time.perf_counter(), time.process_time()
+            try:
+                yield
+            finally:
+                self.seconds[name] = {"wall_s": round(time.perf_counter() - wall, 2),
+                                      "cpu_s": round(time.process_time() - cpu, 2)}
+        return timed()

@@ -19,6 +19,9 @@ def test_reduced_demo_unlearns_and_keeps_the_rest(tmp_path):
     for name in ("report.md", "results.json", "table2.png"):
         assert (tmp_path / name).stat().st_size > 0
     assert json.loads((tmp_path / "results.json").read_text())["chosen"]["reconstruct"]["k"] == 32
+    phases = results["meta"]["phases"]  # what benchmarks/study.py reports
+    assert list(phases) == ["load", "sae", "selection", "validation", "test"], phases
+    assert all(t["wall_s"] >= 0 and t["cpu_s"] >= 0 for t in phases.values()) and phases["test"]["cpu_s"] > 0
     rows = results["per_concept"]
     measured = {name: [] for name in ("UA_d", "UA_g", "IRA_d", "IRA_g", "CRA_d", "CRA_g")}
     for i, concept in enumerate(config.concepts):

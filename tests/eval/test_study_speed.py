@@ -92,3 +92,36 @@ def test_remembered_clean_answers_give_the_plain_results(conceptworld_sae):
         for edited in (None, edit):
             _equal(runs["fast"].run(concept, edited), runs["plain"].run(concept, edited), concept)
     assert asked["fast"] < asked["plain"], asked  # the remembered answers were used
+
+
+def test_phases_time_wall_and_cpu_in_order():
+    import time
+
+    from sauce_jax.eval.conceptworld.runs import Phases
+
+    phases = Phases()
+    with phases("sleep"):
+        time.sleep(0.2)
+    with phases("work"):
+        sum(i * i for i in range(2_000_000))
+    assert list(phases.seconds) == ["sleep", "work"]
+    assert phases.seconds["sleep"]["wall_s"] >= 0.2 > phases.seconds["sleep"]["cpu_s"]
+    assert phases.seconds["work"]["cpu_s"] > 0.05
+
+
+def test_the_study_report_names_every_phase_without_machine_paths(tmp_path, monkeypatch):
+    """`benchmarks/study.py` writes its figures under a relative --out, one table row a phase."""
+    import json
+
+    from benchmarks import study
+
+    fake = {"what": "sauce-jax demo --quick", "phases": {"sae": {"wall_s": 2.0, "cpu_s": 3.5}},
+            "total": {"wall_s": 2.5, "cpu_s": 4.0}}
+    monkeypatch.setattr(study, "time_demo", lambda work, size: fake)
+    monkeypatch.chdir(tmp_path)
+    report = study.main(["--demo", "quick", "--out", "results"])
+    written = list((tmp_path / "results").glob("study-*.json"))
+    assert len(written) == 1 and json.loads(written[0].read_text()) == report
+    text = written[0].with_suffix(".md").read_text()
+    assert "| sauce-jax demo --quick | sae | 2.0 | 3.5 |" in text and "| total | 2.5 | 4.0 |" in text
+    assert str(tmp_path) not in text and str(tmp_path) not in written[0].read_text()

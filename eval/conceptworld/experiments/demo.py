@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..benchmark import SELECTIVITY, task_table
-from ..runs import say
+from ..runs import Phases, say
 from ..sauce import MODES, DemoConfig, choose_hyperparameters, evaluate_test, load_model, select_all, train_concept_sae
 
 
@@ -90,18 +90,24 @@ def run(out_dir: str | Path, config: DemoConfig | None = None, *, model_dir=None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    _, _, encoder, layer, model = load_model(model_dir)
+    phases = Phases()
+    with phases("load"):
+        _, _, encoder, layer, model = load_model(model_dir)
     say(progress, f"[1/4] SAE on hidden state {layer} over {config.sae_images} generic images")
-    sae = train_concept_sae(encoder, out / "sae_run", config, layer, progress)
+    with phases("sae"):
+        sae = train_concept_sae(encoder, out / "sae_run", config, layer, progress)
     say(progress, "[2/4] feature selection")
-    sets = select_all(sae, encoder, config, layer, progress)
+    with phases("selection"):
+        sets = select_all(sae, encoder, config, layer, progress)
     say(progress, "[3/4] k and gamma on the validation split")
-    chosen = choose_hyperparameters(model, encoder, sae, sets, config, layer, progress)
+    with phases("validation"):
+        chosen = choose_hyperparameters(model, encoder, sae, sets, config, layer, progress)
     say(progress, "[4/4] test split")
-    rows = evaluate_test(model, encoder, sae, sets, chosen, config, layer, progress)
+    with phases("test"):
+        rows = evaluate_test(model, encoder, sae, sets, chosen, config, layer, progress)
     tables = {method: task_table(results) for method, results in rows.items()}
-    meta = {"seconds": time.time() - t0, "layer": layer, "sae": {k: v for k, v in sae.metadata.items()
-                                                                 if isinstance(v, (int, float, str))}}
+    meta = {"seconds": time.time() - t0, "phases": phases.seconds, "layer": layer,
+            "sae": {k: v for k, v in sae.metadata.items() if isinstance(v, (int, float, str))}}
     results = {"config": dataclasses.asdict(config), "chosen": chosen, "table2": tables, "per_concept": rows,
                "meta": meta}
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
