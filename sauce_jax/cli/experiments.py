@@ -220,6 +220,9 @@ def cmd_table2(args) -> int:
                              reference=args.reference)
         print_report(args.out, "seeds.md", "seeds.md, seeds.json and seed-*/")
         return 0
+    from sauce_jax.eval.conceptworld.experiments.table2_seeds import check_seeds
+
+    check_seeds((config.demo.seed,), args.open_test_seeds)  # one seed is refused like a list of them
     run(args.out, config, model_dir=model_dir_arg(args), progress=not args.no_progress)
     print_report(args.out, "table2.md", "table2.md, results.json, table2.png and rows/")
     return 0
@@ -253,9 +256,10 @@ def add_table2(exp_sub) -> None:
                          "splits, and with --seeds (and no --concepts) four concepts drawn per seed")
     t2.add_argument("--seeds", help="run every row on each seed and report means, 95%% bootstrap intervals and "
                                     "paired SAUCE-minus-row differences: 'validation' (6-10), 'test' (101-105, "
-                                    "reserved), 'selective-test' (106-110, reserved) or a list like 6,7 "
-                                    "(--seed is then ignored)")
-    t2.add_argument("--open-test-seeds", action="store_true", help="allow the reserved test seeds (101-110)")
+                                    "reserved), 'selective-test' (106-110, reserved), 'v3-test' (111-120, "
+                                    "reserved) or a list like 6,7 (--seed is then ignored)")
+    t2.add_argument("--open-test-seeds", action="store_true",
+                    help="allow the reserved test seeds (101-120), with --seeds or --seed")
     t2.add_argument("--report-only", action="store_true", help="with --seeds: aggregate the seeds already "
                                                                "finished in --out, computing nothing")
     for name, what in (("n-test", "test images per concept"), ("n-pool", "retain-pool images per concept"),

@@ -118,3 +118,30 @@ def test_a_run_folder_written_before_a_field_existed_still_resumes_at_its_defaul
                                  "methods": ["GA"]})
     assert not same_config(old, {"demo": {"seed": 7, "sae_images": 1500}, "methods": ["GA"]})
     assert not same_config(old, {"demo": {"seed": 6}, "methods": ["GA"]})
+
+
+# --------------------------------------------------------------------------- reserved seeds
+
+
+def test_v3_test_seeds_are_reserved_and_fresh(tmp_path, monkeypatch):
+    from sauce_jax.eval.conceptworld.experiments import table2, table2_seeds
+
+    assert table2_seeds.V3_TEST_SEEDS == tuple(range(111, 121))
+    spent = table2_seeds.TEST_SEEDS + table2_seeds.SELECTIVE_TEST_SEEDS + table2_seeds.VALIDATION_SEEDS
+    assert not set(table2_seeds.V3_TEST_SEEDS) & set(spent)
+    assert table2_seeds.parse_seeds("v3-test") == table2_seeds.V3_TEST_SEEDS
+    seen = []  # the seeds a run was started on (nothing runs here)
+    monkeypatch.setattr(table2, "run", lambda out, config, **kwargs: seen.append(config.demo.seed) or {"rows": {}})
+    for seed in (111, 115, 120):
+        with pytest.raises(ConfigError, match="reserved test seeds"):
+            table2_seeds.run(tmp_path, table2.Table2Config(), (7, seed))
+    assert not any(tmp_path.iterdir()) and seen == []
+    # The command refuses them too, a single --seed included, and runs them when opened.
+    monkeypatch.setattr("sauce_jax.cli.experiments.print_report", lambda *a, **k: None)
+    assert cli.main(["experiment", "table2", "--quick", "--seed", "113", "--out", str(tmp_path / "a")]) == 2
+    assert cli.main(["experiment", "table2", "--quick", "--seeds", "v3-test", "--out", str(tmp_path / "b")]) == 2
+    assert seen == []
+    assert cli.main(["experiment", "table2", "--quick", "--seed", "113", "--open-test-seeds",
+                     "--out", str(tmp_path / "c")]) == 0
+    assert cli.main(["experiment", "table2", "--quick", "--seed", "7", "--out", str(tmp_path / "d")]) == 0
+    assert seen == [113, 7]

@@ -10,8 +10,10 @@ SAUCE reconstruct minus every other row with its interval.
 
 Seeds are split in advance: `VALIDATION_SEEDS` for design and debugging, `TEST_SEEDS` reserved
 for the one final study run, `SELECTIVE_TEST_SEEDS` for the one read of the selective recipes
-chosen after it (both refused unless asked for with `open_test_seeds`). Seeds 0-5 were read
-while the benchmark was developed and belong to none.
+chosen after it, `V3_TEST_SEEDS` for the one read of the v3 protocol (issue 31), fixed before
+any v3 design work (all refused unless asked for with `open_test_seeds`). Seeds 0-5 were read
+while the benchmark was developed and belong to none; 101-110 are spent and never reused as
+confirmation.
 """
 
 from __future__ import annotations
@@ -34,7 +36,10 @@ from ..world import TASKS
 VALIDATION_SEEDS = (6, 7, 8, 9, 10)
 TEST_SEEDS = (101, 102, 103, 104, 105)
 SELECTIVE_TEST_SEEDS = (106, 107, 108, 109, 110)
-RESERVED = TEST_SEEDS + SELECTIVE_TEST_SEEDS
+V3_TEST_SEEDS = tuple(range(111, 121))  # ConceptWorld v3's test read (the protocol names the 6 or more it reads)
+RESERVED = TEST_SEEDS + SELECTIVE_TEST_SEEDS + V3_TEST_SEEDS
+NAMED_SEEDS = {"validation": VALIDATION_SEEDS, "test": TEST_SEEDS, "selective-test": SELECTIVE_TEST_SEEDS,
+               "v3-test": V3_TEST_SEEDS}
 REFERENCE = "SAUCE reconstruct"  # the pre-declared SAUCE row every other row is compared with
 # "objective": the declared validation objective (`sauce.objective`) read on the test split, the
 # one number that says which baseline is best overall.
@@ -42,27 +47,32 @@ COLUMNS = ("UA_g", "UA_d", "IRA", "CRA", "utility", *SELECTIVITY, "objective")
 
 
 def parse_seeds(text: str) -> tuple[int, ...]:
-    """"validation", "test", "selective-test" or a comma-separated list of integers."""
-    named = {"validation": VALIDATION_SEEDS, "test": TEST_SEEDS, "selective-test": SELECTIVE_TEST_SEEDS}
-    if text in named:
-        return named[text]
+    """"validation", "test", "selective-test", "v3-test" or a comma-separated list of integers."""
+    if text in NAMED_SEEDS:
+        return NAMED_SEEDS[text]
     try:
         seeds = tuple(int(s) for s in text.split(",") if s.strip())
     except ValueError:
-        raise ConfigError(f"--seeds {text!r}: give 'validation', 'test', 'selective-test' or integers like 6,7,8") from None
+        raise ConfigError(f"--seeds {text!r}: give one of {', '.join(map(repr, NAMED_SEEDS))} or integers like "
+                          "6,7,8") from None
     if not seeds or len(set(seeds)) != len(seeds):
         raise ConfigError(f"--seeds {text!r}: give at least one seed, each once")
     return seeds
+
+
+def check_seeds(seeds, open_test_seeds: bool = False) -> None:
+    """Refuse any `RESERVED` seed unless `open_test_seeds`."""
+    reserved = sorted(set(seeds) & set(RESERVED))
+    if reserved and not open_test_seeds:
+        raise ConfigError(f"seeds {reserved} are reserved test seeds, opened once for the final study run; "
+                          "pass --open-test-seeds to run them")
 
 
 def run(out_dir: str | Path, config: table2.Table2Config, seeds, *, open_test_seeds: bool = False,
         model_dir=None, progress: bool = True, draw_concepts: bool = False, reference: str = REFERENCE) -> dict:
     """Table 2 on every seed (resumable), then the aggregate; returns what `seeds.json` holds.
     `draw_concepts`: each seed unlearns its own `table2.study_concepts(seed)`."""
-    reserved = sorted(set(seeds) & set(RESERVED))
-    if reserved and not open_test_seeds:
-        raise ConfigError(f"seeds {reserved} are reserved test seeds, opened once for the final study run; "
-                          "pass --open-test-seeds to run them")
+    check_seeds(seeds, open_test_seeds)
     out = Path(out_dir)
     per_seed = {}
     for seed in seeds:
