@@ -193,7 +193,8 @@ def _retain(pool_answers: dict, clean: dict, concept: str, same_domain: bool) ->
 def _selectivity(concept: str, forget: dict, clean_forget: dict, pool: dict, forget_specs: list[Spec],
                  pool_specs: list[Spec], generative: bool) -> dict:
     """Co-occurring retention on the forget images, yes/no balanced accuracy over every other
-    concept asked (present and absent, forget and pool images), and the description rates."""
+    concept asked (present and absent, forget and pool images), and the description rates (HAL_g
+    over forget and pool descriptions, and split: `selectivity.hallucination_split`)."""
     other = np.array([c != concept for _, c in forget["asked"]], bool)
     co = other & forget["present"]
     cor_d = retain_accuracy(clean_forget["yes"][co], forget["yes"][co])
@@ -202,12 +203,16 @@ def _selectivity(concept: str, forget: dict, clean_forget: dict, pool: dict, for
     yes = np.concatenate([forget["yes"][other], pool["yes"][pool_other]])
     present = np.concatenate([forget["present"][other], pool["present"][pool_other]])
     margin_yes = np.concatenate([forget["margin"][other], pool["margin"][pool_other]]) > 0
-    texts = list(zip(forget["texts"], forget_specs)) + list(zip(pool["texts"], pool_specs))
+    forget_texts, pool_texts = list(zip(forget["texts"], forget_specs)), list(zip(pool["texts"], pool_specs))
+    texts = forget_texts + pool_texts
     none = {"value": None, "n": 0}
+    split = S.hallucination_split(concept, forget_texts, pool_texts) if generative else \
+        dict.fromkeys(("HAL_swap", "HAL_other", "HAL_pool"), none)
     return {
         "COR_d": cor_d.as_dict(), "COR_g": cor_g.as_dict(),
         "BA_d": S.balanced_accuracy(yes, present), "BA_d_logit": S.balanced_accuracy(margin_yes, present),
         "HAL_g": S.rate(bool(S.hallucinated(t, s)) for t, s in texts) if generative else none,
+        **split,
         "DEG_g": S.rate(S.degenerate(t) for t, _ in texts) if generative else none,
     }
 
@@ -309,13 +314,14 @@ def headline(result: dict) -> dict[str, float]:
             "CRA": mean_of("CRA_d", "CRA_g"), "utility": result["utility"]}
 
 
-SELECTIVITY = ("COR", "BA", "HAL", "DEG", "UA_d_logit")
+SELECTIVITY = ("COR", "BA", "HAL", "HAL_swap", "HAL_other", "HAL_pool", "DEG", "UA_d_logit")
 
 
 def selectivity(result: dict) -> dict[str, float]:
     """The selectivity columns of one concept: COR (co-occurring retention, mean of its yes/no
     and description rate), BA (yes/no balanced accuracy over the other concepts, present and
-    absent), HAL (descriptions naming an absent concept), DEG (degenerate descriptions) and
+    absent), HAL (descriptions naming an absent concept) and its split HAL_swap / HAL_other /
+    HAL_pool (`selectivity.hallucination_split`), DEG (degenerate descriptions) and
     UA_d_logit (UA_d scored by the logit margin, the old rule, as a diagnostic). NaN where a
     rate had no support (e.g. no descriptions)."""
     def value(name):
@@ -324,6 +330,7 @@ def selectivity(result: dict) -> dict[str, float]:
 
     cor = [v for v in (value("COR_d"), value("COR_g")) if not np.isnan(v)]
     return {"COR": float(np.mean(cor)) if cor else float("nan"), "BA": value("BA_d"), "HAL": value("HAL_g"),
+            "HAL_swap": value("HAL_swap"), "HAL_other": value("HAL_other"), "HAL_pool": value("HAL_pool"),
             "DEG": value("DEG_g"), "UA_d_logit": value("UA_d_logit")}
 
 

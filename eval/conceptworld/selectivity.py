@@ -97,6 +97,28 @@ def hallucinated(text: str, spec: Spec) -> frozenset[str]:
     return named_concepts(text) - spec.concepts
 
 
+# The slot of a description a concept fills (`text.item_phrase`: an item is a shape or a face,
+# so objects and emotions share one slot; then its color and material; the scene).
+SLOT_OF = {"object": "shape", "emotion": "shape", "color": "color", "material": "material", "scene": "scene"}
+
+
+def hallucination_split(concept: str, forget: Sequence[tuple[str, Spec]], pool: Sequence[tuple[str, Spec]]) -> dict:
+    """HAL split by where the absent concept is named, each {"value", "n"} as `rate`:
+
+    - HAL_swap: forget images' descriptions naming an absent concept of the target's own slot
+      (the word that replaces a forgotten one, the success case of the paper's Figure 1);
+    - HAL_other: forget images' descriptions naming an absent concept of another slot;
+    - HAL_pool: descriptions of images without the concept naming any absent concept.
+
+    `forget` and `pool` are (description, spec) pairs. A description may count in both forget
+    rates. Only HAL_other and HAL_pool are damage."""
+    slot = SLOT_OF[DOMAIN_OF[concept]]
+    named = [{SLOT_OF[DOMAIN_OF[c]] for c in hallucinated(text, spec)} for text, spec in forget]
+    return {"HAL_swap": rate(slot in slots for slots in named),
+            "HAL_other": rate(bool(slots - {slot}) for slots in named),
+            "HAL_pool": rate(bool(hallucinated(text, spec)) for text, spec in pool)}
+
+
 def rate(flags: Iterable[bool]) -> dict:
     """{"value": share of True (None when empty), "n": count}, the shape of `Rate.as_dict`."""
     a = np.asarray(list(flags), bool)

@@ -145,3 +145,49 @@ def test_v3_test_seeds_are_reserved_and_fresh(tmp_path, monkeypatch):
                      "--out", str(tmp_path / "c")]) == 0
     assert cli.main(["experiment", "table2", "--quick", "--seed", "7", "--out", str(tmp_path / "d")]) == 0
     assert seen == [113, 7]
+
+
+# -------------------------------------------------------------------------------- split HAL
+
+
+def _spec(scene="court", shape="star", emotion=None, color="red", material="wood"):
+    from sauce_jax.eval.conceptworld.world import Item, Spec
+
+    return Spec(scene, (Item(shape, emotion, color, material),), 0)
+
+
+def test_hal_is_split_into_the_targets_slot_other_slots_and_the_pool():
+    import numpy as np
+
+    from sauce_jax.eval.conceptworld.benchmark import _selectivity, selectivity
+    from sauce_jax.eval.conceptworld.selectivity import hallucination_split
+
+    red_star = _spec()
+    forget = [("a blue wood star on a court .", red_star),   # the color slot swapped: HAL_swap
+              ("a red glass star on a court .", red_star),   # another slot: HAL_other
+              ("a blue wood star on a rink .", red_star),    # both
+              ("a wood star on a court .", red_star),        # forgotten, nothing named instead
+              ("a red wood star on a court .", red_star)]    # kept
+    blue_heart = _spec(shape="heart", color="blue", scene="pool")
+    pool = [("a blue wood heart on a pool .", blue_heart), ("a blue wood heart on a rink .", blue_heart),
+            ("a red wood heart on a pool .", blue_heart), ("a blue wood heart on a pool .", blue_heart)]
+    split = hallucination_split("red", forget, pool)
+    assert split == {"HAL_swap": {"value": 0.4, "n": 5}, "HAL_other": {"value": 0.4, "n": 5},
+                     "HAL_pool": {"value": 0.5, "n": 4}}
+    # Objects and emotions share the item's shape slot: a star forgotten into a face is a swap.
+    happy = ("a happy red wood face on a court .", red_star)
+    assert hallucination_split("star", [happy], [])["HAL_swap"]["value"] == 1.0
+    assert hallucination_split("star", [happy], [])["HAL_other"]["value"] == 0.0
+    assert hallucination_split("court", [happy], [])["HAL_other"]["value"] == 1.0
+    # In a result: HAL_g (forget and pool together) stays, the split beside it.
+    n_f, n_p = len(forget), len(pool)
+    answers = lambda texts: {"asked": [], "present": np.zeros(0, bool), "yes": np.zeros(0, bool),
+                             "margin": np.zeros(0), "named": np.zeros(0, bool), "texts": texts}
+    f, p = answers([t for t, _ in forget]), answers([t for t, _ in pool])
+    result = _selectivity("red", f, f, p, [s for _, s in forget], [s for _, s in pool], generative=True)
+    assert result["HAL_g"] == {"value": round((3 + 2) / (n_f + n_p), 4), "n": n_f + n_p}
+    assert {k: result[k] for k in split} == split
+    columns = selectivity(result)
+    assert (columns["HAL_swap"], columns["HAL_other"], columns["HAL_pool"]) == (0.4, 0.4, 0.5)
+    quiet = _selectivity("red", f, f, p, [s for _, s in forget], [s for _, s in pool], generative=False)
+    assert quiet["HAL_pool"]["value"] is None and quiet["HAL_g"]["value"] is None

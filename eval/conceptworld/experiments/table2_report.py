@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 
 COLUMNS = ("UA_g", "UA_d", "IRA", "CRA", "utility")
-SELECTIVITY = ("COR", "BA", "HAL", "DEG", "UA_d_logit")  # `benchmark.selectivity`'s columns
-RATES = ("UA_g", "UA_d", "IRA_g", "IRA_d", "CRA_g", "CRA_d", "COR_g", "COR_d", "BA_d", "HAL_g", "DEG_g",
-         "UA_d_logit", "clean_g", "clean_d")
+# `benchmark.selectivity`'s columns
+SELECTIVITY = ("COR", "BA", "HAL", "HAL_swap", "HAL_other", "HAL_pool", "DEG", "UA_d_logit")
+RATES = ("UA_g", "UA_d", "IRA_g", "IRA_d", "CRA_g", "CRA_d", "COR_g", "COR_d", "BA_d", "HAL_g", "HAL_swap", "HAL_other",
+         "HAL_pool", "DEG_g", "UA_d_logit", "clean_g", "clean_d")
 
 
 def _pct(value, scale: float = 100.0) -> str:
@@ -57,7 +58,9 @@ def markdown(results: dict) -> str:
              "Yes/no and perception answers are generated and parsed with MME's rule. Selectivity: COR, the other "
              "concepts of each forget image still shown (yes/no and description); BA, yes/no balanced accuracy over "
              "every other concept asked, present and absent (0.5 = yes to everything); HAL, descriptions naming a "
-             "concept the image lacks; DEG, descriptions that do not parse into item phrases or repeat a word; "
+             "concept the image lacks, split into HAL_swap (forget images, the target's own slot: the word that "
+             "replaces the forgotten one), HAL_other (forget images, other slots) and HAL_pool (images without the "
+             "concept); DEG, descriptions that do not parse into item phrases or repeat a word; "
              "UA_d_logit, UA_d under the old yes-vs-no logit rule. Controls use SAUCE reconstruct's k and gamma."), "",
              "## Table 2", "", "| method | chosen on val | task | " + " | ".join(COLUMNS + SELECTIVITY) + " |",
              "|---|---|---|" + "---|" * len(COLUMNS + SELECTIVITY)]

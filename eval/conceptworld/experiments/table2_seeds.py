@@ -162,7 +162,8 @@ def markdown(summary: dict) -> str:
              ("Mean over seeds of the per-seed mean over concepts, percent, with its 95% bootstrap interval "
               "(seeds, then concepts, resampled). COR: co-occurring concepts of the forget images still shown; "
               "BA: yes/no balanced accuracy over the other concepts, present and absent; HAL: descriptions "
-              "naming an absent concept; DEG: degenerate descriptions; UA_d_logit: UA_d under the old logit rule."),
+              "naming an absent concept, split into HAL_swap (forget images, the target's own slot), HAL_other "
+              "(forget images, other slots) and HAL_pool (images without the concept); DEG: degenerate descriptions; UA_d_logit: UA_d under the old logit rule."),
              "", "## Cells", "", "| method | task | " + " | ".join(COLUMNS) + " |",
              "|---|---|" + "---|" * len(COLUMNS)]
     for method, tasks in summary["cells"].items():
