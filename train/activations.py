@@ -120,20 +120,17 @@ class EncoderSource:
             if not flags.FLAGS.is_parsed():  # grain reads absl flags, which a library never parses
                 flags.FLAGS.mark_as_parsed()
             loaded = loaded.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.workers))
-        pixels = []
-        for i, px in loaded:
-            if px is None:
-                self.skipped.add(i)
-            else:
-                pixels.append(px)
-        if not pixels:
-            return tuple(np.zeros((0, self.d_in), np.float32) for _ in layers)
-        outputs: list[list[np.ndarray]] = [[] for _ in layers]
+        # Encode each batch as soon as its images are decoded: grain's threads decode the next
+        # batch while the tower runs (XLA releases the GIL), and nothing waits for the host copy
+        # until the chunk is complete.
+        outputs: list[list[Any]] = [[] for _ in layers]
         key = jax.random.key(self.seed)
-        for start in range(0, len(pixels), self.encode_batch):
-            batch = np.stack(pixels[start : start + self.encode_batch])  # [b, H, W, C]
-            n = len(batch)
-            batch = pad_batch(batch, self.encode_batch)  # the last batch too: one compiled shape for the run
+        pending: list[np.ndarray] = []
+        start = 0  # index of the batch's first readable image in the chunk
+
+        def encode(pixels: list[np.ndarray]) -> None:
+            batch = pad_batch(np.stack(pixels), self.encode_batch)  # [B, H, W, C]: one compiled shape for the run
+            n = len(pixels)
             if len(layers) == 1:
                 hidden = (self.encoder.hidden_state(batch, layers[0]),)
             else:  # one forward keeps every requested state; no block past the deepest runs
@@ -141,7 +138,23 @@ class EncoderSource:
             # the same key for every layer: the same tokens as separate single-layer runs
             sub = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, epoch), index), start)
             for out, h in zip(outputs, hidden):  # h: [B, T, D]
-                out.append(np.asarray(select_tokens(h[:n], self.token, sub), np.float32))
+                out.append(select_tokens(h[:n], self.token, sub))
+
+        for i, px in loaded:
+            if px is None:
+                self.skipped.add(i)
+                continue
+            pending.append(px)
+            if len(pending) == self.encode_batch:
+                encode(pending)
+                start += len(pending)
+                pending = []
+        if pending:
+            encode(pending)
+            start += len(pending)
+        if not start:
+            return tuple(np.zeros((0, self.d_in), np.float32) for _ in layers)
+        outputs = [[np.asarray(part, np.float32) for part in out] for out in outputs]
         shuffle = None
         result = []
         for out in outputs:
