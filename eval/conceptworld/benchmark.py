@@ -272,6 +272,16 @@ class Evaluation:
             self._clean_perception[concept] = self._perception(concept)
         return self._clean_forget[concept], self._clean_pool[concept]
 
+    def clean_rates(self, concept: str) -> dict:
+        """The clean model's rates that are not relative to it (BA, HAL and its split, DEG, utility)
+        on this suite's images of `concept`: what `sauce.selective_objective` compares with."""
+        clean_forget, clean_pool = self.clean(concept)
+        rates = _selectivity(concept, clean_forget, clean_forget, clean_pool, self.suite.forget[concept],
+                             self.pool_without(concept), self.generative)
+        return {**{name: rates[name]["value"] for name in ("BA_d", "HAL_g", "HAL_swap", "HAL_other", "HAL_pool",
+                                                           "DEG_g")},
+                "utility": utility(self._clean_perception[concept])}
+
     def run(self, concept: str, unlearned=None, model: Model | None = None) -> dict:
         """Metrics of one variant: an unlearned JAX tower (`unlearned`), an edited PyTorch side
         (`model`, e.g. `Model.with_language_model(edited)`), both, or neither (the clean model)."""
@@ -295,6 +305,7 @@ class Evaluation:
             **_selectivity(concept, forget, clean_forget, pool, specs, self.pool_without(concept), self.generative),
             "clean_d": clean_accuracy(clean_forget["yes"][target]).as_dict(),
             "clean_g": clean_accuracy(clean_forget["named"][target]).as_dict(),
+            "clean_rates": self.clean_rates(concept),
             "utility": utility(perception), "perception": perception,
             "clean_perception": self._clean_perception[concept],
             "examples": [{"image": i, "truth": T.description(specs[i], self.language),

@@ -3,7 +3,8 @@
 1. `train_concept_sae`: an SAE on every token of the layer the LLaVA reads, over the generic
    stream (streamed through `sauce_jax.train.train_sae`; an interrupted run resumes).
 2. `select_all`: each concept's features ranked by eq. 4 on its train split.
-3. `choose_hyperparameters`: k and gamma per mode on the validation split only (`objective`).
+3. `choose_hyperparameters`: k and gamma per mode on the validation split only (`grid_objective`:
+   `DemoConfig.objective` names one of `OBJECTIVES`).
 4. `evaluate_test`: each concept unlearned in turn and scored once on the test split.
 
 `prepare` runs 1-3 resumably into a run folder and returns them as a `Prepared`;
@@ -64,6 +65,11 @@ class DemoConfig:
     # (`tuning.search`). The demo keeps its 2 x 2 grid fixed (every point of a 2 x 2 grid is an
     # edge); Table 2's matched tuning moves once.
     grid_moves: int = 0
+    # What every validation grid maximises (`OBJECTIVES`): "compensatory" (`compensatory_objective`,
+    # the one every committed figure was tuned with, and the default until the v3 study freezes its
+    # protocol) or "selective" (`selective_objective`, which collapse, refusal and doing nothing
+    # cannot win; issue 31 makes it v3's primary).
+    objective: str = "compensatory"
 
     def __post_init__(self):
         check_concepts(list(self.concepts))
@@ -77,6 +83,8 @@ class DemoConfig:
             raise ConfigError("k_grid and gamma_grid must not be empty")
         if self.grid_moves < 0:
             raise ConfigError(f"demo grid_moves={self.grid_moves} must be >= 0")
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"demo objective={self.objective!r} is not one of {', '.join(OBJECTIVES)}")
 
 
 # The CI presets' SAE budget: the 108 steps that 2 epochs of 1,500 images (x 37 tokens, batch
@@ -87,8 +95,8 @@ QUICK_SAE_STEPS = 108
 def quick_demo(concepts=None, seed: int = 0) -> DemoConfig:
     """The CI-sized SAUCE setup: few images everywhere, one point in the k / gamma grid, and an
     explicit SAE budget of `QUICK_SAE_STEPS` (whatever the default budget becomes)."""
-    demo = DemoConfig(seed=seed, sae_images=1500, sae_steps=QUICK_SAE_STEPS, n_select=40, n_val=8, n_test=16, n_pool=2, n_perception=30,
-                      k_grid=(32,), gamma_grid=(-1.0,))
+    demo = DemoConfig(seed=seed, sae_images=1500, sae_steps=QUICK_SAE_STEPS, n_select=40, n_val=8, n_test=16,
+                      n_pool=2, n_perception=30, k_grid=(32,), gamma_grid=(-1.0,))
     return dataclasses.replace(demo, concepts=tuple(concepts)) if concepts else demo
 
 
@@ -167,7 +175,7 @@ FORGET_TERMS = ("UA_d", "UA_g")
 # balanced accuracy over the other concepts, descriptions free of absent concepts and of
 # degenerate text, and the perception subtasks.
 KEEP_TERMS = ("IRA_d", "IRA_g", "CRA_d", "CRA_g", "COR_d", "COR_g", "BA_d", "HAL_g", "DEG_g", "utility")
-_LOWER_IS_BETTER = ("HAL_g", "DEG_g")
+_LOWER_IS_BETTER = ("HAL_g", "HAL_swap", "HAL_other", "HAL_pool", "DEG_g")
 
 
 def _term(result: dict, name: str) -> float | None:
@@ -180,25 +188,124 @@ def _term(result: dict, name: str) -> float | None:
     return 1.0 - value if name in _LOWER_IS_BETTER else value
 
 
-def objective(result: dict) -> float:
-    """What every validation grid maximises (SAUCE's k and gamma, each baseline's learning rate
+def _mean_of(result: dict, names) -> float:
+    values = [v for v in (_term(result, n) for n in names) if v is not None]
+    return float(np.mean(values)) if values else 0.0
+
+
+def compensatory_objective(result: dict) -> float:
+    """The objective every v2 grid maximised (SAUCE's k and gamma, each baseline's learning rate
     and steps), declared before any test seed was read: half forgetting, half keeping,
 
         0.5 * mean(UA_d, UA_g) + 0.5 * mean(KEEP_TERMS),
 
     each a rate in [0, 1] (HAL and DEG as 1 - rate, utility / 100), skipping the terms a result
-    could not score. A model that forgets nothing scores about 0.5, one that forgets by collapsing
-    its outputs loses the keep half, so the grid cannot buy forgetting with collateral damage."""
-    def mean_of(names):
-        values = [v for v in (_term(result, n) for n in names) if v is not None]
-        return float(np.mean(values)) if values else 0.0
+    could not score. A model that forgets nothing scores about 0.5. It is compensatory: one point
+    of mean UA buys ten points of any one keep term, so collapse ("no" to everything, empty
+    descriptions, about 0.59) beats doing nothing and detect-and-refuse (about 0.87) ties a good
+    selective edit (issue 31); `selective_objective` is the one that cannot be won that way."""
+    return 0.5 * _mean_of(result, FORGET_TERMS) + 0.5 * _mean_of(result, KEEP_TERMS)
 
-    return 0.5 * mean_of(FORGET_TERMS) + 0.5 * mean_of(KEEP_TERMS)
+
+# Today's objective under its old name, for the callers and tables that read it as `objective`.
+objective = compensatory_objective
+
+# The selective objective's keep terms: the compensatory ones with HAL_g replaced by the two
+# parts of HAL that are damage (the target's own slot, HAL_swap, is the paper's success case).
+SELECTIVE_KEEP_TERMS = ("IRA_d", "IRA_g", "CRA_d", "CRA_g", "COR_d", "COR_g", "BA_d", "HAL_other", "HAL_pool",
+                        "DEG_g", "utility")
+# Retain rates count only the cases the clean model had right: the clean model's own rate is 1.
+_RETAIN_TERMS = ("IRA_d", "IRA_g", "CRA_d", "CRA_g", "COR_d", "COR_g")
+KEEP_SOFTMIN_TEMPERATURE = 0.02  # 2 points: the soft minimum is within 0.02 x ln(11) of the minimum
+KEEP_MARGIN = 0.03  # `keeps_clean`: every keep term within 3 points of the clean model
+
+
+def _raw(source, name: str):
+    """The value of `name` in a result ({"value": ...}, or utility's number) or a flat mapping."""
+    value = source.get(name)
+    return value.get("value") if isinstance(value, dict) else value
+
+
+def clean_level(result: dict, name: str, clean: dict | None = None) -> float | None:
+    """The clean model's value of keep term `name` on the same images, as `_term` reads terms
+    (in [0, 1], higher better): 1 for a retain rate; else from `clean` (the clean model's result
+    of the same concept, or a mapping of its rates) or the result's own `clean_rates`
+    (`Evaluation.run` records them); None where neither has it."""
+    if name in _RETAIN_TERMS:
+        return 1.0
+    reference = clean if clean is not None else result.get("clean_rates")
+    value = None if reference is None else _raw(reference, name)
+    if value is None and name == "utility" and clean is None and result.get("clean_perception"):
+        from sauce_jax.eval.metrics import utility
+
+        value = utility(result["clean_perception"])
+    if value is None:
+        return None
+    return _term({name: value} if name == "utility" else {name: {"value": value}}, name)
+
+
+def keep_deficits(result: dict, clean: dict | None = None) -> dict[str, float]:
+    """How far each `SELECTIVE_KEEP_TERMS` term fell below the clean model, in [0, 1] (points /
+    100; 0 where it is as good or better), over the terms both can score."""
+    deficits = {}
+    for name in SELECTIVE_KEEP_TERMS:
+        value, reference = _term(result, name), clean_level(result, name, clean)
+        if value is not None and reference is not None:
+            deficits[name] = max(0.0, reference - value)
+    return deficits
+
+
+def soft_minimum(values, temperature: float = KEEP_SOFTMIN_TEMPERATURE) -> float:
+    """-t ln(mean(exp(-v / t))): between min(values) and min + t ln(n), and equal to v when
+    every value is v; smooth, so the grid still sees a small loss anywhere."""
+    v = np.asarray(values, float)
+    low = float(v.min())
+    return low - temperature * float(np.log(np.mean(np.exp(-(v - low) / temperature))))
+
+
+def selective_objective(result: dict, clean: dict | None = None) -> float:
+    """The objective collapse cannot win (issue 31), in [0, 1]: the geometric mean of forgetting
+    and keeping,
+
+        sqrt(mean(UA_d, UA_g) * softmin_t(1 - deficit_i for i in SELECTIVE_KEEP_TERMS)),
+
+    each deficit a keep term's drop below the clean model on the same images (`keep_deficits`;
+    `clean`: the clean model's result, default the result's own `clean_rates`), the soft minimum
+    at temperature `KEEP_SOFTMIN_TEMPERATURE`. Doing nothing scores 0; losing any one keep term
+    entirely (collapse, refusing the concept's descriptions) scores near 0 whatever it forgets;
+    a selective edit scores about sqrt(UA x (1 - its worst deficit))."""
+    reference = clean if clean is not None else result.get("clean_rates")
+    if reference is None:
+        from sauce_jax.errors import InputError
+
+        raise InputError("the selective objective compares with the clean model: the result has no clean_rates "
+                         "(an older run) and no clean result was given")
+    forget = _mean_of(result, FORGET_TERMS)
+    deficits = keep_deficits(result, clean)
+    if not deficits:
+        return 0.0
+    keep = min(1.0, max(0.0, soft_minimum([1.0 - d for d in deficits.values()])))
+    return float(np.sqrt(forget * keep))
+
+
+def keeps_clean(result: dict, clean: dict | None = None, margin: float = KEEP_MARGIN) -> bool:
+    """The pass/fail column beside the selective objective: every keep term within `margin`
+    (default `KEEP_MARGIN`, 3 points) of the clean model."""
+    return all(d <= margin + 1e-9 for d in keep_deficits(result, clean).values())
+
+
+# The objectives a grid may maximise (`DemoConfig.objective`).
+OBJECTIVES = {"compensatory": compensatory_objective, "selective": selective_objective}
+
+
+def grid_objective(result: dict, config: DemoConfig) -> float:
+    """`result` scored by the objective `config` declares for its grids."""
+    return OBJECTIVES[config.objective](result)
 
 
 def choose_hyperparameters(model: Model, encoder, sae, sets: dict, config: DemoConfig, layer: int,
                            progress: bool, modes=MODES, evaluation: Evaluation | None = None) -> dict:
-    """Per mode, the (k, gamma) with the best `objective` (mean over the concepts) on the
+    """Per mode, the (k, gamma) with the best `grid_objective` (mean over the concepts) on the
     validation split, by `tuning.search` over k_grid x gamma_grid (moved off an edge up to
     `config.grid_moves` times). A grid of one point has nothing to choose: it is taken without
     scoring (val_objective None). `evaluation`: an `Evaluation` of `validation_suite(config)`
@@ -218,7 +325,7 @@ def choose_hyperparameters(model: Model, encoder, sae, sets: dict, config: DemoC
             k, gamma = point["k"], point["gamma"]
             results = [evaluation.run(c, unlearn(encoder, sae, sets[c].top(k, gamma), layer=layer, gamma=gamma,
                                                  mode=mode)) for c in config.concepts]
-            value = float(np.mean([objective(r) for r in results]))
+            value = float(np.mean([grid_objective(r, config) for r in results]))
             say(progress, f"  val {mode:11s} {label(point)}: {value:.3f}")
             return value
 

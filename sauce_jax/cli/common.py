@@ -12,6 +12,11 @@ SAE_STEPS_HELP = ("optimizer steps of SAUCE's SAE (batch 1,024 tokens), whatever
                   "2 epochs over its images; --quick: 108)")
 
 
+OBJECTIVE_CHOICES = ("compensatory", "selective")  # `sauce.OBJECTIVES` (the parser stays jax-free)
+OBJECTIVE_HELP = ("what every validation grid maximises: 'compensatory' (default; v2's, every committed figure) or "
+                  "'selective' (collapse, refusal and doing nothing cannot win it; v3's primary)")
+
+
 def field_default(config_class: type, name: str) -> Any:
     """The default of one field of a config dataclass, so an option's default is declared once:
     in the config that receives it."""

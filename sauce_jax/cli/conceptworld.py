@@ -9,7 +9,16 @@ from pathlib import Path
 from sauce_jax.eval.conceptworld.sauce import DemoConfig
 from sauce_jax.eval.conceptworld.training import TOWER_LABELS, RecipeConfig
 
-from .common import SAE_STEPS_HELP, add_tower_argument, concepts_arg, field_default, model_dir_arg, print_report
+from .common import (
+    OBJECTIVE_CHOICES,
+    OBJECTIVE_HELP,
+    SAE_STEPS_HELP,
+    add_tower_argument,
+    concepts_arg,
+    field_default,
+    model_dir_arg,
+    print_report,
+)
 
 # ------------------------------------------------------------------------------------- demo
 
@@ -25,6 +34,8 @@ def cmd_demo(args) -> int:
         config = DemoConfig(seed=args.seed, **({"concepts": concepts} if concepts else {}))
     if args.sae_steps is not None:
         config = dataclasses.replace(config, sae_steps=args.sae_steps)
+    if args.objective:
+        config = dataclasses.replace(config, objective=args.objective)
     results = run(args.out, config, model_dir=model_dir_arg(args), progress=not args.no_progress)
     print_report(args.out, "report.md", "report, results.json and table2.png")
     return 0 if results else 1
@@ -41,6 +52,7 @@ def add_demo(sub) -> None:
     demo.add_argument("--seed", type=int, default=field_default(DemoConfig, "seed"))
     demo.add_argument("--quick", action="store_true", help="a reduced run (fewer images, no grid search)")
     demo.add_argument("--sae-steps", type=int, help=SAE_STEPS_HELP)
+    demo.add_argument("--objective", choices=OBJECTIVE_CHOICES, help=OBJECTIVE_HELP)
     demo.add_argument("--no-progress", action="store_true")
     demo.set_defaults(func=cmd_demo)
 

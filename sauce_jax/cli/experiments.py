@@ -16,6 +16,8 @@ from sauce_jax.modes import PAPER_MODES
 from sauce_jax.sae_config import ARCHITECTURES
 
 from .common import (
+    OBJECTIVE_CHOICES,
+    OBJECTIVE_HELP,
     SAE_STEPS_HELP,
     add_common_arguments,
     add_tower_argument,
@@ -201,6 +203,8 @@ def cmd_table2(args) -> int:
         config = dataclasses.replace(config, per_concept_candidates=_split(args.candidates))
     if args.no_paper_row:
         config = dataclasses.replace(config, paper_row=False)
+    if args.objective:
+        config = dataclasses.replace(config, demo=dataclasses.replace(config.demo, objective=args.objective))
     sizes = {name: getattr(args, name) for name in ("n_test", "n_pool", "n_perception", "sae_images", "sae_steps")
              if getattr(args, name) is not None}
     if sizes:
@@ -266,6 +270,7 @@ def add_table2(exp_sub) -> None:
                        ("n-perception", "perception images"), ("sae-images", "generic images for the SAE")):
         t2.add_argument(f"--{name}", type=int, help=f"{what} (default: the demo's, or --quick's)")
     t2.add_argument("--sae-steps", type=int, help=SAE_STEPS_HELP)
+    t2.add_argument("--objective", choices=OBJECTIVE_CHOICES, help=OBJECTIVE_HELP)
     t2.add_argument("--control-draws", type=int, help="matched-random control draws per concept (default 10)")
     t2.add_argument("--no-controls", action="store_true", help="skip the matched-random and no-contrast controls")
     t2.add_argument("--threads", type=int, help="PyTorch threads (default: PyTorch's choice)")

@@ -191,3 +191,141 @@ def test_hal_is_split_into_the_targets_slot_other_slots_and_the_pool():
     assert (columns["HAL_swap"], columns["HAL_other"], columns["HAL_pool"]) == (0.4, 0.4, 0.5)
     quiet = _selectivity("red", f, f, p, [s for _, s in forget], [s for _, s in pool], generative=False)
     assert quiet["HAL_pool"]["value"] is None and quiet["HAL_g"]["value"] is None
+
+
+# --------------------------------------------------------------- the objective collapse cannot win
+
+# The clean model on a concept's images (retain rates are relative to it, so 1 by construction).
+CLEAN = {"BA_d": 0.97, "HAL_g": 0.06, "HAL_swap": 0.02, "HAL_other": 0.04, "HAL_pool": 0.05, "DEG_g": 0.01,
+         "utility": 98.0}
+RETAIN = ("IRA_d", "IRA_g", "CRA_d", "CRA_g", "COR_d", "COR_g")
+
+
+def _row(ua_d, ua_g, retain, clean=CLEAN, **rates) -> dict:
+    """A synthetic `Evaluation.run` result: retain rates in `retain` (name -> value, default 1),
+    the other rates in `rates` (default: the clean model's)."""
+    values = {**{name: 1.0 for name in RETAIN}, **retain}
+    row = {"UA_d": {"value": ua_d, "n": 16}, "UA_g": {"value": ua_g, "n": 16},
+           **{name: {"value": v, "n": 16} for name, v in values.items()}, "clean_rates": dict(clean)}
+    for name in ("BA_d", "HAL_g", "HAL_swap", "HAL_other", "HAL_pool", "DEG_g"):
+        row[name] = {"value": rates.get(name, clean[name]), "n": 40}
+    row["utility"] = rates.get("utility", clean["utility"])
+    return row
+
+
+def _below_clean(ua: float, deficits: dict) -> dict:
+    """An edit at mean UA `ua` whose keep terms each sit `deficits[term]` (points / 100) below clean."""
+    worse = {"BA_d": -1, "HAL_other": +1, "HAL_pool": +1, "HAL_g": +1, "DEG_g": +1}
+    rates = {name: CLEAN[name] + sign * deficits[name] for name, sign in worse.items()}
+    rates["utility"] = CLEAN["utility"] - 100 * deficits["utility"]
+    return _row(ua, ua, {name: 1.0 - deficits[name] for name in RETAIN}, **rates)
+
+
+TERMS = (*RETAIN, "BA_d", "HAL_other", "HAL_pool", "HAL_g", "DEG_g", "utility")
+
+
+def _scenarios(rng) -> dict:
+    good = _below_clean(0.90, {t: float(rng.uniform(0, 0.02)) for t in TERMS})  # every keep term within 2 points
+    mediocre = _below_clean(0.80, dict.fromkeys(TERMS, 0.05))  # every keep term 5 points below
+    # Detect and refuse: the concept forgotten (UA 1), its descriptions refused: the concepts that
+    # co-occur on its images lost (yes/no and descriptions) and those descriptions degenerate (the
+    # forget share of all descriptions, 16 of 40) and naming nothing; the rest clean.
+    refuse = _row(1.0, 1.0, {"COR_d": 0.0, "COR_g": 0.0}, DEG_g=0.4, HAL_swap=0.0, HAL_other=0.0,
+                  HAL_g=CLEAN["HAL_pool"] * 24 / 40)
+    # Collapse: "no" to every question, every description empty (degenerate, naming nothing); MME
+    # pairs answered "no" twice score acc 50, acc+ 0.
+    collapse = _row(1.0, 1.0, dict.fromkeys(RETAIN, 0.0), BA_d=0.5, HAL_g=0.0, HAL_swap=0.0, HAL_other=0.0,
+                    HAL_pool=0.0, DEG_g=1.0, utility=25.0)
+    nothing = _row(0.0, 0.0, {})  # the clean model itself
+    return {"good": good, "mediocre": mediocre, "refuse": refuse, "collapse": collapse, "nothing": nothing}
+
+
+def _ranks_as_issue_31_asks(score, rows) -> bool:
+    s = {name: score(row) for name, row in rows.items()}
+    return (s["good"] >= s["mediocre"] + 0.05
+            and all(s["mediocre"] >= s[name] + 0.05 for name in ("refuse", "collapse", "nothing")))
+
+
+def test_the_selective_objective_ranks_selective_edits_above_collapse_refusal_and_nothing():
+    import numpy as np
+
+    from sauce_jax.eval.conceptworld.sauce import (
+        compensatory_objective,
+        keeps_clean,
+        objective,
+        selective_objective,
+    )
+
+    for draw in range(20):  # the good edit's deficits anywhere within its 2 points
+        rows = _scenarios(np.random.default_rng(draw))
+        assert _ranks_as_issue_31_asks(selective_objective, rows)
+        # The control: today's objective fails the same test; detect-and-refuse about ties the
+        # mediocre edit (the issue's 0.87 against 0.875), and collapse beats doing nothing.
+        assert not _ranks_as_issue_31_asks(compensatory_objective, rows)
+        old = {name: compensatory_objective(row) for name, row in rows.items()}
+        assert old["refuse"] > old["mediocre"] - 0.05 and old["collapse"] > old["nothing"]
+        assert objective is compensatory_objective  # still there under its old name
+        # The pass/fail column: every keep term within 3 points of clean.
+        assert keeps_clean(rows["good"]) and keeps_clean(rows["nothing"])
+        assert not any(keeps_clean(rows[n]) for n in ("mediocre", "refuse", "collapse"))
+    # The clean model given as its result scores the same as through the result's clean_rates.
+    rows = _scenarios(np.random.default_rng(0))
+    clean_result = rows["nothing"]
+    bare = {k: v for k, v in rows["mediocre"].items() if k != "clean_rates"}
+    assert selective_objective(bare, clean=clean_result) == pytest.approx(selective_objective(rows["mediocre"]))
+    from sauce_jax.errors import InputError
+
+    with pytest.raises(InputError, match="clean"):
+        selective_objective(bare)
+
+
+def test_only_the_damaging_parts_of_hal_enter_the_selective_objective():
+    from sauce_jax.eval.conceptworld.sauce import selective_objective
+
+    edit = _row(1.0, 1.0, {})
+    base = selective_objective(edit)
+    assert base == pytest.approx(1.0)
+    # The forgotten word replaced in its own slot (HAL_swap, and so HAL_g) costs nothing ...
+    assert selective_objective(_row(1.0, 1.0, {}, HAL_swap=0.9, HAL_g=0.5)) == pytest.approx(base)
+    # ... while hallucinating elsewhere does, on forget images and on the pool alike.
+    # A soft minimum lies within t ln(n) of the minimum: keep <= 0.7 + 0.02 ln(11).
+    from sauce_jax.eval.conceptworld.sauce import KEEP_SOFTMIN_TEMPERATURE, SELECTIVE_KEEP_TERMS
+
+    bound = math.sqrt(0.7 + KEEP_SOFTMIN_TEMPERATURE * math.log(len(SELECTIVE_KEEP_TERMS)))
+    for part in ("HAL_other", "HAL_pool"):
+        assert selective_objective(_row(1.0, 1.0, {}, **{part: CLEAN[part] + 0.3})) <= bound + 1e-9 < base
+
+
+def test_the_grids_maximise_the_declared_objective():
+    from sauce_jax.eval.conceptworld.sauce import OBJECTIVES, grid_objective
+
+    rows = _scenarios(__import__("numpy").random.default_rng(0))
+    assert DemoConfig().objective == "compensatory"  # every committed figure's; v3 flips it when frozen
+    selective = DemoConfig(objective="selective")
+    for row in rows.values():
+        assert grid_objective(row, selective) == OBJECTIVES["selective"](row)
+        assert grid_objective(row, DemoConfig()) == OBJECTIVES["compensatory"](row)
+    with pytest.raises(ConfigError, match="objective"):
+        DemoConfig(objective="ua")
+
+
+@pytest.mark.parametrize("argv, module, expected", [
+    (["demo", "--quick", "--objective", "selective"], "demo", "selective"),
+    (["demo"], "demo", "compensatory"),
+    (["experiment", "table2", "--study", "--objective", "selective"], "table2", "selective"),
+    (["experiment", "table2", "--quick"], "table2", "compensatory"),
+])
+def test_objective_option_reaches_the_config(argv, module, expected, monkeypatch, tmp_path):
+    import importlib
+
+    from sauce_jax.cli.common import OBJECTIVE_CHOICES
+    from sauce_jax.eval.conceptworld.sauce import OBJECTIVES
+
+    assert OBJECTIVE_CHOICES == tuple(OBJECTIVES)
+    seen = []
+    experiment = importlib.import_module(f"sauce_jax.eval.conceptworld.experiments.{module}")
+    monkeypatch.setattr(experiment, "run", lambda out, config, **kwargs: seen.append(config) or {"done": True})
+    monkeypatch.setattr("sauce_jax.cli.experiments.print_report", lambda *a, **k: None)
+    monkeypatch.setattr("sauce_jax.cli.conceptworld.print_report", lambda *a, **k: None)
+    assert cli.main([*argv, "--out", str(tmp_path), "--no-progress"]) == 0
+    assert (seen[0] if module == "demo" else seen[0].demo).objective == expected

@@ -68,7 +68,7 @@ def test_the_per_concept_row_chooses_recipe_and_k_for_each_concept_alone(monkeyp
                        ("red", "reconstruct"): {16: 0.3, 32: 0.6, 64: 0.8},
                        ("red", "delta"): {16: 0.2, 32: 0.6, 64: 0.5}})
     test = _Evaluation(val.table)
-    monkeypatch.setattr(selective, "objective", lambda result: result["value"])
+    monkeypatch.setattr(selective, "grid_objective", lambda result, demo: result["value"])
     monkeypatch.setattr(selective, "editor", lambda name, *a, **k: lambda concept, point: (name, concept, point))
     ctx = SimpleNamespace(config=SimpleNamespace(demo=demo), val=val, test=test, encoder=None, layer=0,
                           retain_examples=lambda concept, unlearned: [])

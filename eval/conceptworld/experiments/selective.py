@@ -2,7 +2,7 @@
 
 Each variant changes how the features are chosen, how they are edited, or both, and is tuned
 like every other row: a 12-point grid on the validation split, moved once off an edge, scored
-by `sauce.objective`.
+by the declared objective (`sauce.grid_objective`).
 
 - `gated`: eq. 4's features, the delta edit only at tokens where one of them is active above a
   threshold (`unlearn(mode="gated")`). At threshold 0 that is delta itself, so the threshold is
@@ -39,7 +39,7 @@ from sauce_jax.scoring import control_sets
 
 from ..controls import mean_results, positives_mean
 from ..render import render_many
-from ..sauce import k_axis, kept_features, objective, say
+from ..sauce import grid_objective, k_axis, kept_features, say
 from ..tuning import Axis, label, search
 from ..world import CONCEPTS, concept_split
 
@@ -190,7 +190,7 @@ def variant_row(variant: str, ctx, prepared, progress: bool) -> dict:
     edit, sets = _editors([variant], ctx, prepared, progress)[variant]
 
     def score(point):
-        value = float(np.mean([objective(ctx.val.run(c, edit(c, point))) for c in demo.concepts]))
+        value = float(np.mean([grid_objective(ctx.val.run(c, edit(c, point)), demo) for c in demo.concepts]))
         say(progress, f"  val {row_name(variant)} {label(point)}: {value:.3f}")
         return value
 
@@ -220,7 +220,7 @@ def per_concept_rows(ctx, prepared, progress: bool, candidates=PER_CONCEPT_CANDI
         best = None
         for name, (edit, sets) in editors.items():
             def score(point, edit=edit, name=name):
-                value = objective(ctx.val.run(concept, edit(concept, point)))
+                value = grid_objective(ctx.val.run(concept, edit(concept, point)), demo)
                 say(progress, f"  val {PER_CONCEPT} {concept} {name} {label(point)}: {value:.3f}")
                 return value
 

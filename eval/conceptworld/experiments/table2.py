@@ -9,8 +9,9 @@ variant, and the controls. Every row is scored by the same `Evaluation` on the s
 Matched tuning: the baselines' forget set is the same train-split positives SAUCE selects on;
 every tuned method gets a grid of the same size (4 learning rates x 3 step counts, 4 k x 3
 gamma: 12 configurations), moved off an edge once (`tuning.search`), scored by the same declared
-objective (`sauce.objective`: half forgetting, half retention, selectivity and utility) on the
-validation split, never on test. Each finished row is written to
+objective (`DemoConfig.objective`: by default `sauce.compensatory_objective`, half forgetting, half
+retention, selectivity and utility; or `sauce.selective_objective`) on the validation split, never
+on test. Each finished row is written to
 `rows/<name>.json` at once and a rerun skips it; at the end `results.json`, `table2.md` (Table 2,
 per-concept rates, losses, Table 3 descriptions) and `table2.png` are written.
 """
@@ -34,7 +35,7 @@ from ..sauce import (
     QUICK_SAE_STEPS,
     DemoConfig,
     choose_hyperparameters,
-    objective,
+    grid_objective,
     select_all,
     train_concept_sae,
     validation_suite,
@@ -246,7 +247,7 @@ def _baseline_row(ctx: _Context, method: str) -> dict:
             if run is None or run.step > steps:
                 run = runs[(concept, lr)] = Unlearner(ctx.llava, ctx.data(concept), config.baseline(method, lr, steps))
             variant = ctx.model.with_language_model(run.train_to(steps).model_now())
-            values.append(objective(ctx.val.run(concept, model=variant)))
+            values.append(grid_objective(ctx.val.run(concept, model=variant), config.demo))
         value = float(np.mean(values))
         _say(ctx.progress, f"  val {method} {label(point)}: {value:.3f}")
         return value

@@ -28,7 +28,7 @@ from sauce_jax.errors import ConfigError
 
 from . import table2
 from ..benchmark import SELECTIVITY, headline, selectivity
-from ..sauce import objective
+from ..sauce import compensatory_objective, keeps_clean, selective_objective
 from ..intervals import bootstrap, excludes_zero
 from .table2_report import hyperparameters_text
 from ..world import TASKS
@@ -41,9 +41,11 @@ RESERVED = TEST_SEEDS + SELECTIVE_TEST_SEEDS + V3_TEST_SEEDS
 NAMED_SEEDS = {"validation": VALIDATION_SEEDS, "test": TEST_SEEDS, "selective-test": SELECTIVE_TEST_SEEDS,
                "v3-test": V3_TEST_SEEDS}
 REFERENCE = "SAUCE reconstruct"  # the pre-declared SAUCE row every other row is compared with
-# "objective": the declared validation objective (`sauce.objective`) read on the test split, the
-# one number that says which baseline is best overall.
-COLUMNS = ("UA_g", "UA_d", "IRA", "CRA", "utility", *SELECTIVITY, "objective")
+# "objective": the v2 declared validation objective (`sauce.compensatory_objective`) read on the
+# test split; "selective_objective": the one collapse cannot win (`sauce.selective_objective`,
+# v3's primary) and "keeps_clean" the share of concepts with every keep term within
+# `sauce.KEEP_MARGIN` of clean (both NaN for results written before they recorded clean_rates).
+COLUMNS = ("UA_g", "UA_d", "IRA", "CRA", "utility", *SELECTIVITY, "objective", "selective_objective", "keeps_clean")
 
 
 def parse_seeds(text: str) -> tuple[int, ...]:
@@ -105,7 +107,11 @@ def report(out_dir: str | Path, seeds, reference: str = REFERENCE) -> dict:
 
 
 def _columns(result: dict) -> dict[str, float]:
-    return headline(result) | selectivity(result) | {"objective": objective(result)}
+    clean = result.get("clean_rates") is not None
+    return headline(result) | selectivity(result) | {
+        "objective": compensatory_objective(result),
+        "selective_objective": selective_objective(result) if clean else float("nan"),
+        "keeps_clean": float(keeps_clean(result)) if clean else float("nan")}
 
 
 def _matrix(per_seed: dict, method: str, task: str, column: str) -> np.ndarray:
