@@ -350,11 +350,24 @@ def _nanmean(values) -> float:
     return round(float(np.mean(kept)), 4) if kept else float("nan")
 
 
+def objectives(result: dict) -> dict[str, float]:
+    """The objectives of one concept (`sauce`): "objective" (the compensatory one the v2 grids
+    maximised), "selective_objective" and "keeps_clean" (1 when every keep term is within
+    `sauce.KEEP_MARGIN` of clean); the last two NaN for a result without clean_rates."""
+    from .sauce import compensatory_objective, keeps_clean, selective_objective
+
+    clean = result.get("clean_rates") is not None
+    return {"objective": compensatory_objective(result),
+            "selective_objective": selective_objective(result) if clean else float("nan"),
+            "keeps_clean": float(keeps_clean(result)) if clean else float("nan")}
+
+
 def task_table(results: list[dict]) -> dict[str, dict[str, float]]:
-    """Per task (concrete, abstract): the mean of each headline column over its concepts."""
+    """Per task (concrete, abstract): the mean of each headline, selectivity and objective column
+    over its concepts."""
     table = {}
     for task, domains in TASKS.items():
-        rows = [headline(r) | selectivity(r) for r in results if r["domain"] in domains]
+        rows = [headline(r) | selectivity(r) | objectives(r) for r in results if r["domain"] in domains]
         if rows:
             table[task] = {k: _nanmean([row[k] for row in rows]) for k in rows[0]}
     return table

@@ -329,3 +329,86 @@ def test_objective_option_reaches_the_config(argv, module, expected, monkeypatch
     monkeypatch.setattr("sauce_jax.cli.conceptworld.print_report", lambda *a, **k: None)
     assert cli.main([*argv, "--out", str(tmp_path), "--no-progress"]) == 0
     assert (seen[0] if module == "demo" else seen[0].demo).objective == expected
+
+
+# ------------------------------------------------------------------------------- statistics
+
+
+def test_t_interval_over_concept_draws_clustered_by_seed_matches_a_hand_computation():
+    import numpy as np
+    from scipy import stats
+
+    from sauce_jax.eval.conceptworld.intervals import t_interval
+
+    nan = float("nan")
+    values = [[1.0, 2.0], [3.0, 5.0], [2.0, nan], [nan, nan]]  # the last seed has no value at all
+    means = [1.5, 4.0, 2.0]  # each seed's mean over its concepts: the units
+    m = sum(means) / 3
+    sd = math.sqrt(sum((x - m) ** 2 for x in means) / 2)
+    half = stats.t.ppf(0.975, 2) * sd / math.sqrt(3)
+    found = t_interval(values)
+    assert found["unit"] == "seeds" and found["n"] == 3 and found["df"] == 2
+    assert found["mean"] == pytest.approx(m) and found["lo"] == pytest.approx(m - half)
+    assert found["hi"] == pytest.approx(m + half)
+    # One seed: its concept draws are the units.
+    one = t_interval([[0.2, 0.4, 0.9, nan]], level=0.9)
+    mean, sd = np.mean([0.2, 0.4, 0.9]), np.std([0.2, 0.4, 0.9], ddof=1)
+    assert one["unit"] == "concepts" and one["df"] == 2
+    assert one["hi"] - one["mean"] == pytest.approx(stats.t.ppf(0.95, 2) * sd / math.sqrt(3))
+    assert one["mean"] == pytest.approx(mean)
+    assert t_interval([[0.5]])["lo"] is None and t_interval([[nan]])["mean"] is None
+
+
+def test_paired_t_test_and_bca_use_the_same_units():
+    import numpy as np
+    from scipy import stats
+
+    from sauce_jax.eval.conceptworld.intervals import BCA_MIN_UNITS, bca_interval, t_test
+
+    rng = np.random.default_rng(3)
+    diffs = rng.normal(0.05, 0.1, size=(6, 2))
+    found = t_test(diffs)
+    reference = stats.ttest_1samp(diffs.mean(axis=1), 0.0)
+    assert found["p"] == pytest.approx(reference.pvalue) and found["t"] == pytest.approx(reference.statistic)
+    assert t_test(np.zeros((3, 2)))["p"] == 1.0 and t_test(np.full((3, 2), 0.5))["p"] == 0.0
+    assert bca_interval(diffs) is None  # 6 seeds: too few units for BCa
+    many = rng.normal(0.05, 0.1, size=(BCA_MIN_UNITS, 3))
+    found = bca_interval(many, seed=1)
+    direct = stats.bootstrap((many.mean(axis=1),), np.mean, n_resamples=9999, method="BCa",
+                             random_state=np.random.default_rng(1)).confidence_interval
+    assert (found["lo"], found["hi"]) == pytest.approx((direct.low, direct.high))
+    assert found["lo"] < found["mean"] < found["hi"] and found["unit"] == "seeds"
+
+
+def test_holm_matches_a_hand_computation():
+    from sauce_jax.eval.conceptworld.intervals import holm
+
+    # Sorted: 0.005 x 4 = 0.02; 0.01 x 3 = 0.03; 0.03 x 2 = 0.06; 0.04 x 1 = 0.04 -> 0.06 (monotone).
+    found = holm({"a": 0.01, "b": 0.04, "c": 0.03, "d": 0.005})
+    assert {k: v["p_holm"] for k, v in found.items()} == pytest.approx({"a": 0.03, "b": 0.06, "c": 0.06, "d": 0.02})
+    assert [k for k, v in found.items() if v["reject"]] == ["a", "d"]
+    # Unadjusted, c and b would pass at 0.05; a test that could not run still counts in m.
+    found = holm({"a": 0.02, "b": None})
+    assert found["a"]["p_holm"] == pytest.approx(0.04) and found["a"]["reject"] and not found["b"]["reject"]
+    assert holm({"a": 0.6, "b": 0.7})["a"]["p_holm"] == 1.0
+
+
+def test_the_best_baseline_is_chosen_on_validation_tables():
+    from sauce_jax.errors import InputError
+    from sauce_jax.eval.conceptworld.intervals import best_baseline
+
+    def table(ga, kl, po, sauce=0.99):
+        return {"GA": {"concrete": {"selective_objective": ga[0]}, "abstract": {"selective_objective": ga[1]}},
+                "KL": {"concrete": {"selective_objective": kl[0]}, "abstract": {"selective_objective": kl[1]}},
+                "PO": {"concrete": {"selective_objective": po[0]}, "abstract": {"selective_objective": po[1]}},
+                "SAUCE reconstruct": {"concrete": {"selective_objective": sauce}}}
+
+    seeds = {7: table((0.8, 0.3), (0.6, 0.7), (0.7, 0.5)), 8: table((0.7, 0.4), (0.65, 0.6), (0.6, 0.5))}
+    assert best_baseline(seeds, task="concrete") == "GA"  # 0.75 against 0.625 and 0.65
+    assert best_baseline(seeds, task="abstract") == "KL"
+    assert best_baseline(list(seeds.values())) == "KL"  # over both tasks: 0.6375 against 0.55 and 0.575
+    assert best_baseline(seeds, task="concrete", baselines=("PO", "KL")) == "PO"
+    tie = {7: table((0.5, 0.5), (0.5, 0.5), (0.5, 0.5))}
+    assert best_baseline(tie, baselines=("KL", "GA")) == "KL"  # a tie goes to the earlier one
+    with pytest.raises(InputError, match="no validation table"):
+        best_baseline(seeds, column="missing")

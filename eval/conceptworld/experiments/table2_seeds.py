@@ -27,8 +27,7 @@ import numpy as np
 from sauce_jax.errors import ConfigError
 
 from . import table2
-from ..benchmark import SELECTIVITY, headline, selectivity
-from ..sauce import compensatory_objective, keeps_clean, selective_objective
+from ..benchmark import SELECTIVITY, headline, objectives, selectivity
 from ..intervals import bootstrap, excludes_zero
 from .table2_report import hyperparameters_text
 from ..world import TASKS
@@ -107,11 +106,7 @@ def report(out_dir: str | Path, seeds, reference: str = REFERENCE) -> dict:
 
 
 def _columns(result: dict) -> dict[str, float]:
-    clean = result.get("clean_rates") is not None
-    return headline(result) | selectivity(result) | {
-        "objective": compensatory_objective(result),
-        "selective_objective": selective_objective(result) if clean else float("nan"),
-        "keeps_clean": float(keeps_clean(result)) if clean else float("nan")}
+    return headline(result) | selectivity(result) | objectives(result)
 
 
 def _matrix(per_seed: dict, method: str, task: str, column: str) -> np.ndarray:
