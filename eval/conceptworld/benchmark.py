@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from typing import Any
 
 import numpy as np
 
@@ -68,7 +67,7 @@ class Model:
     def __init__(self, model, processor, encoder, batch_size: int = 256):
         self.model, self.tokenizer, self.encoder = model, processor.tokenizer, encoder
         self.batch_size = batch_size
-        self._pixels: dict[int, Any] = {}
+        self._pixels: dict[Spec, np.ndarray] = {}  # [H, W, C] per image
         self._memo = _CleanAnswers()
 
     def with_language_model(self, llava) -> Model:
@@ -79,13 +78,16 @@ class Model:
         other._memo = _CleanAnswers()  # its own clean tower's answers come from its own language model
         return other
 
-    def pixels(self, specs: list[Spec]):
+    def pixels(self, specs: list[Spec]) -> np.ndarray:
+        """Preprocessed images [N, H, W, C]: each image rendered and preprocessed once per model
+        (every concept's retain pool shares most of its images with the others')."""
         from sauce_jax.image_processor import preprocess
 
-        key = id(specs)
-        if key not in self._pixels:  # the same list object is asked about many times
-            self._pixels[key] = (specs, preprocess(list(render_many(specs)), self.encoder))
-        return self._pixels[key][1]
+        missing = [spec for spec in dict.fromkeys(specs) if spec not in self._pixels]
+        if missing:
+            for spec, px in zip(missing, np.asarray(preprocess(list(render_many(missing)), self.encoder))):
+                self._pixels[spec] = px
+        return np.stack([self._pixels[spec] for spec in specs]) if specs else np.zeros((0,), np.float32)
 
     def features(self, specs: list[Spec], unlearned=None):
         """Projected image features [N, T, D_text] (torch)."""

@@ -15,8 +15,14 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest
 
 
 class PlainModel(Model):
-    """`Model` as it answered before the clean tower's answers were remembered: every call
-    asks the language model again."""
+    """`Model` as it answered before the clean tower's answers and each image's pixels were
+    remembered: every call asks the language model again, every list is rendered again."""
+
+    def pixels(self, specs):
+        from sauce_jax.eval.conceptworld.render import render_many
+        from sauce_jax.image_processor import preprocess
+
+        return preprocess(list(render_many(specs)), self.encoder)
 
     def answers(self, specs, concepts_of, language="en", unlearned=None, generative=True):
         feats = self.features(specs, unlearned)
@@ -72,7 +78,7 @@ def test_remembered_clean_answers_give_the_plain_results(conceptworld_sae):
     llava, processor, encoder, layer, _ = load_model()
     sae = load_sae(conceptworld_sae)
     concepts = ("star", "court", "red")
-    suite = make_suite(concepts, seed=6, split="val", n_forget=3, n_pool_per_concept=1, n_perception=4)
+    suite = make_suite(concepts, seed=6, split="val", n_forget=3, n_pool_per_concept=1, n_perception=3)
     fast, plain = Model(llava, processor, encoder), PlainModel(llava, processor, encoder)
     asked = {"fast": 0, "plain": 0}
 
@@ -89,7 +95,7 @@ def test_remembered_clean_answers_give_the_plain_results(conceptworld_sae):
     runs = {"fast": Evaluation(fast, suite), "plain": Evaluation(plain, suite)}
     edit = unlearn(encoder, sae, list(range(16)), layer=layer, gamma=-1.0)
     for concept in concepts:
-        for edited in (None, edit):
+        for edited in (None, edit) if concept == concepts[0] else (None,):
             _equal(runs["fast"].run(concept, edited), runs["plain"].run(concept, edited), concept)
     assert asked["fast"] < asked["plain"], asked  # the remembered answers were used
 
