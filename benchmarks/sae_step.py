@@ -162,10 +162,12 @@ def our_step_fn(d_in, d_sae, batch, alpha, lr, compute_dtype, k=None, sparse=Non
 
 def compare_step(d_in: int, d_sae: int, batch: int, compute_dtype: str, *, k: int | None = None,
                  sparse: bool | None = None, decode: str | None = None, architecture: str = "topk",
-                 auxk: bool = False, peer: str = "torch", warmup: int = 3, repeats: int = 10) -> dict:
-    """Tokens/s of our train step and the peer's (PyTorch, or sparsify's TopK) at one shape
-    (interleaved rounds, median). `decode` picks ours (default "auto"); PyTorch always decodes
-    densely, sparsify always sparsely."""
+                 auxk: bool = False, peer: str = "torch", peers: tuple[str, ...] | None = None, warmup: int = 3,
+                 repeats: int = 10) -> dict:
+    """Tokens/s of our train step and the peers' (PyTorch; sparsify's TopK) at one shape, all
+    timed in the same interleaved rounds (median). `decode` picks ours (default "auto");
+    PyTorch always decodes densely, sparsify always sparsely. `ratio` is ours against the
+    fastest peer, whose name is `peer`; `torch_tokens_per_s` holds that peer's rate."""
     import jax
 
     from benchmarks.encoder import median_seconds
@@ -174,19 +176,24 @@ def compare_step(d_in: int, d_sae: int, batch: int, compute_dtype: str, *, k: in
     alpha, lr = 8e-5, 4e-4
     if decode is None:
         decode = "auto" if sparse is None else ("sparse" if sparse else "dense")
+    peers = tuple(peers or (peer,))
     ours, config, _ = our_step_fn(d_in, d_sae, batch, alpha, lr, compute_dtype, k=k, architecture=architecture,
                                   decode=decode, auxk=auxk)
-    if peer == "sparsify":
-        theirs, device = sparsify_step_fn(d_in, d_sae, batch, lr, k, auxk=auxk)
-    else:
-        theirs, device = torch_step_fn(d_in, d_sae, batch, alpha, lr, compute_dtype, k=k, architecture=architecture,
-                                       auxk=auxk)
-    seconds = median_seconds({"ours": ours, "theirs": theirs}, warmup, repeats)
-    t_ours, t_theirs = seconds["ours"], seconds["theirs"]
+    calls, device = {"ours": ours}, None
+    for name in peers:
+        if name == "sparsify":
+            calls[name], device = sparsify_step_fn(d_in, d_sae, batch, lr, k, auxk=auxk)
+        else:
+            calls[name], device = torch_step_fn(d_in, d_sae, batch, alpha, lr, compute_dtype, k=k,
+                                                architecture=architecture, auxk=auxk)
+    seconds = median_seconds(calls, warmup, repeats)
+    best = min(peers, key=lambda name: seconds[name])
+    t_ours, t_theirs = seconds["ours"], seconds[best]
     flops = 6 * 2 * batch * d_in * d_sae  # two dense matmuls, forward + two backward each
     used_sparse = TrainConfig(decode=decode).sparse(config)
     result = {"d_in": d_in, "d_sae": d_sae, "batch": batch, "k": k, "architecture": config.architecture,
-              "decode": decode, "sparse_decode": used_sparse, "auxk": auxk, "peer": peer,
+              "decode": decode, "sparse_decode": used_sparse, "auxk": auxk, "peer": best,
+              "peers_tokens_per_s": {name: batch / seconds[name] for name in peers},
               "compute_dtype": compute_dtype,
               "ours_tokens_per_s": batch / t_ours, "torch_tokens_per_s": batch / t_theirs,
               "ours_dense_equivalent_tflops": flops / t_ours / 1e12, "jax_device": str(jax.devices()[0]),
@@ -208,23 +215,25 @@ def main(argv=None) -> dict:
     parser.add_argument("--decode", default="auto", choices=["auto", "dense", "sparse"], help="ours, with --k")
     parser.add_argument("--sparse-decode", action="store_true", help="the same as --decode sparse")
     parser.add_argument("--auxk", action="store_true", help="with --k: half the latents dead, AuxK on both sides")
-    parser.add_argument("--peer", default="torch", choices=["torch", "sparsify"])
+    parser.add_argument("--peer", default="torch", help="torch, sparsify, or both comma-separated (best counts)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=10)
     args = parser.parse_args(argv)
 
     decode = "sparse" if args.sparse_decode else args.decode
     result = compare_step(args.d_in, args.d_sae, args.batch, args.compute_dtype, k=args.k, decode=decode,
-                          architecture=args.architecture, auxk=args.auxk, peer=args.peer, warmup=args.warmup,
+                          architecture=args.architecture, auxk=args.auxk, peers=tuple(args.peer.split(",")),
+                          warmup=args.warmup,
                           repeats=args.repeats)
     kind = ("ReLU-L1" if args.k is None else
             f"{args.architecture} k {args.k}, ours decode {decode} ({'sparse' if result['sparse_decode'] else 'dense'})"
             + (", AuxK on half dead" if args.auxk else ""))
     print(f"SAE train step, {kind}, d_in {args.d_in}, d_sae {args.d_sae}, batch {args.batch}, {args.compute_dtype}; "
-          f"jax on {result['jax_device']}, {args.peer} on {result['torch_device']}")
+          f"jax on {result['jax_device']}, peers on {result['torch_device']}")
     print(f"  sauce-jax  {result['ours_tokens_per_s']:12,.0f} tokens/s  "
           f"({result['ours_dense_equivalent_tflops']:.2f} dense-equivalent TFLOP/s)")
-    print(f"  {args.peer:9s}  {result['torch_tokens_per_s']:12,.0f} tokens/s")
+    for name, rate in result["peers_tokens_per_s"].items():
+        print(f"  {name:9s}  {rate:12,.0f} tokens/s")
     print(f"  ratio      {result['ratio']:12.2f}x")
     return result
 

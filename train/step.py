@@ -52,8 +52,13 @@ def init_state(params: dict, optimizer: optax.GradientTransformation, sae_config
 
 
 def train_step(state: TrainState, batch: jax.Array, *, sae_config: SAEConfig, cfg: TrainConfig,
-               optimizer: optax.GradientTransformation) -> tuple[TrainState, dict]:
-    """One Adam step on a batch of activations [N, d_in]; returns the new state and metrics."""
+               optimizer: optax.GradientTransformation, auxk: bool | None = None) -> tuple[TrainState, dict]:
+    """One Adam step on a batch of activations [N, d_in]; returns the new state and metrics.
+
+    `auxk`: whether the step computes the AuxK term at all. None decides on the device (a
+    `lax.cond` on whether some latent is dead, `sae.loss_and_grad`); False skips it, which is
+    exact only while no latent is dead (its term is 0 then); True always computes it (0 when
+    none is dead). `jit_train_step` picks False or True on the host, see `AuxKSwitch`."""
     compute_dtype = jnp.bfloat16 if cfg.compute_dtype == "bfloat16" else jnp.float32
     step = state.step
     alpha = sae_config.l1_coefficient
@@ -71,7 +76,10 @@ def train_step(state: TrainState, batch: jax.Array, *, sae_config: SAEConfig, cf
 
     trainable = {k: state.params[k] for k in TRAINABLE}
     # AuxK only on steps where some latent is dead; the others skip its work entirely.
-    (_, out), grads = sae_lib.loss_and_grad(loss_fn, trainable, dead, sae_config)
+    if auxk is None:
+        (_, out), grads = sae_lib.loss_and_grad(loss_fn, trainable, dead, sae_config)
+    else:
+        (_, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable, dead if auxk else None)
     updates, opt_state = optimizer.update(grads, state.opt_state, trainable)
     trainable = optax.apply_updates(trainable, updates)
     if cfg.normalize_decoder:
@@ -94,11 +102,54 @@ def train_step(state: TrainState, batch: jax.Array, *, sae_config: SAEConfig, cf
 def jit_train_step(mesh: Mesh, state: TrainState, *, sae_config: SAEConfig, cfg: TrainConfig,
                    optimizer: optax.GradientTransformation):
     """The step under jit: state laid out by `sauce_jax.train.sharding`'s rules (feature axis over
-    `model`), batch split over `data`, state buffers donated."""
+    `model`), batch split over `data`, state buffers donated. For a TopK / BatchTopK SAE with
+    AuxK, two compiled steps, one with the AuxK term and one without, and an `AuxKSwitch` that
+    calls the one without while no latent can be dead."""
     shardings = state_shardings(state, mesh)
-    fn = lambda state, batch: train_step(state, batch, sae_config=sae_config, cfg=cfg, optimizer=optimizer)
-    return jax.jit(fn, in_shardings=(shardings, NamedSharding(mesh, BATCH)),
-                   out_shardings=(shardings, NamedSharding(mesh, P())), donate_argnums=0)
+
+    def compiled(auxk):
+        def fn(state, batch):
+            new, metrics = train_step(state, batch, sae_config=sae_config, cfg=cfg, optimizer=optimizer, auxk=auxk)
+            # Whether a latent may be dead two steps on (since_fired grows by at most 1 a step).
+            metrics[AuxKSwitch.FLAG] = jnp.any(new.since_fired >= cfg.dead_after_steps - 2)
+            return new, metrics
+
+        return jax.jit(fn, in_shardings=(shardings, NamedSharding(mesh, BATCH)),
+                       out_shardings=(shardings, NamedSharding(mesh, P())), donate_argnums=0)
+
+    if not sae_config.uses_auxk:
+        return AuxKSwitch(None, compiled(False), cfg.dead_after_steps)
+    return AuxKSwitch(compiled(True), compiled(False), cfg.dead_after_steps)
+
+
+class AuxKSwitch:
+    """Calls the step without AuxK while no latent can be dead, else the step with it; both give
+    the same results then (AuxK's term and gradient are 0 with no dead latent), and the one
+    without skips its work. A latent is dead at the state a step consumes when its since_fired
+    >= dead_after_steps; since_fired grows by at most 1 a step, so the flag each step returns
+    (some since_fired >= dead_after_steps - 2 in its new state) covers the step after next. The
+    switch reads it two calls late, so the host never waits for the step it just dispatched. A
+    `lax.cond` on the device would decide alone, but XLA CPU runs the cheap branch of such a
+    cond up to 2x slower than the same code outside one (the sparse decode most)."""
+
+    FLAG = "auxk_soon"
+
+    def __init__(self, with_auxk, without_auxk, dead_after_steps: int):
+        self.with_auxk, self.without_auxk, self.dead_after_steps = with_auxk, without_auxk, dead_after_steps
+        self.flags: list = []  # the flags of the last two steps, oldest first
+
+    def __call__(self, state: TrainState, batch):
+        if self.with_auxk is None:
+            fn = self.without_auxk
+        else:
+            # The first two steps take AuxK (a resumed run may start with dead latents); later ones
+            # read the flag of the step before last.
+            maybe_dead = bool(self.flags.pop(0)) if len(self.flags) == 2 else True
+            fn = self.with_auxk if maybe_dead else self.without_auxk
+        state, metrics = fn(state, batch)
+        self.flags.append(metrics.pop(self.FLAG))
+        del self.flags[:-2]
+        return state, metrics
 
 
 def global_batch(local, mesh: Mesh) -> jax.Array:
