@@ -139,8 +139,7 @@ class Model:
     def _yes_no(self, specs: list[Spec], rows: list[int], questions: list[str], unlearned, feats) -> dict:
         """`yes_no` of questions[j] about image specs[rows[j]]: {"yes": [J] bool, "margin": [J]}."""
         if unlearned is not None:
-            return yes_no(self.model, self.tokenizer, feats()[rows] if rows else feats()[:0], questions,
-                          self.batch_size)
+            return yes_no(self.model, self.tokenizer, feats(), questions, self.batch_size, images=rows)
         keys = [(specs[i], q) for i, q in zip(rows, questions)]
         first: dict = {}  # each missing (image, question) once, at its first row
         for j, key in enumerate(keys):
@@ -148,8 +147,8 @@ class Model:
                 first.setdefault(key, j)
         missing = list(first.values())
         if missing:
-            said = yes_no(self.model, self.tokenizer, feats()[[rows[j] for j in missing]],
-                          [questions[j] for j in missing], self.batch_size)
+            said = yes_no(self.model, self.tokenizer, feats(), [questions[j] for j in missing], self.batch_size,
+                          images=[rows[j] for j in missing])
             for n, j in enumerate(missing):
                 self._memo.yes[keys[j]] = (bool(said["yes"][n]), float(said["margin"][n]))
         answers = [self._memo.yes[key] for key in keys]

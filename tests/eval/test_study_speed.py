@@ -1,5 +1,7 @@
 """The study's speed-ups give the same numbers: each is checked against its plain version,
-kept here (not in the package), on reduced inputs."""
+kept here (not in the package), on reduced inputs. Answers and rates must be identical; the
+yes-minus-no logit margins, which the shared image prefix computes in another order, enter
+them only through their sign."""
 
 from __future__ import annotations
 
@@ -7,11 +9,46 @@ import numpy as np
 import pytest
 
 from sauce_jax.eval.conceptworld import text as T
-from sauce_jax.eval.conceptworld.answers import describe, yes_no
+from sauce_jax.eval.conceptworld.answers import YES_NO_TOKENS, _language, describe, parse_yes_no, prompt_batch
 from sauce_jax.eval.conceptworld.benchmark import Evaluation, Model, make_suite
 from sauce_jax.eval.metrics import mme_score
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest
+
+
+def plain_yes_no(model, tokenizer, projected, questions, batch_size=256) -> dict:
+    """`answers.yes_no` as it was before the image prefix was shared: every question's whole
+    prompt (image tokens included) through the language model, row j about image j."""
+    import torch
+
+    from sauce_jax.eval.vlm.llava_bridge import inputs_embeds_with_features
+
+    yes_ids = {lang: tokenizer.convert_tokens_to_ids(T.YES[lang]) for lang in T.LANGUAGES}
+    no_id = tokenizer.convert_tokens_to_ids(T.NO["en"])
+    decided = {yes_ids["en"], yes_ids["es"], no_id}
+    texts, margins = [], []
+    for start in range(0, len(questions), batch_size):
+        chunk = list(questions[start:start + batch_size])
+        ids, mask = prompt_batch(tokenizer, chunk)
+        feats = projected[start:start + len(chunk)]
+        with torch.no_grad():
+            embeds = inputs_embeds_with_features(model, ids, feats)
+            first = model(inputs_embeds=embeds, attention_mask=mask).logits[:, -1].float()
+        yes = torch.tensor([yes_ids[_language(q)] for q in chunk])
+        margins.append((first.gather(1, yes[:, None])[:, 0] - first[:, no_id]).numpy())
+        top = first.argmax(-1).tolist()
+        chunk_texts = [tokenizer.decode([t], skip_special_tokens=True) for t in top]
+        rest = [i for i, t in enumerate(top) if t not in decided]
+        if rest:
+            with torch.no_grad():
+                out = model.generate(input_ids=ids[rest], inputs_embeds=embeds[rest], attention_mask=mask[rest],
+                                     max_new_tokens=YES_NO_TOKENS, do_sample=False)
+            for i, text in zip(rest, tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)):
+                chunk_texts[i] = text
+        texts += chunk_texts
+    parsed = [parse_yes_no(t, _language(q)) for t, q in zip(texts, questions)]
+    return {"yes": np.array([p == "yes" for p in parsed], bool), "parsed": parsed, "texts": [t.strip() for t in texts],
+            "margin": np.concatenate(margins) if margins else np.zeros(0, np.float32)}
 
 
 class PlainModel(Model):
@@ -29,7 +66,7 @@ class PlainModel(Model):
         asked = [(i, c) for i, spec in enumerate(specs) for c in concepts_of(spec)]
         questions = [T.question(c, language) for _, c in asked]
         rows = feats[[i for i, _ in asked]] if asked else feats[:0]
-        said = yes_no(self.model, self.tokenizer, rows, questions, self.batch_size)
+        said = plain_yes_no(self.model, self.tokenizer, rows, questions, self.batch_size)
         texts = describe(self.model, self.tokenizer, feats, language) if generative else []
         named = np.array([T.mentions(texts[i], c) for i, c in asked] if generative else [False] * len(asked), bool)
         return {"asked": asked, "present": np.array([specs[i].has(c) for i, c in asked], bool),
@@ -43,8 +80,8 @@ class PlainModel(Model):
         flat = [(sub, i, q, truth) for sub, rows in pairs.items() for i, pair in rows for q, truth in pair]
         if not flat:
             return {}
-        said = yes_no(self.model, self.tokenizer, feats[[i for _, i, _, _ in flat]], [q for _, _, q, _ in flat],
-                      self.batch_size)["yes"]
+        said = plain_yes_no(self.model, self.tokenizer, feats[[i for _, i, _, _ in flat]], [q for _, _, q, _ in flat],
+                            self.batch_size)["yes"]
         right = said == np.array([t for *_, t in flat], bool)
         subs = np.array([sub for sub, *_ in flat])
         ids = np.array([i for _, i, _, _ in flat])
