@@ -102,53 +102,47 @@ def train_step(state: TrainState, batch: jax.Array, *, sae_config: SAEConfig, cf
 def jit_train_step(mesh: Mesh, state: TrainState, *, sae_config: SAEConfig, cfg: TrainConfig,
                    optimizer: optax.GradientTransformation):
     """The step under jit: state laid out by `sauce_jax.train.sharding`'s rules (feature axis over
-    `model`), batch split over `data`, state buffers donated. For a TopK / BatchTopK SAE with
-    AuxK, two compiled steps, one with the AuxK term and one without, and an `AuxKSwitch` that
-    calls the one without while no latent can be dead."""
+    `model`), batch split over `data`, state buffers donated. A TopK / BatchTopK SAE skips the
+    AuxK work while no latent is dead: on CPU through `AuxKSwitch` (two compiled steps, chosen
+    on the host), elsewhere through a `lax.cond` in the step."""
     shardings = state_shardings(state, mesh)
 
-    def compiled(auxk):
+    def compiled(auxk, flag):
         def fn(state, batch):
             new, metrics = train_step(state, batch, sae_config=sae_config, cfg=cfg, optimizer=optimizer, auxk=auxk)
-            # Whether a latent may be dead two steps on (since_fired grows by at most 1 a step).
-            metrics[AuxKSwitch.FLAG] = jnp.any(new.since_fired >= cfg.dead_after_steps - 2)
+            if flag:  # whether the next step consumes a state with a dead latent
+                metrics[AuxKSwitch.FLAG] = jnp.any(new.since_fired >= cfg.dead_after_steps)
             return new, metrics
 
         return jax.jit(fn, in_shardings=(shardings, NamedSharding(mesh, BATCH)),
                        out_shardings=(shardings, NamedSharding(mesh, P())), donate_argnums=0)
 
-    if not sae_config.uses_auxk:
-        return AuxKSwitch(None, compiled(False), cfg.dead_after_steps)
-    return AuxKSwitch(compiled(True), compiled(False), cfg.dead_after_steps)
+    if not sae_config.uses_auxk or jax.default_backend() != "cpu":
+        return compiled(None, False)
+    dead_now = jax.jit(lambda since_fired: jnp.any(since_fired >= cfg.dead_after_steps),
+                       out_shardings=NamedSharding(mesh, P()))
+    return AuxKSwitch(compiled(True, True), compiled(False, True), dead_now)
 
 
 class AuxKSwitch:
-    """Calls the step without AuxK while no latent can be dead, else the step with it; both give
-    the same results then (AuxK's term and gradient are 0 with no dead latent), and the one
-    without skips its work. A latent is dead at the state a step consumes when its since_fired
-    >= dead_after_steps; since_fired grows by at most 1 a step, so the flag each step returns
-    (some since_fired >= dead_after_steps - 2 in its new state) covers the step after next. The
-    switch reads it two calls late, so the host never waits for the step it just dispatched. A
-    `lax.cond` on the device would decide alone, but XLA CPU runs the cheap branch of such a
-    cond up to 2x slower than the same code outside one (the sparse decode most)."""
+    """Calls the step with AuxK when the state it consumes has a dead latent, else the step
+    without, whose work it skips (AuxK's term and gradient are 0 then). The choice is a function
+    of the state alone (resumed runs stay bit-identical): each step returns whether its new state
+    has a dead latent, read before the next call; the first call asks the state itself. This
+    waits for each step before dispatching the next, which costs nothing on CPU, where it is
+    used: there a `lax.cond` in the step ran the cheap branch up to 2x slower than the same
+    code outside one (the sparse decode most)."""
 
-    FLAG = "auxk_soon"
+    FLAG = "auxk_next"
 
-    def __init__(self, with_auxk, without_auxk, dead_after_steps: int):
-        self.with_auxk, self.without_auxk, self.dead_after_steps = with_auxk, without_auxk, dead_after_steps
-        self.flags: list = []  # the flags of the last two steps, oldest first
+    def __init__(self, with_auxk, without_auxk, dead_now):
+        self.with_auxk, self.without_auxk, self.dead_now = with_auxk, without_auxk, dead_now
+        self.flag = None  # the last step's answer, or None before the first call
 
     def __call__(self, state: TrainState, batch):
-        if self.with_auxk is None:
-            fn = self.without_auxk
-        else:
-            # The first two steps take AuxK (a resumed run may start with dead latents); later ones
-            # read the flag of the step before last.
-            maybe_dead = bool(self.flags.pop(0)) if len(self.flags) == 2 else True
-            fn = self.with_auxk if maybe_dead else self.without_auxk
-        state, metrics = fn(state, batch)
-        self.flags.append(metrics.pop(self.FLAG))
-        del self.flags[:-2]
+        dead = bool(self.dead_now(state.since_fired) if self.flag is None else self.flag)
+        state, metrics = (self.with_auxk if dead else self.without_auxk)(state, batch)
+        self.flag = metrics.pop(self.FLAG)
         return state, metrics
 
 

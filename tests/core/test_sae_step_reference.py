@@ -184,10 +184,12 @@ def test_topk_recall_reaches_approx_max_k_and_is_validated():
 def test_the_host_switch_takes_auxk_exactly_when_a_latent_can_be_dead():
     """`jit_train_step` (two compiled steps and `AuxKSwitch`) against `train_step` deciding on the
     device, over steps where four latents (encoder bias -100) turn dead (dead_after_steps=5): same
-    states, and the switch ran the AuxK step for the first two steps, skipped it while no latent
-    could be dead, and ran it again before the first one died."""
+    states, and the switch ran the AuxK step exactly on the steps whose state had a dead latent."""
     from sauce_jax.train.sharding import make_mesh, shard_state
-    from sauce_jax.train.step import jit_train_step
+    from sauce_jax.train.step import AuxKSwitch, jit_train_step
+
+    if jax.default_backend() != "cpu":
+        pytest.skip("the host switch is used on CPU only")
 
     config, params, _ = _setup("topk", seed=5, d_sae=32)
     params["b_enc"] = params["b_enc"].at[:4].set(-100.0)
@@ -196,6 +198,7 @@ def test_the_host_switch_takes_auxk_exactly_when_a_latent_can_be_dead():
     mesh = make_mesh(1)
     state = shard_state(init_state(params, optimizer, config), mesh)
     switch = jit_train_step(mesh, state, sae_config=config, cfg=cfg, optimizer=optimizer)
+    assert jax.default_backend() != "cpu" or isinstance(switch, AuxKSwitch)
     used = []
     for name in ("with_auxk", "without_auxk"):
         fn = getattr(switch, name)
@@ -209,9 +212,8 @@ def test_the_host_switch_takes_auxk_exactly_when_a_latent_can_be_dead():
         state, metrics = switch(state, batch)
         _close(metrics["auxk"], ref_metrics["auxk"], "auxk")
     assert float(ref_metrics["dead_fraction"]) > 0 and float(ref_metrics["auxk"]) > 0  # latents died, AuxK ran
-    # the biased latents have since_fired j in state j: flagged (>= 3) from state 3, which the step consuming
-    # state 4 reads; dead (>= 5) from state 5 on
-    assert used == ["with_auxk"] * 2 + ["without_auxk"] * 2 + ["with_auxk"] * 4, used
+    # the biased latents have since_fired j in state j: dead (>= 5) from state 5 on
+    assert used == ["without_auxk"] * 5 + ["with_auxk"] * 3, used
     np.testing.assert_array_equal(np.asarray(state.since_fired), np.asarray(ref.since_fired))
     for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
         _close(state.params[name], ref.params[name], name, rtol=2e-5)
