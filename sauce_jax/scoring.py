@@ -136,7 +136,7 @@ def top_features(scores: Any, k: int, *, concept: str, layer: int, sae_fingerpri
 
 
 def select_one_vs_rest(z: Any, owners: Any, targets: Any, k: int, *, layer: int, sae_fingerprint: str,
-                       gamma: float = -0.5, token: str = "all") -> dict[str, "FeatureSet"]:
+                       gamma: float = -0.5, token: str = "all") -> dict[str, FeatureSet]:
     """Each target's F_c by eq. 4 from precomputed per-image activations: its own images
     against every other image. z: [N, d_sae] (`image_activations`); owners: [N] the concept
     each row shows. Images are encoded once, however many targets are scored."""
@@ -157,7 +157,7 @@ def select_one_vs_rest(z: Any, owners: Any, targets: Any, k: int, *, layer: int,
     return sets
 
 
-def control_sets(features: "FeatureSet", positives_mean: Any, draws: int, seed: int, near: int = 10) -> dict:
+def control_sets(features: FeatureSet, positives_mean: Any, draws: int, seed: int, near: int = 10) -> dict:
     """The controls every SAUCE figure is compared with in the same run, for one concept's set
     `features` (k ids, gamma), from every feature's mean activation on the concept's
     positives [d_sae]:
@@ -168,8 +168,6 @@ def control_sets(features: "FeatureSet", positives_mean: Any, draws: int, seed: 
       the control edits features as active on the concept as the selected ones.
 
     The draws are a stable stream of (seed, concept, draw)."""
-    import dataclasses as dc
-
     from sauce_jax.seeds import rng_for
 
     mean = np.asarray(positives_mean, np.float64)
@@ -195,9 +193,9 @@ def control_sets(features: "FeatureSet", positives_mean: Any, draws: int, seed: 
             pick = nearest[int(rng.integers(len(nearest)))]
             taken.add(pick)
             ids.append(pick)
-        random_sets.append(dc.replace(features, feature_ids=tuple(ids), scores=(0.0,) * k))
+        random_sets.append(dataclasses.replace(features, feature_ids=tuple(ids), scores=(0.0,) * k))
     top = tuple(int(f) for f in order[:k])
-    return {"no-contrast": dc.replace(features, feature_ids=top, scores=tuple(float(mean[f]) for f in top)),
+    return {"no-contrast": dataclasses.replace(features, feature_ids=top, scores=tuple(float(mean[f]) for f in top)),
             "matched-random": random_sets}
 
 
