@@ -17,7 +17,7 @@ def add_sae_eval(sub) -> None:
                     "cossim, l2 ratio, relative reconstruction bias, l0, l1, alive fraction, feature density) and "
                     "write RUN/sae_eval.json; the model-splice scores are null (no model is run). Also writes "
                     "RUN/sae/sparsity.safetensors (SAELens' log10 feature density) when it is missing. The "
-                    "activations come from --activations, --cache-dir, or the run's own disk cache.")
+                    "activations come from --activations, --cache-dir, or RUN/cache when that is an activation cache.")
     p.add_argument("run", help="a train-sae run folder (holding sae/), or an SAE folder itself")
     p.add_argument("--activations", help="a .npy file of activations [N, d_in] to measure on")
     p.add_argument("--cache-dir", help="an activation cache folder written by train-sae --cache disk")
@@ -46,7 +46,6 @@ def _cache_chunks(directory):
 
 
 def run_sae_eval(args: argparse.Namespace) -> int:
-    import json
     from pathlib import Path
 
     import numpy as np
@@ -67,11 +66,8 @@ def run_sae_eval(args: argparse.Namespace) -> int:
         chunks, what = [array], f"activations from {args.activations}"
     else:
         cache = args.cache_dir
-        if cache is None:
-            summary = run / "summary.json"
-            cache = (json.loads(summary.read_text()).get("source") or {}).get("cache_dir") if summary.is_file() else None
-            if cache is None and (run / "cache" / "manifest.json").is_file():
-                cache = run / "cache"
+        if cache is None and (run / "cache" / "manifest.json").is_file():
+            cache = run / "cache"
         if cache is None:
             raise ConfigError(f"no activations for {str(run)!r}: pass --activations FILE.npy or --cache-dir DIR")
         chunks, what = _cache_chunks(cache), f"the activation cache {cache}"
