@@ -47,7 +47,7 @@ def _jsonable(value):
 # Config fields added after run folders were written, with the default that computes what the
 # folder computed without them: a folder whose config.json lacks one matches a config holding
 # that default (so an older run still resumes), and only that default.
-ADDED_FIELDS = {"sae_steps": None, "objective": "compensatory"}
+ADDED_FIELDS = {"sae_steps": None, "objective": "compensatory", "sae_only_row": True}
 
 
 def same_config(theirs, mine) -> bool:

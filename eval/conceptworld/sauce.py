@@ -70,6 +70,8 @@ class DemoConfig:
     # protocol) or "selective" (`selective_objective`, which collapse, refusal and doing nothing
     # cannot win; issue 31 makes it v3's primary).
     objective: str = "compensatory"
+    # The "SAUCE SAE only" row (`SAE_ONLY`) in the demo's and Table 2's test split.
+    sae_only_row: bool = True
 
     def __post_init__(self):
         check_concepts(list(self.concepts))
@@ -351,18 +353,36 @@ def validation_suite(config: DemoConfig):
                       n_pool_per_concept=max(1, config.n_pool // 2), n_perception=config.n_val)
 
 
+# The row of the SAE alone: every token replaced by its reconstruction (reconstruct at gamma 1),
+# no feature edited. What SAUCE's reconstruct mode costs before it forgets anything.
+SAE_ONLY = "SAUCE SAE only"
+
+
+def sae_only(encoder, sae, features, layer: int):
+    """The tower with `sae` reconstructing `layer` and nothing edited: reconstruct mode at gamma
+    1 (the one feature of `features` it names is multiplied by 1)."""
+    from sauce_jax.intervention import unlearn
+
+    return unlearn(encoder, sae, features.top(1, 1.0), layer=layer, gamma=1.0, mode="reconstruct")
+
+
 def evaluate_test(model: Model, encoder, sae, sets: dict, chosen: dict, config: DemoConfig, layer: int,
                   progress: bool) -> dict:
-    """Each concept on the test split: the clean model and SAUCE in every mode with its chosen
-    k and gamma; {"original" | "SAUCE <mode>": [one `Evaluation.run` result per concept]}."""
+    """Each concept on the test split: the clean model, the SAE alone (`SAE_ONLY`, unless
+    `config.sae_only_row` is off) and SAUCE in
+    every mode with its chosen k and gamma; {"original" | SAE_ONLY | "SAUCE <mode>": [one
+    `Evaluation.run` result per concept]}."""
     from sauce_jax.intervention import unlearn
 
     suite = make_suite(config.concepts, seed=config.seed, split="test", n_forget=config.n_test,
                        n_pool_per_concept=config.n_pool, n_perception=config.n_perception)
     evaluation = Evaluation(model, suite)
-    rows = {"original": [], **{f"SAUCE {m}": [] for m in MODES}}
+    rows = {"original": [], **({SAE_ONLY: []} if config.sae_only_row else {}),
+            **{f"SAUCE {m}": [] for m in MODES}}
     for concept in tqdm(config.concepts, desc="test", disable=not progress, leave=False):
         rows["original"].append(evaluation.run(concept))
+        if config.sae_only_row:
+            rows[SAE_ONLY].append(evaluation.run(concept, sae_only(encoder, sae, sets[concept], layer)))
         for mode in MODES:
             k, gamma = chosen[mode]["k"], chosen[mode]["gamma"]
             edited = unlearn(encoder, sae, sets[concept].top(k, gamma), layer=layer, gamma=gamma,

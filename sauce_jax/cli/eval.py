@@ -54,7 +54,7 @@ def _eval_conceptworld(args) -> int:
     from sauce_jax.loading import load_encoder
     from sauce_jax.eval.conceptworld import vlm
     from sauce_jax.eval.conceptworld.benchmark import Evaluation, Model, headline, make_suite, selectivity, task_table
-    from sauce_jax.eval.conceptworld.sauce import DemoConfig, select_all, train_concept_sae
+    from sauce_jax.eval.conceptworld.sauce import DemoConfig, sae_only, select_all, train_concept_sae
     from sauce_jax.eval.conceptworld.world import parse_concepts
     from sauce_jax.eval.conceptworld.towers import resolve_model_dir
     from sauce_jax.intervention import unlearn
@@ -76,7 +76,12 @@ def _eval_conceptworld(args) -> int:
     suite = make_suite(config.concepts, seed=args.seed, split="test", n_forget=args.n_images,
                        n_pool_per_concept=max(1, args.n_images // 8), n_perception=args.n_images)
     evaluation = Evaluation(Model(llava, processor, encoder), suite, language=args.language)
-    results = []
+    def line(label: str, result: dict) -> None:
+        h = headline(result) | selectivity(result)
+        print(f"{label:10s} " + "  ".join(f"{k} {100 * v:5.1f}" if k != "utility" else f"{k} {v:5.1f}"
+                                         for k, v in h.items()))
+
+    results, alone = [], []
     for concept in config.concepts:
         clean = evaluation.run(concept)
         edited = unlearn(encoder, sae, sets[concept].top(args.k, args.gamma), layer=layer, gamma=args.gamma,
@@ -84,15 +89,24 @@ def _eval_conceptworld(args) -> int:
         result = evaluation.run(concept, edited)
         result["clean_utility"] = clean["utility"]
         results.append(result)
-        h = headline(result) | selectivity(result)
-        print(f"{concept:10s} " + "  ".join(f"{k} {100 * v:5.1f}" if k != "utility" else f"{k} {v:5.1f}"
-                                           for k, v in h.items()))
-    # Per concept: the paper's columns, then selectivity (COR, BA, HAL, DEG) and UA_d under the old logit rule.
-    columns = [headline(r) | selectivity(r) for r in results]
+        line(concept, result)
+        if not args.no_sae_only:  # the SAE reconstructing at gamma 1, nothing edited
+            alone.append(evaluation.run(concept, sae_only(encoder, sae, sets[concept], layer)))
+            line("  SAE only", alone[-1])
+
+    def mean(rows):
+        # The paper's columns, then selectivity (COR, BA, HAL and its split, DEG) and UA_d under the old logit rule.
+        columns = [headline(r) | selectivity(r) for r in rows]
+        return {k: float(np.nanmean([c[k] for c in columns])) for k in columns[0]}
+
     summary = {"seed": args.seed, "mode": args.mode, "k": args.k, "gamma": args.gamma, "language": args.language,
                "n_images": args.n_images, "per_concept": results, "by_task": task_table(results),
-               "mean": {k: float(np.nanmean([c[k] for c in columns])) for k in columns[0]}}
+               "mean": mean(results)}
+    if alone:
+        summary["sae_only"] = {"per_concept": alone, "by_task": task_table(alone), "mean": mean(alone)}
     print("mean       " + "  ".join(f"{k} {v:.3f}" for k, v in summary["mean"].items()))
+    if alone:
+        print("SAE only   " + "  ".join(f"{k} {v:.3f}" for k, v in summary["sae_only"]["mean"].items()))
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=1, default=str))
     return 0
@@ -208,6 +222,8 @@ def add_eval(sub) -> None:
     ev.add_argument("--sae-steps", type=int, help="optimizer steps of the SAE trained here, whatever its image "
                                                  "count (default: its epochs, --sae-epochs on a checkpoint, 2 on "
                                                  "ConceptWorld); an SAE of another budget gets its own folder")
+    ev.add_argument("--no-sae-only", action="store_true",
+                    help="ConceptWorld: skip the 'SAE only' rows (the SAE reconstructing at gamma 1, nothing edited)")
     ev.add_argument("--json", help="write the metrics to this file")
     ev.add_argument("--no-progress", action="store_true")
     _add_checkpoint_arguments(ev)

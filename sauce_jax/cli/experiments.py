@@ -203,6 +203,8 @@ def cmd_table2(args) -> int:
         config = dataclasses.replace(config, per_concept_candidates=_split(args.candidates))
     if args.no_paper_row:
         config = dataclasses.replace(config, paper_row=False)
+    if args.no_sae_only_row:
+        config = dataclasses.replace(config, demo=dataclasses.replace(config.demo, sae_only_row=False))
     if args.objective:
         config = dataclasses.replace(config, demo=dataclasses.replace(config.demo, objective=args.objective))
     sizes = {name: getattr(args, name) for name in ("n_test", "n_pool", "n_perception", "sae_images", "sae_steps")
@@ -252,6 +254,8 @@ def add_table2(exp_sub) -> None:
     t2.add_argument("--candidates", help="the recipes the 'per concept' row chooses among (default: all of "
                                          "reconstruct, delta, gated, replace, specific, 'specific gated')")
     t2.add_argument("--no-paper-row", action="store_true", help="skip the paper's exact recipe (and its SAE)")
+    t2.add_argument("--no-sae-only-row", action="store_true",
+                    help="skip the 'SAUCE SAE only' row (SAUCE's SAE reconstructing at gamma 1, nothing edited)")
     t2.add_argument("--reference", default="SAUCE reconstruct",
                     help="with --seeds: the row every other row's paired difference is taken from")
     t2.add_argument("--quick", action="store_true", help="a reduced run (fewer images, one grid point)")

@@ -412,3 +412,124 @@ def test_the_best_baseline_is_chosen_on_validation_tables():
     assert best_baseline(tie, baselines=("KL", "GA")) == "KL"  # a tie goes to the earlier one
     with pytest.raises(InputError, match="no validation table"):
         best_baseline(seeds, column="missing")
+
+
+# ------------------------------------------------------------------------------- SAE only
+
+
+def test_sae_only_replaces_the_layer_by_its_reconstruction_and_edits_nothing(small_encoder):
+    import numpy as np
+    from tiny_models import SMALL, random_pixels
+    from tiny_saes import busiest_features, make_sae
+
+    from sauce_jax.sae import decode, encode
+    from sauce_jax.scoring import FeatureSet
+
+    layer = 1
+    sae = make_sae("topk", small_encoder.config.hidden_size)
+    pixels = random_pixels(SMALL)
+    clean = small_encoder.hidden_states(pixels)
+    expected = np.asarray(decode(sae.params, encode(sae.params, clean[layer], sae.config)))
+    busy = [int(i) for i in busiest_features(sae, clean[layer])]  # features that fire: an edit would show
+    outputs = []
+    for ids in (tuple(busy[:3]), tuple(busy[3:6])):  # whichever features a concept names, nothing is edited
+        features = FeatureSet("x", ids, (1.0,) * len(ids), layer=layer, sae_fingerprint=sae.fingerprint(),
+                              gamma=-1.0)
+        outputs.append(np.asarray(sauce.sae_only(small_encoder, sae, features, layer).hidden_states(pixels)[layer]))
+    np.testing.assert_allclose(outputs[0], expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(outputs[1], outputs[0], rtol=1e-5, atol=1e-6)
+    assert np.abs(expected - np.asarray(clean[layer])).max() > 1e-3  # the SAE's error is there
+
+
+def test_the_demo_figure_shows_selectivity_and_its_legend_covers_no_bar():
+    from sauce_jax.eval.conceptworld.experiments.demo import FIGURE_COLUMNS, table_figure
+
+    assert {"COR", "HAL_swap", "HAL_other", "HAL_pool", "utility"} <= set(FIGURE_COLUMNS)
+    full = {c: 1.0 for c in FIGURE_COLUMNS} | {"utility": 100.0}  # every bar as tall as the axes allow
+    tables = {name: {"concrete": full, "abstract": full}
+              for name in ("original", sauce.SAE_ONLY, "SAUCE reconstruct", "SAUCE delta")}
+    fig = table_figure(tables)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    legend = fig.legends[0].get_window_extent(renderer)
+    bars = [patch.get_window_extent(renderer) for ax in fig.axes for patch in ax.patches]
+    assert len(bars) == 2 * len(tables) * len(FIGURE_COLUMNS)
+    assert not any(legend.overlaps(bar) for bar in bars)
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == list(FIGURE_COLUMNS)
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == list(tables)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def test_eval_reports_the_sae_only_row_beside_the_edit(monkeypatch, tmp_path):
+    """The ConceptWorld `eval` path scores each concept edited and, unless --no-sae-only, with
+    the SAE alone (models, SAE and answers faked: what is checked is which edit each row scores)."""
+    import sauce_jax.intervention
+    import sauce_jax.loading
+    from sauce_jax.eval.conceptworld import benchmark, vlm
+
+    monkeypatch.setattr(vlm, "load", lambda model_dir: (SimpleNamespace(config=SimpleNamespace(
+        vision_feature_layer=-1)), SimpleNamespace(tokenizer=None)))
+    monkeypatch.setattr(sauce_jax.loading, "load_encoder", lambda llava: SimpleNamespace(layer_index=lambda i: 4))
+    monkeypatch.setattr(sauce, "train_concept_sae", lambda *a, **k: "sae")
+    monkeypatch.setattr(sauce, "select_all", lambda sae, encoder, config, *a, **k: {
+        c: SimpleNamespace(top=lambda k, gamma: ("features", k, gamma)) for c in config.concepts})
+    monkeypatch.setattr(sauce_jax.intervention, "unlearn", lambda *a, **k: ("edit", k["mode"], k["gamma"]))
+    monkeypatch.setattr(sauce, "sae_only", lambda encoder, sae, features, layer: "sae only")
+    scored = {"sae only": 0.2, ("edit", "reconstruct", -1.0): 0.9, None: 0.0}
+
+    class Evaluation:
+        def __init__(self, *a, **k):
+            pass
+
+        def run(self, concept, unlearned=None):
+            ua = scored[unlearned]
+            return _row(ua, ua, {}) | {"concept": concept, "domain": "object" if concept == "star" else "color"}
+
+    monkeypatch.setattr(benchmark, "Evaluation", Evaluation)
+    monkeypatch.setattr(benchmark, "Model", lambda *a, **k: None)
+    for extra, alone in (([], True), (["--no-sae-only"], False)):
+        out = tmp_path / f"{alone}.json"
+        assert cli.main(["eval", "--concepts", "star,red", "--work", str(tmp_path), "--json", str(out), *extra]) == 0
+        summary = json.loads(out.read_text())
+        assert [r["UA_d"]["value"] for r in summary["per_concept"]] == [0.9, 0.9]
+        assert ("sae_only" in summary) == alone
+        if alone:
+            assert [r["UA_d"]["value"] for r in summary["sae_only"]["per_concept"]] == [0.2, 0.2]
+            assert summary["sae_only"]["mean"]["UA_d"] == pytest.approx(0.2)
+            assert set(summary["sae_only"]["by_task"]) == {"concrete", "abstract"}
+
+
+def test_the_demo_scores_the_sae_only_row_unless_told_not_to(monkeypatch):
+    """`evaluate_test` (the demo's test split) with the model faked: which edit each row scores."""
+    monkeypatch.setattr(sauce, "Evaluation", lambda model, suite: SimpleNamespace(
+        run=lambda concept, unlearned=None: {"concept": concept, "edit": unlearned,
+                                             "UA_d": {"value": 0}, "IRA_d": {"value": 1}}))
+    monkeypatch.setattr(sauce, "make_suite", lambda *a, **k: None)
+    monkeypatch.setattr(sauce, "sae_only", lambda encoder, sae, features, layer: ("alone", features))
+    import sauce_jax.intervention
+
+    monkeypatch.setattr(sauce_jax.intervention, "unlearn", lambda encoder, sae, features, **k: (k["mode"], features))
+    sets = {c: SimpleNamespace(top=lambda k, gamma, c=c: f"{c} top {k}") for c in ("star", "red")}
+    chosen = {m: {"k": 8, "gamma": -1.0} for m in sauce.MODES}
+    config = DemoConfig(concepts=("star", "red"))
+    rows = sauce.evaluate_test(None, None, "sae", sets, chosen, config, 4, progress=False)
+    assert list(rows) == ["original", sauce.SAE_ONLY, *(f"SAUCE {m}" for m in sauce.MODES)]
+    assert [r["edit"] for r in rows["original"]] == [None, None]
+    assert [r["edit"] for r in rows[sauce.SAE_ONLY]] == [("alone", sets["star"]), ("alone", sets["red"])]
+    assert rows["SAUCE delta"][1]["edit"] == ("delta", "red top 8")
+    quiet = sauce.evaluate_test(None, None, "sae", sets, chosen, dataclasses.replace(config, sae_only_row=False), 4,
+                                progress=False)
+    assert sauce.SAE_ONLY not in quiet
+
+
+def test_table2_can_leave_the_sae_only_row_out(monkeypatch, tmp_path):
+    from sauce_jax.eval.conceptworld.experiments import table2
+
+    seen = []
+    monkeypatch.setattr(table2, "run", lambda out, config, **kwargs: seen.append(config.demo.sae_only_row))
+    monkeypatch.setattr("sauce_jax.cli.experiments.print_report", lambda *a, **k: None)
+    for extra in ([], ["--no-sae-only-row"]):
+        assert cli.main(["experiment", "table2", "--quick", "--out", str(tmp_path), *extra]) == 0
+    assert seen == [True, False]

@@ -13,8 +13,10 @@ from sauce_jax.errors import ConfigError
 
 @pytest.mark.slow
 def test_reduced_demo_unlearns_and_keeps_the_rest(tmp_path):
+    # No "SAE only" row: its test split costs as much as a SAUCE row's (test_conceptworld_v3 checks
+    # the demo's rows without a model, test_table2 scores the row end to end).
     config = DemoConfig(concepts=("heart", "blue", "happy"), sae_images=1200, sae_epochs=2.0, n_select=40, n_val=8,
-                        n_test=20, n_pool=3, n_perception=24, k_grid=(32,), gamma_grid=(-1.0,))
+                        n_test=20, n_pool=3, n_perception=24, k_grid=(32,), gamma_grid=(-1.0,), sae_only_row=False)
     results = run(tmp_path, config, progress=False)
     for name in ("report.md", "results.json", "table2.png"):
         assert (tmp_path / name).stat().st_size > 0
@@ -44,6 +46,8 @@ def test_reduced_demo_unlearns_and_keeps_the_rest(tmp_path):
     assert mean["IRA_d"] >= 0.35 and mean["IRA_g"] >= 0.5 and min(measured["IRA_g"]) >= 0.25, mean
     report = (tmp_path / "report.md").read_text()
     assert "| SAUCE reconstruct | concrete |" in report and "Table 3" in report
+    assert list(rows) == ["original", "SAUCE reconstruct", "SAUCE delta"]
+    assert {"HAL_swap", "HAL_other", "HAL_pool", "clean_rates"} <= set(rows["SAUCE reconstruct"][0])
 
 
 def test_demo_rejects_unknown_concepts_and_bad_sizes():

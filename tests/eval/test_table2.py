@@ -11,8 +11,8 @@ from sauce_jax.eval.conceptworld.experiments.table2 import Table2Config, run
 from sauce_jax import cli
 from sauce_jax.errors import ConfigError
 
-ROWS = ["original", "GA", "GD", "KL", "PO", "SAUCE reconstruct", "SAUCE paper recipe", "SAUCE delta",
-        "SAUCE replace", "SAUCE per concept", "control matched-random", "control no-contrast",
+ROWS = ["original", "SAUCE SAE only", "GA", "GD", "KL", "PO", "SAUCE reconstruct", "SAUCE paper recipe",
+        "SAUCE delta", "SAUCE replace", "SAUCE per concept", "control matched-random", "control no-contrast",
         "control per concept matched-random"]
 
 
@@ -41,6 +41,11 @@ def test_reduced_table2_runs_end_to_end_and_resumes(tmp_path):
         assert (tmp_path / "rows" / f"{name.replace(' ', '-')}.json").is_file()
     for row in results["rows"]["original"]["per_concept"]:
         assert row["UA_g"]["value"] == 0.0 and row["IRA_g"]["value"] == 1.0  # the clean model is its reference
+    alone = results["rows"]["SAUCE SAE only"]["hyperparameters"]  # the SAE reconstructing, nothing edited
+    assert (alone["mode"], alone["gamma"], alone["sae_only"]) == ("reconstruct", 1.0, True)
+    for row in results["rows"]["SAUCE SAE only"]["per_concept"]:
+        assert row["clean_rates"]["utility"] == pytest.approx(
+            results["rows"]["original"]["per_concept"][0 if row["concept"] == "star" else 1]["utility"])
     paper = results["rows"]["SAUCE paper recipe"]["hyperparameters"]
     assert (paper["gamma"], paper["layer"], paper["token"], paper["sae"]) == (-0.5, -2, "last", "standard x64")
     assert (tmp_path / "sae_paper" / "sae" / "cfg.json").is_file()

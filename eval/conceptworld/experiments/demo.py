@@ -33,7 +33,10 @@ def markdown_report(tables: dict, rows: dict, chosen: dict, config: DemoConfig, 
              "the description rate; utility is the perception questions' MME (acc + acc+)/2. Yes/no answers are "
              "generated and parsed with MME's rule. COR: co-occurring concepts of the forget images still shown; "
              "BA: yes/no balanced accuracy over the other concepts, present and absent; HAL: descriptions naming an "
-             "absent concept; DEG: degenerate descriptions; UA_d_logit: UA_d under the old logit rule."), "",
+             "absent concept, split into HAL_swap (forget images, the target's own slot), HAL_other (forget images, "
+             "other slots) and HAL_pool (images without the concept); DEG: degenerate descriptions; UA_d_logit: "
+             "UA_d under the old logit rule. SAUCE SAE only: the SAE reconstructing the layer at gamma 1, nothing "
+             "edited (what the SAE costs by itself)."), "",
              "## Table 2", "", "| method | task | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
     for method, table in tables.items():
         for task, values in table.items():
@@ -61,25 +64,43 @@ def markdown_report(tables: dict, rows: dict, chosen: dict, config: DemoConfig, 
     return "\n".join(lines) + "\n"
 
 
-def plot_table(tables: dict, path: Path) -> None:
+# The figure's columns: what is forgotten, what is kept (COR: the forget images' other concepts),
+# the split HAL (HAL_swap: the forgotten word replaced in its own slot; HAL_other and HAL_pool:
+# damage) and utility.
+FIGURE_COLUMNS = ("UA_g", "UA_d", "IRA", "CRA", "COR", "HAL_swap", "HAL_other", "HAL_pool", "utility")
+
+
+def table_figure(tables: dict):
+    """Grouped bars, one panel per task, one bar per method, `FIGURE_COLUMNS` in percent; the
+    legend below the panels, clear of every bar. Returns the matplotlib figure."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cols = ("UA_g", "UA_d", "IRA", "CRA")
+    cols = FIGURE_COLUMNS
     tasks = sorted({t for table in tables.values() for t in table})
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 3.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(7 * len(tasks), 4.2), squeeze=False)
+    width = 0.8 / max(1, len(tables))
     for ax, task in zip(axes[0], tasks):
-        width = 0.8 / len(tables)
         for i, (method, table) in enumerate(tables.items()):
-            values = [100 * table.get(task, {}).get(c, np.nan) for c in cols]
+            values = [table.get(task, {}).get(c, np.nan) * (1 if c == "utility" else 100) for c in cols]
             ax.bar(np.arange(len(cols)) + i * width, values, width, label=method)
-        ax.set_xticks(np.arange(len(cols)) + 0.4 - width / 2, cols)
+        ax.set_xticks(np.arange(len(cols)) + 0.4 - width / 2, cols, rotation=30, ha="right", fontsize=8)
         ax.set_ylim(0, 105)
+        ax.set_ylabel("%")
         ax.set_title(task)
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=8, frameon=False)
+    rows = -(-len(labels) // 5)  # legend lines
+    fig.tight_layout(rect=(0, 0.05 + 0.05 * rows, 1, 1))
+    return fig
+
+
+def plot_table(tables: dict, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = table_figure(tables)
     fig.savefig(path, dpi=120)
     plt.close(fig)
 

@@ -1,6 +1,7 @@
 """`sauce-jax experiment table2`: the paper's Table 2 on ConceptWorld, SAUCE against GA, GD, KL and PO.
 
-Rows: the clean model, the four weight-update baselines (`sauce_jax.eval.baselines`), SAUCE
+Rows: the clean model, SAUCE's SAE alone (`SAUCE SAE only`: reconstruct at gamma 1, nothing
+edited, what the SAE costs by itself), the four weight-update baselines (`sauce_jax.eval.baselines`), SAUCE
 `reconstruct` (the paper's intervention; eq. 4 top-k and one gamma chosen on validation: the
 pre-declared SAUCE row), the paper's exact recipe as its own row (`SAUCE paper recipe`: ReLU-L1
 x64 SAE on the last token of hidden state -2, gamma -0.5, only k chosen), SAUCE `delta` as a
@@ -33,9 +34,11 @@ from ..benchmark import Evaluation, Model, example_indices, headline, make_suite
 from ..sauce import (
     MODES,
     QUICK_SAE_STEPS,
+    SAE_ONLY,
     DemoConfig,
     choose_hyperparameters,
     grid_objective,
+    sae_only,
     select_all,
     train_concept_sae,
     validation_suite,
@@ -337,6 +340,18 @@ def _sauce_rows(ctx: _Context, out: Path, todo: list[str], prepared) -> dict[str
     demo = ctx.config.demo
     sae, sets, chosen, setup = prepared  # setup: SAE (or its reuse), selection and validation grid seconds
     rows = {}
+    if SAE_ONLY in todo:
+        start = time.time()
+        results = []
+        for concept in tqdm(demo.concepts, desc=SAE_ONLY, disable=not ctx.progress, leave=False):
+            edited = sae_only(ctx.encoder, sae, sets[concept], ctx.layer)
+            result = ctx.test.run(concept, edited)
+            result["retain_examples"] = ctx.retain_examples(concept, unlearned=edited)
+            results.append(result)
+        rows[SAE_ONLY] = {"hyperparameters": {"sae_only": True, "mode": "reconstruct", "gamma": 1.0,
+                                              "val_objective": None},
+                          "per_concept": results, "seconds": time.time() - start, "setup_seconds": round(setup, 1)}
+        _write_row(out, SAE_ONLY, rows[SAE_ONLY])
     for mode in MODES:
         name = f"SAUCE {mode}"
         if name not in todo:
@@ -437,7 +452,7 @@ def run(out_dir: str | Path, config: Table2Config | None = None, *, model_dir=No
     variant_names = {row_name(v): v for v in config.variants}
     sauce = ["SAUCE reconstruct", *([PAPER_ROW] if config.paper_row else []), "SAUCE delta", *variant_names]
     controls = [*CONTROLS, *([PER_CONCEPT_CONTROL] if PER_CONCEPT in variant_names else [])] if config.controls else []
-    wanted = ["original", *config.methods, *sauce, *controls]
+    wanted = ["original", *([SAE_ONLY] if config.demo.sae_only_row else []), *config.methods, *sauce, *controls]
     todo = []
     for name in wanted:
         if _row_path(out, name).is_file():

@@ -25,6 +25,8 @@ def hyperparameters_text(row: dict) -> str:
         return "; ".join(f"{concept}: {c['recipe']} {_point_text(c)}" + (", moved" if c.get("moved") else "")
                          + (", edge: " + "/".join(f"{a} {s}" for a, s in c["edge"].items()) if c.get("edge") else "")
                          for concept, c in h["per_concept"].items())
+    if h.get("sae_only"):
+        return "none (reconstruct at gamma 1)"
     if "lr" in h:
         text = f"lr {h['lr']:g}, {h['steps']} steps"
     elif "k" in h:
