@@ -352,10 +352,10 @@ def _nanmean(values) -> float:
 
 
 def objectives(result: dict) -> dict[str, float]:
-    """The objectives of one concept (`sauce`): "objective" (the compensatory one the v2 grids
-    maximised), "selective_objective" and "keeps_clean" (1 when every keep term is within
-    `sauce.KEEP_MARGIN` of clean); the last two NaN for a result without clean_rates."""
-    from .sauce import compensatory_objective, keeps_clean, selective_objective
+    """The objectives of one concept (`objectives`): "objective" (the compensatory one the v2
+    grids maximised), "selective_objective" and "keeps_clean" (1 when every keep term is within
+    `objectives.KEEP_MARGIN` of clean); the last two NaN for a result without clean_rates."""
+    from .objectives import compensatory_objective, keeps_clean, selective_objective
 
     clean = result.get("clean_rates") is not None
     return {"objective": compensatory_objective(result),
