@@ -19,6 +19,7 @@ evaluation samples) and L0.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
 import time
@@ -68,14 +69,15 @@ def train_ours(x: np.ndarray, architecture: str, d_sae: int, k: int | None, seed
     config = sae_lib.SAEConfig(d_in=x.shape[1], d_sae=d_sae, architecture=architecture,
                                k=None if architecture == "standard" else k, l1_coefficient=l1)
     steps = len(x) // batch
-    cfg = TrainConfig(lr=lr, batch_size=batch, steps=steps, seed=seed)
+    cfg = TrainConfig(lr=lr, batch_size=batch, steps=steps, seed=seed, decoder_init_norm=0.1)  # as SAELens' TopK
     key = (config, lr, batch, steps)  # the seed is in the params, not the step: one compile per shape
     if key not in _STEPS:
         optimizer = make_optimizer(cfg, steps)
         _STEPS[key] = optimizer, jax.jit(lambda s, b: train_step(s, b, sae_config=config, cfg=cfg, optimizer=optimizer),
                                          donate_argnums=0)
     optimizer, step = _STEPS[key]
-    params = (init or sae_lib.init_params)(jax.random.key(seed), config, x[: cfg.geometric_median_samples])
+    params = (init or functools.partial(sae_lib.init_params, decoder_norm=cfg.decoder_init_norm))(
+        jax.random.key(seed), config, x[: cfg.geometric_median_samples])
     state = init_state(params, optimizer, config)
     for i in range(steps):
         state, _ = step(state, x[i * batch : (i + 1) * batch])

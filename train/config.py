@@ -40,6 +40,7 @@ class TrainConfig:
     dead_after_steps: int = 1000  # a latent silent this many steps counts as dead (AuxK, metrics)
     threshold_decay: float = 0.99  # batchtopk: EMA decay of the inference threshold
     geometric_median_samples: int = 4096  # activations used to initialise b_dec
+    decoder_init_norm: float | None = None  # initial decoder row norm; None: sae.DECODER_INIT_NORM (1)
     seed: int = 0
     log_every: int = 100  # steps between logged metrics
     checkpoint_every: int = 1000  # steps between checkpoints (one is always written at the end)
@@ -52,6 +53,8 @@ class TrainConfig:
                 raise ConfigError(f"train config {name}={value!r} must be {'>= 0' if allow_zero else '> 0'}")
 
         positive("lr", self.lr)
+        if self.decoder_init_norm is not None and not self.decoder_init_norm > 0:
+            raise ConfigError(f"train config decoder_init_norm={self.decoder_init_norm!r} must be > 0 (or None)")
         positive("batch_size", self.batch_size)
         positive("epochs", self.epochs)
         positive("log_every", self.log_every)

@@ -124,7 +124,8 @@ class _Run:
             self.start_step = int(record["step"])
         else:
             sample = _sample_for_median(self.source, cfg.geometric_median_samples)
-            params = sae_lib.init_params(jax.random.key(cfg.seed), sae_config, sample)
+            params = sae_lib.init_params(jax.random.key(cfg.seed), sae_config, sample,
+                                         decoder_norm=cfg.decoder_init_norm)
             if jax.process_count() > 1:  # each process sampled its own shard: start from process 0's
                 from jax.experimental import multihost_utils
 
