@@ -211,7 +211,7 @@ def per_concept_rows(ctx, prepared, progress: bool, candidates=PER_CONCEPT_CANDI
     (`tuning.search`, the same axes and move rule as the recipe's own row); the best candidate
     and point (ties: the earlier candidate) is read on the test split once. With
     `control_draws`, its control in the same run: the chosen recipe and point applied to that
-    many draws of matched-random features (`controls.control_sets`) in place of the chosen ones."""
+    many draws of matched-random features (`sauce_jax.scoring.control_sets`) in place of the chosen ones."""
     demo = ctx.config.demo
     start = time.time()
     editors = _editors(check_candidates(candidates), ctx, prepared, progress)
