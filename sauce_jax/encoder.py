@@ -84,20 +84,34 @@ def _run(graphdef, state, pixels, hook_args, *, keep, hook_fns, head, precision)
         return tuple(kept), pooled, model.project(pooled), last
 
 
+def _blocks_from(model, hidden, hook_fns, hook_args, start: int, stop: int):
+    """Hidden state `stop` from hidden state `start` (before its hook): the hooks at start..stop
+    and the blocks between."""
+    hooks = dict(zip((i for i, _ in hook_fns), zip((f for _, f in hook_fns), hook_args)))
+    for i in range(start, stop + 1):
+        if i > start:
+            hidden = model.block(i - 1, hidden)
+        if i in hooks:
+            fn, args = hooks[i]
+            hidden = fn(hidden, args)
+    return hidden
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef", "start", "hook_fns", "precision"))
 def _run_from(graphdef, state, hidden, hook_args, *, start, hook_fns, precision):
     """The jitted rest of the forward from hidden state `start` (before its hook): the hooks at
     `start` and later, the blocks after it, and the pooled output [B, D]."""
     model = nnx.merge(graphdef, state)
-    hooks = dict(zip((i for i, _ in hook_fns), zip((f for _, f in hook_fns), hook_args)))
     with jax.default_matmul_precision(precision):
-        for i in range(start, model.num_layers + 1):
-            if i > start:
-                hidden = model.block(i - 1, hidden)
-            if i in hooks:
-                fn, args = hooks[i]
-                hidden = fn(hidden, args)
-        return model.pool(hidden)
+        return model.pool(_blocks_from(model, hidden, hook_fns, hook_args, start, model.num_layers))
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "start", "stop", "hook_fns", "precision"))
+def _state_from(graphdef, state, hidden, hook_args, *, start, stop, hook_fns, precision):
+    """The jitted hidden state `stop` [B, T, D] from hidden state `start` (before its hook)."""
+    model = nnx.merge(graphdef, state)
+    with jax.default_matmul_precision(precision):
+        return _blocks_from(model, hidden, hook_fns, hook_args, start, stop)
 
 
 def pad_batch(pixels: Any, size: int) -> np.ndarray:
@@ -234,6 +248,28 @@ class VisionEncoder:
         """`pooler_output` [B, D] from hidden state `layer` [B, T, D] as `hidden_state` returns it
         (before any hook at `layer`): the same value as the whole tower on the images, running
         only the blocks after `layer`, so edits at a cached layer cost a block, not the tower."""
+        start, hidden, merged, precision = self._resume(hidden, layer, hooks)
+        order = sorted(merged)
+        return _run_from(self.graphdef, self.state, hidden, tuple(merged[i].args for i in order), start=start,
+                         hook_fns=tuple((i, merged[i].fn) for i in order), precision=precision)
+
+    def hidden_state_from(self, hidden: Any, layer: int, upto: int, *,
+                          hooks: Mapping[int, Any] | None = None) -> jax.Array:
+        """Hidden state `upto` [B, T, D] from hidden state `layer` [B, T, D] as `hidden_state`
+        returns it (before any hook at `layer`): the same value as `hidden_state(pixels, upto)`,
+        running only the hooks at layer..upto and the blocks between, so an evaluation that
+        caches the clean tower's state pays for an edit, not the tower."""
+        start, hidden, merged, precision = self._resume(hidden, layer, hooks)
+        stop = self.layer_index(upto)
+        if stop < start:
+            raise ConfigError(f"hidden state {stop} lies before layer {start}, where the forward resumes")
+        order = [i for i in sorted(merged) if i <= stop]  # later hooks cannot change state `stop`
+        return _state_from(self.graphdef, self.state, hidden, tuple(merged[i].args for i in order), start=start,
+                           stop=stop, hook_fns=tuple((i, merged[i].fn) for i in order), precision=precision)
+
+    def _resume(self, hidden: Any, layer: int, hooks: Mapping[int, Any] | None):
+        """(start index, hidden [B, T, D] checked, every hook, matmul precision) of a forward
+        resumed at hidden state `layer`."""
         start = self.layer_index(layer)
         merged = dict(self.hooks)
         for index, hook in self._normalize_hooks(hooks or {}).items():
@@ -247,10 +283,7 @@ class VisionEncoder:
         want = (self.config.num_tokens, self.config.hidden_size)
         if hidden.ndim != 3 or tuple(hidden.shape[1:]) != want:
             raise InputError(f"hidden states must be [B, {want[0]}, {want[1]}], got shape {tuple(hidden.shape)}")
-        order = sorted(merged)
-        precision = "highest" if self.config.dtype == "float32" else "default"
-        return _run_from(self.graphdef, self.state, hidden, tuple(merged[i].args for i in order), start=start,
-                         hook_fns=tuple((i, merged[i].fn) for i in order), precision=precision)
+        return start, hidden, merged, "highest" if self.config.dtype == "float32" else "default"
 
     def __call__(self, pixels: Any, *, hooks: Mapping[int, Any] | None = None) -> EncoderOutput:
         """The whole tower, as transformers' `CLIPVisionModel(WithProjection)` / `SiglipVisionModel` returns it."""

@@ -94,6 +94,9 @@ class EncoderSource:
         self.seed, self.num_threads, self.workers = seed, num_threads, workers
         self._load = functools.partial(_load_preprocessed, items=self.items,
                                        preprocess_config=encoder.preprocess_config)
+        # grain names every transform for its logs; a partial without a name is named by its
+        # repr, which prints every in-memory image it holds (seconds per chunk).
+        self._load.__name__ = "load_preprocessed"
         self.skipped: set[int] = set()  # indices of unreadable images
 
     def num_chunks(self) -> int:

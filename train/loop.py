@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -214,7 +215,8 @@ def _check_setting(sae_config: SAEConfig, source, cfg: TrainConfig, mesh) -> Non
 def train_sae(out_dir: str | Path, *, source=None, sae_config: SAEConfig | None = None, expansion: int = 64,
               architecture: str = "standard", k: int | None = None, train_config: TrainConfig = TrainConfig(),
               resume: bool = False, progress: bool = True, metadata: dict[str, Any] | None = None,
-              tensorboard: bool = False, memory_limit: int | None = None, **source_kwargs) -> SAE:
+              tensorboard: bool = False, memory_limit: int | None = None,
+              on_step: Callable[[int, Any], None] | None = None, **source_kwargs) -> SAE:
     """Train an SAE and write it, its checkpoints, logs and feature statistics to `out_dir`.
 
     Args:
@@ -229,6 +231,8 @@ def train_sae(out_dir: str | Path, *, source=None, sae_config: SAEConfig | None 
       tensorboard: also write the logged metrics as TensorBoard events to `out_dir/tensorboard`.
       memory_limit: bytes one device may use (default: what the device reports; none on CPU);
         a configuration whose memory plan exceeds it is refused before anything compiles.
+      on_step: called as `on_step(step, params)` after every optimizer step (params on device;
+        `jax.device_get` what you keep), e.g. to snapshot the SAE at several budgets of one run.
     """
     cfg = train_config
     source = source or make_source(seed=cfg.seed, **source_kwargs)
@@ -245,6 +249,8 @@ def train_sae(out_dir: str | Path, *, source=None, sae_config: SAEConfig | None 
     try:
         while not run.done:
             run.advance()
+            if on_step is not None:
+                on_step(run.step, run.state.params)
     finally:
         run.close()
     return run.finish()

@@ -8,6 +8,7 @@ model; the features enter the prompt through `llava_bridge.inputs_embeds_with_fe
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 
@@ -21,8 +22,7 @@ def prompt_batch(tokenizer, texts: Sequence[str]):
     """Left-padded ids [B, S] and attention mask for `USER: <image>...\n{text} ASSISTANT:` prompts."""
     import torch
 
-    expand = T.IMAGE_TOKEN * vlm.num_image_tokens()
-    rows = [tokenizer(T.prompt(t).replace(T.IMAGE_TOKEN, expand))["input_ids"] for t in texts]
+    rows = [_prompt_ids(tokenizer, T.prompt(t)) for t in texts]
     width = max(len(r) for r in rows)
     pad = tokenizer.convert_tokens_to_ids("<pad>")
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
@@ -109,16 +109,25 @@ def yes_no(model, tokenizer, projected, questions: Sequence[str], batch_size: in
 def _split_prompts(tokenizer, questions: Sequence[str]) -> tuple[list[int], list[list[int]]]:
     """The token ids every prompt shares (BOS, "USER:", the image tokens) and each prompt's own
     rest, checked: the two together are exactly the whole prompt's ids."""
-    expand = T.IMAGE_TOKEN * vlm.num_image_tokens()
     head = T.prompt("\x00").split("\x00")[0]  # the template up to the question: "USER: <image>\n"
-    prefix = tokenizer(head.replace(T.IMAGE_TOKEN, expand))["input_ids"]
-    tails = []
-    for question in questions:
-        ids = tokenizer(T.prompt(question).replace(T.IMAGE_TOKEN, expand))["input_ids"]
-        if ids[:len(prefix)] != prefix:
-            raise ValueError(f"the prompt for {question!r} does not start with the shared image prefix")
-        tails.append(ids[len(prefix):])
-    return prefix, tails
+    prefix = list(_prompt_ids(tokenizer, head))
+    return prefix, [list(_tail_ids(tokenizer, question, len(prefix))) for question in questions]
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _prompt_ids(tokenizer, text: str) -> tuple[int, ...]:
+    """The ids of `text` with its image token expanded, tokenized once per tokenizer and text (a
+    study asks the same few hundred questions about thousands of images)."""
+    return tuple(tokenizer(text.replace(T.IMAGE_TOKEN, T.IMAGE_TOKEN * vlm.num_image_tokens()))["input_ids"])
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _tail_ids(tokenizer, question: str, prefix_length: int) -> tuple[int, ...]:
+    head = T.prompt("\x00").split("\x00")[0]
+    ids = _prompt_ids(tokenizer, T.prompt(question))
+    if ids[:prefix_length] != _prompt_ids(tokenizer, head):
+        raise ValueError(f"the prompt for {question!r} does not start with the shared image prefix")
+    return ids[prefix_length:]
 
 
 def _prefix_caches(model, prefix: list[int], projected, batch_size: int) -> list[tuple]:

@@ -60,19 +60,49 @@ class _CleanAnswers:
     texts: dict = dataclasses.field(default_factory=dict)
 
 
+class _Lazy:
+    """A value computed on the first call only."""
+
+    def __init__(self, compute):
+        self._compute, self._value, self._done = compute, None, False
+
+    def __call__(self):
+        if not self._done:
+            self._value, self._done = self._compute(), True
+        return self._value
+
+
+@dataclasses.dataclass
+class _View:
+    """Images as the language model sees them under one tower: which the edit changed [N] bool,
+    their features and the clean tower's (each [N, T, D_text] torch, computed on first use)."""
+
+    changed: np.ndarray
+    features: _Lazy
+    clean: _Lazy
+
+
 class Model:
     """The ConceptWorld LLaVA with its vision tower in JAX: features from a clean or unlearned
-    `VisionEncoder`, language model in PyTorch."""
+    `VisionEncoder`, language model in PyTorch.
+
+    Three things are computed once per image and reused (each checked against its plain
+    version in `tests/eval/test_study_speed.py`): the pixels, the clean tower's hidden states
+    (an unlearned tower resumes from the clean state at its first hook, so an edit costs the
+    edit, not the tower), and the clean model's answers. An image the edit leaves bit-for-bit
+    unchanged is the clean image to the language model, so it gets the clean answers."""
 
     def __init__(self, model, processor, encoder, batch_size: int = 256):
         self.model, self.tokenizer, self.encoder = model, processor.tokenizer, encoder
         self.batch_size = batch_size
         self._pixels: dict[Spec, np.ndarray] = {}  # [H, W, C] per image
+        self._states: dict[tuple[Spec, int], np.ndarray] = {}  # the clean tower's state [T, D] per image and index
         self._memo = _CleanAnswers()
 
     def with_language_model(self, llava) -> Model:
-        """The same JAX tower (clean, and its pixel cache) in front of another PyTorch LLaVA's
-        projector and language model: how a weight-editing baseline's unlearned model is scored."""
+        """The same JAX tower (clean, and its pixel and state caches) in front of another PyTorch
+        LLaVA's projector and language model: how a weight-editing baseline's unlearned model is
+        scored."""
         other = copy.copy(self)
         other.model = llava
         other._memo = _CleanAnswers()  # its own clean tower's answers come from its own language model
@@ -89,81 +119,120 @@ class Model:
                 self._pixels[spec] = px
         return np.stack([self._pixels[spec] for spec in specs]) if specs else np.zeros((0,), np.float32)
 
+    def _chunks(self, n: int):
+        """(start, stop, bucket) per batch of n rows: padded to a power of two, so the JAX tower
+        compiles for a handful of batch shapes only."""
+        for start in range(0, n, self.batch_size):
+            stop = min(n, start + self.batch_size)
+            yield start, stop, min(self.batch_size, 1 << max(0, stop - start - 1).bit_length())
+
+    def clean_states(self, specs: list[Spec], layer: int) -> np.ndarray:
+        """The clean tower's hidden state at index `layer` [N, T, D], each image's computed once."""
+        from sauce_jax.encoder import pad_batch
+
+        missing = [spec for spec in dict.fromkeys(specs) if (spec, layer) not in self._states]
+        if missing:
+            px = self.pixels(missing)
+            for start, stop, bucket in self._chunks(len(missing)):
+                states = np.asarray(self.encoder.hidden_state(pad_batch(px[start:stop], bucket), layer))
+                for spec, state in zip(missing[start:stop], states):
+                    self._states[(spec, layer)] = state
+        return np.stack([self._states[(spec, layer)] for spec in specs])
+
+    def tower_states(self, specs: list[Spec], unlearned=None) -> list[np.ndarray]:
+        """The hidden states LLaVA reads (`feature_layers`), each [N, T, D], of the clean tower
+        or of `unlearned`, which resumes from the clean state at its first hook."""
+        from sauce_jax.encoder import pad_batch
+        from sauce_jax.eval.vlm.llava_bridge import feature_layers
+
+        layers = feature_layers(self.model, self.encoder)
+        added = sorted(set(unlearned.hooks) - set(self.encoder.hooks)) if unlearned is not None else []
+        if not added or added[0] > max(layers):  # no edit reaches the states LLaVA reads
+            return [self.clean_states(specs, layer) for layer in layers]
+        if self.encoder.hooks:  # a hooked clean tower: its cached states are past its own hooks
+            px = self.pixels(specs)
+            return [np.concatenate([np.asarray(unlearned.hidden_state(pad_batch(px[a:b], n), layer))[:b - a]
+                                    for a, b, n in self._chunks(len(specs))]) for layer in layers]
+        base = self.clean_states(specs, added[0])
+        return [np.concatenate([np.asarray(unlearned.hidden_state_from(pad_batch(base[a:b], n), added[0], layer))
+                                [:b - a] for a, b, n in self._chunks(len(specs))]) for layer in layers]
+
     def features(self, specs: list[Spec], unlearned=None):
         """Projected image features [N, T, D_text] (torch)."""
-        import jax.numpy as jnp
         import torch
 
-        from sauce_jax.eval.vlm.llava_bridge import llava_image_features
+        from sauce_jax.eval.vlm.llava_bridge import project_states
 
-        px = self.pixels(specs)
-        parts = []
-        for start in range(0, len(specs), self.batch_size):
-            chunk = px[start:start + self.batch_size]
-            # Pad to a power of two: a handful of batch shapes, so the JAX tower compiles a few times only.
-            bucket = min(self.batch_size, 1 << max(0, len(chunk) - 1).bit_length())
-            padded = jnp.concatenate([chunk, jnp.zeros((bucket - len(chunk), *chunk.shape[1:]), chunk.dtype)])
-            parts.append(llava_image_features(self.model, self.encoder, padded, unlearned=unlearned)[:len(chunk)])
-        return torch.cat(parts) if parts else torch.zeros(0)
+        return project_states(self.model, self.tower_states(specs, unlearned)) if specs else torch.zeros(0)
 
     def answers(self, specs: list[Spec], concepts_of, language: str = "en", unlearned=None,
                 generative: bool = True) -> dict:
         """Generated yes/no answers about `concepts_of(spec)` for each image, and its description's
         mentions of those concepts: {"asked": [(image, concept)], "present": [bool], "yes": [bool],
         "margin": [float], "named": [bool], "texts": [...]}. With `generative=False` no
-        description is generated ("named" is then all False, "texts" empty).
-
-        The clean tower's answers (`unlearned` None) are remembered per (image, question) and
-        description: every concept's evaluation asks the same retain-pool and perception
-        images, so each is answered once per model."""
+        description is generated ("named" is then all False, "texts" empty)."""
         asked = [(i, c) for i, spec in enumerate(specs) for c in concepts_of(spec)]
         questions = [T.question(c, language) for _, c in asked]
-        feats = self._features_once(specs, unlearned)
-        said = self._yes_no(specs, [i for i, _ in asked], questions, unlearned, feats)
-        texts = self._describe(specs, language, unlearned, feats) if generative else []
+        view = self._view(specs, unlearned)
+        said = self._yes_no(specs, [i for i, _ in asked], questions, view)
+        texts = self._describe(specs, language, view) if generative else []
         named = np.array([T.mentions(texts[i], c) for i, c in asked] if generative else [False] * len(asked), bool)
         return {"asked": asked, "present": np.array([specs[i].has(c) for i, c in asked], bool),
                 "yes": said["yes"], "margin": said["margin"], "named": named, "texts": texts}
 
-    def _features_once(self, specs: list[Spec], unlearned):
-        """() -> `features(specs, unlearned)`, computed on the first call only (a clean tower's
-        may not be needed at all when every answer is remembered)."""
-        computed = []
+    def _view(self, specs: list[Spec], unlearned) -> _View:
+        """The images as the language model sees them: which ones the edit changed (none for the
+        clean tower), and their features, each computed on first use."""
+        clean = _Lazy(lambda: self.features(specs))
+        if unlearned is None:
+            return _View(np.zeros(len(specs), bool), clean, clean)
+        edited = self.tower_states(specs, unlearned)
+        changed = np.zeros(len(specs), bool)
+        for after, before in zip(edited, self.tower_states(specs)):
+            changed |= (after != before).reshape(len(specs), -1).any(axis=1)
+        from sauce_jax.eval.vlm.llava_bridge import project_states
 
-        def feats():
-            if not computed:
-                computed.append(self.features(specs, unlearned))
-            return computed[0]
-        return feats
+        return _View(changed, _Lazy(lambda: project_states(self.model, edited)), clean)
 
-    def _yes_no(self, specs: list[Spec], rows: list[int], questions: list[str], unlearned, feats) -> dict:
-        """`yes_no` of questions[j] about image specs[rows[j]]: {"yes": [J] bool, "margin": [J]}."""
-        if unlearned is not None:
-            return yes_no(self.model, self.tokenizer, feats(), questions, self.batch_size, images=rows)
-        keys = [(specs[i], q) for i, q in zip(rows, questions)]
+    def _yes_no(self, specs: list[Spec], rows: list[int], questions: list[str], view: _View) -> dict:
+        """`yes_no` of questions[j] about image specs[rows[j]]: {"yes": [J] bool, "margin": [J]};
+        images the edit left unchanged get the clean answers, each asked once per model."""
+        yes, margin = np.zeros(len(questions), bool), np.zeros(len(questions), np.float32)
+        fresh = [j for j, i in enumerate(rows) if view.changed[i]]
+        if fresh:
+            said = yes_no(self.model, self.tokenizer, view.features(), [questions[j] for j in fresh], self.batch_size,
+                          images=[rows[j] for j in fresh])
+            yes[fresh], margin[fresh] = said["yes"], said["margin"]
+        kept = [j for j, i in enumerate(rows) if not view.changed[i]]
+        keys = {j: (specs[rows[j]], questions[j]) for j in kept}
         first: dict = {}  # each missing (image, question) once, at its first row
-        for j, key in enumerate(keys):
+        for j, key in keys.items():
             if key not in self._memo.yes:
                 first.setdefault(key, j)
         missing = list(first.values())
         if missing:
-            said = yes_no(self.model, self.tokenizer, feats(), [questions[j] for j in missing], self.batch_size,
+            said = yes_no(self.model, self.tokenizer, view.clean(), [questions[j] for j in missing], self.batch_size,
                           images=[rows[j] for j in missing])
             for n, j in enumerate(missing):
                 self._memo.yes[keys[j]] = (bool(said["yes"][n]), float(said["margin"][n]))
-        answers = [self._memo.yes[key] for key in keys]
-        return {"yes": np.array([a[0] for a in answers], bool),
-                "margin": np.array([a[1] for a in answers], np.float32)}
+        for j, key in keys.items():
+            yes[j], margin[j] = self._memo.yes[key]
+        return {"yes": yes, "margin": margin}
 
-    def _describe(self, specs: list[Spec], language: str, unlearned, feats) -> list[str]:
-        """`describe` of every image of `specs`."""
-        if unlearned is not None:
-            return describe(self.model, self.tokenizer, feats(), language)
-        missing = list(dict.fromkeys(i for i, spec in enumerate(specs) if (spec, language) not in self._memo.texts))
+    def _describe(self, specs: list[Spec], language: str, view: _View) -> list[str]:
+        """`describe` of every image of `specs`; images the edit left unchanged get the clean
+        description, generated once per model."""
+        texts: list[str | None] = [None] * len(specs)
+        fresh = [i for i in range(len(specs)) if view.changed[i]]
+        if fresh:
+            for i, text in zip(fresh, describe(self.model, self.tokenizer, view.features()[fresh], language)):
+                texts[i] = text
+        missing = list(dict.fromkeys(i for i in range(len(specs)) if not view.changed[i]
+                                     and (specs[i], language) not in self._memo.texts))
         if missing:
-            for i, text in zip(missing, describe(self.model, self.tokenizer, feats()[missing], language)):
+            for i, text in zip(missing, describe(self.model, self.tokenizer, view.clean()[missing], language)):
                 self._memo.texts.setdefault((specs[i], language), text)
-        return [self._memo.texts[(spec, language)] for spec in specs]
+        return [text if view.changed[i] else self._memo.texts[(specs[i], language)] for i, text in enumerate(texts)]
 
     def perception(self, specs: list[Spec], language: str = "en", unlearned=None, exclude=(),
                    seed: int = 0) -> dict[str, dict]:
@@ -175,8 +244,8 @@ class Model:
         flat = [(sub, i, q, truth) for sub, rows in pairs.items() for i, pair in rows for q, truth in pair]
         if not flat:
             return {}
-        said = self._yes_no(specs, [i for _, i, _, _ in flat], [q for _, _, q, _ in flat], unlearned,
-                            self._features_once(specs, unlearned))["yes"]
+        said = self._yes_no(specs, [i for _, i, _, _ in flat], [q for _, _, q, _ in flat],
+                            self._view(specs, unlearned))["yes"]
         right = said == np.array([t for *_, t in flat], bool)
         subs = np.array([sub for sub, *_ in flat])
         ids = np.array([i for _, i, _, _ in flat])

@@ -8,6 +8,7 @@ items take the left and right halves.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -65,12 +66,19 @@ def _polygon(shape: str, cx: float, cy: float, r: float) -> list[tuple[float, fl
 
 
 def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
-    """Max over a (2 radius + 1)^2 square, separably (PIL's MaxFilter is 10x slower here)."""
+    """Max over a (2 radius + 1)^2 square, separably, as running maxima of shifted views (PIL's
+    MaxFilter is 10x slower here); outside the image counts as 0."""
     out = mask
     for axis in (0, 1):
-        padded = np.pad(out, [(radius, radius) if a == axis else (0, 0) for a in (0, 1)])
         n = out.shape[axis]
-        out = np.max([np.take(padded, np.arange(k, k + n), axis=axis) for k in range(2 * radius + 1)], axis=0)
+        padded = np.pad(out, [(radius, radius) if a == axis else (0, 0) for a in (0, 1)])
+        window = [slice(None), slice(None)]
+        result = None
+        for k in range(2 * radius + 1):
+            window[axis] = slice(k, k + n)
+            view = padded[tuple(window)]
+            result = view.copy() if result is None else np.maximum(result, view, out=result)
+        out = result
     return out
 
 
@@ -88,9 +96,17 @@ def _mask(item: Item, cx: float, cy: float, r: float, size: int) -> Image.Image:
     return mask
 
 
+@functools.lru_cache(maxsize=4)
+def _grid(size: int) -> np.ndarray:
+    """[2, size, size] float32 row and column indices, read-only (every texture shares them)."""
+    grid = np.mgrid[0:size, 0:size].astype(np.float32)
+    grid.flags.writeable = False
+    return grid
+
+
 def _texture(material: str, size: int, rng: np.random.Generator) -> np.ndarray:
     """[size, size] in [0, 1]: how far each pixel moves towards the stroke colour."""
-    y, x = np.mgrid[0:size, 0:size].astype(np.float32)
+    y, x = _grid(size)
     phase = rng.uniform(0, 2 * math.pi)
     s = size / (IMAGE_SIZE * SUPERSAMPLE)  # patterns scale with the image
     if material == "wood":  # bold wavy horizontal grain
@@ -201,16 +217,23 @@ def _scene(scene: str, size: int, rng: np.random.Generator) -> Image.Image:
 
 def render_with_masks(spec: Spec, size: int = IMAGE_SIZE) -> tuple[np.ndarray, np.ndarray]:
     """The image [size, size, 3] uint8 and each item's coverage [n_items, size, size] in [0, 1]."""
+    return _render(spec, size, with_masks=True)
+
+
+def _render(spec: Spec, size: int, with_masks: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """The image and, with `with_masks`, the items' coverage (None without: the image alone skips
+    the coverage's dilation and downsampling)."""
     big = size * SUPERSAMPLE
     rng = rng_for(spec.noise_seed, "render")
     canvas = _scene(spec.scene, big, rng)
     pixels = np.asarray(canvas, np.float32)  # [S, S, 3]
-    masks = []
+    masks = [] if with_masks else None
     for item, (cx, cy, diameter) in zip(spec.items, item_boxes(len(spec.items), big, rng)):
         r = diameter / 2
         inside = np.asarray(_mask(item, cx, cy, r, big), np.float32) / 255  # [S, S]
         outline = _dilate(inside, max(1, int(2 * SUPERSAMPLE * size / IMAGE_SIZE)))[..., None]
-        masks.append(_dilate(inside, 1))
+        if masks is not None:
+            masks.append(_dilate(inside, 1))
         inside = inside[..., None]
         pixels = pixels * (1 - outline) + _edge(item.material, big) * outline
         pixels = pixels * (1 - inside) + _fill(item, pixels, rng) * inside
@@ -220,6 +243,8 @@ def render_with_masks(spec: Spec, size: int = IMAGE_SIZE) -> tuple[np.ndarray, n
             _face(ImageDraw.Draw(layer), item.emotion, cx, cy, r, ink)
             pixels = np.asarray(layer, np.float32)
     image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).reduce(SUPERSAMPLE)
+    if masks is None:
+        return np.asarray(image), None
     coverage = np.stack([m.reshape(size, SUPERSAMPLE, size, SUPERSAMPLE).mean(axis=(1, 3)) for m in masks]) \
         if masks else np.zeros((0, size, size), np.float32)
     return np.asarray(image), coverage
@@ -227,7 +252,7 @@ def render_with_masks(spec: Spec, size: int = IMAGE_SIZE) -> tuple[np.ndarray, n
 
 def render(spec: Spec, size: int = IMAGE_SIZE) -> np.ndarray:
     """The image of `spec`: [size, size, 3] uint8."""
-    return render_with_masks(spec, size)[0]
+    return _render(spec, size, with_masks=False)[0]
 
 
 def render_many(specs, size: int = IMAGE_SIZE) -> np.ndarray:

@@ -126,17 +126,37 @@ PAPER_RECIPE = {"architecture": "standard", "expansion": 64, "l1_coefficient": 8
 
 
 def train_concept_sae(encoder, out: Path, config: DemoConfig, layer: int, progress: bool):
-    """The SAE on every token of `layer` over the generic stream (resumes an interrupted run), for
-    `config.sae_steps` optimizer steps (None: `config.sae_epochs` passes over its images)."""
+    """The SAE on every token of `layer` over the seed's generic stream (resumes an interrupted
+    run), for `config.sae_steps` optimizer steps (None: `config.sae_epochs` passes over its
+    images)."""
+    images = generic_stream(config.sae_images, seed=config.seed)
+    return _train(encoder, out, concept_sae_config(encoder, config), images, layer, "all", config.sae_epochs, 1e-3,
+                  config.seed, progress, steps=config.sae_steps)
+
+
+# The images of a study's one generic SAE per tower (`train_generic_sae`): a stream of their own,
+# so no seed's train, validation or test images are among them.
+GENERIC_SAE_STREAM = "generic-sae"
+
+
+def train_generic_sae(encoder, out: Path, config: DemoConfig, layer: int, progress: bool, *, seed: int = 0):
+    """The study's SAE: `concept_sae_config`'s SAE and budget, trained once at `out` on
+    `config.sae_images` images of `GENERIC_SAE_STREAM` (`seed` draws a second one for the
+    sensitivity check) and reused by every seed, as the paper reuses one ImageNet SAE for every
+    concept. A finished one at `out` is loaded; an interrupted one resumes."""
+    images = generic_stream(config.sae_images, seed=seed, stream=GENERIC_SAE_STREAM)
+    return _train(encoder, out, concept_sae_config(encoder, config), images, layer, "all", config.sae_epochs, 1e-3,
+                  seed, progress, steps=config.sae_steps)
+
+
+def concept_sae_config(encoder, config: DemoConfig):
+    """The `SAEConfig` of SAUCE's SAE on `encoder` as `config` declares it."""
     from sauce_jax.sae import SAEConfig
 
     d = encoder.config.hidden_size
-    sae_config = SAEConfig(d_in=d, d_sae=config.expansion * d, architecture=config.sae_architecture,
-                           k=config.sae_k if config.sae_architecture != "standard" else None,
-                           l1_coefficient=config.l1_coefficient)
-    images = generic_stream(config.sae_images, seed=config.seed)
-    return _train(encoder, out, sae_config, images, layer, "all", config.sae_epochs, 1e-3, config.seed, progress,
-                  steps=config.sae_steps)
+    return SAEConfig(d_in=d, d_sae=config.expansion * d, architecture=config.sae_architecture,
+                     k=config.sae_k if config.sae_architecture != "standard" else None,
+                     l1_coefficient=config.l1_coefficient)
 
 
 def train_paper_sae(encoder, out: Path, progress: bool, *, images: int = 4000, steps: int | None = None):
@@ -155,12 +175,24 @@ def train_paper_sae(encoder, out: Path, progress: bool, *, images: int = 4000, s
                   encoder.layer_index(r["layer"]), r["token"], epochs, r["lr"], 0, progress)
 
 
+SAE_WARMUP_STEPS = 50  # the learning rate's linear warm-up (a run shorter than it warms up over its length)
+
+
+def sae_train_config(epochs: float, lr: float, seed: int, steps: int | None = None):
+    """The `TrainConfig` every ConceptWorld SAE trains with: batch 1,024 tokens, a 50-step warm-up,
+    then a constant learning rate (so a run's step-b state is what a b-step run ends with)."""
+    from sauce_jax.train import TrainConfig
+
+    return TrainConfig(batch_size=1024, steps=steps, epochs=epochs, lr=lr, lr_warmup_steps=SAE_WARMUP_STEPS,
+                       l1_warmup_steps=100,
+                       seed=seed, log_every=50, checkpoint_every=200)
+
+
 def _train(encoder, out: Path, sae_config, specs, layer: int, token: str, epochs: float, lr: float, seed: int,
            progress: bool, steps: int | None = None):
-    from sauce_jax.train import TrainConfig, train_or_load
+    from sauce_jax.train import train_or_load
 
-    train_config = TrainConfig(batch_size=1024, steps=steps, epochs=epochs, lr=lr, lr_warmup_steps=50,
-                               l1_warmup_steps=100, seed=seed, log_every=50, checkpoint_every=200)
+    train_config = sae_train_config(epochs, lr, seed, steps)
     return train_or_load(out, sae_config=sae_config, train_config=train_config, encoder=encoder, layer=layer,
                          token=token, progress=progress, lazy=lambda: {"images": list(render_many(specs))})
 
@@ -248,10 +280,12 @@ SAE_ONLY = "SAUCE SAE only"
 
 def sae_only(encoder, sae, features, layer: int):
     """The tower with `sae` reconstructing `layer` and nothing edited: reconstruct mode at gamma
-    1 (the one feature of `features` it names is multiplied by 1)."""
+    1. `features` (a concept's FeatureSet, or None) only names the one feature multiplied by 1;
+    whichever it names, the tower is the same."""
     from sauce_jax.intervention import unlearn
 
-    return unlearn(encoder, sae, features.top(1, 1.0), layer=layer, gamma=1.0, mode="reconstruct")
+    return unlearn(encoder, sae, features.top(1, 1.0) if features is not None else [0], layer=layer, gamma=1.0,
+                   mode="reconstruct")
 
 
 def evaluate_test(model: Model, encoder, sae, sets: dict, chosen: dict, config: DemoConfig, layer: int,

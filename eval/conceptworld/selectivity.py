@@ -15,6 +15,7 @@ Pure functions over answers and specs; `benchmark.Evaluation` collects the answe
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -87,6 +88,7 @@ def degenerate(text: str, language: str = "en") -> bool:
     return repeats_word(text) or not parses(text, language)
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def named_concepts(text: str) -> frozenset[str]:
     """Every concept a text names, in either language (the UA_g judge's word matching)."""
     return frozenset(c for c in CONCEPTS if T.mentions(text, c))

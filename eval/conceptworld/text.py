@@ -9,6 +9,7 @@ description in the same sequence and the model must look at the image each time.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 
@@ -143,8 +144,15 @@ def prompt(text: str) -> str:
 
 def mentions(answer: str, concept: str, languages=LANGUAGES) -> bool:
     """The ConceptWorld UA_g judge: exact concept-word matching, in both languages."""
-    words = set(answer.lower().replace(".", " ").replace("?", " ").split())
+    words = _words(answer)
     return any(WORDS[language][concept] in words for language in languages)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _words(answer: str) -> frozenset[str]:
+    """The lower-cased words of an answer (a study judges the same few thousand descriptions for
+    every concept)."""
+    return frozenset(answer.lower().replace(".", " ").replace("?", " ").split())
 
 
 @dataclasses.dataclass(frozen=True)

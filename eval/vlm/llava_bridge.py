@@ -21,7 +21,8 @@ import torch
 from sauce_jax.errors import ConfigError, InputError
 from sauce_jax.torch_bridge import to_torch
 
-__all__ = ["generate_with_features", "inputs_embeds_with_features", "llava_image_features", "logits_with_features"]
+__all__ = ["feature_layers", "generate_with_features", "inputs_embeds_with_features", "llava_image_features",
+           "logits_with_features", "project_states"]
 
 
 def _projector(model: Any) -> torch.nn.Module:
@@ -55,16 +56,26 @@ def llava_image_features(model: Any, encoder: Any, pixel_values_nhwc: Any, *, un
 
     N is the number of patches ("default" strategy) or patches + 1 ("full").
     """
-    config = model.config
-    layers = config.vision_feature_layer
-    strategy = config.vision_feature_select_strategy
-    if strategy not in ("default", "full"):
-        raise ConfigError(f"vision_feature_select_strategy {strategy!r} is not 'default' or 'full'")
     vision = unlearned if unlearned is not None else encoder
-    indices = [vision.layer_index(layer) for layer in ([layers] if isinstance(layers, int) else layers)]
+    indices = feature_layers(model, vision)
     # One forward up to the deepest requested state: blocks past it never run (LLaVA's -2).
     states = vision.hidden_states(pixel_values_nhwc, upto=max(indices))  # each [B, T, D]
-    selected = [states[i] for i in indices]
+    return project_states(model, [states[i] for i in indices])
+
+
+def feature_layers(model: Any, encoder: Any) -> list[int]:
+    """The hidden-state indices (non-negative, in order) LLaVA reads: `vision_feature_layer`."""
+    layers = model.config.vision_feature_layer
+    return [encoder.layer_index(layer) for layer in ([layers] if isinstance(layers, int) else layers)]
+
+
+def project_states(model: Any, states: list[Any]) -> torch.Tensor:
+    """LLaVA's projected image features [B, N, D_text] from the tower's hidden states at
+    `feature_layers` (each [B, T, D], in that order): the select strategy, then the projector."""
+    strategy = model.config.vision_feature_select_strategy
+    if strategy not in ("default", "full"):
+        raise ConfigError(f"vision_feature_select_strategy {strategy!r} is not 'default' or 'full'")
+    selected = [jnp.asarray(h) for h in states]
     if strategy == "default":
         selected = [h[:, 1:] for h in selected]  # drop the CLS token
     features = to_torch(jnp.concatenate(selected, axis=-1))  # [B, N, D * len(layers)]

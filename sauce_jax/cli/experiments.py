@@ -10,7 +10,7 @@ from pathlib import Path
 
 from sauce_jax.errors import ConfigError
 from sauce_jax.eval.conceptworld.sauce import DemoConfig
-from sauce_jax.eval.conceptworld.experiments import ablate, features, multi, robust, transfer
+from sauce_jax.eval.conceptworld.experiments import ablate, features, multi, robust, sae_curve, transfer
 from sauce_jax.eval.emoji import EmojiConfig
 from sauce_jax.modes import PAPER_MODES
 from sauce_jax.sae_config import ARCHITECTURES
@@ -32,7 +32,8 @@ from .common import (
 
 def add_experiments(exp_sub) -> None:
     """Every `sauce-jax experiment NAME`, in the order `--help` lists them."""
-    for add in (add_real, add_fashion, add_table2, add_multi, add_robust, add_transfer, add_features, add_ablate):
+    for add in (add_real, add_fashion, add_table2, add_multi, add_robust, add_transfer, add_features, add_ablate,
+                add_sae_curve):
         add(exp_sub)
 
 
@@ -205,6 +206,8 @@ def cmd_table2(args) -> int:
         config = dataclasses.replace(config, paper_row=False)
     if args.no_sae_only_row:
         config = dataclasses.replace(config, demo=dataclasses.replace(config.demo, sae_only_row=False))
+    if args.generic_sae:
+        config = dataclasses.replace(config, generic_sae=True)
     if args.objective:
         config = dataclasses.replace(config, demo=dataclasses.replace(config.demo, objective=args.objective))
     sizes = {name: getattr(args, name) for name in ("n_test", "n_pool", "n_perception", "sae_images", "sae_steps")
@@ -256,6 +259,9 @@ def add_table2(exp_sub) -> None:
     t2.add_argument("--no-paper-row", action="store_true", help="skip the paper's exact recipe (and its SAE)")
     t2.add_argument("--no-sae-only-row", action="store_true",
                     help="skip the 'SAUCE SAE only' row (SAUCE's SAE reconstructing at gamma 1, nothing edited)")
+    t2.add_argument("--generic-sae", action="store_true",
+                    help="SAUCE's SAE is the study's one generic SAE (trained once in OUT/sae_generic on a stream "
+                         "no seed evaluates on, reused by every seed) instead of one per seed")
     t2.add_argument("--reference", default="SAUCE reconstruct",
                     help="with --seeds: the row every other row's paired difference is taken from")
     t2.add_argument("--quick", action="store_true", help="a reduced run (fewer images, one grid point)")
@@ -516,3 +522,59 @@ def add_ablate(exp_sub) -> None:
     p.add_argument("--gamma-values", help=f"comma-separated gamma of the k x gamma grid "
                                           f"(default {joined(default('gamma_values'))})")
     p.set_defaults(func=cmd_ablate)
+
+
+# --------------------------------------------------------------------------------- sae-curve
+
+
+def _ints(text: str, option: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in _split(text))
+    except ValueError as exc:
+        raise ConfigError(f"{option} {text!r} must be comma-separated integers") from exc
+
+
+def cmd_sae_curve(args) -> int:
+    apply_threads(args)
+    config = sae_curve.quick_config() if args.quick else sae_curve.CurveConfig()
+    changes = {}
+    if args.budgets:
+        changes["budgets"] = _ints(args.budgets, "--budgets")
+    if args.images:
+        changes["images"] = _ints(args.images, "--images")
+    if args.heldout is not None:
+        changes["heldout"] = args.heldout
+    if args.damage_seeds is not None:
+        changes["damage_seeds"] = _ints(args.damage_seeds, "--damage-seeds")
+    if args.seed is not None:
+        changes["seed"] = args.seed
+    config = dataclasses.replace(config, **changes)
+    sae_curve.run(args.out, config, model_dir=getattr(args, "model", None), tower=args.tower,
+                  progress=not args.no_progress)
+    print_report(args.out, "curve.md", "curve.md, curve.json, points/ and snapshots/")
+    return 0
+
+
+def add_sae_curve(exp_sub) -> None:
+    default = sae_curve.CurveConfig()
+    parser = exp_sub.add_parser("sae-curve", help="SAUCE's SAE at several step budgets and image counts: held-out "
+                                                  "EV, L0, dead latents, the SAE-only damage, the chosen budget",
+                                description="One constant-learning-rate run per image count over the study SAE's "
+                                            "own stream, snapshotted at every budget; each snapshot scored on "
+                                            "held-out images (explained variance, L0, dead latents) and, as the SAE "
+                                            "alone, on the validation splits of --damage-seeds. The plateau rule "
+                                            "chooses the budget. Rerun the same command to resume.")
+    parser.add_argument("--out", required=True, help="run folder; rerun the same command to resume")
+    parser.add_argument("--model", help="a ConceptWorld LLaVA directory (default: the shipped one)")
+    add_tower_argument(parser)
+    parser.add_argument("--budgets", help=f"comma-separated optimizer-step budgets (default {joined(default.budgets)})")
+    parser.add_argument("--images", help=f"comma-separated image counts (default {joined(default.images)})")
+    parser.add_argument("--heldout", type=int, help=f"held-out images (default {default.heldout})")
+    parser.add_argument("--damage-seeds", help="validation seeds of the SAE-only damage, '' for none (default "
+                                               f"{joined(default.damage_seeds)})")
+    parser.add_argument("--seed", type=int, help="the generic SAE's draw (default 0; another one is the "
+                                                 "sensitivity check's second SAE)")
+    parser.add_argument("--quick", action="store_true", help="a CI-sized curve")
+    parser.add_argument("--threads", type=int, help="PyTorch threads (default: PyTorch's choice)")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.set_defaults(func=cmd_sae_curve)

@@ -93,6 +93,9 @@ class Table2Config:
     per_concept_candidates: tuple[str, ...] = PER_CONCEPT_CANDIDATES
     paper_sae_images: int = 4000  # generic images (one token each) of the paper row's SAE
     paper_sae_steps: int = 2500  # its optimizer steps: the paper's 2 epochs of ImageNet
+    # SAUCE's SAE: one per seed on the seed's generic stream (False), or the study's one generic
+    # SAE per tower (`sauce.train_generic_sae`, True), trained once and reused by every seed.
+    generic_sae: bool = False
     grid_moves: int = 1  # times the baselines' grid moves off an edge (SAUCE's: demo.grid_moves)
 
     def __post_init__(self):
@@ -285,11 +288,17 @@ def _search_notes(chosen: dict) -> dict:
     return {key: chosen[key] for key in ("grids", "moved", "edge") if key in chosen}
 
 
-def _sauce_setup(ctx: _Context, out: Path):
-    """SAUCE's SAE, feature sets and validation-chosen (k, gamma), computed once per run folder."""
+def _sauce_setup(ctx: _Context, out: Path, generic_sae_dir: Path):
+    """SAUCE's SAE (the seed's own, or the study's generic one at `generic_sae_dir`), feature
+    sets and validation-chosen (k, gamma), computed once per run folder."""
+    from ..sauce import train_generic_sae
+
     demo = ctx.config.demo
     t0 = time.time()
-    sae = train_concept_sae(ctx.encoder, out / "sae_run", demo, ctx.layer, ctx.progress)
+    if ctx.config.generic_sae:
+        sae = train_generic_sae(ctx.encoder, generic_sae_dir, demo, ctx.layer, ctx.progress)
+    else:
+        sae = train_concept_sae(ctx.encoder, out / "sae_run", demo, ctx.layer, ctx.progress)
     sets = select_all(sae, ctx.encoder, demo, ctx.layer, ctx.progress)
     chosen_path = out / "sauce_chosen.json"
     if chosen_path.is_file():
@@ -441,9 +450,10 @@ def _check_same_run(out: Path, config: Table2Config) -> None:
 
 
 def run(out_dir: str | Path, config: Table2Config | None = None, *, model_dir=None, progress: bool = True,
-        paper_sae_dir=None) -> dict:
+        paper_sae_dir=None, generic_sae_dir=None) -> dict:
     """Run (or resume) the experiment; returns what `results.json` holds. The paper row's SAE is
-    trained at `paper_sae_dir` (default `OUT/sae_paper`), or reused from there."""
+    trained at `paper_sae_dir` (default `OUT/sae_paper`), or reused from there; with
+    `config.generic_sae`, SAUCE's at `generic_sae_dir` (default `OUT/sae_generic`)."""
     config = config or Table2Config()
     out = Path(out_dir)
     (out / "rows").mkdir(parents=True, exist_ok=True)
@@ -478,7 +488,7 @@ def run(out_dir: str | Path, config: Table2Config | None = None, *, model_dir=No
         variant_todo.append(PER_CONCEPT)
     control_todo = [name for name in todo if name in CONTROLS]
     if sauce_todo or control_todo or variant_todo:
-        prepared = _sauce_setup(ctx, out)
+        prepared = _sauce_setup(ctx, out, Path(generic_sae_dir or out / "sae_generic"))
         if sauce_todo:
             _say(progress, "[SAUCE]")
             _sauce_rows(ctx, out, sauce_todo, prepared)

@@ -84,7 +84,8 @@ def run(out_dir: str | Path, config: table2.Table2Config, seeds, *, open_test_se
             demo = dataclasses.replace(demo, concepts=table2.study_concepts(seed))
         seeded = dataclasses.replace(config, demo=demo)
         per_seed[seed] = table2.run(out / f"seed-{seed}", seeded, model_dir=model_dir, progress=progress,
-                                    paper_sae_dir=out / "sae_paper")  # one paper SAE for every seed
+                                    # one paper SAE, and with config.generic_sae one SAUCE SAE, for every seed
+                                    paper_sae_dir=out / "sae_paper", generic_sae_dir=out / "sae_generic")
     summary = aggregate(per_seed, reference)
     (out / "seeds.json").write_text(json.dumps(summary, indent=1, default=str))
     (out / "seeds.md").write_text(markdown(summary))
