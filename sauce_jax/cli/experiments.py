@@ -179,16 +179,27 @@ def add_fashion(exp_sub) -> None:
 
 
 def cmd_table2(args) -> int:
-    from sauce_jax.eval.conceptworld.experiments.table2 import TUNED_DEMO, Table2Config, quick_config, run, study_config
+    from sauce_jax.eval.conceptworld.experiments.table2 import (
+        TUNED_DEMO,
+        Table2Config,
+        quick_config,
+        run,
+        study_concepts,
+        study_config,
+        v3_concepts,
+        v3_config,
+    )
 
     apply_threads(args)
+    if args.family:
+        return _table2_family(args)
     concepts = concepts_arg(args)
-    if args.quick and args.study:
-        raise ConfigError("--quick and --study are two presets: give one")
+    if sum((args.quick, args.study, args.v3)) > 1:
+        raise ConfigError("--quick, --study and --v3 are presets: give one")
     if args.quick:
         config = quick_config(concepts, seed=args.seed)
-    elif args.study:
-        config = study_config(args.seed)
+    elif args.study or args.v3:
+        config = study_config(args.seed) if args.study else v3_config(args.seed)
         if concepts:
             config = dataclasses.replace(config, demo=dataclasses.replace(config.demo, concepts=concepts))
     else:
@@ -225,7 +236,9 @@ def cmd_table2(args) -> int:
             table2_seeds.report(args.out, seeds, reference=args.reference)
         else:
             table2_seeds.run(args.out, config, seeds, open_test_seeds=args.open_test_seeds, model_dir=model_dir_arg(args),
-                             progress=not args.no_progress, draw_concepts=args.study and not concepts,
+                             progress=not args.no_progress,
+                             draw_concepts=None if concepts else study_concepts if args.study else
+                             v3_concepts if args.v3 else None,
                              reference=args.reference)
         print_report(args.out, "seeds.md", "seeds.md, seeds.json and seed-*/")
         return 0
@@ -234,6 +247,25 @@ def cmd_table2(args) -> int:
     check_seeds((config.demo.seed,), args.open_test_seeds)  # one seed is refused like a list of them
     run(args.out, config, model_dir=model_dir_arg(args), progress=not args.no_progress)
     print_report(args.out, "table2.md", "table2.md, results.json, table2.png and rows/")
+    return 0
+
+
+def _table2_family(args) -> int:
+    """`--family dense=DIR,image=DIR --seeds ...`: v3's Holm family over finished study folders."""
+    from sauce_jax.eval.conceptworld.experiments import table2_seeds
+
+    def folders(text, option):
+        pairs = [part.split("=", 1) for part in _split(text)]
+        if not pairs or any(len(p) != 2 or not p[0] or not p[1] for p in pairs):
+            raise ConfigError(f"{option} {text!r} must look like dense=DIR,image=DIR")
+        return dict(pairs)
+
+    if not args.seeds:
+        raise ConfigError("--family needs --seeds (the seeds to read in each folder)")
+    validation = folders(args.validation_family, "--validation-family") if args.validation_family else None
+    table2_seeds.family_report(args.out, folders(args.family, "--family"), table2_seeds.parse_seeds(args.seeds),
+                               validation=validation, baseline=args.baseline)
+    print_report(args.out, "family.md", "family.md and family.json")
     return 0
 
 
@@ -268,6 +300,17 @@ def add_table2(exp_sub) -> None:
     t2.add_argument("--study", action="store_true",
                     help="the multi-seed study's preset: 12-configuration grids for every method, smaller "
                          "splits, and with --seeds (and no --concepts) four concepts drawn per seed")
+    t2.add_argument("--v3", action="store_true",
+                    help="ConceptWorld v3's preset (docs/studies/v3-protocol.md): four stratified concepts drawn per "
+                         "seed, 16 validation / 24 test / 4 pool images per concept, the study's generic SAE at the "
+                         "plateau budget, the selective objective, grids moved off an edge up to twice")
+    t2.add_argument("--family", help="dense=DIR,image=DIR: with --seeds, the Holm-adjusted primary comparisons "
+                                     "(SAUCE reconstruct and delta minus the baseline chosen on validation, per task "
+                                     "and tower) over those study folders, written to --out/family.md")
+    t2.add_argument("--validation-family", help="dense=DIR,image=DIR: the validation folders the --family baseline "
+                                                "is chosen on (default: the --family folders, validation seeds only)")
+    t2.add_argument("--baseline", help="with --family: the baseline to compare with, fixed in advance (default: "
+                                       "chosen on validation)")
     t2.add_argument("--seeds", help="run every row on each seed and report means, 95%% bootstrap intervals and "
                                     "paired SAUCE-minus-row differences: 'validation' (6-10), 'test' (101-105, "
                                     "reserved), 'selective-test' (106-110, reserved), 'v3-test' (111-120, "

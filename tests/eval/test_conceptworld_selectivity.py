@@ -226,10 +226,67 @@ def test_seed_report_aggregates_finished_seeds_and_pairs_methods(tmp_path):
     assert summary["cells"]["GD"]["concrete"]["UA_d"]["mean"] == pytest.approx(0.55)
     assert summary["cells"]["SAUCE reconstruct"]["abstract"]["BA"]["mean"] == pytest.approx(0.75)
     diff = summary["paired"]["GD"]["concrete"]["UA_d"]
-    assert diff["mean"] == pytest.approx(0.3) and diff["lo"] == pytest.approx(0.2) and diff["hi"] == pytest.approx(0.4)
-    assert excludes_zero(diff) and "(not yet finished: 8)" in (tmp_path / "seeds.md").read_text()
+    # A t-interval over the two seeds' differences (0.4 and 0.2), 1 degree of freedom: wide, as two
+    # seeds are (the percentile bootstrap of these numbers gave [0.2, 0.4]).
+    from scipy import stats
+
+    half = stats.t.ppf(0.975, 1) * np.std([0.4, 0.2], ddof=1) / np.sqrt(2)
+    assert diff["mean"] == pytest.approx(0.3) and diff["lo"] == pytest.approx(0.3 - half)
+    assert diff["hi"] == pytest.approx(0.3 + half) and diff["unit"] == "seeds" and diff["df"] == 1
+    assert diff["p"] == pytest.approx(stats.ttest_1samp([0.4, 0.2], 0.0).pvalue)
+    assert not excludes_zero(diff) and "(not yet finished: 8)" in (tmp_path / "seeds.md").read_text()
     # Another reference row: the differences are taken from it.
     other = table2_seeds.report(tmp_path, (6, 7), reference="GD")
     assert other["reference"] == "GD" and set(other["paired"]) == {"SAUCE reconstruct"}
     assert other["paired"]["SAUCE reconstruct"]["concrete"]["UA_d"]["mean"] == pytest.approx(-0.3)
     assert "GD minus each row" in (tmp_path / "seeds.md").read_text()
+
+
+def _seed_results(values: dict) -> dict:
+    """One seed's table2 results: {row: value of every column} for one concrete and one
+    abstract concept, and its table (task means) for the baseline choice."""
+    def result(concept, domain, v):  # forgets v, keeps everything as clean: the objective is sqrt(v)
+        r = _result(concept, domain, 1.0)
+        r.update(UA_d={"value": v, "n": 10}, UA_g={"value": v, "n": 10}, HAL_g={"value": 0.0, "n": 10},
+                 DEG_g={"value": 0.0, "n": 10}, utility=100.0)
+        r["clean_rates"] = {"BA_d": 1.0, "HAL_g": 0.0, "HAL_swap": 0.0, "HAL_other": 0.0, "HAL_pool": 0.0,
+                            "DEG_g": 0.0, "utility": 100.0}
+        return r
+
+    rows = {name: {"per_concept": [result("star", "object", v), result("red", "color", v)]}
+            for name, v in values.items()}
+    from sauce_jax.eval.conceptworld.benchmark import task_table
+
+    return {"rows": rows, "table2": {name: task_table(row["per_concept"]) for name, row in rows.items()}}
+
+
+def test_the_primary_family_is_holm_adjusted_against_the_baseline_chosen_on_validation(tmp_path):
+    """Eight tests (reconstruct and delta x concrete and abstract x two towers) against the
+    baseline with the best validation objective; Holm's adjustment decides, not the raw p."""
+    import json
+
+    from sauce_jax.eval.conceptworld.experiments import table2_seeds
+    from sauce_jax.eval.conceptworld.intervals import holm
+
+    rng = np.random.default_rng(0)
+    for tower, lift in (("dense", 0.2), ("image", 0.0)):
+        for seed in (7, 8, 9, 10):
+            values = {"GA": 0.5, "GD": 0.6 + 0.01 * rng.standard_normal(), "KL": 0.55, "PO": 0.4,
+                      "SAUCE reconstruct": 0.6 + lift + 0.03 * rng.standard_normal(),
+                      "SAUCE delta": 0.6 + lift / 2 + 0.03 * rng.standard_normal()}
+            folder = tmp_path / tower / f"seed-{seed}"
+            folder.mkdir(parents=True)
+            (folder / "results.json").write_text(json.dumps(_seed_results(values)))
+    towers = {"dense": tmp_path / "dense", "image": tmp_path / "image"}
+    found = table2_seeds.family_report(tmp_path / "family", towers, (7, 8, 9, 10))
+    assert found["baseline"] == "GD"  # the best validation mean of the primary objective
+    tests = found["tests"]
+    assert len(tests) == 8
+    assert holm({n: t["p"] for n, t in tests.items()}) == {n: {k: t[k] for k in ("p", "p_holm", "reject")}
+                                                           for n, t in tests.items()}
+    assert tests["SAUCE reconstruct - GD | concrete | dense"]["reject"]  # a 0.2 lift on every seed
+    assert not tests["SAUCE reconstruct - GD | concrete | image"]["reject"]  # no lift
+    assert all(t["p_holm"] >= t["p"] for t in tests.values())
+    assert "| SAUCE delta - GD | abstract | image |" in (tmp_path / "family" / "family.md").read_text()
+    with pytest.raises(ConfigError, match="validation seeds only"):
+        table2_seeds.choose_baseline({"dense": {101: _seed_results({"GA": 0.5})}})

@@ -533,3 +533,54 @@ def test_table2_can_leave_the_sae_only_row_out(monkeypatch, tmp_path):
     for extra in ([], ["--no-sae-only-row"]):
         assert cli.main(["experiment", "table2", "--quick", "--out", str(tmp_path), *extra]) == 0
     assert seen == [True, False]
+
+
+def test_v3_draws_four_stratified_concepts_and_presets_the_protocol():
+    from sauce_jax.eval.conceptworld.experiments.table2 import v3_concepts, v3_config
+    from sauce_jax.eval.conceptworld.world import DOMAIN_OF
+
+    seen = set()
+    for seed in range(7, 40):
+        concepts = v3_concepts(seed)
+        domains = [DOMAIN_OF[c] for c in concepts]
+        assert domains[:2] == ["object", "scene"] and len(set(domains)) == 4
+        assert set(domains[2:]) <= {"color", "material", "emotion"}
+        assert v3_concepts(seed) == concepts  # drawn with the seed
+        seen.add(tuple(sorted(domains[2:])))
+    assert len(seen) == 3  # every pair of the three abstract domains is drawn
+    config = v3_config(8)
+    d = config.demo
+    assert (d.n_val, d.n_test, d.n_pool, d.objective, d.concepts) == (16, 24, 4, "selective", v3_concepts(8))
+    assert config.generic_sae and config.grid_moves == d.grid_moves == 2
+
+
+def test_the_generic_sae_is_trained_once_and_shared_by_every_seed(tmp_path, monkeypatch):
+    """With `generic_sae`, every seed's SAUCE setup asks for the one SAE at the shared folder, on
+    the generic stream, not the seed's own; without it, each seed trains in its own folder."""
+    import dataclasses
+
+    from sauce_jax.eval.conceptworld import sauce
+    from sauce_jax.eval.conceptworld.experiments import table2
+
+    asked = []
+    monkeypatch.setattr(sauce, "_train", lambda encoder, out, sae_config, specs, *a, **k:
+                        asked.append((out, tuple(specs[:3]))) or "sae")
+    monkeypatch.setattr(table2, "select_all", lambda *a, **k: {})
+    monkeypatch.setattr(table2, "choose_hyperparameters", lambda *a, **k: {})
+
+    from types import SimpleNamespace
+
+    class Ctx:
+        encoder = SimpleNamespace(config=SimpleNamespace(hidden_size=8))
+        layer, progress, val, model = 4, False, None, None
+
+    for generic in (True, False):
+        for seed in (7, 8):
+            ctx = Ctx()
+            ctx.config = dataclasses.replace(table2.quick_config(seed=seed), generic_sae=generic)
+            (tmp_path / f"{generic}-seed-{seed}").mkdir()
+            table2._sauce_setup(ctx, tmp_path / f"{generic}-seed-{seed}", tmp_path / "shared")
+    shared, own = asked[:2], asked[2:]
+    assert shared[0] == shared[1] and shared[0][0] == tmp_path / "shared"
+    assert own[0][0] != own[1][0] and own[0][1] != own[1][1]  # each seed its folder and its images
+    assert shared[0][1] != own[0][1]

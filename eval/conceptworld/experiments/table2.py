@@ -155,6 +155,35 @@ def study_config(seed: int = 0) -> Table2Config:
     return Table2Config(demo=demo, n_forget=40, n_retain_per_concept=4)
 
 
+def v3_concepts(seed: int) -> tuple[str, ...]:
+    """ConceptWorld v3's four stratified concepts of a seed, drawn with it: one object, one scene,
+    and one concept from each of two of the colour, material and emotion domains (which two is
+    drawn too)."""
+    from ..world import DOMAINS, rng_for
+
+    rng = rng_for(seed, "v3-concepts")
+    abstract = [str(d) for d in rng.choice(["color", "material", "emotion"], size=2, replace=False)]
+    return tuple(str(rng.choice(DOMAINS[d])) for d in ("object", "scene", *abstract))
+
+
+# v3's SAE budget (optimizer steps at batch 1,024) and image count: the smallest within 0.01 of the
+# held-out plateau with < 5% dead latents (`experiment sae-curve`, docs/studies/sae-curve.md).
+V3_SAE_STEPS = 1000
+V3_SAE_IMAGES = 6000
+
+
+def v3_config(seed: int = 7) -> Table2Config:
+    """ConceptWorld v3's preset (`experiment table2 --v3`, docs/studies/v3-protocol.md): four
+    stratified concepts per seed (`v3_concepts`), 16 validation and 24 test images per concept,
+    4 retain-pool images per concept (2 in validation), the study's one generic SAE at the
+    plateau budget, every grid maximising the selective objective and moved off an edge at most
+    twice."""
+    demo = dataclasses.replace(TUNED_DEMO, seed=seed, concepts=v3_concepts(seed), sae_images=V3_SAE_IMAGES,
+                               sae_steps=V3_SAE_STEPS, n_select=40, n_val=16, n_test=24, n_pool=4, n_perception=24,
+                               objective="selective", grid_moves=2)
+    return Table2Config(demo=demo, n_forget=40, n_retain_per_concept=4, generic_sae=True, grid_moves=2)
+
+
 def _slug(row: str) -> str:
     return row.replace(" ", "-")
 

@@ -5,8 +5,10 @@ controls, kept as it finishes: a rerun resumes where it stopped). Seeds share no
 splits, the retain pool, the perception set and the SAE's stream are all keyed by the seed),
 and the SAE, the feature selection, the validation grids and the test split all change with
 it. The aggregate (`seeds.json`, `seeds.md`) gives every cell's mean over seeds and its 95%
-bootstrap interval (`intervals.bootstrap`: seeds, then concepts), and the paired difference
-SAUCE reconstruct minus every other row with its interval.
+t-interval over concept draws clustered by seed (`intervals.t_interval`: the seeds' means, S - 1
+degrees of freedom), and the paired difference SAUCE reconstruct minus every other row with its
+interval and t-test. `family` reads v3's primary comparison across towers: each SAUCE row minus
+the baseline chosen on validation, per task and tower, Holm-adjusted as one family.
 
 Seeds are split in advance: `VALIDATION_SEEDS` for design and debugging, `TEST_SEEDS` reserved
 for the one final study run, `SELECTIVE_TEST_SEEDS` for the one read of the selective recipes
@@ -28,7 +30,7 @@ from sauce_jax.errors import ConfigError
 
 from . import table2
 from ..benchmark import SELECTIVITY, headline, objectives, selectivity
-from ..intervals import bootstrap, excludes_zero
+from ..intervals import best_baseline, excludes_zero, holm, t_interval, t_test
 from .table2_report import hyperparameters_text
 from ..world import TASKS
 
@@ -70,9 +72,10 @@ def check_seeds(seeds, open_test_seeds: bool = False) -> None:
 
 
 def run(out_dir: str | Path, config: table2.Table2Config, seeds, *, open_test_seeds: bool = False,
-        model_dir=None, progress: bool = True, draw_concepts: bool = False, reference: str = REFERENCE) -> dict:
+        model_dir=None, progress: bool = True, draw_concepts=None, reference: str = REFERENCE) -> dict:
     """Table 2 on every seed (resumable), then the aggregate; returns what `seeds.json` holds.
-    `draw_concepts`: each seed unlearns its own `table2.study_concepts(seed)`."""
+    `draw_concepts`: a function of the seed (`table2.study_concepts`, `table2.v3_concepts`) whose
+    concepts each seed unlearns; True means `table2.study_concepts`."""
     check_seeds(seeds, open_test_seeds)
     out = Path(out_dir)
     per_seed = {}
@@ -81,7 +84,8 @@ def run(out_dir: str | Path, config: table2.Table2Config, seeds, *, open_test_se
             print(f"== seed {seed}", flush=True)
         demo = dataclasses.replace(config.demo, seed=seed)
         if draw_concepts:
-            demo = dataclasses.replace(demo, concepts=table2.study_concepts(seed))
+            draw = table2.study_concepts if draw_concepts is True else draw_concepts
+            demo = dataclasses.replace(demo, concepts=draw(seed))
         seeded = dataclasses.replace(config, demo=demo)
         per_seed[seed] = table2.run(out / f"seed-{seed}", seeded, model_dir=model_dir, progress=progress,
                                     # one paper SAE, and with config.generic_sae one SAUCE SAE, for every seed
@@ -121,9 +125,9 @@ def _matrix(per_seed: dict, method: str, task: str, column: str) -> np.ndarray:
 
 
 def aggregate(per_seed: dict, reference: str = REFERENCE) -> dict:
-    """{"seeds", "reference", "cells": {method: {task: {column: bootstrap}}}, "paired": {method:
-    {task: {column: bootstrap of `reference` minus method}}}} over `per_seed` = {seed: table2
-    results}."""
+    """{"seeds", "reference", "cells": {method: {task: {column: t-interval}}}, "paired": {method:
+    {task: {column: t-interval and t-test p of `reference` minus method}}}} over `per_seed` =
+    {seed: table2 results}."""
     methods = list(dict.fromkeys(m for results in per_seed.values() for m in results["rows"]))
     cells: dict = {}
     paired: dict = {}
@@ -133,11 +137,12 @@ def aggregate(per_seed: dict, reference: str = REFERENCE) -> dict:
                 values = _matrix(per_seed, method, task, column)
                 if values.size == 0:
                     continue
-                cells.setdefault(method, {}).setdefault(task, {})[column] = bootstrap(values)
+                cells.setdefault(method, {}).setdefault(task, {})[column] = t_interval(values)
                 if method != reference and reference in methods:
                     base = _matrix(per_seed, reference, task, column)
                     if base.shape == values.shape:
-                        paired.setdefault(method, {}).setdefault(task, {})[column] = bootstrap(base - values)
+                        paired.setdefault(method, {}).setdefault(task, {})[column] = \
+                            t_interval(base - values) | {"p": t_test(base - values)["p"]}
     tuning: dict = {}
     for seed, results in per_seed.items():
         for method, row in results["rows"].items():
@@ -161,8 +166,8 @@ def markdown(summary: dict) -> str:
     lines = ["# Table 2 over seeds " + ", ".join(map(str, summary["seeds"]))
              + (f" (not yet finished: {', '.join(map(str, summary['missing']))})" if summary.get("missing") else ""),
              "",
-             ("Mean over seeds of the per-seed mean over concepts, percent, with its 95% bootstrap interval "
-              "(seeds, then concepts, resampled). COR: co-occurring concepts of the forget images still shown; "
+             ("Mean over seeds of the per-seed mean over concepts, percent, with its 95% t-interval over the "
+              "seeds' means (concept draws clustered by seed; with one seed, over its concepts). COR: co-occurring concepts of the forget images still shown; "
               "BA: yes/no balanced accuracy over the other concepts, present and absent; HAL: descriptions "
               "naming an absent concept, split into HAL_swap (forget images, the target's own slot), HAL_other "
               "(forget images, other slots) and HAL_pool (images without the concept); DEG: degenerate descriptions; UA_d_logit: UA_d under the old logit rule."),
@@ -172,7 +177,8 @@ def markdown(summary: dict) -> str:
         for task, cols in tasks.items():
             lines.append(f"| {method} | {task} | " + " | ".join(_fmt(cols.get(c), scale[c]) for c in COLUMNS) + " |")
     lines += ["", f"## Paired differences: {summary['reference']} minus each row", "",
-              "Marked * where the 95% interval excludes 0.", "",
+              "Marked * where the 95% interval excludes 0 (uncorrected; `family` holds the Holm-adjusted "
+              "primary comparisons).", "",
               "| minus | task | " + " | ".join(COLUMNS) + " |", "|---|---|" + "---|" * len(COLUMNS)]
     for method, tasks in summary["paired"].items():
         for task, cols in tasks.items():
@@ -187,3 +193,80 @@ def markdown(summary: dict) -> str:
         for method, chosen in summary["tuning"].items():
             lines.append(f"| {method} | " + " | ".join(chosen.get(s, "-") for s in seeds) + " |")
     return "\n".join(lines) + "\n"
+
+
+PRIMARY = "selective_objective"  # v3's primary objective (`objectives.selective_objective`)
+CO_PRIMARY = ("SAUCE reconstruct", "SAUCE delta")
+
+
+def family(per_tower: dict, baseline: str, column: str = PRIMARY, rows=CO_PRIMARY, alpha: float = 0.05) -> dict:
+    """v3's family of primary comparisons: for each SAUCE row of `rows`, task and tower, the
+    paired difference row minus `baseline` (chosen on validation: `choose_baseline`) on `column`,
+    its t-interval over seeds and t-test, Holm-adjusted over the whole family (issue 31: 2 rows x
+    2 tasks x 2 towers = 8 tests). `per_tower`: {tower: {seed: table2 results}}."""
+    tests, found = {}, {}
+    for tower, per_seed in per_tower.items():
+        for row in rows:
+            for task in TASKS:
+                ours, theirs = _matrix(per_seed, row, task, column), _matrix(per_seed, baseline, task, column)
+                name = f"{row} - {baseline} | {task} | {tower}"
+                if ours.size == 0 or ours.shape != theirs.shape:
+                    tests[name], found[name] = None, None
+                    continue
+                found[name] = t_interval(ours - theirs)
+                tests[name] = t_test(ours - theirs)["p"]
+    adjusted = holm(tests, alpha)
+    return {"baseline": baseline, "column": column, "alpha": alpha,
+            "tests": {name: (found[name] or {}) | adjusted[name] for name in tests}}
+
+
+def choose_baseline(per_tower_validation: dict, column: str = PRIMARY) -> str:
+    """The baseline the family compares with: the best mean of `column` over every validation
+    seed, task and tower (`intervals.best_baseline`), never a test seed."""
+    tables = [results["table2"] for per_seed in per_tower_validation.values() for seed, results in per_seed.items()]
+    reserved = [seed for per_seed in per_tower_validation.values() for seed in per_seed if int(seed) in RESERVED]
+    if reserved:
+        raise ConfigError(f"the baseline is chosen on validation seeds only; got reserved seeds {sorted(reserved)}")
+    return best_baseline(tables, column=column)
+
+
+def family_markdown(found: dict) -> str:
+    lines = [f"# Primary comparisons: SAUCE minus {found['baseline']} on {found['column']}", "",
+             "Each test: the paired difference over seeds (t-interval, 95%), its two-sided t-test, and Holm's "
+             f"adjustment over the {len(found['tests'])} tests of the family (alpha {found['alpha']}).", "",
+             "| comparison | task | tower | difference [95% CI] | p | Holm p | rejected |", "|---|---|---|---|---|---|---|"]
+    for name, t in found["tests"].items():
+        comparison, task, tower = name.split(" | ")
+        cell = _fmt(t, 100.0) if t.get("mean") is not None and t.get("lo") is not None else "-"
+        p = "-" if t.get("p") is None else f"{t['p']:.3g}"
+        ph = "-" if t.get("p_holm") is None else f"{t['p_holm']:.3g}"
+        lines.append(f"| {comparison} | {task} | {tower} | {cell} | {p} | {ph} | {'yes' if t['reject'] else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
+def family_report(out_dir, towers: dict, seeds, validation: dict | None = None, baseline: str | None = None) -> dict:
+    """`family` over the finished seeds of each tower's study folder (`towers`: {tower: folder}),
+    the baseline chosen on the validation folders (`validation`, default the same folders,
+    which must then hold validation seeds only) unless given; writes `family.json` and
+    `family.md` in `out_dir`."""
+    def finished(folder):
+        folder = Path(folder)
+        return {s: json.loads((folder / f"seed-{s}" / "results.json").read_text()) for s in seeds
+                if (folder / f"seed-{s}" / "results.json").is_file()}
+
+    per_tower = {tower: finished(folder) for tower, folder in towers.items()}
+    empty = [tower for tower, per_seed in per_tower.items() if not per_seed]
+    if empty:
+        raise ConfigError(f"no finished seed among {list(seeds)} for tower(s) {empty}")
+    if baseline is None:
+        chooser = per_tower if validation is None else {
+            tower: {int(p.name.split("-")[1]): json.loads((p / "results.json").read_text())
+                    for p in sorted(Path(folder).glob("seed-*")) if (p / "results.json").is_file()}
+            for tower, folder in validation.items()}
+        baseline = choose_baseline(chooser)
+    found = family(per_tower, baseline) | {"seeds": {t: sorted(int(s) for s in p) for t, p in per_tower.items()}}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "family.json").write_text(json.dumps(found, indent=1, default=str))
+    (out / "family.md").write_text(family_markdown(found))
+    return found
