@@ -106,7 +106,7 @@ def test_rows_left_no_time_are_recorded_not_dropped(tmp_path):
 def test_every_row_of_the_table_has_both_sizes():
     assert [r.id for r in rows.ROWS] == ["clip", "mllama", "siglip", "sae_relu", "sae_topk", "sae_topk_auxk",
                                          "sae_topk_auto", "sae_batchtopk", "sae_topk_1m", "unlearn", "extract",
-                                         "cache_read", "recipe"]
+                                         "cache_read", "recipe", "study"]
     for row in rows.ROWS:
         assert set(row.params) == set(row.budget_s) == set(rows.SIZES), row.id
 
