@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -60,26 +63,14 @@ class _CleanAnswers:
     texts: dict = dataclasses.field(default_factory=dict)
 
 
-class _Lazy:
-    """A value computed on the first call only."""
-
-    def __init__(self, compute):
-        self._compute, self._value, self._done = compute, None, False
-
-    def __call__(self):
-        if not self._done:
-            self._value, self._done = self._compute(), True
-        return self._value
-
-
 @dataclasses.dataclass
 class _View:
     """Images as the language model sees them under one tower: which the edit changed [N] bool,
     their features and the clean tower's (each [N, T, D_text] torch, computed on first use)."""
 
     changed: np.ndarray
-    features: _Lazy
-    clean: _Lazy
+    features: Callable[[], Any]
+    clean: Callable[[], Any]
 
 
 class Model:
@@ -183,7 +174,7 @@ class Model:
     def _view(self, specs: list[Spec], unlearned) -> _View:
         """The images as the language model sees them: which ones the edit changed (none for the
         clean tower), and their features, each computed on first use."""
-        clean = _Lazy(lambda: self.features(specs))
+        clean = functools.cache(lambda: self.features(specs))
         if unlearned is None:
             return _View(np.zeros(len(specs), bool), clean, clean)
         edited = self.tower_states(specs, unlearned)
@@ -192,7 +183,7 @@ class Model:
             changed |= (after != before).reshape(len(specs), -1).any(axis=1)
         from sauce_jax.eval.vlm.llava_bridge import project_states
 
-        return _View(changed, _Lazy(lambda: project_states(self.model, edited)), clean)
+        return _View(changed, functools.cache(lambda: project_states(self.model, edited)), clean)
 
     def _yes_no(self, specs: list[Spec], rows: list[int], questions: list[str], view: _View) -> dict:
         """`yes_no` of questions[j] about image specs[rows[j]]: {"yes": [J] bool, "margin": [J]};

@@ -61,15 +61,15 @@ def _eval_conceptworld(args) -> int:
 
     model_dir = resolve_model_dir(None if args.model == "conceptworld" else args.model, args.tower)
     config = DemoConfig(concepts=parse_concepts(args.concepts), seed=args.sae_seed, n_test=args.n_images,
-                        sae_steps=args.sae_steps)
+                        **({"sae_steps": args.sae_steps} if args.sae_steps is not None else {}))
     llava, processor = vlm.load(model_dir)
     encoder = load_encoder(llava)
     layer = encoder.layer_index(llava.config.vision_feature_layer)
     # One SAE per model: another model's tower has other activations (the default keeps its old name).
     model_key = "" if model_dir is None else hashlib.sha256(str(Path(model_dir).resolve()).encode()).hexdigest()[:8]
     model_key += "-" if model_key else ""
-    # An SAE trained for --sae-steps has its own folder (the epochs-derived one keeps the old name).
-    steps_key = "" if args.sae_steps is None else f"-steps{args.sae_steps}"
+    # An SAE trained for a step budget has its own folder (the epochs-derived one keeps the old name).
+    steps_key = "" if config.sae_steps is None else f"-steps{config.sae_steps}"
     work = Path(args.work or CONCEPTWORLD_WORK) / f"sae-{model_key}seed{args.sae_seed}{steps_key}"
     sae = train_concept_sae(encoder, work, config, layer, progress=not args.no_progress)
     sets = select_all(sae, encoder, dataclasses.replace(config, k_grid=(args.k,)), layer, progress=not args.no_progress)

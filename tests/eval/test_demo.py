@@ -15,7 +15,7 @@ from sauce_jax.errors import ConfigError
 def test_reduced_demo_unlearns_and_keeps_the_rest(tmp_path):
     # No "SAE only" row: its test split costs as much as a SAUCE row's (test_conceptworld_v3 checks
     # the demo's rows without a model, test_table2 scores the row end to end).
-    config = DemoConfig(concepts=("heart", "blue", "happy"), sae_images=1200, sae_epochs=2.0, n_select=40, n_val=8,
+    config = DemoConfig(concepts=("heart", "blue", "happy"), sae_images=1200, sae_epochs=2.0, sae_steps=None, n_select=40, n_val=8,
                         n_test=20, n_pool=3, n_perception=24, k_grid=(32,), gamma_grid=(-1.0,), sae_only_row=False)
     results = run(tmp_path, config, progress=False)
     for name in ("report.md", "results.json", "table2.png"):

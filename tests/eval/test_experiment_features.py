@@ -50,7 +50,7 @@ def test_bad_configs_are_refused(tmp_path, capsys):
 
 
 def _tiny_config() -> FeaturesConfig:
-    demo = DemoConfig(concepts=("star", "pool", "red"), sae_images=600, sae_epochs=1.0, n_select=20, k_grid=(8,),
+    demo = DemoConfig(concepts=("star", "pool", "red"), sae_images=600, sae_epochs=1.0, sae_steps=None, n_select=20, k_grid=(8,),
                       gamma_grid=(-1.0,))
     return FeaturesConfig(demo=demo, n_images=150, card_features=2, figure_concepts=("pool", "red"))
 

@@ -81,7 +81,7 @@ def test_bad_configs_are_refused():
 
 
 def _tiny_config() -> MultiConfig:
-    demo = DemoConfig(concepts=("star", "heart", "red", "blue", "happy"), sae_images=600, sae_epochs=1.0, n_select=20,
+    demo = DemoConfig(concepts=("star", "heart", "red", "blue", "happy"), sae_images=600, sae_epochs=1.0, sae_steps=None, n_select=20,
                       n_test=8, n_pool=1, n_perception=6, k_grid=(16,), gamma_grid=(-1.0,))
     return MultiConfig(demo=demo, counts=(1, 2), draws=1)
 

@@ -107,7 +107,7 @@ def test_llava_and_tower_quantizers_touch_the_weight_matrices_only():
 # ------------------------------------------------------------------------- the experiment
 
 def _tiny_config(**changes) -> RobustConfig:
-    demo = DemoConfig(concepts=("star",), sae_images=600, sae_epochs=1.0, n_select=20, n_val=4, n_test=8,
+    demo = DemoConfig(concepts=("star",), sae_images=600, sae_epochs=1.0, sae_steps=None, n_select=20, n_val=4, n_test=8,
                       n_pool=1, n_perception=8, k_grid=(32,), gamma_grid=(-1.0,))
     table2 = Table2Config(demo=demo, methods=("GA", "GD"), n_forget=8, n_retain_per_concept=2, lr_grid=(3e-4,),
                           steps_grid=(6,))

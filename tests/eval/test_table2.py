@@ -17,7 +17,7 @@ ROWS = ["original", "SAUCE SAE only", "GA", "GD", "KL", "PO", "SAUCE reconstruct
 
 
 def _tiny_config(**changes) -> Table2Config:
-    demo = DemoConfig(concepts=("star", "red"), sae_images=600, sae_epochs=1.0, n_select=20, n_val=4, n_test=6,
+    demo = DemoConfig(concepts=("star", "red"), sae_images=600, sae_epochs=1.0, sae_steps=None, n_select=20, n_val=4, n_test=6,
                       n_pool=1, n_perception=6, k_grid=(32,), gamma_grid=(-1.0,))
     config = Table2Config(demo=demo, n_forget=6, n_retain_per_concept=2, lr_grid=(3e-4,), steps_grid=(4,),
                           n_examples=1, control_draws=2, paper_sae_images=300, paper_sae_steps=10,

@@ -143,7 +143,7 @@ class RunIdentity:
 def quick_config(concepts=None, seed: int = 0) -> AblateConfig:
     """The CI-sized run: two concepts, small SAEs, two values per ablation."""
     demo = DemoConfig(seed=seed, concepts=tuple(concepts) if concepts else ("star", "red"), sae_images=300,
-                      sae_epochs=2.0, n_select=24, n_val=4, n_test=10, n_pool=1, n_perception=12)
+                      sae_epochs=2.0, sae_steps=None, n_select=24, n_val=4, n_test=10, n_pool=1, n_perception=12)
     return AblateConfig(demo=demo, layers=(2, 4), k_values=(16,), gamma_values=(0.0, -1.0), mode_gammas=(-1.0,),
                         select_tokens=("all", "cls"), wheres=("all", "cls"), architectures=("topk", "standard"),
                         expansions=(4, 16), sae_image_counts=(300, 600), dictionary_ks=(16,), quality_images=20)

@@ -168,7 +168,7 @@ def v3_concepts(seed: int) -> tuple[str, ...]:
 
 # v3's SAE budget (optimizer steps at batch 1,024) and image count: the smallest within 0.01 of the
 # held-out plateau with < 5% dead latents (`experiment sae-curve`, docs/studies/sae-curve.md).
-V3_SAE_STEPS = 1000
+V3_SAE_STEPS = 5000
 V3_SAE_IMAGES = 6000
 
 
