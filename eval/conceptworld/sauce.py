@@ -58,7 +58,7 @@ class DemoConfig:
 
     concepts: tuple[str, ...] = DEFAULT_CONCEPTS
     seed: int = 0
-    sae_images: int = 4000  # generic-stream images for the SAE (x 37 tokens each)
+    sae_images: int = 6000  # generic-stream images for the SAE (x 37 tokens each)
     expansion: int = 16
     # TopK (Gao et al.) rather than the paper's ReLU-L1: alpha = 8e-5 is tied to the scale of
     # LLaVA's activations, TopK fixes the sparsity (here 16 of 2048 per token) at any scale.
@@ -66,10 +66,12 @@ class DemoConfig:
     sae_k: int = 16
     l1_coefficient: float = 8e-5  # for sae_architecture="standard"
     sae_epochs: float = 2.0
-    # The SAE's optimizer steps (batch 1,024 tokens), decoupled from the image count; None keeps
+    # The SAE's optimizer steps (batch 1,024 tokens), decoupled from the image count; None takes
     # the epochs-derived budget, floor(sae_epochs x sae_images x 37 tokens / 1,024) (108 steps for
-    # 1,500 images, 289 for 4,000). The paper's SAE gets about 2,500.
-    sae_steps: int | None = None
+    # 1,500 images, 289 for 4,000: every study before v3). The default, 5,000 steps on 6,000
+    # images, is the plateau rule's choice on both towers' held-out curves
+    # (`experiment sae-curve`, docs/studies/sae-curve.md); the paper's SAE gets about 2,500.
+    sae_steps: int | None = 5000
     n_select: int = 100  # train-split positives and negatives per concept
     n_val: int = 20
     n_test: int = 50

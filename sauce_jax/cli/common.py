@@ -9,7 +9,8 @@ from typing import Any
 
 
 SAE_STEPS_HELP = ("optimizer steps of SAUCE's SAE (batch 1,024 tokens), whatever its image count (default: "
-                  "2 epochs over its images; --quick: 108)")
+                  "5000, the held-out plateau of `experiment sae-curve`; --quick: 108; --study: 2 epochs over its "
+                  "1,500 images)")
 
 
 OBJECTIVE_CHOICES = ("compensatory", "selective")  # `sauce.OBJECTIVES` (the parser stays jax-free)

@@ -39,8 +39,10 @@ def _tokens_per_image() -> int:
 
 def test_the_sae_step_budget_is_decoupled_from_the_image_count(monkeypatch):
     default = DemoConfig()
-    assert default.sae_steps is None  # today's budget: epochs over the images
-    cfg = _train_config_of(monkeypatch, default)
+    assert default.sae_steps == 5000  # the plateau budget (docs/studies/sae-curve.md)
+    assert _train_config_of(monkeypatch, default).steps == 5000
+    epochs = dataclasses.replace(default, sae_steps=None)  # every study before v3: epochs over the images
+    cfg = _train_config_of(monkeypatch, epochs)
     assert cfg.steps is None and cfg.epochs == default.sae_epochs
     for images in (1500, 6000):
         cfg = _train_config_of(monkeypatch, dataclasses.replace(default, sae_images=images, sae_steps=433))
@@ -62,10 +64,12 @@ def test_the_sae_step_budget_is_decoupled_from_the_image_count(monkeypatch):
     (["demo", "--quick"], "demo", QUICK_SAE_STEPS),
     (["demo", "--quick", "--sae-steps", "433"], "demo", 433),
     (["demo", "--sae-steps", "2500"], "demo", 2500),
-    (["demo"], "demo", None),
+    (["demo"], "demo", 5000),
     (["experiment", "table2", "--quick"], "table2", QUICK_SAE_STEPS),
     (["experiment", "table2", "--study", "--sae-steps", "1000"], "table2", 1000),
-    (["experiment", "table2"], "table2", None),
+    (["experiment", "table2", "--study"], "table2", None),  # the v2 study's epochs-derived 108
+    (["experiment", "table2", "--v3"], "table2", 5000),
+    (["experiment", "table2"], "table2", 5000),
 ])
 def test_sae_steps_reaches_the_config(argv, module, expected, monkeypatch, tmp_path):
     import importlib
@@ -105,7 +109,8 @@ def test_eval_trains_its_sae_for_sae_steps_in_a_folder_of_its_own(monkeypatch, t
             args = build_parser().parse_args(["eval", "--concepts", "star", "--work", str(tmp_path), *extra])
             args.func(args)
     (plain, plain_config), (stepped, stepped_config) = seen
-    assert plain_config.sae_steps is None and plain.name == "sae-seed0"  # the folder it always had
+    # The default budget names its folder: an SAE cached by an older default is never reused for it.
+    assert plain_config.sae_steps == 5000 and plain.name == "sae-seed0-steps5000"
     assert stepped_config.sae_steps == 433 and stepped.name == "sae-seed0-steps433"
 
 

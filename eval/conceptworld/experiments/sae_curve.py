@@ -228,12 +228,14 @@ def run(out_dir: str | Path, config: CurveConfig | None = None, *, model_dir=Non
 
 def markdown(results: dict) -> str:
     """The curve as a table per image count, the damage beside it, and the rule's reading."""
+    from ..intervals import t_interval
+
     lines = [f"# SAE curve ({results.get('tower') or 'model'} tower, hidden state {results['layer']})", "",
              "Held-out: every token of "
              f"{results['config']['heldout']} images no SAE trains on. Damage: the SAE alone (reconstruct, "
              "gamma 1) minus the clean model on the validation splits of seeds "
-             f"{', '.join(str(s) for s in results['config']['damage_seeds']) or 'none'} (mean over seeds; utility "
-             "in MME points, CRA and HAL_pool in %).", "",
+             f"{', '.join(str(s) for s in results['config']['damage_seeds']) or 'none'} (mean over seeds [95% "
+             "t-interval over seeds]; utility in MME points, CRA and HAL_pool in points).", "",
              "| images | steps | held-out EV | L0 | dead % | utility: SAE - clean | CRA: SAE - clean | "
              "HAL_pool: SAE - clean |", "|---|---|---|---|---|---|---|---|"]
     for images, points in results["points"].items():
@@ -242,9 +244,11 @@ def markdown(results: dict) -> str:
             cells = ["", "", ""]
             if d:
                 for i, (name, scale) in enumerate((("utility", 1), ("CRA", 100), ("HAL_pool", 100))):
-                    diffs = [seed["sae_only"][name] - seed["clean"][name] for seed in d.values()]
-                    cells[i] = f"{scale * np.nanmean(diffs):+.1f}"
-            lines.append(f"| {images} | {budget} | {p['ev']:.4f} | {p['l0']:.1f} | {100 * p['dead']:.1f} | "
+                    diffs = [[seed["sae_only"][name] - seed["clean"][name]] for seed in d.values()]
+                    found = t_interval(np.array(diffs, float))  # over seeds
+                    cells[i] = "-" if found["mean"] is None else f"{scale * found['mean']:+.1f}" + (
+                        "" if found["lo"] is None else f" [{scale * found['lo']:+.1f}, {scale * found['hi']:+.1f}]")
+            lines.append(f"| {images} | {budget} | {p['ev']:.4f} | {p['l0']:.1f} | {100 * p['dead']:.2f} | "
                          + " | ".join(cells) + " |")
     lines += ["", "| images | plateau EV (largest budget) | gain over half of it < "
               f"{results['config']['plateau_gain']} | chosen budget |", "|---|---|---|---|"]
