@@ -92,7 +92,7 @@ class AblateConfig:
     wheres: tuple[str, ...] = WHERE
     architectures: tuple[str, ...] = ARCHITECTURES
     expansions: tuple[int, ...] = (16, 64)  # d_sae / d_in
-    sae_image_counts: tuple[int, ...] = (4000, 16000)  # generic images the SAE trains on (x every token)
+    sae_image_counts: tuple[int, ...] = (6000, 16000)  # generic images of each SAE (x every token); 6,000: the demo's
     dictionary_ks: tuple[int, ...] = (16, 64)
     quality_images: int = 200  # held-out generic images an SAE's quality is measured on
     generative: bool = True  # describe images (UA_g, IRA_g, CRA_g) at every point but the grid's

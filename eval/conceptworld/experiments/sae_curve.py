@@ -156,9 +156,10 @@ def train_snapshots(encoder, out: Path, config: CurveConfig, layer: int, images:
               progress=progress, on_step=keep)
 
 
-def damage(prepared_model, encoder, sae, layer: int, seeds, progress: bool, clean_cache: dict) -> dict:
+def damage(model, encoder, sae, layer: int, seeds, clean_cache: dict) -> dict:
     """The SAE-only row against the clean model on each seed's validation split (the study's
-    concepts): per seed the concept means of utility, CRA and HAL_pool, edited and clean."""
+    concepts): per seed the concept means of utility, CRA and HAL_pool, edited and clean.
+    `clean_cache` keeps each seed's `Evaluation` (its clean answers) across snapshots."""
     from ..benchmark import Evaluation, headline, selectivity
     from ..sauce import sae_only, validation_suite
     from .table2 import study_config
@@ -167,7 +168,7 @@ def damage(prepared_model, encoder, sae, layer: int, seeds, progress: bool, clea
     for seed in seeds:
         demo = study_config(seed).demo
         if seed not in clean_cache:
-            clean_cache[seed] = Evaluation(prepared_model, validation_suite(demo))
+            clean_cache[seed] = Evaluation(model, validation_suite(demo))
         evaluation = clean_cache[seed]
         rows = {"clean": [], "sae_only": []}
         alone = sae_only(encoder, sae, None, layer)
@@ -193,7 +194,7 @@ def run(out_dir: str | Path, config: CurveConfig | None = None, *, model_dir=Non
     out = Path(out_dir)
     (out / "points").mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    llava, _, encoder, layer, model = load_model(model_dir, tower=tower)
+    _, _, encoder, layer, model = load_model(model_dir, tower=tower)
     sae_config = concept_sae_config(encoder, config.demo)
     heldout = None
     clean_cache: dict = {}
@@ -211,7 +212,7 @@ def run(out_dir: str | Path, config: CurveConfig | None = None, *, model_dir=Non
                 point = {"images": images, "steps": budget, **score_snapshot(params, sae_config, heldout)}
                 if config.damage_seeds:
                     sae = SAE(params=params, config=sae_config, metadata={"layer": layer})
-                    point["damage"] = damage(model, encoder, sae, layer, config.damage_seeds, progress, clean_cache)
+                    point["damage"] = damage(model, encoder, sae, layer, config.damage_seeds, clean_cache)
                 path.write_text(json.dumps(point, indent=1))
                 if progress:
                     print(f"images {images} steps {budget}: EV {point['ev']:.4f} L0 {point['l0']:.1f} "
