@@ -589,3 +589,18 @@ def test_the_generic_sae_is_trained_once_and_shared_by_every_seed(tmp_path, monk
     assert shared[0] == shared[1] and shared[0][0] == tmp_path / "shared"
     assert own[0][0] != own[1][0] and own[0][1] != own[1][1]  # each seed its folder and its images
     assert shared[0][1] != own[0][1]
+
+
+def test_the_seeds_runner_draws_each_seeds_v3_concepts_and_shares_the_generic_sae(monkeypatch, tmp_path):
+    from sauce_jax.eval.conceptworld.experiments import table2, table2_seeds
+
+    seen = []
+    monkeypatch.setattr(table2, "run", lambda out, config, **kwargs: seen.append((out, config, kwargs)) or {
+        "rows": {}, "config": {}})
+    table2_seeds.run(tmp_path, table2.v3_config(), (7, 8), draw_concepts=table2.v3_concepts, progress=False)
+    assert [c.demo.concepts for _, c, _ in seen] == [table2.v3_concepts(7), table2.v3_concepts(8)]
+    assert [c.demo.seed for _, c, _ in seen] == [7, 8]
+    assert {k["generic_sae_dir"] for _, _, k in seen} == {tmp_path / "sae_generic"}
+    (tmp_path / "fixed").mkdir()
+    table2_seeds.run(tmp_path / "fixed", table2.v3_config(), (9,), progress=False)  # no draw: the config's
+    assert seen[-1][1].demo.concepts == table2.v3_config().demo.concepts
