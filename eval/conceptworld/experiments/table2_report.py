@@ -45,6 +45,14 @@ def _point_text(h: dict) -> str:
         + (f", gate open on {h['open']:g} of negative tokens" if h.get("open") is not None else "")
 
 
+OBJECTIVE_TEXT = {
+    "compensatory": "`objectives.compensatory_objective`: half the mean of UA_d and UA_g, half the mean of the "
+                    "retain, selectivity and utility rates",
+    "selective": "`objectives.selective_objective`: the geometric mean of forgetting and a soft minimum of the keep "
+                 "terms relative to clean",
+}
+
+
 def markdown(results: dict) -> str:
     """The report of `table2.run`'s results."""
     demo = results["config"]["demo"]
@@ -55,8 +63,8 @@ def markdown(results: dict) -> str:
              ("Percent. UA and retain rates count only the cases the clean model had right; IRA and CRA average the "
              "yes/no and the description rate; utility is the perception questions' MME (acc + acc+)/2. "
              "Hyperparameters were chosen on the validation split by one declared objective for every method "
-             "(`sauce.objective`: half the mean of UA_d and UA_g, half the mean of the retain, selectivity and "
-             "utility rates), over grids of equal size moved once off an edge. "
+             f"({OBJECTIVE_TEXT[demo.get('objective', 'compensatory')]}), over grids of equal size moved off an "
+             f"edge up to {demo.get('grid_moves', 1)} time(s). "
              "Yes/no and perception answers are generated and parsed with MME's rule. Selectivity: COR, the other "
              "concepts of each forget image still shown (yes/no and description); BA, yes/no balanced accuracy over "
              "every other concept asked, present and absent (0.5 = yes to everything); HAL, descriptions naming a "
