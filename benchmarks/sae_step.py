@@ -4,15 +4,16 @@
     python -m benchmarks.sae_step --d-in 1024 --d-sae 65536 --batch 4096 --compute-dtype bfloat16   # GPU
     python -m benchmarks.sae_step --k 64 --decode dense             # TopK, both sides decode densely
     python -m benchmarks.sae_step --k 64 --decode dense --auxk      # ... with AuxK on half the latents dead
+    python -m benchmarks.sae_step --d-in 128 --d-sae 2048 --k 16 --auxk --dead-fraction 0.06   # the demo's SAE late on
     python -m benchmarks.sae_step --k 64 --architecture batchtopk   # BatchTopK
     python -m benchmarks.sae_step --k 64 --decode auto --peer sparsify   # ours by cost vs sparsify's TopK
 
 The PyTorch side is the SAELens recipe: an nn.Module with W_enc, b_enc, W_dec, b_dec, the
 paper's loss (or, with --k, TopK / BatchTopK latents decoded densely and the MSE, plus AuxK over
 the dead latents with --auxk, as ours computes it), torch.optim.Adam, and bf16 autocast when
---compute-dtype bfloat16 on CUDA. With --auxk both sides see the same half of the latents
-(the even ones) dead for the whole run: their encoder bias is -1e4, so they never fire, and
-AuxK runs on every step. The sparsify side is EleutherAI sparsify's `SparseCoder` (fused TopK
+--compute-dtype bfloat16 on CUDA. With --auxk both sides see the same latents dead for the
+whole run (half, the even ones, or --dead-fraction of them, spread evenly): their encoder bias
+is -1e4, so they never fire, and AuxK runs on every step. The sparsify side is EleutherAI sparsify's `SparseCoder` (fused TopK
 encoder with sparse gradients, sparse decoder; Triton on CUDA, embedding_bag elsewhere), its
 forward with the dead mask, backward and torch.optim.Adam: the step its trainer takes, without
 its decoder renormalisation.
@@ -27,12 +28,13 @@ import numpy as np
 DEAD_BIAS = -1e4  # what keeps the latents that --auxk marks dead from ever firing
 
 
-def _dead_mask(d_sae: int) -> np.ndarray:
-    return np.arange(d_sae) % 2 == 0
+def _dead_mask(d_sae: int, fraction: float = 0.5) -> np.ndarray:
+    """Every (1 / fraction)-th latent, spread over the feature axis (0.5: the even ones)."""
+    return (np.arange(d_sae) * fraction) % 1 < fraction
 
 
 def torch_step_fn(d_in, d_sae, batch, alpha, lr, compute_dtype, k=None, *, architecture="topk", auxk=False,
-                  aux_coefficient=1 / 32):
+                  aux_coefficient=1 / 32, dead_fraction=0.5):
     """A PyTorch train step: ReLU-L1 when k is None, else dense TopK (top-k pre-activations kept,
     the rest zeroed, decoded by a dense matmul) or dense BatchTopK (the k * batch largest
     activations of the batch), with AuxK over half the latents dead when `auxk`. Returns
@@ -44,7 +46,7 @@ def torch_step_fn(d_in, d_sae, batch, alpha, lr, compute_dtype, k=None, *, archi
     w_dec = torch.randn(d_sae, d_in, generator=g)
     w_dec /= w_dec.norm(dim=-1, keepdim=True)
     b_enc = torch.zeros(d_sae)
-    dead = torch.from_numpy(_dead_mask(d_sae)).to(device)
+    dead = torch.from_numpy(_dead_mask(d_sae, dead_fraction)).to(device)
     if auxk:
         b_enc[dead.cpu()] = DEAD_BIAS
     params = {"W_enc": w_dec.T.clone(), "b_enc": b_enc, "W_dec": w_dec, "b_dec": torch.zeros(d_in)}
@@ -89,7 +91,7 @@ def torch_step_fn(d_in, d_sae, batch, alpha, lr, compute_dtype, k=None, *, archi
     return step, device
 
 
-def sparsify_step_fn(d_in, d_sae, batch, lr, k, *, auxk=False):
+def sparsify_step_fn(d_in, d_sae, batch, lr, k, *, auxk=False, dead_fraction=0.5):
     """EleutherAI sparsify's TopK SAE step: `SparseCoder.forward(x, dead_mask=...)`, fvu + AuxK
     backward, torch.optim.Adam. Returns (step, device)."""
     import os
@@ -101,7 +103,7 @@ def sparsify_step_fn(d_in, d_sae, batch, lr, k, *, auxk=False):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
     sae = SparseCoder(d_in, SparseCoderConfig(num_latents=d_sae, k=k), device=device)
-    dead = torch.from_numpy(_dead_mask(d_sae)).to(device) if auxk else None
+    dead = torch.from_numpy(_dead_mask(d_sae, dead_fraction)).to(device) if auxk else None
     if auxk:
         with torch.no_grad():
             sae.encoder.bias[dead] = DEAD_BIAS
@@ -122,7 +124,7 @@ def sparsify_step_fn(d_in, d_sae, batch, lr, k, *, auxk=False):
 
 
 def our_step_fn(d_in, d_sae, batch, alpha, lr, compute_dtype, k=None, sparse=None, model_parallel=1, *,
-                architecture="topk", decode=None, auxk=False, topk_recall=None):
+                architecture="topk", decode=None, auxk=False, topk_recall=None, dead_fraction=0.5):
     """Our jitted sharded train step on one fixed batch; the state is carried between calls.
     `decode` is TrainConfig.decode ("auto", "dense", "sparse"; `sparse` True/False is the older
     spelling of "sparse"/"dense"); with `auxk` the even latents are dead from the start."""
@@ -145,7 +147,7 @@ def our_step_fn(d_in, d_sae, batch, alpha, lr, compute_dtype, k=None, sparse=Non
     params = sae_lib.init_params(jax.random.key(0), config)
     state = init_state(params, optimizer, config)
     if auxk:
-        dead = jnp.asarray(_dead_mask(d_sae))
+        dead = jnp.asarray(_dead_mask(d_sae, dead_fraction))
         params = {**params, "b_enc": jnp.where(dead, DEAD_BIAS, params["b_enc"])}
         state = state._replace(params=params, since_fired=jnp.where(dead, cfg.dead_after_steps, 0).astype(jnp.int32))
     holder = {"state": shard_state(state, mesh)}
@@ -163,7 +165,7 @@ def our_step_fn(d_in, d_sae, batch, alpha, lr, compute_dtype, k=None, sparse=Non
 def compare_step(d_in: int, d_sae: int, batch: int, compute_dtype: str, *, k: int | None = None,
                  sparse: bool | None = None, decode: str | None = None, architecture: str = "topk",
                  auxk: bool = False, peer: str = "torch", peers: tuple[str, ...] | None = None, warmup: int = 3,
-                 repeats: int = 10) -> dict:
+                 repeats: int = 10, dead_fraction: float = 0.5) -> dict:
     """Tokens/s of our train step and the peers' (PyTorch; sparsify's TopK) at one shape, all
     timed in the same interleaved rounds (median). `decode` picks ours (default "auto");
     PyTorch always decodes densely, sparsify always sparsely. `ratio` is ours against the
@@ -178,21 +180,22 @@ def compare_step(d_in: int, d_sae: int, batch: int, compute_dtype: str, *, k: in
         decode = "auto" if sparse is None else ("sparse" if sparse else "dense")
     peers = tuple(peers or (peer,))
     ours, config, _ = our_step_fn(d_in, d_sae, batch, alpha, lr, compute_dtype, k=k, architecture=architecture,
-                                  decode=decode, auxk=auxk)
+                                  decode=decode, auxk=auxk, dead_fraction=dead_fraction)
     calls, device = {"ours": ours}, None
     for name in peers:
         if name == "sparsify":
-            calls[name], device = sparsify_step_fn(d_in, d_sae, batch, lr, k, auxk=auxk)
+            calls[name], device = sparsify_step_fn(d_in, d_sae, batch, lr, k, auxk=auxk, dead_fraction=dead_fraction)
         else:
             calls[name], device = torch_step_fn(d_in, d_sae, batch, alpha, lr, compute_dtype, k=k,
-                                                architecture=architecture, auxk=auxk)
+                                                architecture=architecture, auxk=auxk, dead_fraction=dead_fraction)
     seconds = median_seconds(calls, warmup, repeats)
     best = min(peers, key=lambda name: seconds[name])
     t_ours, t_theirs = seconds["ours"], seconds[best]
     flops = 6 * 2 * batch * d_in * d_sae  # two dense matmuls, forward + two backward each
     used_sparse = TrainConfig(decode=decode).sparse(config)
     result = {"d_in": d_in, "d_sae": d_sae, "batch": batch, "k": k, "architecture": config.architecture,
-              "decode": decode, "sparse_decode": used_sparse, "auxk": auxk, "peer": best,
+              "decode": decode, "sparse_decode": used_sparse, "auxk": auxk,
+              "dead_fraction": dead_fraction if auxk else 0.0, "peer": best,
               "peers_tokens_per_s": {name: batch / seconds[name] for name in peers},
               "compute_dtype": compute_dtype,
               "ours_tokens_per_s": batch / t_ours, "torch_tokens_per_s": batch / t_theirs,
@@ -214,7 +217,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--architecture", default="topk", choices=["topk", "batchtopk"], help="with --k")
     parser.add_argument("--decode", default="auto", choices=["auto", "dense", "sparse"], help="ours, with --k")
     parser.add_argument("--sparse-decode", action="store_true", help="the same as --decode sparse")
-    parser.add_argument("--auxk", action="store_true", help="with --k: half the latents dead, AuxK on both sides")
+    parser.add_argument("--auxk", action="store_true", help="with --k: latents dead from the start, AuxK on both sides")
+    parser.add_argument("--dead-fraction", type=float, default=0.5,
+                        help="with --auxk: the share of latents dead (0.5: the even ones; a trained SAE has a few %%)")
     parser.add_argument("--peer", default="torch", help="torch, sparsify, or both comma-separated (best counts)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=10)
@@ -223,11 +228,10 @@ def main(argv=None) -> dict:
     decode = "sparse" if args.sparse_decode else args.decode
     result = compare_step(args.d_in, args.d_sae, args.batch, args.compute_dtype, k=args.k, decode=decode,
                           architecture=args.architecture, auxk=args.auxk, peers=tuple(args.peer.split(",")),
-                          warmup=args.warmup,
-                          repeats=args.repeats)
+                          warmup=args.warmup, repeats=args.repeats, dead_fraction=args.dead_fraction)
     kind = ("ReLU-L1" if args.k is None else
             f"{args.architecture} k {args.k}, ours decode {decode} ({'sparse' if result['sparse_decode'] else 'dense'})"
-            + (", AuxK on half dead" if args.auxk else ""))
+            + (f", AuxK on {args.dead_fraction:.0%} dead" if args.auxk else ""))
     print(f"SAE train step, {kind}, d_in {args.d_in}, d_sae {args.d_sae}, batch {args.batch}, {args.compute_dtype}; "
           f"jax on {result['jax_device']}, peers on {result['torch_device']}")
     print(f"  sauce-jax  {result['ours_tokens_per_s']:12,.0f} tokens/s  "

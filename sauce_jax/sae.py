@@ -199,7 +199,7 @@ def sparse_pays(config: SAEConfig, k: int | None = None, backend: str | None = N
 
 def loss(params: Params, x: jax.Array, config: SAEConfig, *, l1_coefficient: jax.Array | float | None = None,
          dead: jax.Array | None = None, compute_dtype=jnp.float32, sparse: bool | None = None,
-         recall_target: float = 1.0) -> LossOutput:
+         recall_target: float = 1.0, dead_columns: int | None = None) -> LossOutput:
     """The training loss on a batch of activations x [N, d_in].
 
     `l1_coefficient` overrides the config's (for an L1 warm-up); `dead` [d_sae] marks the
@@ -210,6 +210,8 @@ def loss(params: Params, x: jax.Array, config: SAEConfig, *, l1_coefficient: jax
     encoder's forward product grows with d_sae; the result equals the dense path. None (the
     default) chooses by cost (`sparse_pays`). `recall_target` < 1 (topk): select the k latents
     with `lax.approx_max_k` at that recall (a TPU speed-up; exact on CPU and GPU).
+    `dead_columns`: a bound, known before the step, on how many latents are dead; AuxK is then
+    computed on that many columns instead of all d_sae (`_auxk_reconstruction`).
     """
     x = x.astype(jnp.float32)
     n = x.shape[0]
@@ -245,7 +247,8 @@ def loss(params: Params, x: jax.Array, config: SAEConfig, *, l1_coefficient: jax
     auxk = jnp.zeros((), jnp.float32)
     if config.uses_auxk and dead is not None:
         auxk = _auxk_loss(params, x, pre, jax.lax.stop_gradient(residual), dead, config=config,
-                          compute_dtype=compute_dtype, sparse=sparse, recall_target=recall_target)
+                          compute_dtype=compute_dtype, sparse=sparse, recall_target=recall_target,
+                          columns=dead_columns)
         total = total + config.aux_coefficient * auxk
     sst = jnp.sum((x - x.mean(axis=0)) ** 2)
     return LossOutput(
@@ -325,27 +328,50 @@ def _sparse_decode(w_dec, values, rows, cols, n: int, per_row: int | None, compu
 
 
 def _auxk_loss(params, x, pre, residual, dead, *, config: SAEConfig, compute_dtype, sparse: bool = False,
-               recall_target: float = 1.0) -> jax.Array:
+               recall_target: float = 1.0, columns: int | None = None) -> jax.Array:
     """Reconstruct the residual from the top aux_k dead latents (Gao et al. 2024). `pre` carries
     its gradient on the dense path; on the sparse path it is selection-only, and the AuxK term
     (which runs only on steps with dead latents) recomputes it with its dense gradient: aux_k is
     d_in / 2, far above k, where gathering aux_k rows per token costs more than the products.
-    The decode is sparse only where `sparse_pays` for aux_k."""
+    The decode is sparse only where `sparse_pays` for aux_k. With `columns` (a bound on how many
+    latents are dead) the term is computed on the dead latents' columns only
+    (`_auxk_reconstruction`)."""
     aux_k = config.resolved_aux_k
     n = pre.shape[0]
-    if sparse:
-        pre = pre_activations(params, x, compute_dtype)
-    masked = jnp.where(dead, jax.lax.stop_gradient(pre), -jnp.inf)  # [N, d_sae]
-    if sparse and sparse_pays(config, k=aux_k):
-        cols = _top_k_indices(masked, aux_k, recall_target)  # [N, aux_k]
-        values = jnp.where(dead[cols], jax.nn.relu(jnp.take_along_axis(pre, cols, axis=1)), 0.0)
-        recon = _sparse_decode(params["W_dec"], values.reshape(-1), None, cols.reshape(-1), n, aux_k, compute_dtype)
+    if columns is not None and columns < config.d_sae:
+        recon = _auxk_reconstruction(params, x, dead, columns, aux_k, compute_dtype, recall_target)
     else:
-        z_aux = jnp.where(_topk_mask(masked, aux_k, recall_target) & dead, jax.nn.relu(pre), 0.0)
-        recon = _mm(z_aux, params["W_dec"], compute_dtype)
+        if sparse:
+            pre = pre_activations(params, x, compute_dtype)
+        masked = jnp.where(dead, jax.lax.stop_gradient(pre), -jnp.inf)  # [N, d_sae]
+        if sparse and sparse_pays(config, k=aux_k):
+            cols = _top_k_indices(masked, aux_k, recall_target)  # [N, aux_k]
+            values = jnp.where(dead[cols], jax.nn.relu(jnp.take_along_axis(pre, cols, axis=1)), 0.0)
+            recon = _sparse_decode(params["W_dec"], values.reshape(-1), None, cols.reshape(-1), n, aux_k,
+                                   compute_dtype)
+        else:
+            z_aux = jnp.where(_topk_mask(masked, aux_k, recall_target) & dead, jax.nn.relu(pre), 0.0)
+            recon = _mm(z_aux, params["W_dec"], compute_dtype)
     err = recon - residual
     scale = jnp.minimum(jnp.sum(dead) / aux_k, 1.0)
     return scale * jnp.mean(jnp.sum(err**2, axis=-1))
+
+
+def _auxk_reconstruction(params, x, dead, columns: int, aux_k: int, compute_dtype,
+                         recall_target: float = 1.0) -> jax.Array:
+    """AuxK's reconstruction [N, d_in] from the dead latents' columns alone: their encoder
+    columns and decoder rows gathered (in index order, padded with a live latent up to `columns`,
+    which must be at least the number of dead latents and at least aux_k), the top aux_k of each
+    token among them, decoded. The same term and gradients as over all d_sae latents (to float
+    rounding), with [N, columns] products in place of [N, d_sae] ones: a few percent of the
+    latents are dead once any are, and the whole-width AuxK tripled a CPU step."""
+    live = jnp.argmin(dead)  # a latent that is not dead (one exists: fewer than d_sae are dead)
+    idx = jnp.nonzero(dead, size=columns, fill_value=live)[0]  # [C], the dead latents first
+    is_dead = dead[idx]  # [C]
+    pre = _centred_matmul(x, params["b_dec"], params["W_enc"][:, idx], compute_dtype) + params["b_enc"][idx]  # [N, C]
+    masked = jnp.where(is_dead, jax.lax.stop_gradient(pre), -jnp.inf)
+    z_aux = jnp.where(_topk_mask(masked, aux_k, recall_target) & is_dead, jax.nn.relu(pre), 0.0)  # [N, C]
+    return _mm(z_aux, params["W_dec"][idx], compute_dtype)
 
 
 # -- initialisation and constraints --------------------------------------------------------

@@ -52,13 +52,15 @@ def init_state(params: dict, optimizer: optax.GradientTransformation, sae_config
 
 
 def train_step(state: TrainState, batch: jax.Array, *, sae_config: SAEConfig, cfg: TrainConfig,
-               optimizer: optax.GradientTransformation, auxk: bool | None = None) -> tuple[TrainState, dict]:
+               optimizer: optax.GradientTransformation, auxk: bool | None = None,
+               dead_columns: int | None = None) -> tuple[TrainState, dict]:
     """One Adam step on a batch of activations [N, d_in]; returns the new state and metrics.
 
     `auxk`: whether the step computes the AuxK term at all. None decides on the device (a
     `lax.cond` on whether some latent is dead, `sae.loss_and_grad`); False skips it, which is
     exact only while no latent is dead (its term is 0 then); True always computes it (0 when
-    none is dead). `jit_train_step` picks False or True on the host, see `AuxKSwitch`."""
+    none is dead). `jit_train_step` picks False or True on the host, see `AuxKSwitch`, and
+    `dead_columns`, a bound on how many latents are dead (`sae.loss`)."""
     compute_dtype = jnp.bfloat16 if cfg.compute_dtype == "bfloat16" else jnp.float32
     step = state.step
     alpha = sae_config.l1_coefficient
@@ -71,7 +73,8 @@ def train_step(state: TrainState, batch: jax.Array, *, sae_config: SAEConfig, cf
     def loss_fn(trainable, dead):
         out = sae_lib.loss({**trainable, **frozen}, batch, sae_config, l1_coefficient=alpha, dead=dead,
                            compute_dtype=compute_dtype, sparse=sparse,
-                           recall_target=1.0 if cfg.topk_recall is None else cfg.topk_recall)
+                           recall_target=1.0 if cfg.topk_recall is None else cfg.topk_recall,
+                           dead_columns=dead_columns)
         return out.loss, out
 
     trainable = {k: state.params[k] for k in TRAINABLE}
@@ -107,11 +110,12 @@ def jit_train_step(mesh: Mesh, state: TrainState, *, sae_config: SAEConfig, cfg:
     on the host), elsewhere through a `lax.cond` in the step."""
     shardings = state_shardings(state, mesh)
 
-    def compiled(auxk, flag):
+    def compiled(auxk, flag, dead_columns=None):
         def fn(state, batch):
-            new, metrics = train_step(state, batch, sae_config=sae_config, cfg=cfg, optimizer=optimizer, auxk=auxk)
-            if flag:  # whether the next step consumes a state with a dead latent
-                metrics[AuxKSwitch.FLAG] = jnp.any(new.since_fired >= cfg.dead_after_steps)
+            new, metrics = train_step(state, batch, sae_config=sae_config, cfg=cfg, optimizer=optimizer, auxk=auxk,
+                                      dead_columns=dead_columns)
+            if flag:  # how many latents are dead in the state the next step consumes
+                metrics[AuxKSwitch.FLAG] = jnp.sum(new.since_fired >= cfg.dead_after_steps)
             return new, metrics
 
         return jax.jit(fn, in_shardings=(shardings, NamedSharding(mesh, BATCH)),
@@ -119,30 +123,50 @@ def jit_train_step(mesh: Mesh, state: TrainState, *, sae_config: SAEConfig, cfg:
 
     if not sae_config.uses_auxk or jax.default_backend() != "cpu":
         return compiled(None, False)
-    dead_now = jax.jit(lambda since_fired: jnp.any(since_fired >= cfg.dead_after_steps),
+    dead_now = jax.jit(lambda since_fired: jnp.sum(since_fired >= cfg.dead_after_steps),
                        out_shardings=NamedSharding(mesh, P()))
-    return AuxKSwitch(compiled(True, True), compiled(False, True), dead_now)
+    return AuxKSwitch(lambda columns: compiled(True, True, columns), compiled(False, True), dead_now,
+                      sae_config.d_sae, sae_config.resolved_aux_k)
 
 
 class AuxKSwitch:
-    """Calls the step with AuxK when the state it consumes has a dead latent, else the step
-    without, whose work it skips (AuxK's term and gradient are 0 then). The choice is a function
-    of the state alone (resumed runs stay bit-identical): each step returns whether its new state
-    has a dead latent, read before the next call; the first call asks the state itself. This
-    waits for each step before dispatching the next, which costs nothing on CPU, where it is
-    used: there a `lax.cond` in the step ran the cheap branch up to 2x slower than the same
-    code outside one (the sparse decode most)."""
+    """Calls the step without AuxK while the state it consumes has no dead latent (AuxK's term
+    and gradient are 0 then), and otherwise a step whose AuxK picks its latents among the
+    columns of the dead ones only (`sae._dead_top`): the fewest of aux_k, 2 aux_k, 4 aux_k, ...,
+    d_sae columns that hold them, each compiled once. The choice is a function of the state
+    alone and every choice gives the same step, so resumed runs stay bit-identical: each step
+    returns how many latents its new state has dead, read before the next call; the first call
+    asks the state itself. This waits for each step before dispatching the next, which costs
+    nothing on CPU, where it is used: there a `lax.cond` in the step ran the cheap branch up to
+    2x slower than the same code outside one (the sparse decode most)."""
 
-    FLAG = "auxk_next"
+    FLAG = "dead_next"
 
-    def __init__(self, with_auxk, without_auxk, dead_now):
+    def __init__(self, with_auxk, without_auxk, dead_now, d_sae: int, aux_k: int):
         self.with_auxk, self.without_auxk, self.dead_now = with_auxk, without_auxk, dead_now
-        self.flag = None  # the last step's answer, or None before the first call
+        self.d_sae, self.aux_k = d_sae, aux_k
+        self.steps: dict[int, object] = {}  # columns -> the step with AuxK over that many
+        self.dead = None  # the last step's count of dead latents, or None before the first call
+
+    def columns(self, dead: int) -> int:
+        """The columns AuxK looks at when `dead` latents are dead: aux_k times a power of two,
+        at least `dead`, at most d_sae."""
+        columns = self.aux_k
+        while columns < dead:
+            columns *= 2
+        return min(columns, self.d_sae)
 
     def __call__(self, state: TrainState, batch):
-        dead = bool(self.dead_now(state.since_fired) if self.flag is None else self.flag)
-        state, metrics = (self.with_auxk if dead else self.without_auxk)(state, batch)
-        self.flag = metrics.pop(self.FLAG)
+        dead = int(self.dead_now(state.since_fired) if self.dead is None else self.dead)
+        if dead:
+            columns = self.columns(dead)
+            if columns not in self.steps:
+                self.steps[columns] = self.with_auxk(columns)
+            step = self.steps[columns]
+        else:
+            step = self.without_auxk
+        state, metrics = step(state, batch)
+        self.dead = metrics.pop(self.FLAG)
         return state, metrics
 
 

@@ -18,21 +18,6 @@ from . import text as T
 from . import vlm
 
 
-def prompt_batch(tokenizer, texts: Sequence[str]):
-    """Left-padded ids [B, S] and attention mask for `USER: <image>...\n{text} ASSISTANT:` prompts."""
-    import torch
-
-    rows = [_prompt_ids(tokenizer, T.prompt(t)) for t in texts]
-    width = max(len(r) for r in rows)
-    pad = tokenizer.convert_tokens_to_ids("<pad>")
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, width - len(row):] = torch.tensor(row)
-        mask[i, width - len(row):] = 1
-    return ids, mask
-
-
 YES_NO_TOKENS = 3  # greedy tokens generated for a yes/no answer: enough for MME's 4-character rule
 
 
@@ -49,7 +34,7 @@ def parse_yes_no(text: str, language: str = "en") -> str:
 
 
 def yes_no(model, tokenizer, projected, questions: Sequence[str], batch_size: int = 256,
-           images: Sequence[int] | None = None) -> dict:
+           images: Sequence[int] | None = None, prefixes: ImagePrefixes | None = None) -> dict:
     """The model's generated answers to `questions[j]` about image `images[j]` (default: image
     j) of `projected` [N, T, D_text]: greedy `YES_NO_TOKENS` tokens, parsed by `parse_yes_no`.
     Returns {"yes": [J] bool (parsed "yes"), "parsed": [J] str, "texts": [J] str, "margin": [J]
@@ -57,9 +42,10 @@ def yes_no(model, tokenizer, projected, questions: Sequence[str], batch_size: in
     generated answer replaces)}.
 
     Every prompt starts with the image ("USER: <image>..."), so the language model runs that
-    prefix once per image and each question only over its own tokens, attending to the cached
-    prefix: the same logits as the whole prompt (rotary positions are relative), at a fraction
-    of the work when an image is asked several questions."""
+    prefix once per image (`ImagePrefixes`; pass `prefixes` to share it with `describe`) and
+    each question only over its own tokens, attending to the cached prefix: the same logits as
+    the whole prompt (rotary positions are relative), at a fraction of the work when an image
+    is asked several questions."""
     import torch
 
     images = list(range(len(questions))) if images is None else [int(i) for i in images]
@@ -67,18 +53,16 @@ def yes_no(model, tokenizer, projected, questions: Sequence[str], batch_size: in
         raise ValueError(f"{len(images)} image indices for {len(questions)} questions")
     if not questions:
         return {"yes": np.zeros(0, bool), "parsed": [], "texts": [], "margin": np.zeros(0, np.float32)}
+    prefixes = prefixes or ImagePrefixes(model, tokenizer, projected, batch_size)
     yes_ids = {lang: tokenizer.convert_tokens_to_ids(T.YES[lang]) for lang in T.LANGUAGES}
     no_id = tokenizer.convert_tokens_to_ids(T.NO["en"])
     decided = {yes_ids["en"], yes_ids["es"], no_id}
-    prefix, tails = _split_prompts(tokenizer, questions)
-    used = sorted(set(images))
-    caches = _prefix_caches(model, prefix, projected[used], batch_size)  # per layer (keys, values) [U, H, P, d]
-    slot = {image: n for n, image in enumerate(used)}
+    tails = [_tail_ids(tokenizer, question, len(prefixes.ids)) for question in questions]
     texts, margins = [], []
     for start in range(0, len(questions), batch_size):
         rows = range(start, min(start + batch_size, len(questions)))
-        first = _first_logits(model, caches, [slot[images[j]] for j in rows], [tails[j] for j in rows],
-                              len(prefix))  # [B, V]
+        cache = prefixes.cache([images[j] for j in rows])
+        first, _ = _extend(model, cache, [tails[j] for j in rows], prefixes.length)  # [B, V]
         yes = torch.tensor([yes_ids[_language(questions[j])] for j in rows], device=first.device)
         margins.append((first.gather(1, yes[:, None])[:, 0] - first[:, no_id]).cpu().numpy())
         # Greedy decoding's first token is the argmax. A word-level "yes", "sí" or "no" decides
@@ -86,32 +70,17 @@ def yes_no(model, tokenizer, projected, questions: Sequence[str], batch_size: in
         # rows are decoded further: the same parse as generating YES_NO_TOKENS for every row.
         top = first.argmax(-1).tolist()
         chunk_texts = [tokenizer.decode([t], skip_special_tokens=True) for t in top]
-        rest = [n for n, t in enumerate(top) if t not in decided]
+        rest = [start + n for n, t in enumerate(top) if t not in decided]
         if rest:
-            from ..vlm.llava_bridge import inputs_embeds_with_features
-
-            chunk = [questions[start + n] for n in rest]
-            ids, mask = (t.to(projected.device) for t in prompt_batch(tokenizer, chunk))
-            feats = projected[[images[start + n] for n in rest]]
-            with torch.no_grad():
-                embeds = inputs_embeds_with_features(model, ids, feats)
-                out = model.generate(input_ids=ids, inputs_embeds=embeds, attention_mask=mask,
-                                     max_new_tokens=YES_NO_TOKENS, do_sample=False)
-            for n, text in zip(rest, tokenizer.batch_decode(out[:, ids.shape[1]:].cpu(), skip_special_tokens=True)):
-                chunk_texts[n] = text
+            said = _greedy(model, tokenizer, prefixes, [images[j] for j in rest], [tails[j] for j in rest],
+                           YES_NO_TOKENS)
+            for j, text in zip(rest, said):
+                chunk_texts[j - start] = text
         texts += chunk_texts
     parsed = [parse_yes_no(t, _language(q)) for t, q in zip(texts, questions)]
     return {"yes": np.array([p == "yes" for p in parsed], bool), "parsed": parsed,
             "texts": [t.strip() for t in texts],
             "margin": np.concatenate(margins) if margins else np.zeros(0, np.float32)}
-
-
-def _split_prompts(tokenizer, questions: Sequence[str]) -> tuple[list[int], list[list[int]]]:
-    """The token ids every prompt shares (BOS, "USER:", the image tokens) and each prompt's own
-    rest, checked: the two together are exactly the whole prompt's ids."""
-    head = T.prompt("\x00").split("\x00")[0]  # the template up to the question: "USER: <image>\n"
-    prefix = list(_prompt_ids(tokenizer, head))
-    return prefix, [list(_tail_ids(tokenizer, question, len(prefix))) for question in questions]
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -121,62 +90,144 @@ def _prompt_ids(tokenizer, text: str) -> tuple[int, ...]:
     return tuple(tokenizer(text.replace(T.IMAGE_TOKEN, T.IMAGE_TOKEN * vlm.num_image_tokens()))["input_ids"])
 
 
+def _prefix_ids(tokenizer) -> tuple[int, ...]:
+    """The ids every prompt shares: BOS, "USER:" and the image tokens."""
+    return _prompt_ids(tokenizer, T.prompt("\x00").split("\x00")[0])  # the template up to the question
+
+
 @functools.lru_cache(maxsize=1 << 16)
 def _tail_ids(tokenizer, question: str, prefix_length: int) -> tuple[int, ...]:
-    head = T.prompt("\x00").split("\x00")[0]
+    """The ids of the prompt for `question` after the shared prefix, checked: prefix and tail
+    together are exactly the whole prompt's ids."""
     ids = _prompt_ids(tokenizer, T.prompt(question))
-    if ids[:prefix_length] != _prompt_ids(tokenizer, head):
+    if ids[:prefix_length] != _prefix_ids(tokenizer):
         raise ValueError(f"the prompt for {question!r} does not start with the shared image prefix")
     return ids[prefix_length:]
 
 
-def _prefix_caches(model, prefix: list[int], projected, batch_size: int) -> list[tuple]:
-    """The language model's keys and values of the shared prefix for each image of `projected`
-    [U, T, D_text]: per layer (keys, values), each [U, heads, P, head_dim]."""
+class ImagePrefixes:
+    """The language model's keys and values of the prompt prefix every question and description
+    shares (BOS, "USER:", the image tokens), per image of `projected` [N, T, D_text]; each
+    image's computed on first use, then reused by every prompt about it."""
+
+    def __init__(self, model, tokenizer, projected, batch_size: int = 256):
+        self.model, self.projected, self.batch_size = model, projected, batch_size
+        self.ids = list(_prefix_ids(tokenizer))
+        self.length = len(self.ids)
+        self._layers: list[tuple] = []  # per layer (keys, values), each [N, heads, P, head_dim]
+        self._done = np.zeros(len(projected), bool)
+
+    def cache(self, images: Sequence[int]):
+        """A `DynamicCache` holding image `images[b]`'s prefix in row b."""
+        import torch
+        from transformers import DynamicCache
+
+        self._compute([i for i in dict.fromkeys(images) if not self._done[i]])
+        index = torch.tensor(list(images), device=self.projected.device)
+        cache = DynamicCache()
+        for layer, (keys, values) in enumerate(self._layers):
+            cache.update(keys[index], values[index], layer)
+        return cache
+
+    def _compute(self, missing: list[int]) -> None:
+        import torch
+
+        from ..vlm.llava_bridge import inputs_embeds_with_features
+
+        for start in range(0, len(missing), self.batch_size):
+            chunk = missing[start:start + self.batch_size]
+            feats = self.projected[chunk]
+            ids = torch.tensor([self.ids] * len(chunk), device=feats.device)
+            out = _forward(self.model, inputs_embeds=inputs_embeds_with_features(self.model, ids, feats),
+                           attention_mask=torch.ones_like(ids), use_cache=True, logits_to_keep=1)
+            cache = out["cache"] if "cache" in out else out.past_key_values  # transformers 5 names it "cache"
+            if not self._layers:
+                self._layers = [(layer.keys.new_zeros((len(self.projected), *layer.keys.shape[1:])),
+                                 layer.values.new_zeros((len(self.projected), *layer.values.shape[1:])))
+                                for layer in cache.layers]
+            index = torch.tensor(chunk, device=feats.device)
+            for (keys, values), layer in zip(self._layers, cache.layers):
+                keys[index], values[index] = layer.keys, layer.values
+            self._done[chunk] = True
+
+
+def _forward(model, **inputs):
+    """The model's forward without gradients; transformers 5 takes a cache as `cache`, earlier
+    versions as `past_key_values`."""
     import torch
 
-    from ..vlm.llava_bridge import inputs_embeds_with_features
-
-    parts = []
-    for start in range(0, len(projected), batch_size):
-        feats = projected[start:start + batch_size]
-        ids = torch.tensor([prefix] * len(feats), device=feats.device)
-        with torch.no_grad():
-            embeds = inputs_embeds_with_features(model, ids, feats)
-            out = model(inputs_embeds=embeds, attention_mask=torch.ones_like(ids), use_cache=True)
-        cache = out["cache"] if "cache" in out else out.past_key_values  # transformers 5 names it "cache"
-        parts.append([(layer.keys, layer.values) for layer in cache.layers])
-    return [(torch.cat([p[i][0] for p in parts]), torch.cat([p[i][1] for p in parts])) for i in range(len(parts[0]))]
+    with torch.no_grad():
+        if "cache" not in inputs:
+            return model(**inputs)
+        try:
+            return model(**inputs)
+        except TypeError:
+            inputs["past_key_values"] = inputs.pop("cache")
+            return model(**inputs)
 
 
-def _first_logits(model, caches: list[tuple], slots: list[int], tails: list[list[int]], prefix_length: int):
-    """The next-token logits [B, V] after each prompt: row b's own tokens `tails[b]` (right-padded;
-    each row read at its last real token) on top of the cached prefix of image `slots[b]`."""
+def _extend(model, cache, tails: Sequence[Sequence[int]], prefix_length: int, *, keep: bool = False):
+    """Row b's own tokens `tails[b]` (right-padded, the padding masked) on top of `cache`, which
+    holds row b's prefix of `prefix_length` tokens: (the next-token logits after each row's last
+    real token [B, V], and the attention mask over the cache [B, P + W] when `keep`, which then
+    keeps the tails' keys and values in `cache` for decoding further)."""
     import torch
-    from transformers import DynamicCache
 
     width = max(len(t) for t in tails)
-    device = caches[0][0].device
+    device = cache.layers[0].keys.device
     ids = torch.zeros((len(tails), width), dtype=torch.long, device=device)  # padding after the real tokens: masked
     mask = torch.zeros((len(tails), prefix_length + width), dtype=torch.long, device=device)
     mask[:, :prefix_length] = 1
     for b, tail in enumerate(tails):
         ids[b, :len(tail)] = torch.tensor(tail)
         mask[b, prefix_length:prefix_length + len(tail)] = 1
-    index = torch.tensor(slots, device=device)
-    cache = DynamicCache()
-    for layer, (keys, values) in enumerate(caches):
-        cache.update(keys[index], values[index], layer)
     positions = torch.arange(prefix_length, prefix_length + width, device=device)[None].expand(len(tails), -1)
-    with torch.no_grad():
-        try:  # transformers 5 takes the cache as `cache`, earlier versions as `past_key_values`
-            logits = model(input_ids=ids, attention_mask=mask, cache=cache, position_ids=positions,
-                           use_cache=False).logits  # [B, W, V]
-        except TypeError:
-            logits = model(input_ids=ids, attention_mask=mask, past_key_values=cache, position_ids=positions,
-                           use_cache=False).logits
+    logits = _forward(model, input_ids=ids, attention_mask=mask, cache=cache, position_ids=positions,
+                      use_cache=keep).logits  # [B, W, V]
     last = torch.tensor([len(t) - 1 for t in tails], device=device)
-    return logits[torch.arange(len(tails), device=device), last].float()
+    return logits[torch.arange(len(tails), device=device), last].float(), mask if keep else None
+
+
+def _greedy(model, tokenizer, prefixes: ImagePrefixes, images: Sequence[int], tails: Sequence[Sequence[int]],
+            max_new_tokens: int) -> list[str]:
+    """Greedy decoding of up to `max_new_tokens` tokens after each prompt (image `images[b]`'s
+    cached prefix, then `tails[b]`), each row stopped at the end of sequence: the texts
+    `model.generate(do_sample=False)` gives for the whole prompts. A finished row is dropped
+    from the batch once half of it has finished (its further tokens would be padding)."""
+    import torch
+    from transformers import DynamicCache
+
+    eos = model.generation_config.eos_token_id
+    eos = set(eos if isinstance(eos, (list, tuple)) else [eos])
+    cache = prefixes.cache(images)
+    logits, mask = _extend(model, cache, tails, prefixes.length, keep=True)
+    device = mask.device
+    tokens: list[list[int]] = [[] for _ in images]
+    rows = list(range(len(images)))  # the original row of each batch row
+    position = torch.tensor([prefixes.length + len(t) for t in tails], device=device)
+    for step in range(max_new_tokens):
+        top = logits.argmax(-1)  # [A]
+        alive = []
+        for b, token in enumerate(top.tolist()):
+            if tokens[rows[b]] and tokens[rows[b]][-1] in eos:
+                continue
+            tokens[rows[b]].append(token)
+            if token not in eos:
+                alive.append(b)
+        if not alive or step == max_new_tokens - 1:
+            break
+        if 2 * len(alive) <= len(rows):  # drop the finished rows
+            keep = torch.tensor(alive, device=device)
+            layers = [(layer.keys[keep], layer.values[keep]) for layer in cache.layers]
+            cache = DynamicCache()
+            for layer, (keys, values) in enumerate(layers):
+                cache.update(keys, values, layer)
+            rows, top, mask, position = [rows[b] for b in alive], top[keep], mask[keep], position[keep]
+        mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
+        logits = _forward(model, input_ids=top[:, None], attention_mask=mask, cache=cache,
+                          position_ids=position[:, None], use_cache=True).logits[:, -1].float()
+        position = position + 1
+    return tokenizer.batch_decode(tokens, skip_special_tokens=True)
 
 
 def _language(question: str) -> str:
@@ -190,21 +241,18 @@ def says_yes(model, tokenizer, projected, questions: Sequence[str], batch_size: 
 
 
 def describe(model, tokenizer, projected, language: str = "en", max_new_tokens: int = 28,
-             batch_size: int = 128) -> list[str]:
-    """Greedy descriptions of each image (the generative prompt)."""
-    import torch
-
-    from ..vlm.llava_bridge import inputs_embeds_with_features
-
+             batch_size: int = 128, images: Sequence[int] | None = None,
+             prefixes: ImagePrefixes | None = None) -> list[str]:
+    """Greedy descriptions of images `images` (default: all) of `projected` [N, T, D_text] (the
+    generative prompt), decoded from each image's cached prefix (`ImagePrefixes`; pass
+    `prefixes` to share it with `yes_no`)."""
+    images = list(range(len(projected))) if images is None else [int(i) for i in images]
+    prefixes = prefixes or ImagePrefixes(model, tokenizer, projected, batch_size)
+    tail = _tail_ids(tokenizer, T.DESCRIBE[language], prefixes.length)
     texts = []
-    for start in range(0, len(projected), batch_size):
-        feats = projected[start:start + batch_size]
-        ids, mask = (t.to(feats.device) for t in prompt_batch(tokenizer, [T.DESCRIBE[language]] * len(feats)))
-        with torch.no_grad():
-            embeds = inputs_embeds_with_features(model, ids, feats)
-            out = model.generate(input_ids=ids, inputs_embeds=embeds, attention_mask=mask,
-                                 max_new_tokens=max_new_tokens, do_sample=False)
-        texts += tokenizer.batch_decode(out[:, ids.shape[1]:].cpu(), skip_special_tokens=True)
+    for start in range(0, len(images), batch_size):
+        chunk = images[start:start + batch_size]
+        texts += _greedy(model, tokenizer, prefixes, chunk, [tail] * len(chunk), max_new_tokens)
     return [t.strip() for t in texts]
 
 

@@ -29,7 +29,7 @@ from sauce_jax.eval.metrics import (
 
 from . import text as T
 from . import selectivity as S
-from .answers import describe, yes_no
+from .answers import ImagePrefixes, describe, yes_no
 from .render import render_many
 from .world import CONCEPTS, DOMAIN_OF, TASKS, Spec, concept_split, generic_stream, rng_for
 
@@ -66,11 +66,12 @@ class _CleanAnswers:
 @dataclasses.dataclass
 class _View:
     """Images as the language model sees them under one tower: which the edit changed [N] bool,
-    their features and the clean tower's (each [N, T, D_text] torch, computed on first use)."""
+    and their features and the clean tower's, each with its cached prompt prefixes
+    (`ImagePrefixes`, computed on first use)."""
 
     changed: np.ndarray
-    features: Callable[[], Any]
-    clean: Callable[[], Any]
+    features: Callable[[], ImagePrefixes]
+    clean: Callable[[], ImagePrefixes]
 
 
 class Model:
@@ -173,8 +174,11 @@ class Model:
 
     def _view(self, specs: list[Spec], unlearned) -> _View:
         """The images as the language model sees them: which ones the edit changed (none for the
-        clean tower), and their features, each computed on first use."""
-        clean = functools.cache(lambda: self.features(specs))
+        clean tower), and their features with their prompt prefixes, each computed on first use."""
+        def prefixes(features):
+            return functools.cache(lambda: ImagePrefixes(self.model, self.tokenizer, features(), self.batch_size))
+
+        clean = prefixes(lambda: self.features(specs))
         if unlearned is None:
             return _View(np.zeros(len(specs), bool), clean, clean)
         edited = self.tower_states(specs, unlearned)
@@ -183,7 +187,11 @@ class Model:
             changed |= (after != before).reshape(len(specs), -1).any(axis=1)
         from sauce_jax.eval.vlm.llava_bridge import project_states
 
-        return _View(changed, functools.cache(lambda: project_states(self.model, edited)), clean)
+        return _View(changed, prefixes(lambda: project_states(self.model, edited)), clean)
+
+    def _ask(self, images: ImagePrefixes, rows: list[int], questions: list[str]) -> dict:
+        return yes_no(self.model, self.tokenizer, images.projected, questions, self.batch_size, images=rows,
+                      prefixes=images)
 
     def _yes_no(self, specs: list[Spec], rows: list[int], questions: list[str], view: _View) -> dict:
         """`yes_no` of questions[j] about image specs[rows[j]]: {"yes": [J] bool, "margin": [J]};
@@ -191,8 +199,7 @@ class Model:
         yes, margin = np.zeros(len(questions), bool), np.zeros(len(questions), np.float32)
         fresh = [j for j, i in enumerate(rows) if view.changed[i]]
         if fresh:
-            said = yes_no(self.model, self.tokenizer, view.features(), [questions[j] for j in fresh], self.batch_size,
-                          images=[rows[j] for j in fresh])
+            said = self._ask(view.features(), [rows[j] for j in fresh], [questions[j] for j in fresh])
             yes[fresh], margin[fresh] = said["yes"], said["margin"]
         kept = [j for j, i in enumerate(rows) if not view.changed[i]]
         keys = {j: (specs[rows[j]], questions[j]) for j in kept}
@@ -202,8 +209,7 @@ class Model:
                 first.setdefault(key, j)
         missing = list(first.values())
         if missing:
-            said = yes_no(self.model, self.tokenizer, view.clean(), [questions[j] for j in missing], self.batch_size,
-                          images=[rows[j] for j in missing])
+            said = self._ask(view.clean(), [rows[j] for j in missing], [questions[j] for j in missing])
             for n, j in enumerate(missing):
                 self._memo.yes[keys[j]] = (bool(said["yes"][n]), float(said["margin"][n]))
         for j, key in keys.items():
@@ -213,15 +219,18 @@ class Model:
     def _describe(self, specs: list[Spec], language: str, view: _View) -> list[str]:
         """`describe` of every image of `specs`; images the edit left unchanged get the clean
         description, generated once per model."""
+        def described(images: ImagePrefixes, which: list[int]) -> list[str]:
+            return describe(self.model, self.tokenizer, images.projected, language, images=which, prefixes=images)
+
         texts: list[str | None] = [None] * len(specs)
         fresh = [i for i in range(len(specs)) if view.changed[i]]
         if fresh:
-            for i, text in zip(fresh, describe(self.model, self.tokenizer, view.features()[fresh], language)):
+            for i, text in zip(fresh, described(view.features(), fresh)):
                 texts[i] = text
         missing = list(dict.fromkeys(i for i in range(len(specs)) if not view.changed[i]
                                      and (specs[i], language) not in self._memo.texts))
         if missing:
-            for i, text in zip(missing, describe(self.model, self.tokenizer, view.clean()[missing], language)):
+            for i, text in zip(missing, described(view.clean(), missing)):
                 self._memo.texts.setdefault((specs[i], language), text)
         return [text if view.changed[i] else self._memo.texts[(specs[i], language)] for i, text in enumerate(texts)]
 

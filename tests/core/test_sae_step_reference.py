@@ -201,9 +201,10 @@ def test_the_host_switch_takes_auxk_exactly_when_a_latent_can_be_dead():
     switch = jit_train_step(mesh, state, sae_config=config, cfg=cfg, optimizer=optimizer)
     assert jax.default_backend() != "cpu" or isinstance(switch, AuxKSwitch)
     used = []
-    for name in ("with_auxk", "without_auxk"):
-        fn = getattr(switch, name)
-        setattr(switch, name, lambda s, b, fn=fn, name=name: (used.append(name), fn(s, b))[1])
+    without = switch.without_auxk
+    switch.without_auxk = lambda s, b: (used.append("without_auxk"), without(s, b))[1]
+    make = switch.with_auxk
+    switch.with_auxk = lambda columns: (lambda s, b, fn=make(columns): (used.append("with_auxk"), fn(s, b))[1])
     device = jax.jit(lambda s, b: train_step(s, b, sae_config=config, cfg=cfg, optimizer=optimizer))
     ref = init_state(params, optimizer, config)
     rng = np.random.default_rng(11)
@@ -215,6 +216,44 @@ def test_the_host_switch_takes_auxk_exactly_when_a_latent_can_be_dead():
     assert float(ref_metrics["dead_fraction"]) > 0 and float(ref_metrics["auxk"]) > 0  # latents died, AuxK ran
     # the biased latents have since_fired j in state j: dead (>= 5) from state 5 on
     assert used == ["without_auxk"] * 5 + ["with_auxk"] * 3, used
+    assert list(switch.steps) == [config.resolved_aux_k]  # 4 dead: AuxK looked at aux_k = 8 columns
     np.testing.assert_array_equal(np.asarray(state.since_fired), np.asarray(ref.since_fired))
     for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
         _close(state.params[name], ref.params[name], name, rtol=2e-5)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("dead_count", [3, 8, 20])
+def test_auxk_on_the_dead_columns_equals_the_reference(sparse, dead_count):
+    """AuxK computed on the dead latents' columns only (`dead_columns`, as `AuxKSwitch` sets it)
+    gives the reference's loss and gradients: fewer dead latents than aux_k (8; latent 0 among
+    them, so the padding columns must not repeat it), as many, and more; the main loss decoded
+    densely and sparsely. Too few columns (fewer than are dead) must differ: the test sees a
+    dead latent left out."""
+    config, params, x = _setup("topk", d_sae=1024, k=4)  # aux_k 8
+    picks = np.random.default_rng(dead_count).choice(config.d_sae, dead_count, replace=False)
+    dead = jnp.zeros(config.d_sae, bool).at[picks].set(True)
+    dead = dead.at[0].set(True) if dead_count < 8 else dead
+    trainable = {k: params[k] for k in ("W_enc", "b_enc", "W_dec", "b_dec")}
+    (ref_total, ref), ref_g = jax.value_and_grad(lambda t: ref_loss(t, x, config, dead), has_aux=True)(trainable)
+
+    def grads(columns):
+        def fn(t):
+            out = S.loss(t, x, config, dead=dead, sparse=sparse, dead_columns=columns)
+            return out.loss, out
+        (_, out), g = jax.jit(jax.value_and_grad(fn, has_aux=True))(trainable)
+        return out, g
+
+    columns = 8
+    while columns < int(dead.sum()):
+        columns *= 2
+    for c in (columns, 2 * columns):
+        out, g = grads(c)
+        assert float(out.auxk) > 0
+        _close(out.auxk, ref["auxk"], "auxk")
+        _close(out.loss, ref_total, "loss")
+        for name in trainable:
+            _close(g[name], ref_g[name], name)
+    if int(dead.sum()) > 8:  # fewer columns than dead latents: some dead latents are never seen
+        short, _ = grads(8)
+        assert abs(float(short.auxk) - float(ref["auxk"])) > 1e-3 * float(ref["auxk"])

@@ -5,15 +5,51 @@ them only through their sign."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import pytest
 
 from sauce_jax.eval.conceptworld import text as T
-from sauce_jax.eval.conceptworld.answers import YES_NO_TOKENS, _language, describe, parse_yes_no, prompt_batch
+from sauce_jax.eval.conceptworld.answers import YES_NO_TOKENS, _language, _prompt_ids, parse_yes_no
 from sauce_jax.eval.conceptworld.benchmark import Evaluation, Model, make_suite
 from sauce_jax.eval.metrics import mme_score
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see conftest
+
+
+def prompt_batch(tokenizer, texts: Sequence[str]):
+    """Left-padded ids [B, S] and attention mask for `USER: <image>...\n{text} ASSISTANT:` prompts."""
+    import torch
+
+    rows = [_prompt_ids(tokenizer, T.prompt(t)) for t in texts]
+    width = max(len(r) for r in rows)
+    pad = tokenizer.convert_tokens_to_ids("<pad>")
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row):] = torch.tensor(row)
+        mask[i, width - len(row):] = 1
+    return ids, mask
+
+
+def plain_describe(model, tokenizer, projected, language="en", max_new_tokens=28, batch_size=128) -> list[str]:
+    """`answers.describe` as it was before the image prefix was shared: `model.generate` on the
+    whole prompt, every row decoded to the end of the longest."""
+    import torch
+
+    from sauce_jax.eval.vlm.llava_bridge import inputs_embeds_with_features
+
+    texts = []
+    for start in range(0, len(projected), batch_size):
+        feats = projected[start:start + batch_size]
+        ids, mask = prompt_batch(tokenizer, [T.DESCRIBE[language]] * len(feats))
+        with torch.no_grad():
+            embeds = inputs_embeds_with_features(model, ids, feats)
+            out = model.generate(input_ids=ids, inputs_embeds=embeds, attention_mask=mask,
+                                 max_new_tokens=max_new_tokens, do_sample=False)
+        texts += tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
+    return [t.strip() for t in texts]
 
 
 def plain_yes_no(model, tokenizer, projected, questions, batch_size=256) -> dict:
@@ -83,7 +119,7 @@ class PlainModel(Model):
         questions = [T.question(c, language) for _, c in asked]
         rows = feats[[i for i, _ in asked]] if asked else feats[:0]
         said = plain_yes_no(self.model, self.tokenizer, rows, questions, self.batch_size)
-        texts = describe(self.model, self.tokenizer, feats, language) if generative else []
+        texts = plain_describe(self.model, self.tokenizer, feats, language) if generative else []
         named = np.array([T.mentions(texts[i], c) for i, c in asked] if generative else [False] * len(asked), bool)
         return {"asked": asked, "present": np.array([specs[i].has(c) for i, c in asked], bool),
                 "yes": said["yes"], "margin": said["margin"], "named": named, "texts": texts}
