@@ -14,7 +14,6 @@ import copy
 import dataclasses
 import functools
 from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 
