@@ -9,7 +9,6 @@ iterator state: resuming re-reads one chunk and lands on exactly the same batche
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import tempfile
@@ -28,12 +27,23 @@ from sauce_jax.images import as_image_items, open_image
 from sauce_jax.tokens import check_token_choice, select_tokens, tokens_per_image
 
 
-def _load_preprocessed(index: int, *, items, preprocess_config):
-    """Decode + preprocess one image (a top-level function: grain ships it to worker processes)."""
-    image = open_image(items[index])
-    if image is None:
-        return index, None
-    return index, preprocess_one(image, preprocess_config, index)
+class _LoadPreprocessed:
+    """Decode + preprocess image `index` of `items` (a top-level class: grain pickles it to worker
+    processes). Its repr is short: grain names every transform by `getattr(f, "__name__",
+    repr(f))`, which builds the repr even when a name exists, and a `functools.partial`'s repr
+    printed every in-memory image it held (seconds per chunk)."""
+
+    def __init__(self, items, preprocess_config):
+        self.items, self.preprocess_config = items, preprocess_config
+
+    def __call__(self, index: int):
+        image = open_image(self.items[index])
+        if image is None:
+            return index, None
+        return index, preprocess_one(image, self.preprocess_config, index)
+
+    def __repr__(self) -> str:
+        return f"load_preprocessed({len(self.items)} images)"
 
 
 def _rng(*words: int) -> np.random.Generator:
@@ -92,11 +102,7 @@ class EncoderSource:
         self.d_in = encoder.config.hidden_size
         self.chunk_images, self.encode_batch = chunk_images, encode_batch
         self.seed, self.num_threads, self.workers = seed, num_threads, workers
-        self._load = functools.partial(_load_preprocessed, items=self.items,
-                                       preprocess_config=encoder.preprocess_config)
-        # grain names every transform for its logs; a partial without a name is named by its
-        # repr, which prints every in-memory image it holds (seconds per chunk).
-        self._load.__name__ = "load_preprocessed"
+        self._load = _LoadPreprocessed(self.items, encoder.preprocess_config)
         self.skipped: set[int] = set()  # indices of unreadable images
 
     def num_chunks(self) -> int:

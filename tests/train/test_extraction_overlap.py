@@ -56,3 +56,17 @@ def test_overlapped_extraction_equals_the_plain_one(tmp_path, small_encoder, tok
                 for g, w in zip(got, want):
                     np.testing.assert_array_equal(g, w)
     assert len(source.skipped) == 1
+
+
+def test_grain_names_the_loader_without_printing_its_images(small_encoder):
+    """grain names every transform by `getattr(f, "__name__", repr(f))`, which builds the repr
+    even when a name exists: the loader's repr stays short however many in-memory images it
+    holds (a `functools.partial` over them printed every pixel, seconds per chunk)."""
+    from grain._src.core.transforms import get_pretty_transform_name
+
+    images = [np.full((24, 24, 3), i, np.uint8) for i in range(64)]
+    source = EncoderSource(small_encoder, images, layer=-2, chunk_images=8, encode_batch=4)
+    assert len(repr(source._load)) < 100, repr(source._load)[:200]
+    assert len(get_pretty_transform_name(source._load)) < 100
+    index, pixels = source._load(3)  # still the decode + preprocess of image 3
+    assert index == 3 and pixels.ndim == 3
