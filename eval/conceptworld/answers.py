@@ -139,7 +139,7 @@ class ImagePrefixes:
             feats = self.projected[chunk]
             ids = torch.tensor([self.ids] * len(chunk), device=feats.device)
             out = _forward(self.model, inputs_embeds=inputs_embeds_with_features(self.model, ids, feats),
-                           attention_mask=torch.ones_like(ids), use_cache=True, logits_to_keep=1)
+                           attention_mask=torch.ones_like(ids), use_cache=True)
             cache = out["cache"] if "cache" in out else out.past_key_values  # transformers 5 names it "cache"
             if not self._layers:
                 self._layers = [(layer.keys.new_zeros((len(self.projected), *layer.keys.shape[1:])),

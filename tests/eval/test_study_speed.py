@@ -204,6 +204,32 @@ def test_remembered_answers_and_states_give_the_plain_results(conceptworld_sae):
                                          *suite.forget["court"], *suite.forget["red"]})
 
 
+def test_greedy_decoding_from_the_image_prefix_gives_generates_texts():
+    """Descriptions and the yes/no answers decoded past their first token come from each image's
+    cached prefix and a greedy loop that drops finished rows: the same texts as `model.generate`
+    over the whole prompts. Noisy image features make rows finish at different steps; a
+    description prompt among the questions needs decoding past the first token."""
+    import torch
+
+    from sauce_jax.eval.conceptworld import vlm
+    from sauce_jax.eval.conceptworld.answers import describe, yes_no
+
+    llava, processor = vlm.load()
+    tokenizer = processor.tokenizer
+    torch.manual_seed(0)
+    width = llava.config.text_config.hidden_size
+    projected = 3.0 * torch.randn(12, vlm.num_image_tokens(), width)
+    fast, plain = describe(llava, tokenizer, projected, batch_size=8), plain_describe(llava, tokenizer, projected,
+                                                                                     batch_size=8)
+    assert fast == plain
+    assert len({len(t.split()) for t in plain}) > 1  # rows finished at different steps
+    questions = [T.question(c) for c in ("star", "court", "red", "happy", "wood", "moon")] + [T.DESCRIBE["en"]] * 6
+    fast = yes_no(llava, tokenizer, projected, questions, batch_size=8)
+    plain = plain_yes_no(llava, tokenizer, projected, questions, batch_size=8)
+    assert fast["texts"] == plain["texts"] and fast["parsed"] == plain["parsed"]
+    assert sum(len(t.split()) > 1 for t in plain["texts"]) >= 6, plain["texts"]
+
+
 def test_phases_time_wall_and_cpu_in_order():
     import time
 
