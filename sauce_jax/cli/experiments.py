@@ -239,11 +239,13 @@ def cmd_table2(args) -> int:
                              progress=not args.no_progress,
                              draw_concepts=None if concepts else study_concepts if args.study else
                              v3_concepts if args.v3 else None,
-                             reference=args.reference)
+                             reference=args.reference, saes_from=args.saes_from)
         print_report(args.out, "seeds.md", "seeds.md, seeds.json and seed-*/")
         return 0
     from sauce_jax.eval.conceptworld.experiments.table2_seeds import check_seeds
 
+    if args.saes_from:
+        raise ConfigError("--saes-from reuses a study's shared SAEs: it needs --seeds")
     check_seeds((config.demo.seed,), args.open_test_seeds)  # one seed is refused like a list of them
     run(args.out, config, model_dir=model_dir_arg(args), progress=not args.no_progress)
     print_report(args.out, "table2.md", "table2.md, results.json, table2.png and rows/")
@@ -317,6 +319,9 @@ def add_table2(exp_sub) -> None:
                                     "reserved) or a list like 6,7 (--seed is then ignored)")
     t2.add_argument("--open-test-seeds", action="store_true",
                     help="allow the reserved test seeds (101-120), with --seeds or --seed")
+    t2.add_argument("--saes-from", help="with --seeds: reuse the finished SAEs the seeds share (sae_paper/, and with "
+                                        "--generic-sae or --v3 sae_generic/) of this other study folder, e.g. the "
+                                        "validation run's for the test read")
     t2.add_argument("--report-only", action="store_true", help="with --seeds: aggregate the seeds already "
                                                                "finished in --out, computing nothing")
     for name, what in (("n-test", "test images per concept"), ("n-pool", "retain-pool images per concept"),

@@ -604,3 +604,32 @@ def test_the_seeds_runner_draws_each_seeds_v3_concepts_and_shares_the_generic_sa
     (tmp_path / "fixed").mkdir()
     table2_seeds.run(tmp_path / "fixed", table2.v3_config(), (9,), progress=False)  # no draw: the config's
     assert seen[-1][1].demo.concepts == table2.v3_config().demo.concepts
+
+
+def test_a_test_read_reuses_the_validation_studys_saes(monkeypatch, tmp_path):
+    """`--saes-from DIR`: every seed gets DIR's finished paper and generic SAEs (retraining them
+    would give other SAEs); a folder without them is refused, naming the missing one, before
+    any seed runs; the CLI says so in one line and exits non-zero, also without --seeds."""
+    from sauce_jax.eval.conceptworld.experiments import table2, table2_seeds
+
+    seen = []
+    monkeypatch.setattr(table2, "run", lambda out, config, **kwargs: seen.append(kwargs) or {"rows": {}, "config": {}})
+    validation, test = tmp_path / "val", tmp_path / "test"
+    test.mkdir()
+    (validation / "sae_paper" / "sae").mkdir(parents=True)
+    (validation / "sae_paper" / "sae" / "cfg.json").write_text("{}")
+    with pytest.raises(ConfigError, match="sae_generic"):
+        table2_seeds.run(test, table2.v3_config(), (7,), progress=False, saes_from=validation)
+    assert seen == []
+    (validation / "sae_generic" / "sae").mkdir(parents=True)
+    (validation / "sae_generic" / "sae" / "cfg.json").write_text("{}")
+    table2_seeds.run(test, table2.v3_config(), (7, 8), progress=False, saes_from=validation)
+    assert {k["generic_sae_dir"] for k in seen} == {validation / "sae_generic"}
+    assert {k["paper_sae_dir"] for k in seen} == {validation / "sae_paper"}
+    table2_seeds.run(test, table2.v3_config(), (9,), progress=False)  # without: the study's own folder
+    assert seen[-1]["generic_sae_dir"] == test / "sae_generic"
+    assert cli.main(["experiment", "table2", "--v3", "--seeds", "7", "--saes-from", str(tmp_path / "nowhere"),
+                     "--out", str(test)]) == 2
+    assert cli.main(["experiment", "table2", "--v3", "--seed", "7", "--saes-from", str(validation),
+                     "--out", str(test)]) == 2
+    assert len(seen) == 3  # neither command ran a seed

@@ -71,13 +71,33 @@ def check_seeds(seeds, open_test_seeds: bool = False) -> None:
                           "pass --open-test-seeds to run them")
 
 
+def study_saes(config: table2.Table2Config, out: Path, saes_from: str | Path | None = None) -> dict[str, Path]:
+    """The folders of the SAEs a study shares between its seeds: the paper row's ("paper") and,
+    with `config.generic_sae`, SAUCE's generic one ("generic"), in the study folder `out`, or
+    finished ones in another study folder `saes_from` (how the test read reuses validation's:
+    retraining would give another SAE, since float rounding differs between code versions)."""
+    where = Path(saes_from) if saes_from is not None else out
+    folders = {"paper": where / "sae_paper", "generic": where / "sae_generic"}
+    if saes_from is not None:
+        from sauce_jax.train.reuse import finished_sae
+
+        needed = [name for name, used in (("paper", config.paper_row), ("generic", config.generic_sae)) if used]
+        missing = [str(folders[name]) for name in needed if finished_sae(folders[name]) is None]
+        if missing:
+            raise ConfigError(f"--saes-from {where}: no finished SAE in {', '.join(missing)}")
+    return folders
+
+
 def run(out_dir: str | Path, config: table2.Table2Config, seeds, *, open_test_seeds: bool = False,
-        model_dir=None, progress: bool = True, draw_concepts=None, reference: str = REFERENCE) -> dict:
+        model_dir=None, progress: bool = True, draw_concepts=None, reference: str = REFERENCE,
+        saes_from: str | Path | None = None) -> dict:
     """Table 2 on every seed (resumable), then the aggregate; returns what `seeds.json` holds.
     `draw_concepts`: a function of the seed (`table2.study_concepts`, `table2.v3_concepts`) whose
-    concepts each seed unlearns; True means `table2.study_concepts`."""
+    concepts each seed unlearns; True means `table2.study_concepts`. The SAEs the seeds share
+    are trained in `out_dir`, or reused from the study folder `saes_from` (`study_saes`)."""
     check_seeds(seeds, open_test_seeds)
     out = Path(out_dir)
+    saes = study_saes(config, out, saes_from)
     per_seed = {}
     for seed in seeds:
         if progress:
@@ -89,7 +109,7 @@ def run(out_dir: str | Path, config: table2.Table2Config, seeds, *, open_test_se
         seeded = dataclasses.replace(config, demo=demo)
         per_seed[seed] = table2.run(out / f"seed-{seed}", seeded, model_dir=model_dir, progress=progress,
                                     # one paper SAE, and with config.generic_sae one SAUCE SAE, for every seed
-                                    paper_sae_dir=out / "sae_paper", generic_sae_dir=out / "sae_generic")
+                                    paper_sae_dir=saes["paper"], generic_sae_dir=saes["generic"])
     summary = aggregate(per_seed, reference)
     (out / "seeds.json").write_text(json.dumps(summary, indent=1, default=str))
     (out / "seeds.md").write_text(markdown(summary))
