@@ -106,8 +106,9 @@ def jit_train_step(mesh: Mesh, state: TrainState, *, sae_config: SAEConfig, cfg:
                    optimizer: optax.GradientTransformation):
     """The step under jit: state laid out by `sauce_jax.train.sharding`'s rules (feature axis over
     `model`), batch split over `data`, state buffers donated. A TopK / BatchTopK SAE skips the
-    AuxK work while no latent is dead: on CPU through `AuxKSwitch` (two compiled steps, chosen
-    on the host), elsewhere through a `lax.cond` in the step."""
+    AuxK work while no latent is dead: on CPU through `AuxKSwitch` (a compiled step without
+    AuxK and one per bound on the dead latents' columns, chosen on the host), elsewhere through
+    a `lax.cond` in the step."""
     shardings = state_shardings(state, mesh)
 
     def compiled(auxk, flag, dead_columns=None):

@@ -339,12 +339,12 @@ def add_table2(exp_sub) -> None:
 # ------------------------------------------------------------------------------------ multi
 
 
-def parse_counts(text: str) -> tuple[int, ...]:
-    """`--counts 1,2,4` -> (1, 2, 4)."""
+def parse_counts(text: str, option: str = "--counts") -> tuple[int, ...]:
+    """`--counts 1,2,4` (or any `option` taking integers) -> (1, 2, 4)."""
     try:
-        return tuple(int(c) for c in text.split(",") if c.strip())
+        return tuple(int(part) for part in _split(text))
     except ValueError as exc:
-        raise ConfigError(f"--counts {text!r} must be comma-separated integers") from exc
+        raise ConfigError(f"{option} {text!r} must be comma-separated integers") from exc
 
 
 def cmd_multi(args) -> int:
@@ -575,25 +575,18 @@ def add_ablate(exp_sub) -> None:
 # --------------------------------------------------------------------------------- sae-curve
 
 
-def _ints(text: str, option: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(part) for part in _split(text))
-    except ValueError as exc:
-        raise ConfigError(f"{option} {text!r} must be comma-separated integers") from exc
-
-
 def cmd_sae_curve(args) -> int:
     apply_threads(args)
     config = sae_curve.quick_config() if args.quick else sae_curve.CurveConfig()
     changes = {}
     if args.budgets:
-        changes["budgets"] = _ints(args.budgets, "--budgets")
+        changes["budgets"] = parse_counts(args.budgets, "--budgets")
     if args.images:
-        changes["images"] = _ints(args.images, "--images")
+        changes["images"] = parse_counts(args.images, "--images")
     if args.heldout is not None:
         changes["heldout"] = args.heldout
     if args.damage_seeds is not None:
-        changes["damage_seeds"] = _ints(args.damage_seeds, "--damage-seeds")
+        changes["damage_seeds"] = parse_counts(args.damage_seeds, "--damage-seeds")
     if args.seed is not None:
         changes["seed"] = args.seed
     config = dataclasses.replace(config, **changes)

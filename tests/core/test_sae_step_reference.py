@@ -1,8 +1,8 @@
 """The fast TopK / BatchTopK step against a plain reference: the loss as it was written before
 the speed work (dense decode, `lax.top_k` everywhere, AuxK always computed), kept here verbatim
 in spirit, so every optimisation (sparse encoder gradient, sparse decode, the centred matmul's
-cheap b_dec gradient, BatchTopK's bisection, AuxK skipped while nothing is dead) must give the
-same numbers to 1e-6 relative."""
+cheap b_dec gradient, BatchTopK's bisection, AuxK skipped while nothing is dead and computed on
+the dead latents' columns only) must give the same numbers to 1e-6 relative."""
 
 from __future__ import annotations
 
@@ -183,7 +183,7 @@ def test_topk_recall_reaches_approx_max_k_and_is_validated():
 
 
 def test_the_host_switch_takes_auxk_exactly_when_a_latent_can_be_dead():
-    """`jit_train_step` (two compiled steps and `AuxKSwitch`) against `train_step` deciding on the
+    """`jit_train_step` (`AuxKSwitch` over compiled steps without and with AuxK) against `train_step` deciding on the
     device, over steps where four latents (encoder bias -100) turn dead (dead_after_steps=5): same
     states, and the switch ran the AuxK step exactly on the steps whose state had a dead latent."""
     from sauce_jax.train.sharding import make_mesh, shard_state

@@ -93,7 +93,7 @@ def run(out_dir: str | Path, config: table2.Table2Config, seeds, *, open_test_se
         saes_from: str | Path | None = None) -> dict:
     """Table 2 on every seed (resumable), then the aggregate; returns what `seeds.json` holds.
     `draw_concepts`: a function of the seed (`table2.study_concepts`, `table2.v3_concepts`) whose
-    concepts each seed unlearns; True means `table2.study_concepts`. The SAEs the seeds share
+    concepts each seed unlearns (default: the config's). The SAEs the seeds share
     are trained in `out_dir`, or reused from the study folder `saes_from` (`study_saes`)."""
     check_seeds(seeds, open_test_seeds)
     out = Path(out_dir)
@@ -104,8 +104,7 @@ def run(out_dir: str | Path, config: table2.Table2Config, seeds, *, open_test_se
             print(f"== seed {seed}", flush=True)
         demo = dataclasses.replace(config.demo, seed=seed)
         if draw_concepts:
-            draw = table2.study_concepts if draw_concepts is True else draw_concepts
-            demo = dataclasses.replace(demo, concepts=draw(seed))
+            demo = dataclasses.replace(demo, concepts=draw_concepts(seed))
         seeded = dataclasses.replace(config, demo=demo)
         per_seed[seed] = table2.run(out / f"seed-{seed}", seeded, model_dir=model_dir, progress=progress,
                                     # one paper SAE, and with config.generic_sae one SAUCE SAE, for every seed
